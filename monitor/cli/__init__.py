@@ -1,0 +1,78 @@
+"""The `monitor` command line. Each stage's commands live in their own module here and register
+themselves on the root group; this module only builds the context (config path, logging)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from monitor.config import CONFIG_ENV, Config, config_path, load_config
+from monitor.errors import MonitorError
+from monitor.logs import setup_logging
+
+
+@dataclass
+class CliContext:
+    """What every command gets: where the config is, and the config itself once loaded."""
+
+    config_file: Path
+    _config: Config | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_file)
+        return self._config
+
+
+pass_ctx = click.make_pass_decorator(CliContext)
+
+
+class _Group(click.Group):
+    """Turns MonitorError into one clear line and exit status 2 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except MonitorError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"Configuration file (default: ${CONFIG_ENV} or ./feeds.toml).",
+)
+@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
+@click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto", show_default=True,
+              help="auto = JSON when stderr is not a terminal.")
+@click.version_option(package_name="monitor")
+@click.pass_context
+def main(ctx: click.Context, config_file: Path | None, log_level: str, log_format: str) -> None:
+    """monitor: follow news topics, get one alert per new development."""
+    setup_logging(log_level, log_format, stream=sys.stderr)
+    ctx.obj = CliContext(config_path(config_file, os.environ))
+
+
+@main.group(name="eval")
+def eval_group() -> None:
+    """Measure matching and story clustering on labelled data."""
+
+
+def _register() -> None:
+    # Imported here so each module can import `main`, `eval_group` and `pass_ctx` from this one.
+    from monitor.cli import admin, delivery, feeds, service, stories, topics
+
+    for module in (admin, feeds, topics, stories, delivery, service):
+        module.register(main, eval_group)
+
+
+_register()

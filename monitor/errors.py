@@ -1,0 +1,32 @@
+"""One error root. Each stage translates the errors of the libraries it uses into one of these at its
+boundary (``raise FetchError(...) from e``); loops catch them per feed / per channel, log them with
+context and go on."""
+
+
+class MonitorError(Exception):
+    """Root of every error monitor raises on purpose. The message says what failed and what to do."""
+
+
+class ConfigError(MonitorError):
+    """feeds.toml (or an environment override) is invalid."""
+
+
+class FetchError(MonitorError):
+    """A feed could not be fetched (network, HTTP status, size, deadline, refused address)."""
+
+
+class ParseError(MonitorError):
+    """A feed body could not be read as RSS/Atom at all."""
+
+
+class EmbedError(MonitorError):
+    """The embedding model could not be loaded or used."""
+
+
+class DeliveryError(MonitorError):
+    """A message could not be delivered. `permanent` says whether retrying can help."""
+
+    def __init__(self, message: str, *, permanent: bool = False, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.retry_after_s = retry_after_s

@@ -1,0 +1,208 @@
+"""Table definitions (SQLAlchemy 2.x). The alembic migrations in `alembic/versions/` are generated from
+these (`make migration`); a test fails when the two drift apart.
+
+Times are stored as naive UTC datetimes (SQLite has no time zone type); `monitor.db.utc()` turns
+them back into aware ones at the edges.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+# --- feeds and items (fetch / parse / store) ------------------------------------------------------------
+
+
+class Feed(Base):
+    """A feed and its fetch state. Scheduling state lives here (not in the scheduler's memory) so a restart
+    loses nothing and several workers can share the work."""
+
+    __tablename__ = "feeds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048), unique=True)
+    config_url: Mapped[str] = mapped_column(String(2048), index=True)  # as written in feeds.toml
+    name: Mapped[str | None] = mapped_column(String(512))
+    title: Mapped[str | None] = mapped_column(String(1024))  # the feed's own title
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    interval_s: Mapped[int | None] = mapped_column(Integer)  # fixed interval from config, None = adaptive
+    etag: Mapped[str | None] = mapped_column(String(1024))
+    last_modified: Mapped[str | None] = mapped_column(String(128))
+    body_hash: Mapped[str | None] = mapped_column(String(64))  # sha256 of the last body parsed
+    next_check_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime)  # a worker holds this feed until then
+    error_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_status: Mapped[str | None] = mapped_column(String(64))  # ok | not_modified | unchanged | error:<kind>
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_checked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_success_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_new_item_at: Mapped[datetime | None] = mapped_column(DateTime)
+    publish_interval_s: Mapped[float | None] = mapped_column(Float)  # smoothed gap between new items
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Item(Base):
+    """One news item. Identity: (outlet, key); see monitor.parse for the key's fallback chain."""
+
+    __tablename__ = "items"
+    __table_args__ = (UniqueConstraint("outlet", "key", name="uq_items_outlet_key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    feed_id: Mapped[int] = mapped_column(ForeignKey("feeds.id", ondelete="CASCADE"), index=True)
+    outlet: Mapped[str] = mapped_column(String(255))  # registrable domain of the feed, e.g. bbc.co.uk
+    key: Mapped[str] = mapped_column(String(512))
+    guid: Mapped[str | None] = mapped_column(String(2048))
+    link: Mapped[str | None] = mapped_column(String(2048))  # canonical link
+    title: Mapped[str] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    author: Mapped[str | None] = mapped_column(String(512))
+    published_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    fetched_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)  # normalized title+summary: syndication
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)  # embed+match+novelty done
+
+
+class ItemVector(Base):
+    """An item's embedding, stored once per model and reused by match, novelty and backtests."""
+
+    __tablename__ = "item_vectors"
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, L2-normalised
+
+
+# --- topics: matches, stories and novelty decisions -----------------------------------------------------
+
+
+class Match(Base):
+    __tablename__ = "matches"
+    __table_args__ = (UniqueConstraint("item_id", "topic_id", name="uq_matches_item_topic"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    topic_id: Mapped[str] = mapped_column(String(64), index=True)
+    score: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Story(Base):
+    __tablename__ = "stories"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    topic_id: Mapped[str] = mapped_column(String(64), index=True)
+    title: Mapped[str] = mapped_column(Text)  # headline of the first item
+    link: Mapped[str | None] = mapped_column(String(2048))
+    first_item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id", ondelete="SET NULL"))
+    first_seen: Mapped[datetime] = mapped_column(DateTime)
+    last_seen: Mapped[datetime] = mapped_column(DateTime, index=True)
+    item_count: Mapped[int] = mapped_column(Integer, default=1)
+    sources: Mapped[list[str]] = mapped_column(JSON, default=list)  # outlets that carried it
+    centroid: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 representative vector
+    state: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)  # novelty's own memory (facts seen...)
+    closed: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+
+
+class Alert(Base):
+    """The novelty decision for one matched item. Rows with decision new_story/update are alerts; the
+    autoincrement id is the digest cursor (a subscription has seen every alert id <= its cursor)."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (UniqueConstraint("item_id", "topic_id", name="uq_alerts_item_topic"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id", ondelete="SET NULL"), index=True)
+    topic_id: Mapped[str] = mapped_column(String(64), index=True)
+    story_id: Mapped[int] = mapped_column(ForeignKey("stories.id", ondelete="CASCADE"), index=True)
+    decision: Mapped[str] = mapped_column(String(16), index=True)  # new_story | update | repeat
+    reason: Mapped[str] = mapped_column(Text)
+    what_is_new: Mapped[str | None] = mapped_column(Text)
+    similarity: Mapped[float | None] = mapped_column(Float)
+    # Copied from the item so alerts and digests survive item retention.
+    title: Mapped[str] = mapped_column(Text)
+    link: Mapped[str | None] = mapped_column(String(2048))
+    outlet: Mapped[str] = mapped_column(String(255))
+    published_at: Mapped[datetime] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+# --- subscriptions, digests and the outbox --------------------------------------------------------------
+
+
+class Subscription(Base):
+    """One recipient (e-mail subscriber or channel). Created from feeds.toml; the cursor and unsubscribes
+    live here and override the file."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (UniqueConstraint("kind", "target", name="uq_subscriptions_kind_target"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # email | slack | webhook
+    target: Mapped[str] = mapped_column(String(512))  # e-mail address (lower-case) or channel name
+    cursor_alert_id: Mapped[int] = mapped_column(Integer, default=0)
+    last_digest_at: Mapped[datetime | None] = mapped_column(DateTime)
+    next_digest_at: Mapped[datetime | None] = mapped_column(DateTime)
+    unsubscribed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Digest(Base):
+    __tablename__ = "digests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"), index=True)
+    from_alert_id: Mapped[int] = mapped_column(Integer)  # exclusive
+    to_alert_id: Mapped[int] = mapped_column(Integer)  # inclusive
+    alert_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Delivery(Base):
+    """The outbox: one message to send. Written in the same transaction as its digest and the cursor."""
+
+    __tablename__ = "deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest_id: Mapped[int] = mapped_column(ForeignKey("digests.id", ondelete="CASCADE"), index=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"), index=True)
+    channel: Mapped[str] = mapped_column(String(16))  # email | slack | webhook
+    target: Mapped[str] = mapped_column(String(512))
+    part: Mapped[int] = mapped_column(Integer, default=1)  # a Slack digest may be split into several messages
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)  # Message-ID / webhook-id
+    payload: Mapped[bytes] = mapped_column(LargeBinary)  # the rendered message, sent as is on every retry
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending|sending|sent|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class DeliveryAttempt(Base):
+    __tablename__ = "delivery_attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime)
+    outcome: Mapped[str] = mapped_column(String(16))  # sent | retry | failed
+    code: Mapped[str | None] = mapped_column(String(32))  # SMTP reply code or HTTP status
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float | None] = mapped_column(Float)
+
+
+Index("ix_deliveries_due", Delivery.status, Delivery.next_attempt_at)

@@ -1,0 +1,28 @@
+"""Shared fixtures: a real SQLite database migrated with alembic, and the real embedding model
+(loaded offline, once per test session)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from monitor import db
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    """A fresh, migrated SQLite database file."""
+    eng = db.make_engine(f"sqlite:///{tmp_path / 'monitor.db'}")
+    db.upgrade(eng)
+    yield eng
+    eng.dispose()

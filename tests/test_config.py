@@ -1,0 +1,53 @@
+from pathlib import Path
+
+import pytest
+
+from monitor.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_feeds_toml_is_valid() -> None:
+    config = load_config(ROOT / "feeds.toml", env={})
+    assert len(config.feeds) >= 7
+    assert all(f.url.startswith("https://") for f in config.feeds)
+
+
+def test_unknown_key_and_bad_values_are_named() -> None:
+    text = """
+[settings]
+fetch_timeout = 3
+[[feeds]]
+url = "ftp://example.org/rss"
+"""
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "x.toml", env={})
+    msg = str(e.value)
+    assert "settings.fetch_timeout: unknown key" in msg
+    assert "feeds[1].url: must be an http:// or https:// URL" in msg
+
+
+def test_invalid_toml_names_the_file() -> None:
+    with pytest.raises(ConfigError, match="x.toml: not valid TOML"):
+        parse_config("[settings\n", "x.toml", env={})
+
+
+def test_missing_file_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--config FILE"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+def test_environment_overrides_database_and_port() -> None:
+    c = parse_config("", env={"MONITOR_DATABASE_URL": "sqlite:///tmp/x.db", "MONITOR_PORT": "9999"})
+    assert c.settings.database_url == "sqlite:///tmp/x.db"
+    assert c.settings.port == 9999
+
+
+def test_subscription_with_unknown_topic_is_rejected() -> None:
+    text = """
+[[subscribers]]
+email = "a@example.org"
+topics = ["nope"]
+"""
+    with pytest.raises(ConfigError, match="unknown topic"):
+        parse_config(text, env={})
