@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 Decision = Literal["new_story", "update", "repeat"]
 ALERT_DECISIONS: tuple[Decision, ...] = ("new_story", "update")
@@ -71,3 +71,13 @@ class AlertView:
     what_is_new: str | None
     sources_count: int
     first_seen: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MatchedItem:
+    """An item that matched a topic, with its vector: the input of novelty/stories."""
+
+    item: ItemRecord
+    topic_id: str
+    score: float
+    vector: Any  # np.ndarray (float32, L2-normalised); typed loosely to keep this module numpy-free
