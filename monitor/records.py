@@ -81,3 +81,75 @@ class MatchedItem:
     topic_id: str
     score: float
     vector: Any  # np.ndarray (float32, L2-normalised); typed loosely to keep this module numpy-free
+
+
+# --- fetch -> parse -> store (the feed side of the pipeline) ---------------------------------------------
+
+FetchStatus = Literal["ok", "not_modified", "unchanged", "deferred", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRequest:
+    """A claimed feed: what fetch needs (url + validators + hash of the last parsed body) and the feed's
+    scheduling state, which poll hands to schedule.next_check after the fetch."""
+
+    feed_id: int
+    url: str
+    etag: str | None = None
+    last_modified: str | None = None
+    body_hash: str | None = None
+    name: str | None = None
+    interval_s: int | None = None  # fixed interval from feeds.toml; None = adaptive
+    publish_interval_s: float | None = None
+    last_new_item_at: datetime | None = None  # aware UTC
+    error_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """The outcome of one fetch. fetch() never raises: failures come back with status "error"."""
+
+    feed_id: int
+    url: str  # as requested
+    status: FetchStatus
+    fetched_at: datetime  # aware UTC, when the fetch started
+    elapsed_s: float = 0.0
+    http_status: int | None = None
+    final_url: str | None = None  # after redirects
+    permanent_url: str | None = None  # set only when every redirect hop was 301/308
+    body: bytes = b""  # only for status "ok"
+    headers: tuple[tuple[str, str], ...] = ()  # the response headers parse needs (content-type, ...)
+    etag: str | None = None
+    last_modified: str | None = None
+    body_hash: str | None = None  # sha256 hex of the decoded body
+    retry_after: datetime | None = None
+    max_age_s: float | None = None  # Cache-Control max-age (or Expires - Date)
+    error: str | None = None  # a sentence naming the feed URL and what to do
+    error_kind: str | None = None  # http | network | timeout | too_large | private_address | redirects | parse
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ok", "not_modified", "unchanged")
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedItem:
+    """One normalized feed entry. Identity is (outlet, key); see monitor.parse for the key's fallback chain."""
+
+    key: str
+    outlet: str
+    guid: str | None
+    link: str | None  # canonical (tracking parameters and fragment dropped)
+    title: str
+    summary: str
+    author: str | None
+    published_at: datetime  # aware UTC, never after the fetch time
+    content_hash: str  # sha256 of normalized title + summary (syndication detection)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFeed:
+    title: str | None
+    link: str | None
+    items: tuple[ParsedItem, ...]
+    warnings: tuple[str, ...] = ()
