@@ -26,7 +26,18 @@ class EmbedError(MonitorError):
 class DeliveryError(MonitorError):
     """A message could not be delivered. `permanent` says whether retrying can help."""
 
-    def __init__(self, message: str, *, permanent: bool = False, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, permanent: bool = False, retry_after_s: float | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.permanent = permanent
         self.retry_after_s = retry_after_s
+        self.code = code  # SMTP reply code or HTTP status, recorded with the attempt
+
+
+class ChannelGoneError(DeliveryError):
+    """The receiving end no longer exists (HTTP 410, Slack `channel_not_found`...): the channel is disabled
+    and the reason recorded; re-enable it once the URL is fixed."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, permanent=True, code=code)
