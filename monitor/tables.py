@@ -154,6 +154,8 @@ class Subscription(Base):
     kind: Mapped[str] = mapped_column(String(16))  # email | slack | webhook
     target: Mapped[str] = mapped_column(String(512))  # e-mail address (lower-case) or channel name
     cursor_alert_id: Mapped[int] = mapped_column(Integer, default=0)
+    # The cadence the next_digest_at was computed for ("daily 08:00 Europe/London"): a config edit recomputes it.
+    schedule: Mapped[str | None] = mapped_column(String(128))
     last_digest_at: Mapped[datetime | None] = mapped_column(DateTime)
     next_digest_at: Mapped[datetime | None] = mapped_column(DateTime)
     unsubscribed_at: Mapped[datetime | None] = mapped_column(DateTime)

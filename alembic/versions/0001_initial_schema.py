@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 04:26:53.247145
+Create Date: 2026-11-25 04:31:48.182269
 """
 from alembic import op
 import sqlalchemy as sa
@@ -49,6 +49,7 @@ def upgrade() -> None:
     sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('target', sa.String(length=512), nullable=False),
     sa.Column('cursor_alert_id', sa.Integer(), nullable=False),
+    sa.Column('schedule', sa.String(length=128), nullable=True),
     sa.Column('last_digest_at', sa.DateTime(), nullable=True),
     sa.Column('next_digest_at', sa.DateTime(), nullable=True),
     sa.Column('unsubscribed_at', sa.DateTime(), nullable=True),
