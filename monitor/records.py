@@ -153,3 +153,49 @@ class ParsedFeed:
     link: str | None
     items: tuple[ParsedItem, ...]
     warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DigestStory:
+    """One story in a digest: its alerts since the subscription's cursor (a new_story alert and/or updates)."""
+
+    story_id: int
+    title: str
+    link: str | None
+    first_seen: datetime
+    sources_count: int
+    is_new: bool  # the story itself first appeared in this digest
+    alerts: tuple[AlertView, ...]
+
+    @property
+    def updates(self) -> tuple[AlertView, ...]:
+        return tuple(a for a in self.alerts if a.decision == "update")
+
+
+@dataclass(frozen=True, slots=True)
+class DigestTopic:
+    topic_id: str
+    name: str
+    stories: tuple[DigestStory, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DigestContent:
+    """What one digest says, grouped topic -> story; rendered by monitor.render into each channel's format."""
+
+    recipient: str  # e-mail address or channel name
+    recipient_name: str | None
+    kind: str  # email | slack | webhook
+    timezone: str  # times are shown in this zone
+    generated_at: datetime  # aware UTC
+    first_alert_id: int
+    last_alert_id: int
+    topics: tuple[DigestTopic, ...]
+
+    @property
+    def alert_count(self) -> int:
+        return sum(len(s.alerts) for t in self.topics for s in t.stories)
+
+    @property
+    def story_count(self) -> int:
+        return sum(len(t.stories) for t in self.topics)
