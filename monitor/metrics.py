@@ -1,0 +1,73 @@
+"""Prometheus metrics. One `Metrics` object (with its own registry, no process globals) is built by the
+composition root and passed to whatever records events; gauges that describe database state (outbox depth,
+per-feed last success) are read from the database at scrape time, so every process reports the truth."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from monitor.db import aware_utc
+from monitor.tables import Delivery, Feed
+
+
+@dataclass(frozen=True)
+class OutboxGauge:
+    depth: int
+    oldest_age_s: float
+
+
+class _DatabaseCollector(Collector):
+    def __init__(self, engine: Engine, now: Callable[[], datetime]) -> None:
+        self._engine = engine
+        self._now = now
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        now = self._now()
+        depth = GaugeMetricFamily("monitor_outbox_depth", "Deliveries not yet sent or failed for good", labels=["status"])
+        oldest = GaugeMetricFamily("monitor_outbox_oldest_age_seconds", "Age of the oldest pending delivery")
+        last_ok = GaugeMetricFamily("monitor_feed_last_success_timestamp_seconds", "Last successful fetch of a feed", labels=["feed"])
+        errors = GaugeMetricFamily("monitor_feed_consecutive_errors", "Consecutive failed fetches of a feed", labels=["feed"])
+        try:
+            with Session(self._engine) as s:
+                for status, n in s.execute(select(Delivery.status, func.count()).group_by(Delivery.status)):
+                    depth.add_metric([status], n)
+                first = s.execute(
+                    select(func.min(Delivery.created_at)).where(Delivery.status.in_(("pending", "sending")))
+                ).scalar()
+                oldest.add_metric([], (now - aware_utc(first)).total_seconds() if first else 0.0)
+                for url, ok_at, n_err in s.execute(select(Feed.url, Feed.last_success_at, Feed.error_count).where(Feed.enabled)):
+                    if ok_at is not None:
+                        last_ok.add_metric([url], aware_utc(ok_at).timestamp())
+                    errors.add_metric([url], n_err or 0)
+        except Exception:  # a scrape must never take the process down; the gauges are simply absent
+            return []
+        return [depth, oldest, last_ok, errors]
+
+
+class Metrics:
+    def __init__(self, engine: Engine | None = None, now: Callable[[], datetime] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.polls = Counter("monitor_polls_total", "Feed polls by outcome", ["status"], registry=r)
+        self.fetch_seconds = Histogram(
+            "monitor_fetch_seconds", "Time to fetch one feed", registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+        )
+        self.new_items = Counter("monitor_new_items_total", "New items stored", registry=r)
+        self.matches = Counter("monitor_matches_total", "Items matched to a topic", ["topic"], registry=r)
+        self.alerts = Counter("monitor_alerts_total", "Novelty decisions", ["topic", "decision"], registry=r)
+        self.deliveries = Counter("monitor_deliveries_total", "Delivery attempts by outcome", ["channel", "outcome"], registry=r)
+        self.cycle_errors = Counter("monitor_cycle_errors_total", "Scheduler jobs that failed", ["job"], registry=r)
+        if engine is not None and now is not None:
+            r.register(_DatabaseCollector(engine, now))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

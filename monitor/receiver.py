@@ -1,0 +1,92 @@
+"""A local webhook receiver that captures what it is sent: the demo's stand-in for Slack and for a team's
+webhook endpoint, and the receiving end of the latency benchmark. A real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float  # time.time() of receipt
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+@dataclass
+class CaptureReceiver:
+    """Answers every POST with 200 "ok" (what Slack answers) and keeps the request; with `out_dir` each
+    body is also written there as NNNN-<path>.json."""
+
+    out_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    received: list[Received] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _server: ThreadingHTTPServer | None = field(default=None, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> CaptureReceiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                receiver._keep(Received(self.path, dict(self.headers.items()), body, time.time()))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: object) -> None:
+                log.debug("receiver: " + format, *args)
+
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="capture-receiver", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self) -> CaptureReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _keep(self, r: Received) -> None:
+        with self._lock:
+            self.received.append(r)
+            n = len(self.received)
+        if self.out_dir is not None:
+            name = r.path.strip("/").replace("/", "-") or "root"
+            (self.out_dir / f"{n:04d}-{name}.json").write_bytes(r.body)
+
+    def snapshot(self) -> list[Received]:
+        with self._lock:
+            return list(self.received)
