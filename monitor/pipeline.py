@@ -1,0 +1,147 @@
+"""The orchestration: the one module that passes data from stage to stage.
+
+    poll (fetch -> parse -> store)  ->  process (embed -> match -> novelty)  ->  digest  ->  deliver
+
+Stages do not import each other; this module does. It holds no resources of its own: the composition root
+(`monitor.service` or the demo) builds the engine, the embedder and the clock and hands them in as a
+`Runtime`. Every step takes `now` from the runtime's clock, so the same code runs in real time, on the
+demo's simulated clock and in tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from monitor import digest, embed, match, poll, store, stories
+from monitor.clock import Clock
+from monitor.config import Config
+from monitor.deliver import outbox
+from monitor.metrics import Metrics
+from monitor.records import ALERT_DECISIONS, MatchedItem
+
+log = logging.getLogger(__name__)
+
+PROCESS_BATCH = 256
+
+
+@dataclass
+class Runtime:
+    """Everything a pipeline step needs, built once by the composition root. `config` and `topics` are
+    swapped together on hot reload."""
+
+    engine: Engine
+    config: Config
+    embedder: embed.Embedder
+    topics: match.TopicSet
+    clock: Clock
+    metrics: Metrics
+    worker_id: str = "main"
+
+    def reload(self, config: Config) -> None:
+        """Apply a new, validated configuration: feeds and subscriptions in the database, topics recompiled."""
+        topics = match.compile_topics(config.topics, self.embedder)
+        now = self.clock.now()
+        with Session(self.engine) as s, s.begin():
+            store.sync_feeds(s, config.feeds, now)
+            digest.sync_subscriptions(s, config, now)
+        self.config, self.topics = config, topics
+
+
+@dataclass(frozen=True)
+class ProcessReport:
+    items: int = 0
+    matches: int = 0
+    decisions: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def alerts(self) -> int:
+        return sum(n for d, n in self.decisions.items() if d in ALERT_DECISIONS)
+
+
+def build_runtime(engine: Engine, config: Config, embedder: embed.Embedder, clock: Clock,
+                  metrics: Metrics | None = None, worker_id: str = "main") -> Runtime:
+    rt = Runtime(engine=engine, config=config, embedder=embedder, topics=match.compile_topics(config.topics, embedder),
+                 clock=clock, metrics=metrics or Metrics(), worker_id=worker_id)
+    rt.reload(config)
+    return rt
+
+
+async def poll_feeds(rt: Runtime, *, fetcher: Any = None, feeds_filter: str | None = None,
+                     force: bool = False) -> poll.PollReport:
+    """Fetch the feeds that are due (or all enabled ones with force), store what is new."""
+    report = await poll.poll_once(rt.engine, rt.config.settings, now=rt.clock.now(), fetcher=fetcher,
+                                  feeds_filter=feeds_filter, force=force)
+    for row in report.rows:
+        rt.metrics.polls.labels(status=row.status).inc()
+        rt.metrics.fetch_seconds.observe(row.seconds)
+    rt.metrics.new_items.inc(report.new_items)
+    return report
+
+
+def process_pending(rt: Runtime, *, limit: int | None = None) -> ProcessReport:
+    """Embed, match and decide novelty for every stored item not processed yet, in batches, one
+    transaction per batch (a crash mid-way redoes at most one batch, and the unique constraints make that
+    harmless)."""
+    settings = rt.config.settings
+    total_items = total_matches = 0
+    decisions: Counter[str] = Counter()
+    while limit is None or total_items < limit:
+        now = rt.clock.now()
+        with Session(rt.engine, expire_on_commit=False) as s, s.begin():
+            items = store.unprocessed_items(s, PROCESS_BATCH)
+            if not items:
+                break
+            vectors = embed.ensure_vectors(s, rt.embedder, items, settings.embedding_batch_size)
+            results = match.match_items(items, vectors, rt.topics)
+            matched = [m for m in results if m.matched]
+            match.save_matches(s, matched, now)
+            index = {it.id: i for i, it in enumerate(items)}
+            by_id = {it.id: it for it in items}
+            todo = [MatchedItem(item=by_id[m.item_id], topic_id=m.topic_id, score=m.score,
+                                vector=vectors[index[m.item_id]]) for m in matched]
+            todo.sort(key=lambda x: (x.item.published_at, x.item.id))
+            made = stories.assign(s, todo, now, settings) if todo else []
+            store.mark_processed(s, [it.id for it in items], now)
+        total_items += len(items)
+        total_matches += len(matched)
+        for m in matched:
+            rt.metrics.matches.labels(topic=m.topic_id).inc()
+        for d in made:
+            decisions[d.decision] += 1
+            rt.metrics.alerts.labels(topic=d.topic_id, decision=d.decision).inc()
+    if total_items:
+        log.info("processed new items", extra={"items": total_items, "matches": total_matches,
+                                               "decisions": dict(decisions)})
+    return ProcessReport(items=total_items, matches=total_matches, decisions=dict(decisions))
+
+
+def build_digests(rt: Runtime) -> list[int]:
+    now = rt.clock.now()
+    with Session(rt.engine) as s, s.begin():
+        stories.close_expired(s, now, rt.config.settings.story_window_h)
+    return digest.build_due_digests(rt.engine, rt.config, now)
+
+
+async def deliver(rt: Runtime, *, limit: int = 50, senders: Any = None) -> outbox.DeliveryReport:
+    report = await outbox.deliver_due(rt.engine, rt.config, rt.clock.now(), worker_id=rt.worker_id,
+                                      limit=limit, senders=senders)
+    for outcome, n in report.by_outcome().items():
+        rt.metrics.deliveries.labels(channel="all", outcome=outcome).inc(n)
+    return report
+
+
+def apply_retention(rt: Runtime, now: datetime | None = None) -> int:
+    now = now or rt.clock.now()
+    cutoff = now - timedelta(days=rt.config.settings.retention_days)
+    with Session(rt.engine) as s, s.begin():
+        pruned = store.prune_items(s, cutoff)
+    if pruned:
+        log.info("retention pruned old items", extra={"items": pruned, "older_than": cutoff.isoformat()})
+    return pruned
