@@ -106,6 +106,10 @@ class TopicConfig(_Strict):
     examples: list[str] = Field(description="Headlines that should match.")
     counterexamples: list[str] = Field(default_factory=list, description="Near misses that must not match.")
     require_any: list[str] = Field(default_factory=list, description="Keyword gate: at least one must occur (case-insensitive).")
+    require_all: list[list[str]] = Field(
+        default_factory=list,
+        description="Keyword gate in groups: every group needs at least one hit (e.g. [[\"ICC\"], [\"Israel\", \"Gaza\"]]).",
+    )
     exclude: list[str] = Field(default_factory=list, description="Keyword gate: none may occur.")
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Match score needed (0..1); default is the calibrated one.")
 
