@@ -1,0 +1,129 @@
+"""`monitor demo`: the whole pipeline, offline, on real headlines, in about a minute.
+
+It serves the bundled excerpt (2023-11-20 .. 11-28: the truce and the hostage/prisoner releases) from the
+replay server on 127.0.0.1, and runs the same pipeline functions the service runs, on a simulated clock
+that advances one hour per step: poll -> embed -> match -> stories -> digests -> outbox. A daily-digest
+subscriber gets e-mail (written as .eml and .html), a Slack-style channel gets hourly messages (captured
+by a local receiver). Everything lands in the output folder, with a summary of what was sent and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from monitor import db, embed, pipeline, replay
+from monitor.clock import ManualClock
+from monitor.config import ChannelConfig, Config, FeedConfig, Settings, SubscriberConfig, TopicConfig
+from monitor.fetch import Fetcher
+from monitor.receiver import CaptureReceiver
+from monitor.tables import Alert, Delivery
+
+log = logging.getLogger(__name__)
+
+BUNDLED = Path(__file__).resolve().parent / "data" / "demo_items.jsonl.xz"
+DEMO_START = datetime(2023, 11, 20, 0, 0, tzinfo=UTC)
+DEMO_END = datetime(2023, 11, 29, 9, 0, tzinfo=UTC)  # past the last daily digest (08:00 on the 29th)
+SLACK_URL_ENV = "MONITOR_DEMO_SLACK_URL"
+SUBSCRIBER = "analyst@example.org"
+
+
+@dataclass
+class DemoSummary:
+    out_dir: Path
+    items: int = 0
+    topics: dict[str, Counter[str]] = field(default_factory=dict)
+    emails: list[Path] = field(default_factory=list)
+    slack_messages: int = 0
+    alerts_by_day: dict[str, list[str]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def demo_config(topics: list[TopicConfig], feed_urls: list[str], out_dir: Path, base_url: str) -> Config:
+    settings = Settings(
+        database_url=f"sqlite:///{out_dir / 'demo.db'}",
+        allow_private_networks=True,  # the replay server and the receiver are on 127.0.0.1
+        outbox_dir=str(out_dir / "email"),
+        base_url=base_url,
+        min_interval_s=600,
+        max_interval_s=3600,
+        default_interval_s=900,
+    )
+    return Config(
+        settings=settings,
+        feeds=[FeedConfig(url=u) for u in feed_urls],
+        topics=topics,
+        subscribers=[SubscriberConfig(email=SUBSCRIBER, name="Demo Analyst", cadence="daily", daily_at=time(8, 0))],
+        channels=[ChannelConfig(name="newsroom", kind="slack", url_env=SLACK_URL_ENV, cadence="hourly")],
+    )
+
+
+async def run_demo(topics: list[TopicConfig], out_dir: Path, data: Path = BUNDLED,
+                   progress: Callable[[str], None] = lambda _msg: None) -> DemoSummary:
+    started = datetime.now(UTC)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("demo.db", "demo.db-wal", "demo.db-shm"):
+        (out_dir / stale).unlink(missing_ok=True)
+    clock = ManualClock(DEMO_START)
+    items = replay.load_items(data)
+    with replay.serve(items, clock=clock.now) as server, CaptureReceiver(out_dir / "slack") as receiver:
+        os.environ[SLACK_URL_ENV] = f"{receiver.url}/slack/newsroom"
+        config = demo_config(topics, server.feed_urls(), out_dir, base_url="http://127.0.0.1:8080")
+        engine = db.make_engine(config.settings.database_url)
+        db.upgrade(engine)
+        progress(f"loading the embedding model ({config.settings.embedding_model}) ...")
+        embedder = embed.load_embedder(config.settings)
+        rt = pipeline.build_runtime(engine, config, embedder, clock)
+        summary = DemoSummary(out_dir=out_dir, items=len(items))
+        async with Fetcher(config.settings) as fetcher:
+            day = None
+            while clock.now() < DEMO_END:
+                clock.advance(timedelta(hours=1))
+                if clock.now().date() != day:
+                    day = clock.now().date()
+                    progress(f"{day}: replaying ...")
+                await pipeline.poll_feeds(rt, fetcher=fetcher)
+                pipeline.process_pending(rt)
+                pipeline.build_digests(rt)
+                await pipeline.deliver(rt)
+        _collect(engine, summary)
+        summary.slack_messages = len(receiver.snapshot())
+        engine.dispose()
+    summary.emails = _html_copies(out_dir / "email")
+    summary.seconds = (datetime.now(UTC) - started).total_seconds()
+    return summary
+
+
+def _collect(engine, summary: DemoSummary) -> None:  # type: ignore[no-untyped-def]
+    with Session(engine) as s:
+        for topic, decision, n in s.execute(
+            select(Alert.topic_id, Alert.decision, func.count()).group_by(Alert.topic_id, Alert.decision)
+        ):
+            summary.topics.setdefault(topic, Counter())[decision] = n
+        for a in s.scalars(select(Alert).where(Alert.decision.in_(("new_story", "update"))).order_by(Alert.published_at)):
+            line = f"[{a.topic_id}] {a.decision}: {a.title}" + (f"  ({a.what_is_new})" if a.what_is_new else "")
+            summary.alerts_by_day.setdefault(a.published_at.date().isoformat(), []).append(line)
+        failed = s.scalar(select(func.count()).select_from(Delivery).where(Delivery.status != "sent"))
+        if failed:
+            log.warning("some demo deliveries were not sent", extra={"deliveries": failed})
+
+
+def _html_copies(email_dir: Path) -> list[Path]:
+    """Next to each .eml, an .html file with its HTML part, to open in a browser."""
+    emails = sorted(email_dir.glob("*.eml")) if email_dir.exists() else []
+    for eml in emails:
+        msg = BytesParser(policy=policy.default).parsebytes(eml.read_bytes())
+        part = msg.get_body(preferencelist=("html",))
+        if part is not None:
+            eml.with_suffix(".html").write_text(part.get_content(), encoding="utf-8")
+    return emails
