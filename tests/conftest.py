@@ -26,3 +26,12 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     db.upgrade(eng)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture
+def feed_server() -> Iterator[object]:
+    """A real HTTP server on 127.0.0.1 with configurable per-path responses (see tests/feedserver.py)."""
+    from feedserver import FeedServer
+
+    with FeedServer() as server:
+        yield server

@@ -1,0 +1,339 @@
+"""fetch: one feed -> one HTTP result, politely and defensively.
+
+`Fetcher` is an async context manager around one httpx.AsyncClient. httpx is the project's HTTP API; its
+transport is `httpx-aiohttp` (aiohttp's connection pool), measured ~5x faster than httpx's own pool at 64
+connections. What a fetch does:
+
+* conditional GET (If-None-Match / If-Modified-Since from the stored validators); 304 -> "not_modified";
+* a 200 whose body hashes (sha256) to the stored `body_hash` -> "unchanged" (not re-parsed downstream);
+* 429/503 with Retry-After (delta seconds or HTTP date) -> "deferred" with `retry_after`;
+* redirects followed by hand (at most 5 hops) so every hop is re-checked against the address rule; the
+  new URL is reported as `permanent_url` only when *every* hop was 301/308;
+* the body is streamed and counted *after* decompression, so a gzip bomb stops at `max_feed_bytes`;
+* one deadline (`fetch_timeout_s`) around the whole exchange, so a 1 byte/s server cannot hold a worker;
+* a global limit (`max_concurrency`) and a per-host limit (`per_host_concurrency`);
+* hosts that resolve to private, loopback, link-local or reserved addresses are refused unless
+  `allow_private_networks`: IP literals are checked before connecting, names by a resolver wrapped around
+  aiohttp's (every address of the name is checked, at connection time, on every hop, so DNS rebinding
+  between check and connect is not possible).
+
+`fetch()` never raises: a failure is a FetchResult with status "error", `error_kind` and a message that names
+the feed URL and says what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import logging
+import re
+import socket
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
+from httpx_aiohttp import AiohttpTransport
+
+from monitor.config import Settings
+from monitor.db import utcnow
+from monitor.records import FetchRequest, FetchResult
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 5
+_REDIRECTS = {301, 302, 303, 307, 308}
+_PERMANENT = {301, 308}
+# Response headers feedparser uses (encoding detection, relative URIs, language).
+_PARSE_HEADERS = ("content-type", "content-location", "content-language")
+_MAX_AGE = re.compile(r"(?:^|,)\s*(?:s-)?max-age\s*=\s*\"?(\d+)", re.I)
+_ACCEPT = "application/rss+xml, application/atom+xml, application/rdf+xml;q=0.9, application/xml;q=0.8, text/xml;q=0.8, */*;q=0.1"
+
+
+class PrivateAddressError(OSError):
+    """A host resolved to an address feeds may not use (private, loopback, link-local, reserved)."""
+
+
+class _FetchFailed(Exception):
+    def __init__(self, kind: str, message: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.http_status = http_status
+
+
+def is_blocked_address(address: str) -> bool:
+    """True for addresses a feed URL may not point at unless allow_private_networks is set."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return True  # not an address we understand: refuse rather than guess
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+class _GuardedResolver(AbstractResolver):
+    """aiohttp's resolver, refusing a name if any of its addresses is private/loopback/link-local."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        bad = [r["host"] for r in results if is_blocked_address(r["host"])]
+        if bad:
+            raise PrivateAddressError(f"{host} resolves to a non-public address ({', '.join(sorted(set(bad)))})")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class Fetcher:
+    """HTTP client for feeds. Use as `async with Fetcher(settings) as f: result = await f.fetch(req)`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._global = asyncio.Semaphore(settings.max_concurrency)
+        self._hosts: dict[str, asyncio.Semaphore] = {}
+
+    async def __aenter__(self) -> Fetcher:
+        transport = self._transport
+        if transport is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._settings.max_concurrency,
+                limit_per_host=0,  # enforced by our own per-host semaphores
+                ttl_dns_cache=300,
+                ssl=httpx.create_ssl_context(),
+                resolver=None if self._settings.allow_private_networks else _GuardedResolver(),
+            )
+            session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+            transport = AiohttpTransport(client=session)
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            follow_redirects=False,
+            timeout=httpx.Timeout(self._settings.fetch_timeout_s),
+            headers={"User-Agent": self._settings.user_agent, "Accept": _ACCEPT},
+        )
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _host_limit(self, url: str) -> asyncio.Semaphore:
+        host = (urlsplit(url).hostname or "").lower()
+        sem = self._hosts.get(host)
+        if sem is None:
+            sem = self._hosts[host] = asyncio.Semaphore(self._settings.per_host_concurrency)
+        return sem
+
+    async def fetch(self, req: FetchRequest) -> FetchResult:
+        """Fetch one feed. Never raises (except cancellation): errors come back as status "error"."""
+        if self._client is None:
+            raise RuntimeError("Fetcher used outside `async with`")
+        fetched_at = self._clock()
+        t0 = time.perf_counter()
+        deadline = self._settings.fetch_timeout_s
+
+        def failed(kind: str, message: str, http_status: int | None = None) -> FetchResult:
+            return FetchResult(
+                feed_id=req.feed_id, url=req.url, status="error", fetched_at=fetched_at,
+                elapsed_s=time.perf_counter() - t0, http_status=http_status, error=message, error_kind=kind,
+            )
+
+        try:
+            async with self._global, self._host_limit(req.url):
+                t0 = time.perf_counter()  # the deadline covers the exchange, not the wait for a slot
+                async with asyncio.timeout(deadline):
+                    return await self._exchange(req, fetched_at, t0)
+        except _FetchFailed as e:
+            return failed(e.kind, str(e), e.http_status)
+        except TimeoutError:
+            return failed("timeout", f"{req.url}: no complete response within {deadline:g} s (fetch_timeout_s); "
+                                     "the server is too slow or stalled, it will be retried later")
+        except (httpx.HTTPError, aiohttp.ClientError, OSError, ValueError) as e:
+            private = _find_cause(e, PrivateAddressError)
+            if private is not None:
+                return failed("private_address", f"{req.url}: refused: {private}; set allow_private_networks = true "
+                                                 "in [settings] only if this feed is meant to be on a private network")
+            return failed("network", f"{req.url}: network error: {_describe(e)}; check the URL and that the site "
+                                     "is up; it will be retried with backoff")
+
+    async def _exchange(self, req: FetchRequest, fetched_at: datetime, t0: float) -> FetchResult:
+        assert self._client is not None
+        url = req.url
+        permanent = True
+        headers: dict[str, str] = {}
+        if req.etag:
+            headers["If-None-Match"] = req.etag
+        if req.last_modified:
+            headers["If-Modified-Since"] = req.last_modified
+        for _hop in range(MAX_REDIRECTS + 1):
+            self._check_url(req.url, url)
+            response = await self._client.send(self._client.build_request("GET", url, headers=headers), stream=True)
+            try:
+                status = response.status_code
+                if status in _REDIRECTS:
+                    location = response.headers.get("location")
+                    if not location:
+                        raise _FetchFailed("http", f"{req.url}: HTTP {status} redirect without a Location header", status)
+                    permanent = permanent and status in _PERMANENT
+                    url = urljoin(url, location.strip())
+                    continue
+                return await self._result(req, response, url, permanent and url != req.url, fetched_at, t0)
+            finally:
+                await response.aclose()
+        raise _FetchFailed("redirects", f"{req.url}: more than {MAX_REDIRECTS} redirects; fix the feed URL in feeds.toml")
+
+    def _check_url(self, feed_url: str, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _FetchFailed("redirects" if url != feed_url else "network",
+                               f"{feed_url}: {url!r} is not an http(s) URL; fix the feed URL in feeds.toml")
+        if self._settings.allow_private_networks:
+            return
+        host = parts.hostname
+        try:
+            ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return  # a name: checked by the resolver when connecting
+        if is_blocked_address(host):
+            where = "" if url == feed_url else f" (redirected to {url})"
+            raise PrivateAddressError(f"{host}{where} is a private, loopback, link-local or reserved address")
+
+    async def _result(
+        self, req: FetchRequest, response: httpx.Response, final_url: str, permanent: bool, fetched_at: datetime, t0: float
+    ) -> FetchResult:
+        status = response.status_code
+        h = response.headers
+        common: dict[str, Any] = {
+            "feed_id": req.feed_id, "url": req.url, "fetched_at": fetched_at, "http_status": status,
+            "final_url": final_url, "permanent_url": final_url if permanent else None,
+            "max_age_s": cache_lifetime(h.get("cache-control"), h.get("expires"), h.get("date"), fetched_at),
+        }
+        if status == 304:
+            return FetchResult(
+                status="not_modified", elapsed_s=time.perf_counter() - t0,
+                etag=h.get("etag") or req.etag, last_modified=h.get("last-modified") or req.last_modified,
+                body_hash=req.body_hash, **common,
+            )
+        if status in (429, 503):
+            retry_after = parse_retry_after(h.get("retry-after"), fetched_at)
+            if status == 429 or retry_after is not None:
+                when = f"after {retry_after.isoformat()}" if retry_after else "later (backing off)"
+                return FetchResult(
+                    status="deferred", elapsed_s=time.perf_counter() - t0, retry_after=retry_after,
+                    error=f"{req.url}: HTTP {status}, the server asks to come back {when}", error_kind="http", **common,
+                )
+        if not 200 <= status < 300:
+            raise _FetchFailed("http", f"{req.url}: HTTP {status} {response.reason_phrase}; {_advice(status)}", status)
+        body = await self._read_capped(req, response)
+        digest = hashlib.sha256(body).hexdigest()
+        unchanged = req.body_hash is not None and digest == req.body_hash
+        return FetchResult(
+            status="unchanged" if unchanged else "ok", elapsed_s=time.perf_counter() - t0,
+            body=b"" if unchanged else body,
+            headers=tuple((k, h[k]) for k in _PARSE_HEADERS if k in h),
+            etag=h.get("etag"), last_modified=h.get("last-modified"), body_hash=digest, **common,
+        )
+
+    async def _read_capped(self, req: FetchRequest, response: httpx.Response) -> bytes:
+        cap = self._settings.max_feed_bytes
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and "content-encoding" not in response.headers and int(declared) > cap:
+            raise _FetchFailed("too_large", f"{req.url}: body of {int(declared):,} bytes exceeds max_feed_bytes "
+                                            f"({cap:,}); raise the setting if this feed is legitimately that big")
+        buf = bytearray()
+        async for chunk in response.aiter_bytes():  # decoded bytes: the cap applies after decompression
+            buf += chunk
+            if len(buf) > cap:
+                raise _FetchFailed("too_large", f"{req.url}: body exceeds max_feed_bytes ({cap:,} bytes after "
+                                                "decompression); raise the setting if this feed is legitimately that big")
+        return bytes(buf)
+
+
+def parse_retry_after(value: str | None, now: datetime) -> datetime | None:
+    """Retry-After as delta seconds or an HTTP date -> aware UTC instant (None if absent or unreadable)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return now + timedelta(seconds=int(value))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def cache_lifetime(cache_control: str | None, expires: str | None, date: str | None, now: datetime) -> float | None:
+    """Seconds the response may be reused: Cache-Control max-age, else Expires - Date. None if no hint."""
+    if cache_control:
+        if re.search(r"no-cache|no-store", cache_control, re.I):
+            return None
+        m = _MAX_AGE.search(cache_control)
+        if m:
+            return float(m.group(1))
+    if expires:
+        try:
+            exp = parsedate_to_datetime(expires)
+            base = parsedate_to_datetime(date) if date else now
+        except (TypeError, ValueError, IndexError):
+            return None
+        if exp is None or base is None:
+            return None
+        exp = exp.replace(tzinfo=UTC) if exp.tzinfo is None else exp
+        base = base.replace(tzinfo=UTC) if base.tzinfo is None else base
+        return max(0.0, (exp - base).total_seconds())
+    return None
+
+
+def _advice(status: int) -> str:
+    if status in (404, 410):
+        return "the feed seems to be gone; check or remove its URL in feeds.toml"
+    if status in (401, 403):
+        return "the server refuses access; the feed may need another URL"
+    if status >= 500:
+        return "server error; it will be retried with backoff"
+    return "check the feed URL in feeds.toml"
+
+
+def _find_cause(e: BaseException, kind: type[BaseException]) -> BaseException | None:
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [e]
+    while stack:
+        cur = stack.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, kind):
+            return cur
+        stack.extend([cur.__cause__, cur.__context__, getattr(cur, "os_error", None)])
+    return None
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
