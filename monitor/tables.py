@@ -115,6 +115,8 @@ class Story(Base):
     item_count: Mapped[int] = mapped_column(Integer, default=1)
     sources: Mapped[list[str]] = mapped_column(JSON, default=list)  # outlets that carried it
     centroid: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 representative vector
+    # float32 (k, dim) matrix of member vectors (first item + most recent): novelty compares to members.
+    member_vectors: Mapped[bytes | None] = mapped_column(LargeBinary)
     state: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)  # novelty's own memory (facts seen...)
     closed: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 04:31:48.182269
+Create Date: 2026-11-25 04:36:46.461608
 """
 from alembic import op
 import sqlalchemy as sa
@@ -160,6 +160,7 @@ def upgrade() -> None:
     sa.Column('item_count', sa.Integer(), nullable=False),
     sa.Column('sources', sa.JSON(), nullable=False),
     sa.Column('centroid', sa.LargeBinary(), nullable=True),
+    sa.Column('member_vectors', sa.LargeBinary(), nullable=True),
     sa.Column('state', sa.JSON(), nullable=False),
     sa.Column('closed', sa.Boolean(), nullable=False),
     sa.ForeignKeyConstraint(['first_item_id'], ['items.id'], ondelete='SET NULL'),
