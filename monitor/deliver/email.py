@@ -1,0 +1,103 @@
+"""E-mail senders: SMTP (smtplib in a worker thread, STARTTLS/TLS, login from env) and, with no SMTP server
+configured, .eml files (plus an .html copy for humans) in `settings.outbox_dir`.
+
+SMTP replies map onto the outbox's retry policy: 4xx (and dropped connections, timeouts) retry, 5xx is a
+permanent failure for that recipient. Each message has one recipient, so one refusal affects no one else."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import smtplib
+import ssl
+from email import message_from_bytes, policy
+from email.utils import parseaddr
+from pathlib import Path
+
+from monitor.config import SmtpSettings
+from monitor.deliver import Outgoing
+from monitor.errors import DeliveryError
+
+
+class SmtpSender:
+    def __init__(self, smtp: SmtpSettings, mail_from: str, password: str | None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self._smtp = smtp
+        self._from = parseaddr(mail_from)[1] or mail_from
+        self._password = password
+        self._ssl = ssl_context
+
+    async def send(self, message: Outgoing) -> str:
+        return await asyncio.to_thread(self._send_sync, message)
+
+    def _send_sync(self, message: Outgoing) -> str:
+        s = self._smtp
+        where = f"SMTP {s.host}:{s.port}"
+        try:
+            if s.security == "tls":
+                conn: smtplib.SMTP = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout_s,
+                                                      context=self._ssl or ssl.create_default_context())
+            else:
+                conn = smtplib.SMTP(s.host, s.port, timeout=s.timeout_s)
+            with conn:
+                conn.ehlo()
+                if s.security == "starttls":
+                    conn.starttls(context=self._ssl or ssl.create_default_context())
+                    conn.ehlo()
+                if s.username:
+                    conn.login(s.username, self._password or "")
+                conn.sendmail(self._from, [message.target], message.payload)
+                return "250"
+        except smtplib.SMTPRecipientsRefused as e:
+            code, text = next(iter(e.recipients.values()), (0, b""))
+            raise _reply_error(where, "recipient refused", int(code), text) from e
+        except smtplib.SMTPAuthenticationError as e:
+            # The login is the operator's problem, not the recipient's: retry (and say what to fix).
+            raise DeliveryError(f"{where}: login failed ({e.smtp_code}); check username and the password env var",
+                                code=str(e.smtp_code)) from e
+        except smtplib.SMTPResponseException as e:
+            raise _reply_error(where, "rejected", e.smtp_code, e.smtp_error) from e
+        except smtplib.SMTPNotSupportedError as e:
+            raise DeliveryError(f"{where}: {e}; check `security` in [settings.smtp]") from e
+        except (smtplib.SMTPException, OSError) as e:  # disconnects, timeouts, refused connections, TLS errors
+            raise DeliveryError(f"{where}: {type(e).__name__}: {e}") from e
+
+
+def _reply_error(where: str, what: str, code: int, text: bytes | str) -> DeliveryError:
+    reply = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    msg = f"{where}: {what}: {code} {reply}".strip()
+    return DeliveryError(msg, permanent=500 <= code < 600, code=str(code))
+
+
+class EmlFileSender:
+    """Writes each message to `<dir>/<delivery id>-<message id>.eml` (and `.html`); a retry overwrites the
+    same file, so a resend is still one file."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self._dir = Path(directory)
+
+    async def send(self, message: Outgoing) -> str:
+        await asyncio.to_thread(self._write, message)
+        return "file"
+
+    def paths(self, message: Outgoing) -> tuple[Path, Path]:
+        stem = f"{message.delivery_id:06d}-" + re.sub(r"[^A-Za-z0-9.@_-]", "", message.idempotency_key)[:120]
+        return self._dir / f"{stem}.eml", self._dir / f"{stem}.html"
+
+    def _write(self, message: Outgoing) -> None:
+        eml, html = self.paths(message)
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write(eml, message.payload)
+            body = message_from_bytes(message.payload, policy=policy.default).get_body(("html",))
+            if body is not None:
+                _atomic_write(html, body.get_content().encode("utf-8"))  # type: ignore[attr-defined]
+        except OSError as e:
+            raise DeliveryError(f"cannot write {eml}: {e}; check outbox_dir") from e
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

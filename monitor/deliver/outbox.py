@@ -1,0 +1,313 @@
+"""The transactional outbox: delivery rows are written with their digest (monitor.digest); workers claim due
+rows under a lease, send them, and record the outcome.
+
+* Claim: one row at a time, in a write transaction (SQLite: BEGIN IMMEDIATE + a guarded UPDATE; PostgreSQL:
+  SELECT ... FOR UPDATE SKIP LOCKED). A row is due when pending and `next_attempt_at <= now`, or when a
+  worker's lease on it has expired (the worker died mid-send: the row is sent again, with the same
+  Message-ID / webhook-id, so the receiver can deduplicate).
+* Every attempt is a delivery_attempts row, written when the row is claimed (outcome `sending`) and
+  completed after the send (`sent`, `retry`, `failed`); an attempt whose worker died stays `sending` until
+  the row is reclaimed, then reads `lost`.
+* Retries: exponential backoff with jitter (or the receiver's Retry-After), up to MAX_ATTEMPTS or MAX_AGE;
+  permanent failures and give-ups are `failed` with the error (`monitor deliveries list --failed`).
+* The lease is longer than any send can take (senders have their own, shorter, wall-clock timeouts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import httpx
+from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from monitor.config import Config, secret
+from monitor.db import aware_utc, is_sqlite, naive_utc, write_transaction
+from monitor.deliver import Outgoing, Sender
+from monitor.deliver.email import EmlFileSender, SmtpSender
+from monitor.deliver.webhook import SlackSender, WebhookSender
+from monitor.errors import ChannelGoneError, DeliveryError
+from monitor.tables import Delivery, DeliveryAttempt, Subscription
+
+log = logging.getLogger(__name__)
+
+LEASE_S = 300.0
+HTTP_TIMEOUT_S = 20.0
+BACKOFF_BASE_S = 30.0
+BACKOFF_MAX_S = 3600.0
+MAX_RETRY_AFTER_S = 6 * 3600.0
+MAX_ATTEMPTS = 10
+MAX_AGE = timedelta(days=2)
+
+
+@dataclass
+class DeliveryReport:
+    """What one `deliver_due` pass did."""
+
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    delivery_ids: list[int] = field(default_factory=list)
+
+    @property
+    def claimed(self) -> int:
+        return self.sent + self.retried + self.failed + self.cancelled
+
+    def by_outcome(self) -> dict[str, int]:
+        return {k: v for k, v in (("sent", self.sent), ("retry", self.retried), ("failed", self.failed),
+                                  ("cancelled", self.cancelled)) if v}
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    depth: int  # pending + sending
+    oldest_pending_age_s: float
+    by_status: dict[str, int]
+
+
+def stats(session: Session, now: datetime) -> OutboxStats:
+    """Outbox depth, oldest pending age and counts by status (for /metrics)."""
+    by_status = dict(session.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).tuples().all())
+    oldest = session.scalar(select(func.min(Delivery.created_at)).where(Delivery.status.in_(("pending", "sending"))))
+    age = (now - aware_utc(oldest)).total_seconds() if oldest is not None else 0.0  # type: ignore[operator]
+    return OutboxStats(depth=by_status.get("pending", 0) + by_status.get("sending", 0),
+                       oldest_pending_age_s=max(age, 0.0), by_status=by_status)
+
+
+def backoff_s(attempt: int, rng: random.Random) -> float:
+    """Delay before retry number `attempt` (1-based): exponential, capped, with jitter in [50%, 100%]."""
+    base = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(attempt - 1, 0))
+    return base * (0.5 + rng.random() / 2)
+
+
+# --- senders ---------------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def open_senders(config: Config, env: Mapping[str, str] | None = None) -> AsyncIterator[dict[str, Sender]]:
+    """The real senders for this configuration: SMTP (or .eml files), Slack and signed webhooks. Keep one
+    set open across passes so the per-webhook Slack rate limit holds between ticks."""
+    s = config.settings
+    channels = {c.name: c for c in config.channels}
+
+    def url(name: str) -> str | None:
+        c = channels.get(name)
+        return secret(c.url_env, env) if c else None
+
+    def signing_secret(name: str) -> str | None:
+        c = channels.get(name)
+        return secret(c.secret_env, env) if c else None
+
+    email: Sender
+    if s.smtp is not None:
+        email = SmtpSender(s.smtp, s.mail_from, secret(s.smtp.password_env, env))
+    else:
+        email = EmlFileSender(s.outbox_dir)
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, follow_redirects=False,
+                                 headers={"user-agent": s.user_agent}) as client:
+        yield {
+            "email": email,
+            "slack": SlackSender(url, client, allow_private_networks=s.allow_private_networks),
+            "webhook": WebhookSender(url, signing_secret, client, allow_private_networks=s.allow_private_networks,
+                                     user_agent=s.user_agent),
+        }
+
+
+# --- claiming and recording ------------------------------------------------------------------------------
+
+
+def _due(now: datetime):  # type: ignore[no-untyped-def]
+    n = naive_utc(now)
+    return or_(
+        and_(Delivery.status == "pending", Delivery.next_attempt_at <= n),
+        and_(Delivery.status == "sending", Delivery.lease_until < n),
+    )
+
+
+@dataclass(frozen=True)
+class _Claim:
+    message: Outgoing
+    attempt_id: int
+    subscription_id: int
+    created_at: datetime
+    blocked: str | None  # why the subscription no longer receives (unsubscribed / disabled)
+
+
+def claim_one(engine: Engine, now: datetime, worker_id: str, lease_s: float) -> _Claim | None:
+    """Claim the most overdue row for `lease_s` seconds; None when nothing is due."""
+    n = naive_utc(now)
+    for _ in range(5):  # another worker may win the guarded UPDATE; try the next row
+        with write_transaction(engine) as s:
+            q = select(Delivery.id).where(_due(now)).order_by(Delivery.next_attempt_at, Delivery.id).limit(1)
+            if not is_sqlite(engine):
+                q = q.with_for_update(skip_locked=True)
+            delivery_id = s.scalar(q)
+            if delivery_id is None:
+                return None
+            won = s.execute(
+                update(Delivery)
+                .where(Delivery.id == delivery_id, _due(now))
+                .values(status="sending", lease_owner=worker_id, lease_until=n + timedelta(seconds=lease_s),
+                        attempts=Delivery.attempts + 1)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if won != 1:
+                continue
+            # An attempt still marked `sending` belonged to a worker that died before finishing it.
+            s.execute(update(DeliveryAttempt)
+                      .where(DeliveryAttempt.delivery_id == delivery_id, DeliveryAttempt.outcome == "sending")
+                      .values(outcome="lost", error="the worker stopped before recording an outcome (lease expired)")
+                      .execution_options(synchronize_session=False))
+            d = s.get_one(Delivery, delivery_id)
+            sub = s.get_one(Subscription, d.subscription_id)
+            attempt = DeliveryAttempt(delivery_id=d.id, at=n, outcome="sending")
+            s.add(attempt)
+            s.flush()
+            blocked = None
+            if sub.unsubscribed_at is not None:
+                blocked = "unsubscribed before it was sent"
+            elif sub.disabled_at is not None:
+                blocked = f"channel disabled: {sub.disabled_reason or 'no reason recorded'}"
+            return _Claim(
+                message=Outgoing(delivery_id=d.id, kind=d.channel, target=d.target, idempotency_key=d.idempotency_key,
+                                 payload=d.payload, attempt=d.attempts),
+                attempt_id=attempt.id, subscription_id=d.subscription_id, created_at=aware_utc(d.created_at),  # type: ignore[arg-type]
+                blocked=blocked,
+            )
+    return None
+
+
+def _record(engine: Engine, claim: _Claim, worker_id: str, now: datetime, *, outcome: str, status: str,
+            code: str | None, error: str | None, duration_ms: float | None, next_attempt_at: datetime | None = None,
+            disable_reason: str | None = None) -> None:
+    n = naive_utc(now)
+    with write_transaction(engine) as s:
+        s.execute(update(DeliveryAttempt).where(DeliveryAttempt.id == claim.attempt_id)
+                  .values(outcome=outcome, code=code, error=error, duration_ms=duration_ms)
+                  .execution_options(synchronize_session=False))
+        values: dict[str, object] = {"status": status, "lease_owner": None, "lease_until": None, "last_error": error}
+        if status == "sent":
+            values["sent_at"] = n
+            guard = Delivery.status != "sent"  # a success is the truth even if our lease lapsed meanwhile
+        else:
+            guard = and_(Delivery.status == "sending", Delivery.lease_owner == worker_id)
+        if next_attempt_at is not None:
+            values["next_attempt_at"] = naive_utc(next_attempt_at)
+        s.execute(update(Delivery).where(Delivery.id == claim.message.delivery_id, guard).values(**values)
+                  .execution_options(synchronize_session=False))
+        if disable_reason is not None:
+            s.execute(update(Subscription).where(Subscription.id == claim.subscription_id, Subscription.disabled_at.is_(None))
+                      .values(disabled_at=n, disabled_reason=disable_reason).execution_options(synchronize_session=False))
+            s.execute(update(Delivery)
+                      .where(Delivery.subscription_id == claim.subscription_id, Delivery.status == "pending")
+                      .values(status="cancelled", last_error=f"channel disabled: {disable_reason}")
+                      .execution_options(synchronize_session=False))
+
+
+# --- the pass --------------------------------------------------------------------------------------------
+
+
+async def deliver_due(engine: Engine, config: Config, now: datetime, *, worker_id: str, limit: int = 50,
+                      senders: Mapping[str, Sender] | None = None, concurrency: int = 4,
+                      lease_s: float | None = None, rng: random.Random | None = None) -> DeliveryReport:
+    """Claim and send up to `limit` due deliveries (`concurrency` at a time). `now` stamps the database
+    (leases, backoff, attempts); the senders' timeouts are real time. Returns what happened."""
+    if senders is None:
+        async with open_senders(config) as opened:
+            return await deliver_due(engine, config, now, worker_id=worker_id, limit=limit, senders=opened,
+                                     concurrency=concurrency, lease_s=lease_s, rng=rng)
+    smtp_timeout = config.settings.smtp.timeout_s if config.settings.smtp else 0.0
+    lease = lease_s if lease_s is not None else max(LEASE_S, 2 * max(smtp_timeout, HTTP_TIMEOUT_S) + 60)
+    rng = rng or random.Random()
+    report = DeliveryReport()
+    budget = [limit]
+
+    async def worker() -> None:
+        while budget[0] > 0:
+            budget[0] -= 1
+            claim = await asyncio.to_thread(claim_one, engine, now, worker_id, lease)
+            if claim is None:
+                return
+            await _send_one(engine, claim, senders, worker_id, now, rng, report)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, limit)))))
+    return report
+
+
+async def _send_one(engine: Engine, claim: _Claim, senders: Mapping[str, Sender], worker_id: str, now: datetime,
+                    rng: random.Random, report: DeliveryReport) -> None:
+    msg = claim.message
+    extra = {"delivery_id": msg.delivery_id, "channel": msg.kind, "target": msg.target, "attempt": msg.attempt}
+    report.delivery_ids.append(msg.delivery_id)
+    if claim.blocked is not None:
+        await asyncio.to_thread(_record, engine, claim, worker_id, now, outcome="cancelled", status="cancelled",
+                                code=None, error=claim.blocked, duration_ms=None)
+        report.cancelled += 1
+        log.info("delivery cancelled: %s", claim.blocked, extra=extra)
+        return
+    sender = senders.get(msg.kind)
+    t0 = time.perf_counter()
+    code: str | None = None
+    error: DeliveryError | None = None
+    try:
+        if sender is None:
+            raise DeliveryError(f"no sender for {msg.kind!r} deliveries", permanent=True)
+        code = await sender.send(msg)
+    except DeliveryError as e:
+        error = e
+    except Exception as e:  # a sender bug must not lose the row: record it and retry
+        log.exception("sender raised an unexpected error", extra=extra)
+        error = DeliveryError(f"{type(e).__name__}: {e}")
+    ms = (time.perf_counter() - t0) * 1000
+
+    if error is None:
+        await asyncio.to_thread(_record, engine, claim, worker_id, now, outcome="sent", status="sent", code=code,
+                                error=None, duration_ms=ms)
+        report.sent += 1
+        log.info("delivered", extra={**extra, "code": code})
+        return
+    if isinstance(error, ChannelGoneError):
+        await asyncio.to_thread(_record, engine, claim, worker_id, now, outcome="failed", status="failed",
+                                code=error.code, error=str(error), duration_ms=ms, disable_reason=str(error))
+        report.failed += 1
+        log.error("channel disabled: %s", error, extra=extra)
+        return
+    give_up = error.permanent or msg.attempt >= MAX_ATTEMPTS or now - claim.created_at >= MAX_AGE
+    if give_up:
+        reason = str(error) if error.permanent else f"gave up after {msg.attempt} attempts: {error}"
+        await asyncio.to_thread(_record, engine, claim, worker_id, now, outcome="failed", status="failed",
+                                code=error.code, error=reason, duration_ms=ms)
+        report.failed += 1
+        log.error("delivery failed: %s", reason, extra=extra)
+        return
+    if error.retry_after_s is not None:
+        delay = min(max(error.retry_after_s, 1.0), MAX_RETRY_AFTER_S)
+    else:
+        delay = backoff_s(msg.attempt, rng)
+    await asyncio.to_thread(_record, engine, claim, worker_id, now, outcome="retry", status="pending",
+                            code=error.code, error=str(error), duration_ms=ms,
+                            next_attempt_at=now + timedelta(seconds=delay))
+    report.retried += 1
+    log.warning("delivery will be retried in %.0f s: %s", delay, error, extra=extra)
+
+
+def list_deliveries(session: Session, *, failed_only: bool = False, limit: int = 50) -> list[tuple[Delivery, list[DeliveryAttempt]]]:
+    """Newest deliveries first, with their attempts (for `monitor deliveries list`)."""
+    q = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
+    if failed_only:
+        q = q.where(Delivery.status.in_(("failed", "cancelled")))
+    rows = list(session.scalars(q))
+    attempts: dict[int, list[DeliveryAttempt]] = {}
+    if rows:
+        for a in session.scalars(select(DeliveryAttempt).where(DeliveryAttempt.delivery_id.in_([d.id for d in rows]))
+                                 .order_by(DeliveryAttempt.id)):
+            attempts.setdefault(a.delivery_id, []).append(a)
+    return [(d, attempts.get(d.id, [])) for d in rows]

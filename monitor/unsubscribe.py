@@ -1,0 +1,147 @@
+"""One-click unsubscribe (RFC 8058) with signed, expiring tokens.
+
+* The token (itsdangerous, salted, timestamped) names the subscription id and its address; it is valid for
+  `TOKEN_MAX_AGE` after the digest was built.
+* `GET /unsubscribe/{token}` only shows a confirmation page with a form: link scanners and previews that
+  follow links unsubscribe nobody.
+* `POST /unsubscribe/{token}` (the mail client's one-click `List-Unsubscribe=One-Click` body, or the form)
+  unsubscribes: no login, no redirect, idempotent. The state lives in `subscriptions.unsubscribed_at` and
+  overrides feeds.toml.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous.timed import TimestampSigner
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from monitor import render
+from monitor.config import Config, Settings, secret
+from monitor.db import naive_utc, utcnow
+from monitor.tables import Subscription
+
+log = logging.getLogger(__name__)
+
+SALT = "monitor.unsubscribe.v1"
+TOKEN_MAX_AGE = timedelta(days=90)
+PATH = "/unsubscribe/{token}"
+
+_PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",  # the token is in the URL
+    "X-Robots-Tag": "noindex, nofollow",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+}
+
+
+class InvalidToken(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def signing_key(settings: Settings, engine: Engine | None = None, env: dict[str, str] | None = None) -> str:
+    """The key from the environment variable `settings.secret_key_env`; without one (development), a key
+    derived from the database URL so links survive restarts of a single-machine install."""
+    key = secret(settings.secret_key_env, env)
+    if key:
+        return key
+    url = str(engine.url) if engine is not None else settings.database_url
+    return hashlib.sha256(b"monitor-dev-key:" + url.encode()).hexdigest()
+
+
+def _serializer(secret_key: str, now: datetime) -> URLSafeTimedSerializer:
+    stamp = int(now.timestamp())
+
+    class _Signer(TimestampSigner):  # itsdangerous reads the OS clock; the service runs on its own clock
+        def get_timestamp(self) -> int:
+            return stamp
+
+    return URLSafeTimedSerializer(secret_key, salt=SALT, signer=_Signer)
+
+
+def make_token(secret_key: str, subscription_id: int, address: str, now: datetime) -> str:
+    return _serializer(secret_key, now).dumps({"s": subscription_id, "a": address})
+
+
+def read_token(secret_key: str, token: str, now: datetime, max_age: timedelta = TOKEN_MAX_AGE) -> tuple[int, str]:
+    """(subscription id, address) of a valid token; InvalidToken with a reason a person understands."""
+    try:
+        data = _serializer(secret_key, now).loads(token, max_age=int(max_age.total_seconds()))
+    except SignatureExpired:
+        raise InvalidToken("This link has expired. Use the unsubscribe link in a more recent digest.") from None
+    except BadSignature:
+        raise InvalidToken("This link is damaged or was not issued by this service.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("s"), int) or not isinstance(data.get("a"), str):
+        raise InvalidToken("This link is damaged or was not issued by this service.")
+    return data["s"], data["a"]
+
+
+def unsubscribe_url(base_url: str, secret_key: str, subscription_id: int, address: str, now: datetime) -> str:
+    return base_url.rstrip("/") + PATH.format(token=make_token(secret_key, subscription_id, address, now))
+
+
+def unsubscribe(session: Session, subscription_id: int, address: str, now: datetime) -> bool | None:
+    """Mark the subscription unsubscribed. True if it was just unsubscribed, False if it already was, None if
+    no such subscription exists (for this address)."""
+    row = session.scalar(select(Subscription).where(Subscription.id == subscription_id))
+    if row is None or row.target != address:
+        return None
+    if row.unsubscribed_at is not None:
+        return False
+    row.unsubscribed_at = naive_utc(now)
+    return True
+
+
+def routes(engine: Engine, config: Config | Callable[[], Config], secret_key: str, *,
+           clock: Callable[[], datetime] = utcnow, renderer: render.Renderer | None = None) -> list[Route]:
+    """Starlette routes for GET (confirmation page) and POST (one-click) at /unsubscribe/{token}.
+    `config` may be a callable returning the current config (hot reload); it is not needed for the state,
+    which is the database's."""
+    pages = renderer or render.Renderer()
+    del config  # the subscription table is the truth; kept in the signature for the composition root
+
+    def page(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        return HTMLResponse(pages.render(f"unsubscribe/{name}.html", **ctx), status_code=status, headers=_PAGE_HEADERS)
+
+    def invalid(reason: str) -> HTMLResponse:
+        return page("invalid", 400, title="Invalid unsubscribe link", reason=reason)
+
+    async def confirm(request: Request) -> Response:
+        try:
+            _, address = read_token(secret_key, request.path_params["token"], clock())
+        except InvalidToken as e:
+            return invalid(e.reason)
+        return page("confirm", title="Unsubscribe", address=address, action=str(request.url.path))
+
+    async def one_click(request: Request) -> Response:
+        try:
+            sub_id, address = read_token(secret_key, request.path_params["token"], clock())
+        except InvalidToken as e:
+            return invalid(e.reason)
+        await request.body()  # RFC 8058 body `List-Unsubscribe=One-Click`; the signed token is what counts
+
+        def apply() -> bool | None:
+            with Session(engine) as s, s.begin():
+                return unsubscribe(s, sub_id, address, clock())
+
+        changed = await run_in_threadpool(apply)
+        if changed is None:
+            return invalid("This subscription no longer exists.")
+        if changed:
+            log.info("unsubscribed", extra={"subscription_id": sub_id, "channel": "email"})
+        return page("done", title="Unsubscribed", address=address, already=not changed)
+
+    return [Route(PATH, confirm, methods=["GET"]), Route(PATH, one_click, methods=["POST"])]
