@@ -1,0 +1,345 @@
+"""store: feeds and items in the database. Inserting a batch answers with only the items that are new, and
+only those flow on to embed/match/novelty.
+
+Claims: `due_feeds` must run inside `monitor.db.write_transaction(engine)`. On SQLite that transaction is
+BEGIN IMMEDIATE (the write lock is taken before the SELECT, so two processes cannot pick the same feed) and
+the UPDATE that sets the lease is guarded by the same "not leased" condition; on PostgreSQL the SELECT uses
+FOR UPDATE SKIP LOCKED. A lease expires by itself (`lease_s`), so a worker that dies loses nothing.
+
+Times go in as aware UTC and are stored naive UTC (see monitor.db).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from monitor.config import FeedConfig
+from monitor.db import aware_utc, naive_utc
+from monitor.records import FetchRequest, FetchResult, ItemRecord, ParsedFeed
+from monitor.tables import Alert, Feed, Item, ItemVector, Match, Story
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEASE_S = 300
+UNHEALTHY_ERRORS = 3  # consecutive failures after which a feed is shown as unhealthy
+PUBLISH_SMOOTHING = 0.3  # weight of the newest observation in the smoothed publishing gap
+_INSERT_CHUNK = 200  # rows per INSERT statement (SQLite's bound-parameter limit)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    added: int
+    updated: int
+    disabled: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeedSchedule:
+    """A feed's scheduling state after a fetch was recorded: what schedule.next_check needs."""
+
+    interval_s: int | None
+    publish_interval_s: float | None
+    last_new_item_at: datetime | None
+    error_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeedHealth:
+    feed_id: int
+    url: str
+    name: str | None
+    title: str | None
+    enabled: bool
+    last_status: str | None
+    last_error: str | None
+    error_count: int
+    last_checked_at: datetime | None
+    last_success_at: datetime | None
+    next_check_at: datetime | None
+    publish_interval_s: float | None
+    item_count: int
+
+    @property
+    def healthy(self) -> bool:
+        return self.error_count < UNHEALTHY_ERRORS
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.title or self.url
+
+
+# --- feeds from the configuration ------------------------------------------------------------------------
+
+
+def sync_feeds(session: Session, feeds: Sequence[FeedConfig], now: datetime) -> SyncReport:
+    """Make the feeds table follow feeds.toml: insert new feeds (due at once), update name/enabled/interval,
+    disable feeds no longer in the file (their items and history are kept; re-adding re-enables them)."""
+    existing = {f.config_url: f for f in session.scalars(select(Feed))}
+    by_url = {f.url: f for f in existing.values()}
+    added = updated = disabled = 0
+    wanted = set()
+    for fc in feeds:
+        wanted.add(fc.url)
+        feed = existing.get(fc.url) or by_url.get(fc.url)
+        if feed is None:
+            session.add(Feed(url=fc.url, config_url=fc.url, name=fc.name, enabled=fc.enabled, interval_s=fc.interval,
+                             next_check_at=naive_utc(now), error_count=0, created_at=naive_utc(now)))
+            added += 1
+            continue
+        changes = {"config_url": fc.url, "name": fc.name, "enabled": fc.enabled, "interval_s": fc.interval}
+        if any(getattr(feed, k) != v for k, v in changes.items()):
+            if fc.enabled and not feed.enabled:
+                feed.next_check_at = naive_utc(now)
+            for k, v in changes.items():
+                setattr(feed, k, v)
+            updated += 1
+    for url, feed in existing.items():
+        if url not in wanted and feed.enabled and feed.url not in wanted:
+            feed.enabled = False
+            disabled += 1
+    session.flush()
+    return SyncReport(added=added, updated=updated, disabled=disabled)
+
+
+# --- claiming due feeds ----------------------------------------------------------------------------------
+
+
+def due_feeds(
+    session: Session,
+    now: datetime,
+    limit: int,
+    *,
+    urls: Sequence[str] | None = None,
+    ignore_schedule: bool = False,
+    lease_s: float = DEFAULT_LEASE_S,
+) -> list[FetchRequest]:
+    """Claim up to `limit` enabled feeds whose next check is due (or, with `ignore_schedule`, any enabled
+    feed; with `urls`, only those feeds, matched on the current or the configured URL, enabled or not) and
+    lease them for `lease_s`. Call inside `db.write_transaction(engine)`."""
+    n_now = naive_utc(now)
+    free = or_(Feed.lease_until.is_(None), Feed.lease_until < n_now)
+    q: Select[tuple[Feed]] = select(Feed).where(free)
+    if urls:
+        q = q.where(or_(Feed.url.in_(list(urls)), Feed.config_url.in_(list(urls))))
+    else:
+        q = q.where(Feed.enabled.is_(True))
+        if not ignore_schedule:
+            q = q.where(or_(Feed.next_check_at.is_(None), Feed.next_check_at <= n_now))
+    q = q.order_by(Feed.next_check_at.is_not(None), Feed.next_check_at, Feed.id).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    rows = session.execute(q.with_only_columns(
+        Feed.id, Feed.url, Feed.etag, Feed.last_modified, Feed.body_hash, Feed.name, Feed.interval_s,
+        Feed.publish_interval_s, Feed.last_new_item_at, Feed.error_count,
+    )).all()
+    if not rows:
+        return []
+    ids = [r.id for r in rows]
+    claimed: set[int] = set()
+    for chunk in _chunks(ids, 500):
+        res = session.execute(
+            update(Feed).where(Feed.id.in_(chunk), free).values(lease_until=naive_utc(now + timedelta(seconds=lease_s)))
+            .returning(Feed.id)
+        )
+        claimed.update(res.scalars())
+    return [
+        FetchRequest(
+            feed_id=r.id, url=r.url, etag=r.etag, last_modified=r.last_modified, body_hash=r.body_hash, name=r.name,
+            interval_s=r.interval_s, publish_interval_s=r.publish_interval_s,
+            last_new_item_at=aware_utc(r.last_new_item_at), error_count=r.error_count or 0,
+        )
+        for r in rows
+        if r.id in claimed
+    ]
+
+
+def release_feeds(session: Session, feed_ids: Iterable[int]) -> None:
+    """Give claimed feeds back without recording a fetch (shutdown)."""
+    ids = list(feed_ids)
+    for chunk in _chunks(ids, 500):
+        session.execute(update(Feed).where(Feed.id.in_(chunk)).values(lease_until=None))
+
+
+# --- recording a fetch -----------------------------------------------------------------------------------
+
+
+def record_fetch(
+    session: Session,
+    result: FetchResult,
+    parsed: ParsedFeed | None,
+    next_check_at: datetime | Callable[[FeedSchedule], datetime],
+    now: datetime,
+    *,
+    request: FetchRequest | None = None,
+    not_before: datetime | None = None,
+) -> list[ItemRecord]:
+    """Save a fetch's outcome on its feed, insert the parsed items and return only the new ones.
+
+    `next_check_at` is an instant or a function of the feed's updated FeedSchedule (so the caller can base
+    it on what this fetch found). `request` (the claim) saves a read of the feed row. Items published
+    before `not_before` (the retention horizon) are ignored, so pruned items that are still in a feed do not
+    come back as new. An item already stored under the same (outlet, key) is never stored again, whichever
+    feed carries it and however long it was absent from the feed."""
+    feed_id = result.feed_id
+    if request is None:
+        row = session.execute(
+            select(Feed.interval_s, Feed.publish_interval_s, Feed.last_new_item_at, Feed.error_count)
+            .where(Feed.id == feed_id)
+        ).one()
+        state = FeedSchedule(row.interval_s, row.publish_interval_s, aware_utc(row.last_new_item_at), row.error_count or 0)
+    else:
+        state = FeedSchedule(request.interval_s, request.publish_interval_s, request.last_new_item_at, request.error_count)
+
+    new: list[ItemRecord] = []
+    if parsed is not None and parsed.items:
+        new = _insert_items(session, feed_id, parsed, now, not_before)
+
+    values: dict[str, object] = {"last_checked_at": naive_utc(now), "lease_until": None, "last_status": result.status}
+    if result.ok:
+        values.update(error_count=0, last_error=None, last_success_at=naive_utc(now))
+        state = FeedSchedule(state.interval_s, state.publish_interval_s, state.last_new_item_at, 0)
+        if result.etag is not None or result.status == "ok":
+            values["etag"] = result.etag
+        if result.last_modified is not None or result.status == "ok":
+            values["last_modified"] = result.last_modified
+        if result.status == "ok" and parsed is not None:
+            values["body_hash"] = result.body_hash
+            if parsed.title:
+                values["title"] = parsed.title[:1024]
+        if parsed is not None and parsed.warnings:
+            values["last_error"] = "; ".join(parsed.warnings)[:2000]
+        if result.permanent_url and result.permanent_url != result.url:
+            taken = session.scalar(select(Feed.id).where(Feed.url == result.permanent_url, Feed.id != feed_id))
+            if taken is None:
+                values["url"] = result.permanent_url
+                log.info("feed moved permanently", extra={"feed_id": feed_id, "feed_url": result.url,
+                                                          "new_url": result.permanent_url})
+    else:
+        errors = state.error_count + 1
+        kind = result.error_kind or "unknown"
+        values.update(error_count=errors, last_error=result.error,
+                      last_status="deferred" if result.status == "deferred" else f"error:{kind}")
+        state = FeedSchedule(state.interval_s, state.publish_interval_s, state.last_new_item_at, errors)
+
+    if new:
+        gap = _observed_gap(state, [i.published_at for i in new], now)
+        smoothed = state.publish_interval_s
+        if gap is not None:
+            smoothed = gap if smoothed is None else (1 - PUBLISH_SMOOTHING) * smoothed + PUBLISH_SMOOTHING * gap
+        state = FeedSchedule(state.interval_s, smoothed, now, state.error_count)
+        values.update(last_new_item_at=naive_utc(now), publish_interval_s=smoothed)
+
+    when = next_check_at(state) if callable(next_check_at) else next_check_at
+    values["next_check_at"] = naive_utc(when)
+    session.execute(update(Feed).where(Feed.id == feed_id).values(**values))
+    return new
+
+
+def _observed_gap(state: FeedSchedule, published: list[datetime], now: datetime) -> float | None:
+    """Seconds between new items: since the last new item divided by how many arrived; on a feed's first
+    fetch, the average gap between the dates of the items it shows."""
+    if state.last_new_item_at is not None:
+        return max(1.0, (now - state.last_new_item_at).total_seconds() / len(published))
+    if len(published) >= 2:
+        span = (max(published) - min(published)).total_seconds()
+        if span > 0:
+            return span / (len(published) - 1)
+    return None
+
+
+def _insert_items(session: Session, feed_id: int, parsed: ParsedFeed, now: datetime,
+                  not_before: datetime | None) -> list[ItemRecord]:
+    rows = []
+    seen: set[tuple[str, str]] = set()
+    n_now = naive_utc(now)
+    for it in parsed.items:
+        ident = (it.outlet, it.key)
+        if ident in seen or (not_before is not None and it.published_at < not_before):
+            continue
+        seen.add(ident)
+        rows.append({
+            "feed_id": feed_id, "outlet": it.outlet[:255], "key": it.key[:512], "guid": it.guid, "link": it.link,
+            "title": it.title, "summary": it.summary, "author": it.author[:512] if it.author else None,
+            "published_at": naive_utc(it.published_at), "fetched_at": n_now, "content_hash": it.content_hash,
+        })
+    if not rows:
+        return []
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    new: list[ItemRecord] = []
+    for chunk in _chunks(rows, _INSERT_CHUNK):
+        stmt = (
+            insert(Item).values(chunk).on_conflict_do_nothing(index_elements=["outlet", "key"])
+            .returning(Item.id, Item.feed_id, Item.outlet, Item.title, Item.summary, Item.link, Item.published_at,
+                       Item.content_hash)
+        )
+        new.extend(_record(r) for r in session.execute(stmt))
+    new.sort(key=lambda r: r.id)
+    return new
+
+
+def _record(r) -> ItemRecord:  # type: ignore[no-untyped-def]
+    return ItemRecord(id=r.id, feed_id=r.feed_id, outlet=r.outlet, title=r.title, summary=r.summary or "",
+                      link=r.link, published_at=aware_utc(r.published_at), content_hash=r.content_hash)  # type: ignore[arg-type]
+
+
+# --- reading back ----------------------------------------------------------------------------------------
+
+
+def feed_health(session: Session) -> list[FeedHealth]:
+    """Every feed with its fetch state, for `monitor feeds list`, /metrics and the health endpoints."""
+    counts = dict(session.execute(select(Item.feed_id, func.count()).group_by(Item.feed_id)).all())
+    out = []
+    for f in session.scalars(select(Feed).order_by(Feed.id)):
+        out.append(FeedHealth(
+            feed_id=f.id, url=f.url, name=f.name, title=f.title, enabled=f.enabled, last_status=f.last_status,
+            last_error=f.last_error, error_count=f.error_count or 0, last_checked_at=aware_utc(f.last_checked_at),
+            last_success_at=aware_utc(f.last_success_at), next_check_at=aware_utc(f.next_check_at),
+            publish_interval_s=f.publish_interval_s, item_count=counts.get(f.id, 0),
+        ))
+    return out
+
+
+def unprocessed_items(session: Session, limit: int) -> list[ItemRecord]:
+    """Stored items that embed/match/novelty have not finished (oldest first)."""
+    q = (select(Item.id, Item.feed_id, Item.outlet, Item.title, Item.summary, Item.link, Item.published_at,
+                Item.content_hash)
+         .where(Item.processed_at.is_(None)).order_by(Item.id).limit(limit))
+    return [_record(r) for r in session.execute(q)]
+
+
+def mark_processed(session: Session, item_ids: Iterable[int], now: datetime) -> None:
+    ids = list(item_ids)
+    for chunk in _chunks(ids, 500):
+        session.execute(update(Item).where(Item.id.in_(chunk)).values(processed_at=naive_utc(now)))
+
+
+def prune_items(session: Session, older_than: datetime) -> int:
+    """Retention: delete items published before `older_than`, with their vectors and matches. Stories and
+    alerts keep their own copies of title/link/outlet (their item reference is cleared). Returns items deleted."""
+    cutoff = naive_utc(older_than)
+    old = select(Item.id).where(Item.published_at < cutoff).scalar_subquery()
+    session.execute(delete(ItemVector).where(ItemVector.item_id.in_(old)))
+    session.execute(delete(Match).where(Match.item_id.in_(old)))
+    session.execute(update(Alert).where(Alert.item_id.in_(old)).values(item_id=None))
+    session.execute(update(Story).where(Story.first_item_id.in_(old)).values(first_item_id=None))
+    res = session.execute(delete(Item).where(Item.published_at < cutoff))
+    return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def _chunks(seq: Sequence, n: int):  # type: ignore[no-untyped-def]
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+__all__ = [
+    "FeedHealth", "FeedSchedule", "SyncReport", "due_feeds", "feed_health", "mark_processed",
+    "prune_items", "record_fetch", "release_feeds", "sync_feeds", "unprocessed_items",
+]
