@@ -1,0 +1,120 @@
+"""poll_once end to end: real HTTP server, real SQLite."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+from feedserver import FeedServer, rss
+from sqlalchemy import Engine, func, select
+
+from monitor import db, store
+from monitor.config import FeedConfig, Settings
+from monitor.poll import poll_once
+from monitor.tables import Feed, Item
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+S = Settings(allow_private_networks=True, fetch_timeout_s=3.0)
+
+
+def sync(engine: Engine, urls: list[str]) -> None:
+    with db.write_transaction(engine) as s:
+        store.sync_feeds(s, [FeedConfig(url=u) for u in urls], NOW)
+
+
+def feed(items: list[str]) -> bytes:
+    return rss([{"title": f"Story {i}", "guid": f"g{i}", "link": f"https://www.example.com/{i}",
+                 "pubDate": "Wed, 01 May 2024 10:00:00 GMT"} for i in items])
+
+
+async def test_poll_stores_new_items_then_304_then_only_new(engine: Engine, feed_server: FeedServer) -> None:
+    feed_server.route("/a.xml", body=feed(["1", "2"]), headers={"ETag": '"a1"'}, conditional=True)
+    sync(engine, [feed_server.url("/a.xml")])
+    r1 = await poll_once(engine, S, now=NOW, rng=random.Random(0))
+    assert r1.totals == {"polled": 1, "new_items": 2, "not_modified": 0, "errors": 0}
+    assert [i.title for i in r1.new_items] == ["Story 1", "Story 2"]
+    # not due yet: nothing polled
+    assert (await poll_once(engine, S, now=NOW + timedelta(seconds=30))).totals["polled"] == 0
+    later = NOW + timedelta(hours=3)
+    r2 = await poll_once(engine, S, now=later)
+    assert r2.totals == {"polled": 1, "new_items": 0, "not_modified": 1, "errors": 0}
+    assert feed_server.requests_for("/a.xml")[-1].headers["if-none-match"] == '"a1"'
+    # the feed changes: item 1 drops out, 3 appears
+    feed_server.route("/a.xml", body=feed(["2", "3"]), headers={"ETag": '"a2"'}, conditional=True)
+    r3 = await poll_once(engine, S, now=later + timedelta(hours=3))
+    assert [i.title for i in r3.new_items] == ["Story 3"]
+    # item 1 comes back: not re-stored
+    feed_server.route("/a.xml", body=feed(["1", "2", "3"]), headers={"ETag": '"a3"'}, conditional=True)
+    r4 = await poll_once(engine, S, now=later + timedelta(hours=6))
+    assert r4.totals["new_items"] == 0 and r4.rows[0].status == "ok"
+    with db.session_factory(engine)() as s:
+        assert s.scalar(select(func.count()).select_from(Item)) == 3
+
+
+async def test_one_failing_feed_does_not_stop_the_others(engine: Engine, feed_server: FeedServer) -> None:
+    feed_server.route("/good.xml", body=feed(["1"]))
+    feed_server.route("/bad.xml", status=500)
+    feed_server.route("/html.xml", body=b"<html><body>not a feed</body></html>")
+    feed_server.route("/lol.xml", body=b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;">]>'
+                                       b'<rss version="2.0"><channel><item><title>&b;</title></item></channel></rss>')
+    urls = [feed_server.url(p) for p in ("/good.xml", "/bad.xml", "/html.xml", "/lol.xml")]
+    sync(engine, urls)
+    r = await poll_once(engine, S, now=NOW)
+    status = {row.url.rsplit("/", 1)[1]: row.status for row in r.rows}
+    assert status == {"good.xml": "ok", "bad.xml": "error", "html.xml": "error", "lol.xml": "error"}
+    assert r.totals == {"polled": 4, "new_items": 1, "not_modified": 0, "errors": 3}
+    health = {h.url.rsplit("/", 1)[1]: h for h in store.feed_health(db.session_factory(engine)())}
+    assert "not an RSS or Atom feed" in (health["html.xml"].last_error or "")
+    assert "entities" in (health["lol.xml"].last_error or "")
+    assert health["bad.xml"].last_status == "error:http" and health["bad.xml"].error_count == 1
+    # the failing feed is retried later (backoff), never dropped
+    nxt = health["bad.xml"].next_check_at
+    assert nxt is not None and nxt > NOW
+
+
+async def test_unchanged_body_is_not_reparsed(engine: Engine, feed_server: FeedServer) -> None:
+    feed_server.route("/u.xml", body=feed(["1"]))
+    sync(engine, [feed_server.url("/u.xml")])
+    await poll_once(engine, S, now=NOW)
+    r = await poll_once(engine, S, now=NOW, all_feeds=True)
+    assert r.rows[0].status == "unchanged" and r.totals["new_items"] == 0
+
+
+async def test_permanent_redirect_updates_stored_url(engine: Engine, feed_server: FeedServer) -> None:
+    feed_server.route("/new.xml", body=feed(["1"]))
+    feed_server.redirect("/old.xml", "/new.xml", 301)
+    feed_server.redirect("/tmp.xml", "/new2.xml", 302)
+    feed_server.route("/new2.xml", body=feed(["9"]))
+    sync(engine, [feed_server.url("/old.xml"), feed_server.url("/tmp.xml")])
+    await poll_once(engine, S, now=NOW)
+    with db.session_factory(engine)() as s:
+        urls = set(s.scalars(select(Feed.url)))
+    assert urls == {feed_server.url("/new.xml"), feed_server.url("/tmp.xml")}
+    await poll_once(engine, S, now=NOW, all_feeds=True)
+    assert len(feed_server.requests_for("/old.xml")) == 1  # the next poll went straight to the new URL
+
+
+async def test_feed_filter_polls_only_that_feed(engine: Engine, feed_server: FeedServer) -> None:
+    feed_server.route("/a.xml", body=feed(["1"]))
+    feed_server.route("/b.xml", body=feed(["2"]))
+    sync(engine, [feed_server.url("/a.xml"), feed_server.url("/b.xml")])
+    r = await poll_once(engine, S, now=NOW, feeds_filter=[feed_server.url("/b.xml")])
+    assert [row.url for row in r.rows] == [feed_server.url("/b.xml")]
+    assert feed_server.requests_for("/a.xml") == []
+
+
+async def test_schedule_adapts_to_publishing_rate(engine: Engine, feed_server: FeedServer) -> None:
+    def dated(n: int, gap_min: int) -> bytes:
+        return rss([{"title": f"S{i}", "guid": f"{gap_min}-{i}",
+                     "pubDate": (NOW - timedelta(minutes=gap_min * i)).strftime("%a, %d %b %Y %H:%M:%S GMT")}
+                    for i in range(n)])
+
+    feed_server.route("/busy.xml", body=dated(10, 10))
+    feed_server.route("/slow.xml", body=dated(10, 24 * 60))
+    sync(engine, [feed_server.url("/busy.xml"), feed_server.url("/slow.xml")])
+    await poll_once(engine, S, now=NOW, rng=random.Random(0))
+    health = {h.url.rsplit("/", 1)[1]: h for h in store.feed_health(db.session_factory(engine)())}
+    busy, slow = health["busy.xml"].next_check_at, health["slow.xml"].next_check_at
+    assert busy is not None and slow is not None
+    assert (busy - NOW).total_seconds() < 400  # ~ half of a 10-minute publishing gap
+    assert (slow - NOW).total_seconds() >= S.max_interval_s  # daily feed: the longest interval
