@@ -1,0 +1,180 @@
+"""E-mail delivery against a real SMTP server (aiosmtpd on 127.0.0.1): message structure and headers,
+4xx retry, 5xx permanent failure for one recipient only, header injection, and the .eml fallback."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+
+import pytest
+from aiosmtpd.controller import Controller
+from click.testing import CliRunner
+from deliveryfixtures import T0, World, make_config
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from monitor import digest
+from monitor.cli import main
+from monitor.deliver import outbox
+from monitor.tables import Delivery, DeliveryAttempt
+
+
+@dataclass
+class SmtpHandler:
+    messages: list[tuple[list[str], bytes]] = field(default_factory=list)
+    data_replies: list[str] = field(default_factory=list)  # planned replies to DATA, then "250 OK"
+    refuse: dict[str, str] = field(default_factory=dict)  # recipient -> reply to RCPT
+    data_seen: list[bytes] = field(default_factory=list)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        self.data_seen.append(envelope.content)
+        if self.data_replies:
+            return self.data_replies.pop(0)
+        self.messages.append((list(envelope.rcpt_tos), envelope.content))
+        return "250 Message accepted"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[SmtpHandler, int]]:
+    handler = SmtpHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield handler, port
+    finally:
+        controller.stop()
+
+
+def subscribers(*emails: str) -> str:
+    return "\n".join(f'[[subscribers]]\nemail = "{e}"\nname = "Reader {i}"\ncadence = "immediate"\n'
+                     for i, e in enumerate(emails))
+
+
+def smtp_settings(port: int) -> str:
+    return f'[settings.smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\ntimeout_s = 5\n'
+
+
+def parse(raw: bytes) -> EmailMessage:
+    return message_from_bytes(raw, policy=policy.default)  # type: ignore[return-value]
+
+
+async def test_delivered_message_is_multipart_alternative_with_one_click_unsubscribe(tmp_path, engine, smtp) -> None:
+    handler, port = smtp
+    config = make_config(tmp_path, subscribers("ana@example.org") + smtp_settings(port))
+    World(engine).new_story("s1", "doha-talks", "Ceasefire talks resume in Doha — « trêve »")
+    digest.build_due_digests(engine, config, T0, secret_key="k")
+    report = await outbox.deliver_due(engine, config, T0, worker_id="w1")
+    assert report.sent == 1
+    ((rcpts, raw),) = handler.messages
+    assert rcpts == ["ana@example.org"]
+    msg = parse(raw)
+    assert msg.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+    assert msg["List-Unsubscribe"].startswith("<https://monitor.example.org/unsubscribe/")
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["To"] == "Reader 0 <ana@example.org>"
+    assert "« trêve »" in msg["Subject"]  # non-ASCII survives as an encoded word
+    assert b"=?utf-8?" in raw.split(b"\r\n\r\n", 1)[0].lower()
+    with Session(engine) as s:
+        d = s.scalars(select(Delivery)).one()
+        assert msg["Message-ID"] == d.idempotency_key and d.status == "sent"
+    assert msg["Date"] is not None and msg["From"] == "Monitor <alerts@monitor.example.org>"
+
+
+async def test_451_then_250_is_delivered_exactly_once_with_the_same_message_id(tmp_path, engine, smtp) -> None:
+    handler, port = smtp
+    handler.data_replies = ["451 4.3.0 Try again later"]
+    config = make_config(tmp_path, subscribers("ana@example.org") + smtp_settings(port))
+    World(engine).new_story("s1", "doha-talks", "Talks resume")
+    digest.build_due_digests(engine, config, T0, secret_key="k")
+
+    first = await outbox.deliver_due(engine, config, T0, worker_id="w1")
+    assert (first.sent, first.retried) == (0, 1)
+    # The retry waits for its backoff: not due at the same instant.
+    assert (await outbox.deliver_due(engine, config, T0 + timedelta(seconds=1), worker_id="w1")).claimed == 0
+    second = await outbox.deliver_due(engine, config, T0 + timedelta(hours=1), worker_id="w1")
+    assert second.sent == 1
+    assert len(handler.messages) == 1 and len(handler.data_seen) == 2
+    ids = {parse(raw)["Message-ID"] for raw in handler.data_seen}
+    assert len(ids) == 1
+    with Session(engine) as s:
+        attempts = list(s.scalars(select(DeliveryAttempt).order_by(DeliveryAttempt.id)))
+        assert [(a.outcome, a.code) for a in attempts] == [("retry", "451"), ("sent", "250")]
+
+
+async def test_550_fails_that_recipient_only(tmp_path, engine, smtp) -> None:
+    handler, port = smtp
+    handler.refuse["gone@example.org"] = "550 5.1.1 No such user"
+    config = make_config(tmp_path, subscribers("gone@example.org", "ana@example.org", "bo@example.org") + smtp_settings(port))
+    World(engine).new_story("s1", "doha-talks", "Talks resume")
+    digest.build_due_digests(engine, config, T0, secret_key="k")
+    report = await outbox.deliver_due(engine, config, T0, worker_id="w1")
+    assert (report.sent, report.failed, report.retried) == (2, 1, 0)
+    assert sorted(r for rcpts, _ in handler.messages for r in rcpts) == ["ana@example.org", "bo@example.org"]
+    with Session(engine) as s:
+        gone = s.scalars(select(Delivery).where(Delivery.target == "gone@example.org")).one()
+        assert gone.status == "failed" and "550" in (gone.last_error or "")
+    # Visible to the operator.
+    result = CliRunner().invoke(main, ["--config", str(write_config(tmp_path, config)), "deliveries", "list", "--failed"])
+    assert result.exit_code == 0, result.output
+    assert "gone@example.org" in result.output and "550" in result.output and "ana@example.org" not in result.output
+    # A later pass does not touch it again.
+    assert (await outbox.deliver_due(engine, config, T0 + timedelta(days=1), worker_id="w1")).claimed == 0
+
+
+def write_config(tmp_path, config) -> object:  # type: ignore[no-untyped-def]
+    """The test config as a feeds.toml for the CLI (only what `deliveries list` needs)."""
+    path = tmp_path / "feeds.toml"
+    path.write_text(f'[settings]\ndatabase_url = "{config.settings.database_url}"\n')
+    return path
+
+
+@pytest.mark.parametrize("title", [
+    "Talks resume\r\nBcc: victim@example.org",
+    "Talks resume =?UTF-8?Q?=0A?=Bcc: victim@example.org",
+    "Talks resume\nX-Injected: 1\r\n\r\nbody takeover",
+])
+async def test_a_hostile_title_injects_no_header(tmp_path, engine, smtp, title: str) -> None:
+    handler, port = smtp
+    config = make_config(tmp_path, subscribers("ana@example.org") + smtp_settings(port))
+    World(engine).new_story("s1", "doha-talks", title)
+    digest.build_due_digests(engine, config, T0, secret_key="k")
+    assert (await outbox.deliver_due(engine, config, T0, worker_id="w1")).sent == 1
+    ((rcpts, raw),) = handler.messages
+    assert rcpts == ["ana@example.org"]
+    msg = parse(raw)
+    assert msg["Bcc"] is None and msg["X-Injected"] is None
+    assert set(msg.keys()) == {"Message-ID", "Date", "From", "To", "Subject", "List-Unsubscribe",
+                               "List-Unsubscribe-Post", "Auto-Submitted", "MIME-Version", "Content-Type"}
+    assert "\n" not in str(msg["Subject"]) and "\r" not in str(msg["Subject"])
+    assert str(msg["Subject"]).startswith("Doha talks: Talks resume")
+
+
+async def test_without_smtp_messages_land_as_eml_and_html_files(tmp_path, engine) -> None:
+    config = make_config(tmp_path, subscribers("ana@example.org"))
+    World(engine).new_story("s1", "doha-talks", "Talks resume")
+    digest.build_due_digests(engine, config, T0, secret_key="k")
+    assert (await outbox.deliver_due(engine, config, T0, worker_id="w1")).sent == 1
+    outdir = tmp_path / "outbox"
+    (eml,) = outdir.glob("*.eml")
+    (html,) = outdir.glob("*.html")
+    msg = parse(eml.read_bytes())
+    assert msg.get_content_type() == "multipart/alternative" and msg["To"] == "Reader 0 <ana@example.org>"
+    assert "Talks resume" in html.read_text()
