@@ -1,0 +1,184 @@
+"""Slack and generic webhooks against a real local HTTP receiver: Standard Webhooks signatures, retries,
+Retry-After, channels that are gone, redirects, the private-address guard, Slack splitting, escaping and
+the one-message-per-second limit."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import timedelta
+
+import pytest
+from deliveryfixtures import T0, World, http_receiver, make_config
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from monitor import digest, render
+from monitor.deliver import outbox, webhook
+from monitor.tables import Delivery, DeliveryAttempt, Subscription
+
+SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+
+CHANNELS = """
+[[channels]]
+name = "ingest"
+kind = "webhook"
+url_env = "TEST_HOOK_URL"
+secret_env = "TEST_HOOK_SECRET"
+
+[[channels]]
+name = "newsroom"
+kind = "slack"
+url_env = "TEST_SLACK_URL"
+topics = ["doha-talks"]
+"""
+
+
+@pytest.fixture
+def world(engine):  # type: ignore[no-untyped-def]
+    return World(engine)
+
+
+def setup(tmp_path, monkeypatch, url: str, *, slack_url: str | None = None, settings: str = ""):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("TEST_HOOK_URL", url)
+    monkeypatch.setenv("TEST_HOOK_SECRET", SECRET)
+    monkeypatch.setenv("TEST_SLACK_URL", slack_url or url)
+    return make_config(tmp_path, CHANNELS, settings=settings)
+
+
+def attempts(engine, target: str) -> list[tuple[str, str | None]]:  # type: ignore[no-untyped-def]
+    with Session(engine) as s:
+        rows = s.execute(select(DeliveryAttempt.outcome, DeliveryAttempt.code).join(Delivery)
+                         .where(Delivery.target == target).order_by(DeliveryAttempt.id)).all()
+        return [(o, c) for o, c in rows]
+
+
+async def test_signature_verifies_and_fails_with_wrong_secret_or_stale_timestamp(tmp_path, monkeypatch, engine, world) -> None:
+    with http_receiver() as rx:
+        config = setup(tmp_path, monkeypatch, rx.url)
+        world.new_story("i1", "icc", "ICC issues warrant")
+        digest.build_due_digests(engine, config, T0, secret_key="k")
+        report = await outbox.deliver_due(engine, config, T0, worker_id="w")
+        assert report.sent == 1
+        (req,) = rx.requests
+    ts = int(req.headers["webhook-timestamp"])
+    assert webhook.verify(SECRET, req.headers, req.body)
+    assert req.headers["webhook-signature"].startswith("v1,")
+    assert not webhook.verify("whsec_" + base64.b64encode(b"another secret entirely!").decode(), req.headers, req.body)
+    assert not webhook.verify(SECRET, req.headers, req.body + b" ")
+    assert not webhook.verify(SECRET, req.headers, req.body, now=ts + 10 * 60)  # a replay ten minutes later
+    assert webhook.verify(SECRET, req.headers, req.body, now=ts + 60)
+    # Hand-computed per the spec: base64(HMAC-SHA256(base64decode(secret), "id.ts.body")).
+    import hashlib
+    import hmac
+    key = base64.b64decode(SECRET.removeprefix("whsec_"))
+    mac = hmac.new(key, f"{req.headers['webhook-id']}.{ts}.".encode() + req.body, hashlib.sha256).digest()
+    assert req.headers["webhook-signature"] == "v1," + base64.b64encode(mac).decode()
+    body = json.loads(req.body)
+    assert body["type"] == "digest.created" and body["data"]["topics"][0]["stories"][0]["title"] == "ICC issues warrant"
+    with Session(engine) as s:
+        d = s.scalars(select(Delivery).where(Delivery.target == "ingest")).one()
+        assert req.headers["webhook-id"] == d.idempotency_key
+
+
+async def test_500_500_200_is_one_delivery_after_retries_with_one_webhook_id(tmp_path, monkeypatch, engine, world) -> None:
+    with http_receiver([(500, {}, b"oops"), (500, {}, b"oops")]) as rx:
+        config = setup(tmp_path, monkeypatch, rx.url)
+        world.new_story("i1", "icc", "ICC issues warrant")
+        digest.build_due_digests(engine, config, T0, secret_key="k")
+        now = T0
+        for _ in range(6):
+            await outbox.deliver_due(engine, config, now, worker_id="w")
+            now += timedelta(hours=2)
+        assert len(rx.requests) == 3
+        assert len({r.headers["webhook-id"] for r in rx.requests}) == 1
+    assert attempts(engine, "ingest") == [("retry", "500"), ("retry", "500"), ("sent", "200")]
+
+
+async def test_429_retry_after_is_respected(tmp_path, monkeypatch, engine, world) -> None:
+    with http_receiver([(429, {"Retry-After": "120"}, b"slow down")]) as rx:
+        config = setup(tmp_path, monkeypatch, rx.url)
+        world.new_story("i1", "icc", "ICC issues warrant")
+        digest.build_due_digests(engine, config, T0, secret_key="k")
+        assert (await outbox.deliver_due(engine, config, T0, worker_id="w")).retried == 1
+        with Session(engine) as s:
+            d = s.scalars(select(Delivery).where(Delivery.target == "ingest")).one()
+            assert d.next_attempt_at == (T0 + timedelta(seconds=120)).replace(tzinfo=None)
+        assert (await outbox.deliver_due(engine, config, T0 + timedelta(seconds=119), worker_id="w")).claimed == 0
+        assert (await outbox.deliver_due(engine, config, T0 + timedelta(seconds=120), worker_id="w")).sent == 1
+        assert len(rx.requests) == 2
+
+
+@pytest.mark.parametrize(("gone", "reply"), [
+    ("ingest", (410, {}, b"gone")),
+    ("newsroom", (404, {}, b"channel_not_found")),
+    ("newsroom", (410, {}, b"channel_is_archived")),
+    ("newsroom", (404, {}, b"no_service")),
+])
+async def test_a_channel_that_is_gone_is_disabled_with_the_reason(tmp_path, monkeypatch, engine, world, gone, reply) -> None:
+    other = "newsroom" if gone == "ingest" else "ingest"
+    with http_receiver([reply]) as bad, http_receiver() as good:
+        urls = {gone: bad.url, other: good.url}
+        config = setup(tmp_path, monkeypatch, urls["ingest"], slack_url=urls["newsroom"])
+        world.new_story("s1", "doha-talks", "Talks resume")
+        digest.build_due_digests(engine, config, T0, secret_key="k")
+        report = await outbox.deliver_due(engine, config, T0, worker_id="w")
+        assert (report.sent, report.failed) == (1, 1) and len(bad.requests) == 1 and len(good.requests) == 1
+    with Session(engine) as s:
+        subs = {sub.target: sub for sub in s.scalars(select(Subscription))}
+        assert subs[other].disabled_at is None
+        assert subs[gone].disabled_at is not None
+        assert str(reply[0]) in (subs[gone].disabled_reason or "") and reply[2].decode() in (subs[gone].disabled_reason or "")
+    # A disabled channel gets no further digests; the other one does.
+    world.new_story("s2", "doha-talks", "More talks")
+    built = digest.build_due_digests(engine, config, T0 + timedelta(minutes=5), secret_key="k")
+    with Session(engine) as s:
+        targets = {d.target for d in s.scalars(select(Delivery).where(Delivery.digest_id.in_(built)))}
+    assert targets == {other}
+
+
+async def test_redirects_are_failures_and_not_followed(tmp_path, monkeypatch, engine, world) -> None:
+    with http_receiver([(302, {"Location": "/elsewhere"}, b"")]) as rx:
+        config = setup(tmp_path, monkeypatch, rx.url)
+        world.new_story("i1", "icc", "ICC issues warrant")
+        digest.build_due_digests(engine, config, T0, secret_key="k")
+        assert (await outbox.deliver_due(engine, config, T0, worker_id="w")).retried == 1
+        assert [r.path for r in rx.requests] == ["/hook"]
+    assert attempts(engine, "ingest") == [("retry", "302")]
+
+
+async def test_private_addresses_are_refused_unless_allowed(tmp_path, monkeypatch, engine, world) -> None:
+    with http_receiver() as rx:
+        config = setup(tmp_path, monkeypatch, rx.url, settings="").model_copy(deep=True)
+        config = config.model_copy(update={"settings": config.settings.model_copy(update={"allow_private_networks": False})})
+        world.new_story("i1", "icc", "ICC issues warrant")
+        digest.build_due_digests(engine, config, T0, secret_key="k")
+        report = await outbox.deliver_due(engine, config, T0, worker_id="w")
+        assert report.failed == 1 and rx.requests == []
+    with Session(engine) as s:
+        d = s.scalars(select(Delivery).where(Delivery.target == "ingest")).one()
+        assert d.status == "failed" and "allow_private_networks" in (d.last_error or "")
+
+
+async def test_an_80_story_digest_reaches_slack_as_valid_escaped_messages_one_per_second(tmp_path, monkeypatch, engine, world) -> None:
+    with http_receiver() as hook, http_receiver() as slack:
+        config = setup(tmp_path, monkeypatch, hook.url, slack_url=slack.url)
+        world.new_story("evil", "doha-talks", "Talks <!channel> & <@U123> <https://evil.example|click>")
+        for i in range(79):
+            world.new_story(f"s{i}", "doha-talks", f"Story {i}: " + "long headline " * 15)
+        digest.build_due_digests(engine, config, T0, secret_key="k")
+        report = await outbox.deliver_due(engine, config, T0, worker_id="w")
+        messages = [r.json() for r in slack.requests]
+        times = [r.at for r in slack.requests]
+    assert report.failed == report.retried == 0
+    assert len(messages) >= 2
+    sections = 0
+    for m in messages:
+        assert render.validate_slack_message(m) == []  # type: ignore[arg-type]
+        sections += sum(b["type"] == "section" for b in m["blocks"])  # type: ignore[index]
+    assert sections == 80
+    raw = json.dumps(messages)
+    assert "<!channel>" not in raw and "<@U123>" not in raw and "<https://evil.example|click>" not in raw
+    assert "&lt;!channel&gt; &amp; &lt;@U123&gt;" in raw
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert min(gaps) >= 0.95, gaps
