@@ -21,6 +21,7 @@ from monitor.db import naive_utc
 from monitor.tables import Alert, Story
 
 T0 = datetime(2026, 11, 24, 6, 0, tzinfo=UTC)
+ROOT_DIR = Path(__file__).resolve().parent.parent
 
 TOPICS = """
 [[topics]]

@@ -75,7 +75,7 @@ class OutboxStats:
 
 def stats(session: Session, now: datetime) -> OutboxStats:
     """Outbox depth, oldest pending age and counts by status (for /metrics)."""
-    by_status = dict(session.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).tuples().all())
+    by_status = {status: n for status, n in session.execute(select(Delivery.status, func.count()).group_by(Delivery.status))}
     oldest = session.scalar(select(func.min(Delivery.created_at)).where(Delivery.status.in_(("pending", "sending"))))
     age = (now - aware_utc(oldest)).total_seconds() if oldest is not None else 0.0  # type: ignore[operator]
     return OutboxStats(depth=by_status.get("pending", 0) + by_status.get("sending", 0),

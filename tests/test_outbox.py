@@ -1,0 +1,254 @@
+"""The outbox: crash safety (SIGKILL mid-batch, restart: nothing lost, resends keep their ids), concurrent
+workers never send one row twice, backoff, give-up, and the stats /metrics reads."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections import Counter
+from datetime import timedelta
+from email import message_from_bytes, policy
+
+from aiosmtpd.controller import Controller
+from deliveryfixtures import ROOT_DIR, T0, World, http_receiver, make_config
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from test_email import SmtpHandler, free_port
+
+from monitor import digest
+from monitor.db import utcnow
+from monitor.deliver import Outgoing, outbox
+from monitor.errors import DeliveryError
+from monitor.tables import Delivery, DeliveryAttempt
+
+SECRET = "whsec_" + base64.b64encode(b"crash-test-secret-crash-test-sec").decode()
+
+WORKER = textwrap.dedent("""
+    import asyncio, sys
+    from datetime import datetime
+    from monitor import db
+    from monitor.config import load_config
+    from monitor.deliver import outbox
+
+    config = load_config(sys.argv[1])
+    engine = db.make_engine(config.settings.database_url)
+    now = datetime.fromisoformat(sys.argv[2])
+    report = asyncio.run(outbox.deliver_due(engine, config, now, worker_id=sys.argv[3], limit=1000,
+                                            concurrency=1, lease_s=60))
+    print("report", report.by_outcome(), flush=True)
+""")
+
+
+class SlowSmtp(SmtpHandler):
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        self.data_seen.append(envelope.content)
+        await asyncio.sleep(0.3)
+        self.messages.append((list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
+
+
+def test_sigkill_mid_batch_then_restart_loses_nothing_and_resends_with_the_same_ids(tmp_path, engine) -> None:
+    n_hooks, n_mail = 8, 4
+    channels = "".join(f'[[channels]]\nname = "hook{i}"\nkind = "webhook"\nurl_env = "CRASH_URL"\nsecret_env = "CRASH_SECRET"\n\n'
+                       for i in range(n_hooks))
+    subscribers = "".join(f'[[subscribers]]\nemail = "r{i}@example.org"\ncadence = "immediate"\n\n' for i in range(n_mail))
+    smtp_handler = SlowSmtp()
+    port = free_port()
+    controller = Controller(smtp_handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    third = threading.Event()
+    seen = Counter[str]()
+
+    def on_request(rec):  # type: ignore[no-untyped-def]
+        seen[rec.headers["webhook-id"]] += 1
+        if sum(seen.values()) >= 3:
+            third.set()
+
+    try:
+        with http_receiver(delay_s=0.3, on_request=on_request) as rx:
+            smtp = f'[settings.smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\ntimeout_s = 5\n'
+            config = make_config(tmp_path, channels + subscribers + smtp)
+            cfg_file = tmp_path / "feeds.toml"
+            cfg_file.write_text(f"""[settings]
+database_url = "{config.settings.database_url}"
+allow_private_networks = true
+{smtp}
+[[topics]]
+id = "doha-talks"
+name = "Doha talks"
+description = "Talks."
+examples = ["Talks"]
+
+[[topics]]
+id = "icc"
+name = "ICC"
+description = "ICC."
+examples = ["ICC"]
+
+{channels}{subscribers}""")
+            World(engine).new_story("s1", "doha-talks", "Talks resume")
+            built = digest.build_due_digests(engine, config, T0, secret_key="k")
+            assert len(built) == n_hooks + n_mail
+            env = {**os.environ, "CRASH_URL": rx.url, "CRASH_SECRET": SECRET, "PYTHONPATH": str(ROOT_DIR)}
+            script = tmp_path / "worker.py"
+            script.write_text(WORKER)
+
+            first = subprocess.Popen([sys.executable, str(script), str(cfg_file), T0.isoformat(), "first"], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            assert third.wait(60), "the worker never reached the third webhook"
+            os.kill(first.pid, signal.SIGKILL)  # the third request is in flight: its outcome is never recorded
+            first.wait(10)
+            with Session(engine) as s:
+                statuses = Counter(s.scalars(select(Delivery.status)))
+            assert statuses["sending"] == 1 and statuses["sent"] >= 2 and statuses["pending"] >= 1
+
+            # Restart after the dead worker's lease has expired.
+            later = T0 + timedelta(seconds=61)
+            second = subprocess.run([sys.executable, str(script), str(cfg_file), later.isoformat(), "second"], env=env,
+                                    capture_output=True, text=True, timeout=120)
+            assert second.returncode == 0, second.stdout + second.stderr
+
+            with Session(engine) as s:
+                rows = list(s.scalars(select(Delivery)))
+                lost = list(s.scalars(select(DeliveryAttempt).where(DeliveryAttempt.outcome == "lost")))
+            assert {d.status for d in rows} == {"sent"}
+            keys = {d.idempotency_key for d in rows}
+            received_hooks = [r.headers["webhook-id"] for r in rx.requests]
+            received_mail = [message_from_bytes(raw, policy=policy.default)["Message-ID"] for _, raw in smtp_handler.messages]
+            # None lost: every delivery's id reached its receiver.
+            assert set(received_hooks) | set(received_mail) == keys
+            # The one in flight at the kill was sent again, with the same id (and the same body).
+            dupes = [k for k, n in Counter(received_hooks + received_mail).items() if n > 1]
+            assert len(dupes) == 1 and len(lost) == 1
+            bodies = {r.body for r in rx.requests if r.headers["webhook-id"] == dupes[0]}
+            assert len(bodies) == 1
+    finally:
+        controller.stop()
+
+
+async def test_two_workers_never_send_the_same_row(tmp_path, engine) -> None:
+    channels = "".join(f'[[channels]]\nname = "c{i}"\nkind = "webhook"\nurl_env = "W_URL"\nsecret_env = "W_SECRET"\n\n'
+                       for i in range(12))
+    with http_receiver(delay_s=0.05) as rx:
+        os.environ["W_URL"], os.environ["W_SECRET"] = rx.url, SECRET
+        try:
+            config = make_config(tmp_path, channels)
+            World(engine).new_story("s1", "icc", "ICC ruling")
+            digest.build_due_digests(engine, config, T0, secret_key="k")
+            reports = await asyncio.gather(*(outbox.deliver_due(engine, config, T0, worker_id=f"w{i}", concurrency=3)
+                                             for i in range(3)))
+        finally:
+            del os.environ["W_URL"], os.environ["W_SECRET"]
+        ids = [r.headers["webhook-id"] for r in rx.requests]
+    assert len(ids) == 12 and len(set(ids)) == 12
+    assert sum(r.sent for r in reports) == 12
+
+
+class Flaky:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def send(self, message: Outgoing) -> str:
+        self.calls += 1
+        raise DeliveryError("connection reset", code="reset")
+
+
+async def test_retries_back_off_exponentially_then_give_up_visibly(tmp_path, engine) -> None:
+    config = make_config(tmp_path, '[[subscribers]]\nemail = "a@example.org"\ncadence = "immediate"\n')
+    World(engine).new_story("s1", "icc", "ICC ruling")
+    digest.build_due_digests(engine, config, T0, secret_key="k")
+    flaky = Flaky()
+    now = T0
+    waits = []
+    for _ in range(outbox.MAX_ATTEMPTS + 3):
+        await outbox.deliver_due(engine, config, now, worker_id="w", senders={"email": flaky}, rng=random.Random(1))
+        with Session(engine) as s:
+            d = s.scalars(select(Delivery)).one()
+        if d.status == "failed":
+            break
+        waits.append((d.next_attempt_at - now.replace(tzinfo=None)).total_seconds())
+        now = now + timedelta(seconds=waits[-1])
+    assert flaky.calls == outbox.MAX_ATTEMPTS
+    assert d.status == "failed" and "gave up after 10 attempts" in (d.last_error or "")
+    assert all(b > a for a, b in zip(waits[:5], waits[1:6], strict=False))  # growing while below the cap
+    assert max(waits) <= outbox.BACKOFF_MAX_S
+    with Session(engine) as s:
+        outcomes = list(s.scalars(select(DeliveryAttempt.outcome).order_by(DeliveryAttempt.id)))
+    assert outcomes == ["retry"] * (outbox.MAX_ATTEMPTS - 1) + ["failed"]
+
+
+def test_backoff_has_jitter_within_bounds() -> None:
+    rng = random.Random(7)
+    for attempt in (1, 3, 8, 20):
+        values = [outbox.backoff_s(attempt, rng) for _ in range(200)]
+        cap = min(outbox.BACKOFF_MAX_S, outbox.BACKOFF_BASE_S * 2 ** (attempt - 1))
+        assert all(cap / 2 <= v <= cap for v in values) and len(set(values)) > 150
+
+
+async def test_stats_report_depth_age_and_status_counts(tmp_path, engine) -> None:
+    config = make_config(tmp_path, "".join(f'[[subscribers]]\nemail = "r{i}@example.org"\ncadence = "immediate"\n' for i in range(3)))
+    World(engine).new_story("s1", "icc", "ICC ruling")
+    digest.build_due_digests(engine, config, T0, secret_key="k")
+    with Session(engine) as s:
+        st = outbox.stats(s, T0 + timedelta(minutes=10))
+    assert st.depth == 3 and st.oldest_pending_age_s == 600 and st.by_status == {"pending": 3}
+    await outbox.deliver_due(engine, config, T0, worker_id="w", limit=2)  # .eml files
+    with Session(engine) as s:
+        st = outbox.stats(s, T0 + timedelta(minutes=10))
+    assert st.depth == 1 and st.by_status == {"pending": 1, "sent": 2}
+
+
+async def test_unsubscribing_cancels_what_is_still_in_the_outbox(tmp_path, engine) -> None:
+    config = make_config(tmp_path, '[[subscribers]]\nemail = "a@example.org"\ncadence = "immediate"\n')
+    World(engine).new_story("s1", "icc", "ICC ruling")
+    digest.build_due_digests(engine, config, T0, secret_key="k")
+    from monitor import unsubscribe
+    from monitor.tables import Subscription
+    with Session(engine) as s, s.begin():
+        sub = s.scalars(select(Subscription)).one()
+        assert unsubscribe.unsubscribe(s, sub.id, "a@example.org", T0) is True
+    report = await outbox.deliver_due(engine, config, T0, worker_id="w")
+    assert report.cancelled == 1 and report.sent == 0
+    assert not list(tmp_path.glob("outbox/*.eml"))
+
+
+def test_deliver_once_cli_builds_and_sends(tmp_path, engine) -> None:
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+    cfg = tmp_path / "feeds.toml"
+    cfg.write_text(f"""[settings]
+database_url = "{engine.url}"
+outbox_dir = "{tmp_path / 'out'}"
+
+[[topics]]
+id = "icc"
+name = "ICC"
+description = "ICC."
+examples = ["ICC"]
+
+[[subscribers]]
+email = "a@example.org"
+cadence = "immediate"
+""")
+    World(engine).new_story("s1", "icc", "ICC ruling", at=utcnow())  # the CLI runs on the real clock
+    runner = CliRunner()
+    preview = runner.invoke(main, ["--config", str(cfg), "digest", "preview", "--subscriber", "a@example.org",
+                                   "--out", str(tmp_path / "preview")])
+    assert preview.exit_code == 0, preview.output
+    assert (tmp_path / "preview" / "digest.eml").exists() and "ICC ruling" in (tmp_path / "preview" / "digest.txt").read_text()
+    result = runner.invoke(main, ["--config", str(cfg), "deliver", "--once"])
+    assert result.exit_code == 0, result.output
+    assert "digests built: 1" in result.output and "sent: 1" in result.output
+    assert len(list((tmp_path / "out").glob("*.eml"))) == 1
+    listing = runner.invoke(main, ["--config", str(cfg), "deliveries", "list"])
+    assert "a@example.org" in listing.output and "sent" in listing.output
+    again = runner.invoke(main, ["--config", str(cfg), "digest", "preview", "--subscriber", "a@example.org"])
+    assert "nothing new" in again.output
