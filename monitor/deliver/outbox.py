@@ -20,7 +20,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -28,7 +28,7 @@ import httpx
 from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from monitor.config import Config, secret
+from monitor.config import ChannelConfig, Config, secret
 from monitor.db import aware_utc, is_sqlite, naive_utc, write_transaction
 from monitor.deliver import Outgoing, Sender
 from monitor.deliver.email import EmlFileSender, SmtpSender
@@ -92,18 +92,23 @@ def backoff_s(attempt: int, rng: random.Random) -> float:
 
 
 @contextlib.asynccontextmanager
-async def open_senders(config: Config, env: Mapping[str, str] | None = None) -> AsyncIterator[dict[str, Sender]]:
-    """The real senders for this configuration: SMTP (or .eml files), Slack and signed webhooks. Keep one
-    set open across passes so the per-webhook Slack rate limit holds between ticks."""
-    s = config.settings
-    channels = {c.name: c for c in config.channels}
+async def open_senders(config: Config | Callable[[], Config],
+                       env: Mapping[str, str] | None = None) -> AsyncIterator[dict[str, Sender]]:
+    """The real senders: SMTP (or .eml files), Slack and signed webhooks. Keep one set open across passes
+    (the service's lifetime) so the one-message-per-second Slack limit holds between ticks; pass a callable
+    returning the current config so channel URLs/secrets follow hot reloads (SMTP settings do not)."""
+    current = config if callable(config) else (lambda: config)
+    s = current().settings
+
+    def channel(name: str) -> ChannelConfig | None:
+        return next((c for c in current().channels if c.name == name), None)
 
     def url(name: str) -> str | None:
-        c = channels.get(name)
+        c = channel(name)
         return secret(c.url_env, env) if c else None
 
     def signing_secret(name: str) -> str | None:
-        c = channels.get(name)
+        c = channel(name)
         return secret(c.secret_env, env) if c else None
 
     email: Sender

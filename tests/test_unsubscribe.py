@@ -1,0 +1,115 @@
+"""One-click unsubscribe through the real Starlette routes (in-process ASGI client): GET never
+unsubscribes, POST does (no login, no redirect, idempotent), bad or expired tokens get a clear 400 page,
+and the database state overrides feeds.toml."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from email import message_from_bytes, policy
+from urllib.parse import urlsplit
+
+import pytest
+from deliveryfixtures import T0, World, make_config
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from monitor import digest, unsubscribe
+from monitor.tables import Delivery, Subscription
+
+SUBSCRIBERS = """
+[[subscribers]]
+email = "ana@example.org"
+cadence = "immediate"
+
+[[subscribers]]
+email = "bo@example.org"
+cadence = "immediate"
+"""
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def setup(tmp_path, engine):  # type: ignore[no-untyped-def]
+    config = make_config(tmp_path, SUBSCRIBERS)
+    World(engine).new_story("s1", "icc", "ICC ruling")
+    digest.build_due_digests(engine, config, T0, secret_key="secret-1")
+    clock = Clock(T0 + timedelta(hours=1))
+    app = Starlette(routes=unsubscribe.routes(engine, config, "secret-1", clock=clock))
+    client = TestClient(app, base_url="https://monitor.example.org", follow_redirects=False)
+    with Session(engine) as s:
+        raw = s.scalars(select(Delivery.payload).where(Delivery.target == "ana@example.org")).one()
+    link = message_from_bytes(raw, policy=policy.default)["List-Unsubscribe"].strip("<>")
+    return config, client, clock, urlsplit(link).path
+
+
+def state(engine) -> dict[str, datetime | None]:  # type: ignore[no-untyped-def]
+    with Session(engine) as s:
+        return {sub.target: sub.unsubscribed_at for sub in s.scalars(select(Subscription))}
+
+
+def test_get_shows_a_confirmation_form_and_unsubscribes_nobody(engine, setup) -> None:
+    _, client, _, path = setup
+    r = client.get(path)
+    assert r.status_code == 200
+    assert '<form method="post"' in r.text and "ana@example.org" in r.text
+    assert r.headers["cache-control"] == "no-store" and r.headers["referrer-policy"] == "no-referrer"
+    client.head(path)
+    assert state(engine) == {"ana@example.org": None, "bo@example.org": None}
+
+
+def test_one_click_post_unsubscribes_without_redirect_and_is_idempotent(engine, setup) -> None:
+    _, client, clock, path = setup
+    r = client.post(path, content=b"List-Unsubscribe=One-Click",
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200 and "location" not in r.headers
+    assert "You are unsubscribed" in r.text
+    first = state(engine)
+    assert first["ana@example.org"] == clock.now.replace(tzinfo=None) and first["bo@example.org"] is None
+    clock.now += timedelta(hours=1)
+    again = client.post(path, files={"List-Unsubscribe": (None, "One-Click")})  # multipart, as RFC 8058 allows
+    assert again.status_code == 200 and "already unsubscribed" in again.text
+    assert state(engine) == first  # the first time stands
+
+
+def test_the_database_overrides_feeds_toml(engine, setup) -> None:
+    config, client, _, path = setup
+    client.post(path, content=b"List-Unsubscribe=One-Click", headers={"content-type": "application/x-www-form-urlencoded"})
+    World(engine, item_seq=10, stories={}).new_story("s2", "icc", "Another ruling", at=T0 + timedelta(hours=2))
+    built = digest.build_due_digests(engine, config, T0 + timedelta(hours=2), secret_key="secret-1")
+    with Session(engine) as s:
+        targets = {d.target for d in s.scalars(select(Delivery).where(Delivery.digest_id.in_(built)))}
+    assert targets == {"bo@example.org"}  # ana is still in feeds.toml, and stays unsubscribed
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_bad_and_expired_tokens_get_a_clear_400_page(engine, setup, method: str) -> None:
+    _, client, clock, path = setup
+    token = path.rsplit("/", 1)[1]
+    tampered = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
+    r = client.request(method, f"/unsubscribe/{tampered}")
+    assert r.status_code == 400 and "not valid" in r.text and "damaged" in r.text
+    other_key = unsubscribe.make_token("another-key", 1, "ana@example.org", T0)
+    assert client.request(method, f"/unsubscribe/{other_key}").status_code == 400
+    clock.now = T0 + unsubscribe.TOKEN_MAX_AGE + timedelta(days=1)
+    r = client.request(method, path)
+    assert r.status_code == 400 and "expired" in r.text
+    assert state(engine)["ana@example.org"] is None
+
+
+def test_token_round_trip_and_expiry_use_the_given_clock() -> None:
+    token = unsubscribe.make_token("k", 42, "ana@example.org", T0)
+    assert unsubscribe.read_token("k", token, T0 + timedelta(days=89)) == (42, "ana@example.org")
+    with pytest.raises(unsubscribe.InvalidToken, match="expired"):
+        unsubscribe.read_token("k", token, T0 + timedelta(days=91))
+    url = unsubscribe.unsubscribe_url("https://m.example/", "k", 42, "ana@example.org", T0)
+    assert url.startswith("https://m.example/unsubscribe/")
+    assert unsubscribe.read_token("k", url.rsplit("/", 1)[1], T0) == (42, "ana@example.org")
