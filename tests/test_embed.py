@@ -65,12 +65,14 @@ def test_ensure_vectors_encodes_once_in_batches_and_reuses(engine, embedder) -> 
     counting = CountingEmbedder(embedder)
     with db.write_transaction(engine) as s:
         first = embed.ensure_vectors(s, counting, items[:2], batch_size=1)
-    assert [len(c) for c in counting.calls] == [1, 1]  # batch size respected
-    assert counting.calls[0] == ["Hamas frees two hostages. teaser"]  # title + summary
+    # one batch per item (batch size 1), each encoding headline + teaser, then the headline alone
+    assert counting.calls[:2] == [["Hamas frees two hostages. teaser"], ["Hamas frees two hostages"]]
+    assert len(counting.calls) == 4
     with db.write_transaction(engine) as s:
         again = embed.ensure_vectors(s, counting, items, batch_size=64)
-    assert counting.calls[2] == ["Storm hits coast. teaser"]  # only the new item was encoded
+    assert counting.calls[4:] == [["Storm hits coast. teaser"], ["Storm hits coast"]]  # only the new item
     assert np.array_equal(again[:2], first)
+    assert np.allclose(np.linalg.norm(again, axis=1), 1.0, atol=1e-5)
     with db.session_factory(engine)() as s:
         assert s.scalar(select(func.count()).select_from(ItemVector)) == 3
         stored = embed.load_vectors(s, embedder.model_id, [items[0].id, 999])

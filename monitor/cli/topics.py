@@ -92,7 +92,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         embedder = embed.load_embedder(config.settings)
         topic_set = match.compile_topics(config.topics, embedder)
         text = f"{headline}. {summary}" if summary else headline
-        vec = embedder.encode([text])
+        vec = embed.encode_items(embedder, [headline], [text])
         for v in match.match_texts([0], [text], vec, topic_set):
             decision = "MATCH" if v.matched else "no"
             click.echo(f"{v.topic_id:<20} {v.score:.3f}  {decision:<5}  {v.reason}")
@@ -197,7 +197,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         topic_ids = [t.id for t in config.topics]
         embedder = embed.load_embedder(config.settings)
         topic_set = match.compile_topics(config.topics, embedder)
-        vectors = embedder.encode([it.text for it in items])
+        vectors = embed.encode_items(embedder, [it.title for it in items], [it.text for it in items])
         thresholds = {t.id: t.threshold for t in topic_set.topics}
         eff = _eval_scores(items, vectors, topic_set, use_gates=True)
         result = topic_eval.evaluate(_predict(eff, thresholds, ids), labels, topic_ids, ids)
