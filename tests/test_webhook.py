@@ -182,3 +182,50 @@ async def test_an_80_story_digest_reaches_slack_as_valid_escaped_messages_one_pe
     assert "&lt;!channel&gt; &amp; &lt;@U123&gt;" in raw
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert min(gaps) >= 0.95, gaps
+
+
+def _schema_errors(value: object, schema: dict, path: str = "$") -> list[str]:  # type: ignore[type-arg]
+    """A small validator for the JSON Schema subset docs/webhook-schema.md uses; it also rejects properties
+    the document does not describe, so the docs cannot drift from the payload."""
+    errors: list[str] = []
+    types = {"object": dict, "array": list, "string": str, "integer": int, "boolean": bool, "null": type(None)}
+    if "const" in schema and value != schema["const"]:
+        errors.append(f"{path}: {value!r} != {schema['const']!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path}: {value!r} not in {schema['enum']}")
+    if "type" in schema:
+        allowed = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if not any(isinstance(value, types[t]) and not (t == "integer" and isinstance(value, bool)) for t in allowed):
+            errors.append(f"{path}: {type(value).__name__} is not {allowed}")
+    if isinstance(value, dict) and "properties" in schema:
+        errors += [f"{path}: missing {k}" for k in schema.get("required", []) if k not in value]
+        errors += [f"{path}: undocumented {k}" for k in value if k not in schema["properties"]]
+        for k, v in value.items():
+            if k in schema["properties"]:
+                errors += _schema_errors(v, schema["properties"][k], f"{path}.{k}")
+    if isinstance(value, list) and "items" in schema:
+        for i, v in enumerate(value):
+            errors += _schema_errors(v, schema["items"], f"{path}[{i}]")
+    return errors
+
+
+async def test_the_payload_matches_the_documented_schema(tmp_path, monkeypatch, engine, world) -> None:
+    from deliveryfixtures import ROOT_DIR
+
+    doc = (ROOT_DIR / "docs" / "webhook-schema.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in doc.split("```json\n")[1:]]
+    example, schema = json.loads(blocks[0]), json.loads(blocks[1])
+    assert _schema_errors(example, schema) == []
+    with http_receiver() as rx:
+        config = setup(tmp_path, monkeypatch, rx.url)
+        world.new_story("i1", "icc", "ICC issues warrant")
+        world.alert("i1", "update", what_is_new="second warrant", title="ICC adds a second warrant")
+        world.story("i2", "icc", "No link story")
+        world.alert("i2", "update", what_is_new=None)
+        digest.build_due_digests(engine, config, T0, secret_key="k")
+        await outbox.deliver_due(engine, config, T0, worker_id="w")
+        (req,) = [r for r in rx.requests if "webhook-id" in r.headers]
+    body = req.json()
+    assert _schema_errors(body, schema) == []
+    assert body["data"]["alert_count"] == 3 and body["data"]["story_count"] == 2  # type: ignore[index]
+    assert _schema_errors({"type": "digest.created", "timestamp": "x", "data": {"schema_version": 2}}, schema) != []
