@@ -240,12 +240,14 @@ def build_due_digests(engine: Engine, config: Config, now: datetime, *, secret_k
     """Build every due, non-empty digest. Per subscription, one transaction writes the digest, its delivery
     rows and the advanced cursor (a crash leaves either all of it or none). Returns the new digest ids.
     One subscription's failure is logged and does not stop the others."""
+    specs = subscription_specs(config)
+    due = _due_specs(engine, config, specs, now)
+    if not due:
+        return []
     renderer = renderer or render.Renderer()
-    key = secret_key or unsubscribe.signing_key(config.settings, engine)
-    with write_transaction(engine) as s:
-        sync_subscriptions(s, config, now)
+    key = secret_key or unsubscribe.signing_key(config.settings)
     built: list[int] = []
-    for spec in subscription_specs(config):
+    for spec in due:
         try:
             digest_id = _build_one(engine, config, spec, now, key, renderer)
         except Exception:
@@ -255,6 +257,31 @@ def build_due_digests(engine: Engine, config: Config, now: datetime, *, secret_k
         if digest_id is not None:
             built.append(digest_id)
     return built
+
+
+def _due_specs(engine: Engine, config: Config, specs: list[SubscriptionSpec], now: datetime) -> list[SubscriptionSpec]:
+    """A read-only pass (no write lock on every tick): the subscriptions that are due and, for `immediate`,
+    have something new. Syncs the subscriptions table first when feeds.toml has changed."""
+    with Session(engine) as s:
+        rows = {(r.kind, r.target): r for r in s.scalars(select(Subscription))}
+    if any(rows.get((sp.kind, sp.target)) is None or rows[(sp.kind, sp.target)].schedule != sp.schedule for sp in specs):
+        with write_transaction(engine) as s:
+            sync_subscriptions(s, config, now)
+        with Session(engine) as s:
+            rows = {(r.kind, r.target): r for r in s.scalars(select(Subscription))}
+    due = []
+    with Session(engine) as s:
+        for spec in specs:
+            row = rows[(spec.kind, spec.target)]
+            if not is_due(row, spec, now):
+                continue
+            if spec.cadence == "immediate" and s.scalar(
+                select(Alert.id).where(Alert.id > row.cursor_alert_id, Alert.topic_id.in_(spec.topics),
+                                       Alert.decision.in_(ALERT_DECISIONS)).limit(1)
+            ) is None:
+                continue
+            due.append(spec)
+    return due
 
 
 def _build_one(engine: Engine, config: Config, spec: SubscriptionSpec, now: datetime, key: str,

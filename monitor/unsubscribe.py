@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Callable
+import os
+import secrets
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
@@ -52,14 +54,28 @@ class InvalidToken(Exception):
         self.reason = reason
 
 
-def signing_key(settings: Settings, engine: Engine | None = None, env: dict[str, str] | None = None) -> str:
-    """The key from the environment variable `settings.secret_key_env`; without one (development), a key
-    derived from the database URL so links survive restarts of a single-machine install."""
+def signing_key(settings: Settings, env: Mapping[str, str] | None = None) -> str:
+    """The key that signs unsubscribe links: the environment variable `settings.secret_key_env`, else (a
+    single-machine install) a random key made once and kept in `<outbox_dir>/../.secret_key` (mode 0600) so
+    links survive restarts. The digest builder and the web routes must use the same key: call this in both."""
     key = secret(settings.secret_key_env, env)
     if key:
         return key
-    url = str(engine.url) if engine is not None else settings.database_url
-    return hashlib.sha256(b"monitor-dev-key:" + url.encode()).hexdigest()
+    path = Path(settings.outbox_dir).parent / ".secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32))
+    log.warning("no %s in the environment: made a local signing key for unsubscribe links", settings.secret_key_env,
+                extra={"path": str(path)})
+    return path.read_text().strip()
 
 
 def _serializer(secret_key: str, now: datetime) -> URLSafeTimedSerializer:
@@ -124,7 +140,7 @@ def routes(engine: Engine, config: Config | Callable[[], Config], secret_key: st
             _, address = read_token(secret_key, request.path_params["token"], clock())
         except InvalidToken as e:
             return invalid(e.reason)
-        return page("confirm", title="Unsubscribe", address=address, action=str(request.url.path))
+        return page("confirm", title="Unsubscribe", address=address)
 
     async def one_click(request: Request) -> Response:
         try:

@@ -113,3 +113,12 @@ def test_token_round_trip_and_expiry_use_the_given_clock() -> None:
     url = unsubscribe.unsubscribe_url("https://m.example/", "k", 42, "ana@example.org", T0)
     assert url.startswith("https://m.example/unsubscribe/")
     assert unsubscribe.read_token("k", url.rsplit("/", 1)[1], T0) == (42, "ana@example.org")
+
+
+def test_without_a_key_in_the_environment_one_local_key_is_made_and_kept(tmp_path) -> None:
+    config = make_config(tmp_path)
+    first = unsubscribe.signing_key(config.settings, env={})
+    key_file = tmp_path / ".secret_key"  # beside outbox_dir
+    assert key_file.exists() and oct(key_file.stat().st_mode & 0o777) == "0o600"
+    assert unsubscribe.signing_key(config.settings, env={}) == first and len(first) >= 32
+    assert unsubscribe.signing_key(config.settings, env={"MONITOR_SECRET_KEY": "from-env"}) == "from-env"

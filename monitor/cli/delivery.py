@@ -8,10 +8,12 @@ import os
 from pathlib import Path
 
 import click
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from monitor import db, digest, render, unsubscribe
 from monitor.errors import MonitorError
+from monitor.tables import Subscription
 
 
 def register(main: click.Group, eval_group: click.Group) -> None:
@@ -49,8 +51,11 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         renderer = render.Renderer()
         files: dict[str, bytes] = {}
         if spec.kind == "email":
-            key = unsubscribe.signing_key(config.settings, engine)
-            url = unsubscribe.unsubscribe_url(config.settings.base_url, key, 0, spec.target, now)
+            key = unsubscribe.signing_key(config.settings)
+            with Session(engine) as s:
+                sub_id = s.scalar(select(Subscription.id).where(Subscription.kind == "email",
+                                                                Subscription.target == spec.target)) or 0
+            url = unsubscribe.unsubscribe_url(config.settings.base_url, key, sub_id, spec.target, now)
             mail = renderer.email(content, mail_from=config.settings.mail_from, now=now, cadence=spec.cadence,
                                   message_id=f"<preview@{render.message_id_domain(config.settings.mail_from)}>",
                                   unsubscribe_url=url)

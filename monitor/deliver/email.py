@@ -40,7 +40,7 @@ class SmtpSender:
                                                       context=self._ssl or ssl.create_default_context())
             else:
                 conn = smtplib.SMTP(s.host, s.port, timeout=s.timeout_s)
-            with conn:
+            try:
                 conn.ehlo()
                 if s.security == "starttls":
                     conn.starttls(context=self._ssl or ssl.create_default_context())
@@ -48,7 +48,9 @@ class SmtpSender:
                 if s.username:
                     conn.login(s.username, self._password or "")
                 conn.sendmail(self._from, [message.target], message.payload)
-                return "250"
+            finally:
+                _close_quietly(conn)  # the message is accepted; a failed QUIT must not turn that into a retry
+            return "250"
         except smtplib.SMTPRecipientsRefused as e:
             code, text = next(iter(e.recipients.values()), (0, b""))
             raise _reply_error(where, "recipient refused", int(code), text) from e
@@ -62,6 +64,13 @@ class SmtpSender:
             raise DeliveryError(f"{where}: {e}; check `security` in [settings.smtp]") from e
         except (smtplib.SMTPException, OSError) as e:  # disconnects, timeouts, refused connections, TLS errors
             raise DeliveryError(f"{where}: {type(e).__name__}: {e}") from e
+
+
+def _close_quietly(conn: smtplib.SMTP) -> None:
+    try:
+        conn.quit()
+    except (smtplib.SMTPException, OSError):
+        conn.close()
 
 
 def _reply_error(where: str, what: str, code: int, text: bytes | str) -> DeliveryError:
