@@ -178,3 +178,64 @@ async def test_without_smtp_messages_land_as_eml_and_html_files(tmp_path, engine
     msg = parse(eml.read_bytes())
     assert msg.get_content_type() == "multipart/alternative" and msg["To"] == "Reader 0 <ana@example.org>"
     assert "Talks resume" in html.read_text()
+
+
+def self_signed(tmp_path) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+@pytest.mark.skipif(__import__("shutil").which("openssl") is None, reason="needs the openssl CLI for a test certificate")
+async def test_starttls_and_login_with_the_password_from_the_environment(tmp_path, engine) -> None:
+    import ssl
+
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    from monitor.config import secret
+    from monitor.deliver.email import SmtpSender
+
+    cert, key = self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    logins: list[tuple[str, str]] = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
+        assert isinstance(auth_data, LoginPassword)
+        logins.append((auth_data.login.decode(), auth_data.password.decode()))
+        ok = auth_data.password == b"s3cret"
+        return AuthResult(success=ok, handled=False)  # not handled: the server replies 235 / 535 itself
+
+    handler = SmtpHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, tls_context=server_ctx, require_starttls=True,
+                            authenticator=authenticator, auth_require_tls=True)
+    controller.start()
+    try:
+        config = make_config(tmp_path, subscribers("ana@example.org") + smtp_settings(port).replace(
+            'security = "none"', 'security = "starttls"\nusername = "monitor"\npassword_env = "TEST_SMTP_PASSWORD"'))
+        World(engine).new_story("s1", "doha-talks", "Talks resume")
+        digest.build_due_digests(engine, config, T0, secret_key="k")
+        client_ctx = ssl.create_default_context(cafile=cert)
+        smtp_cfg = config.settings.smtp
+        assert smtp_cfg is not None
+        wrong = SmtpSender(smtp_cfg, config.settings.mail_from, "nope", ssl_context=client_ctx)
+        report = await outbox.deliver_due(engine, config, T0, worker_id="w", senders={"email": wrong})
+        assert report.retried == 1 and handler.messages == []  # a bad login is the operator's to fix: retried
+        assert "login failed (535)" in (await _last_error(engine))
+        right = SmtpSender(smtp_cfg, config.settings.mail_from, secret("TEST_SMTP_PASSWORD", {"TEST_SMTP_PASSWORD": "s3cret"}),
+                           ssl_context=client_ctx)
+        report = await outbox.deliver_due(engine, config, T0 + timedelta(hours=1), worker_id="w", senders={"email": right})
+        assert report.sent == 1 and len(handler.messages) == 1
+        assert logins[-1] == ("monitor", "s3cret") and {p for _, p in logins[:-1]} == {"nope"}
+    finally:
+        controller.stop()
+
+
+async def _last_error(engine) -> str:  # type: ignore[no-untyped-def]
+    with Session(engine) as s:
+        return s.scalars(select(Delivery.last_error)).one() or ""
