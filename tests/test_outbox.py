@@ -252,3 +252,20 @@ cadence = "immediate"
     assert "a@example.org" in listing.output and "sent" in listing.output
     again = runner.invoke(main, ["--config", str(cfg), "digest", "preview", "--subscriber", "a@example.org"])
     assert "nothing new" in again.output
+
+
+async def test_a_row_whose_workers_keep_dying_is_given_up_visibly(tmp_path, engine) -> None:
+    config = make_config(tmp_path, '[[subscribers]]\nemail = "a@example.org"\ncadence = "immediate"\n')
+    World(engine).new_story("s1", "icc", "ICC ruling")
+    digest.build_due_digests(engine, config, T0, secret_key="k")
+    now = T0
+    for _ in range(outbox.MAX_ATTEMPTS):  # claimed, then the worker "dies": the lease simply expires
+        assert outbox.claim_one(engine, now, "doomed", lease_s=60) is not None
+        now += timedelta(seconds=61)
+    report = await outbox.deliver_due(engine, config, now, worker_id="w", senders={"email": Flaky()})
+    assert report.failed == 1
+    with Session(engine) as s:
+        d = s.scalars(select(Delivery)).one()
+        outcomes = Counter(s.scalars(select(DeliveryAttempt.outcome)))
+    assert d.status == "failed" and "without an outcome" in (d.last_error or "")
+    assert outcomes == {"lost": outbox.MAX_ATTEMPTS, "failed": 1}

@@ -258,6 +258,13 @@ async def _send_one(engine: Engine, claim: _Claim, senders: Mapping[str, Sender]
         report.cancelled += 1
         log.info("delivery cancelled: %s", claim.blocked, extra=extra)
         return
+    if msg.attempt > MAX_ATTEMPTS:  # its workers kept dying mid-send (leases expired): stop trying
+        reason = f"gave up after {msg.attempt - 1} attempts without an outcome (the worker stopped each time)"
+        await asyncio.to_thread(_record, engine, claim, worker_id, now, outcome="failed", status="failed",
+                                code=None, error=reason, duration_ms=None)
+        report.failed += 1
+        log.error("delivery failed: %s", reason, extra=extra)
+        return
     sender = senders.get(msg.kind)
     t0 = time.perf_counter()
     code: str | None = None
