@@ -39,7 +39,11 @@ examples = ["ICC prosecutor seeks arrest warrants"]
 
 
 def make_config(tmp_path: Path, extra: str = "", settings: str = "") -> Config:
-    text = f"""
+    return parse_config(config_text(tmp_path, extra, settings), "test.toml", env={})
+
+
+def config_text(tmp_path: Path, extra: str = "", settings: str = "") -> str:
+    return f"""
 [settings]
 database_url = "sqlite:///{tmp_path / 'monitor.db'}"
 outbox_dir = "{tmp_path / 'outbox'}"
@@ -50,7 +54,6 @@ allow_private_networks = true
 {TOPICS}
 {extra}
 """
-    return parse_config(text, "test.toml", env={})
 
 
 @dataclass

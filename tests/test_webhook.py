@@ -229,3 +229,32 @@ async def test_the_payload_matches_the_documented_schema(tmp_path, monkeypatch, 
     assert _schema_errors(body, schema) == []
     assert body["data"]["alert_count"] == 3 and body["data"]["story_count"] == 2  # type: ignore[index]
     assert _schema_errors({"type": "digest.created", "timestamp": "x", "data": {"schema_version": 2}}, schema) != []
+
+
+async def test_a_disabled_channel_can_be_enabled_again_and_gets_what_was_held_back(tmp_path, monkeypatch, engine, world) -> None:
+    from click.testing import CliRunner
+    from deliveryfixtures import config_text
+
+    from monitor.cli import main
+
+    cfg = tmp_path / "feeds.toml"
+    cfg.write_text(config_text(tmp_path, CHANNELS))
+    with http_receiver([(404, {}, b"channel_not_found")]) as rx, http_receiver() as hook:
+        config = setup(tmp_path, monkeypatch, hook.url, slack_url=rx.url)
+        for i in range(60):  # two Slack parts: the second is held back when the first finds the channel gone
+            world.new_story(f"s{i}", "doha-talks", f"Story {i} " + "words " * 30)
+        digest.build_due_digests(engine, config, T0, secret_key="k")
+        report = await outbox.deliver_due(engine, config, T0, worker_id="w", concurrency=1)
+        assert (report.failed, report.sent) == (1, 1)  # the Slack part refused; the webhook delivered
+        runner = CliRunner()
+        status = runner.invoke(main, ["--config", str(cfg), "digest", "status"])
+        assert "disabled: slack channel 'newsroom'" in status.output and "channel_not_found" in status.output
+        enabled = runner.invoke(main, ["--config", str(cfg), "digest", "enable", "newsroom"])
+        assert enabled.exit_code == 0 and "2 held-back deliveries queued again" in enabled.output, enabled.output
+        from monitor.db import utcnow  # the CLI requeues on the real clock
+        report = await outbox.deliver_due(engine, config, utcnow() + timedelta(seconds=1), worker_id="w")
+        assert report.sent == 2
+        assert len(rx.requests) == 3  # the refused first part, then both parts
+    with Session(engine) as s:
+        assert {d.status for d in s.scalars(select(Delivery))} == {"sent"}
+        assert s.scalars(select(Subscription).where(Subscription.target == "newsroom")).one().disabled_at is None

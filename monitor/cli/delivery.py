@@ -8,12 +8,12 @@ import os
 from pathlib import Path
 
 import click
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from monitor import db, digest, render, unsubscribe
 from monitor.errors import MonitorError
-from monitor.tables import Subscription
+from monitor.tables import Delivery, Subscription
 
 
 def register(main: click.Group, eval_group: click.Group) -> None:
@@ -81,6 +81,47 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         for name, data in files.items():
             (out_dir / name).write_bytes(data)
             click.echo(f"wrote {out_dir / name}")
+
+    @digest_group.command(name="status")
+    @pass_ctx
+    def digest_status(ctx: CliContext) -> None:
+        """Each subscription: cadence, cursor, next digest, and whether it is unsubscribed or disabled."""
+        config = ctx.config
+        engine = engine_for(ctx)
+        with db.write_transaction(engine) as s:
+            digest.sync_subscriptions(s, config, db.utcnow())
+        with Session(engine) as s:
+            rows = {(r.kind, r.target): r for r in s.scalars(select(Subscription))}
+        click.echo(f"{'KIND':<7} {'TARGET':<32} {'SCHEDULE':<28} {'CURSOR':>6}  {'NEXT DIGEST (UTC)':<17}  STATE")
+        for spec in digest.subscription_specs(config):
+            r = rows[(spec.kind, spec.target)]
+            state = ("unsubscribed " + r.unsubscribed_at.strftime("%Y-%m-%d") if r.unsubscribed_at
+                     else f"disabled: {r.disabled_reason}" if r.disabled_at else "active")
+            nxt = r.next_digest_at.strftime("%Y-%m-%d %H:%M") if r.next_digest_at else "on new alerts"
+            click.echo(f"{spec.kind:<7} {spec.target[:32]:<32} {spec.schedule[:28]:<28} {r.cursor_alert_id:>6}  {nxt:<17}  {state}")
+
+    @digest_group.command(name="enable")
+    @click.argument("channel")
+    @pass_ctx
+    def digest_enable(ctx: CliContext, channel: str) -> None:
+        """Re-enable a channel that was disabled (HTTP 410, channel_not_found...) once its URL is fixed."""
+        spec = digest.find_spec(ctx.config, channel=channel)
+        with db.write_transaction(engine_for(ctx)) as s:
+            row = s.scalar(select(Subscription).where(Subscription.kind == spec.kind, Subscription.target == spec.target))
+            if row is None or row.disabled_at is None:
+                click.echo(f"channel {channel} is not disabled")
+                return
+            reason = row.disabled_reason
+            row.disabled_at, row.disabled_reason = None, None
+            # What was held back when the channel went away goes out again (same webhook-ids).
+            requeued = s.execute(
+                update(Delivery)
+                .where(Delivery.subscription_id == row.id, Delivery.status.in_(("failed", "cancelled")),
+                       or_(Delivery.last_error == reason, Delivery.last_error == f"channel disabled: {reason}"))
+                .values(status="pending", next_attempt_at=db.naive_utc(db.utcnow()), last_error=None)
+            ).rowcount
+        click.echo(f"channel {channel} enabled again (it was disabled: {reason}); {requeued} held-back "
+                   "deliveries queued again; later alerts follow with its next digest")
 
     @main.group(name="deliveries")
     def deliveries_group() -> None:
