@@ -188,7 +188,7 @@ class Delivery(Base):
     part: Mapped[int] = mapped_column(Integer, default=1)  # a Slack digest may be split into several messages
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)  # Message-ID / webhook-id
     payload: Mapped[bytes] = mapped_column(LargeBinary)  # the rendered message, sent as is on every retry
-    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending|sending|sent|failed
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending|sending|sent|failed|cancelled
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime, index=True)
     lease_owner: Mapped[str | None] = mapped_column(String(128))
@@ -203,7 +203,7 @@ class DeliveryAttempt(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"), index=True)
     at: Mapped[datetime] = mapped_column(DateTime)
-    outcome: Mapped[str] = mapped_column(String(16))  # sent | retry | failed
+    outcome: Mapped[str] = mapped_column(String(16))  # sending (in flight) | sent | retry | failed | cancelled | lost
     code: Mapped[str | None] = mapped_column(String(32))  # SMTP reply code or HTTP status
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[float | None] = mapped_column(Float)
