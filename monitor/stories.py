@@ -1,0 +1,192 @@
+"""Stories at the database edge: load the open stories of a topic, run novelty (monitor.novelty, pure) on
+each matched item in published order, write Story and Alert rows, close stories the window has passed.
+
+Every matched item gets one Alert row (decision new_story / update / repeat) so `monitor stories list` can
+explain each decision; digests read only new_story and update. The alert copies the item's title, link,
+outlet and date so digests survive item retention."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from monitor.config import Settings
+from monitor.db import aware_utc, naive_utc
+from monitor.novelty import OpenStory, StoryParams, cluster_step, is_open, novelty_item
+from monitor.records import MatchedItem, NoveltyDecision
+from monitor.tables import Alert, Story
+
+log = logging.getLogger(__name__)
+
+_MAX_REMEMBERED = 4000  # words / hashes kept per story (a very long story forgets its oldest wording)
+
+
+def params_for(settings: Settings) -> StoryParams:
+    return StoryParams(window_h=settings.story_window_h)
+
+
+# --- Story row <-> OpenStory --------------------------------------------------------------------------
+
+
+def _to_open(row: Story) -> OpenStory:
+    st = row.state or {}
+    dim = int(st.get("dim", 0)) or 384
+    vecs = np.frombuffer(row.member_vectors or row.centroid or b"", dtype=np.float32)
+    vecs = vecs.reshape(-1, dim) if vecs.size else np.zeros((0, dim), dtype=np.float32)
+    times = tuple(float(t) for t in st.get("times", [])) or (aware_utc(row.last_seen).timestamp(),)  # type: ignore[union-attr]
+    return OpenStory(
+        key=row.id, topic_id=row.topic_id, first_seen=aware_utc(row.first_seen),  # type: ignore[arg-type]
+        last_seen=aware_utc(row.last_seen), vectors=vecs.copy(), times=times,  # type: ignore[arg-type]
+        item_count=row.item_count, sources=tuple(row.sources or ()),
+        hashes=frozenset(st.get("hashes", [])), words=frozenset(st.get("words", [])),
+        names=frozenset(st.get("names", [])), numbers=frozenset(st.get("numbers", [])),
+        quotes=frozenset(st.get("quotes", [])), title=row.title,
+    )
+
+
+def _write(row: Story, story: OpenStory) -> None:
+    row.first_seen = naive_utc(story.first_seen)
+    row.last_seen = naive_utc(story.last_seen)
+    row.item_count = story.item_count
+    row.sources = list(story.sources)
+    row.centroid = story.centroid.tobytes()
+    row.member_vectors = np.ascontiguousarray(story.vectors, dtype=np.float32).tobytes()
+    row.state = {
+        "dim": int(story.vectors.shape[1]),
+        "times": list(story.times),
+        "hashes": sorted(story.hashes)[:_MAX_REMEMBERED],
+        "words": sorted(story.words)[:_MAX_REMEMBERED],
+        "names": sorted(story.names),
+        "numbers": sorted(story.numbers),
+        "quotes": sorted(story.quotes),
+    }
+
+
+# --- the stage entry points -----------------------------------------------------------------------------
+
+
+def assign(session: Session, matched: Sequence[MatchedItem], now: datetime, settings: Settings,
+           params: StoryParams | None = None) -> list[NoveltyDecision]:
+    """Decide new_story / update / repeat for each matched item (processed in published order), persist
+    stories and one Alert row per decision, and return the decisions. An (item, topic) already decided
+    is skipped, so re-running a batch is harmless."""
+    p = params or params_for(settings)
+    todo = sorted(matched, key=lambda m: (m.item.published_at, m.item.id))
+    if not todo:
+        return []
+    done = set(session.execute(
+        select(Alert.item_id, Alert.topic_id).where(Alert.item_id.in_({m.item.id for m in todo}))
+    ).tuples())
+    rows: dict[str, dict[int, Story]] = {}
+    opened: dict[str, list[OpenStory]] = {}
+    out: list[NoveltyDecision] = []
+    for m in todo:
+        if (m.item.id, m.topic_id) in done:
+            continue
+        done.add((m.item.id, m.topic_id))
+        if m.topic_id not in rows:
+            found = session.scalars(select(Story).where(Story.topic_id == m.topic_id, Story.closed.is_(False))).all()
+            rows[m.topic_id] = {r.id: r for r in found}
+            opened[m.topic_id] = [_to_open(r) for r in found]
+        at = m.item.published_at
+        stories = opened[m.topic_id]
+        live_idx = [i for i, s in enumerate(stories) if is_open(s, at, p.window_h)]
+        live = [stories[i] for i in live_idx]
+        x = novelty_item(m.item, m.topic_id, m.vector)
+        row: Story
+        step = cluster_step(live, x, 0, p)
+        if step.created:
+            row = Story(topic_id=m.topic_id, title=m.item.title, link=m.item.link, first_item_id=m.item.id,
+                        first_seen=naive_utc(at), last_seen=naive_utc(at), item_count=1, sources=[],
+                        state={}, closed=False)
+            session.add(row)
+            session.flush()
+            story = replace(step.story, key=row.id)
+            rows[m.topic_id][row.id] = row
+            stories.append(story)
+        else:
+            idx = live_idx[step.assignment.story_index]  # type: ignore[index]
+            story = step.story
+            stories[idx] = story
+            row = rows[m.topic_id][story.key]
+        _write(row, story)
+        a = step.assignment
+        session.add(Alert(
+            item_id=m.item.id, topic_id=m.topic_id, story_id=row.id, decision=a.decision, reason=a.reason,
+            what_is_new=a.what_is_new, similarity=a.similarity, title=m.item.title, link=m.item.link,
+            outlet=m.item.outlet, published_at=naive_utc(at), created_at=naive_utc(now),
+        ))
+        out.append(NoveltyDecision(item_id=m.item.id, topic_id=m.topic_id, story_id=row.id, decision=a.decision,
+                                   reason=a.reason, what_is_new=a.what_is_new, similarity=a.similarity))
+        log.debug("novelty decision", extra={"topic": m.topic_id, "item_id": m.item.id, "story_id": row.id,
+                                             "decision": a.decision})
+    session.flush()
+    return out
+
+
+def close_expired(session: Session, now: datetime, window_h: float) -> int:
+    """Close every story whose last item is `window_h` hours or more before `now`; returns how many."""
+    cutoff = naive_utc(now - timedelta(hours=window_h))
+    res = session.execute(
+        update(Story).where(Story.closed.is_(False), Story.last_seen <= cutoff).values(closed=True)
+    )
+    return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+
+# --- reading back (the CLI's `stories list`) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoryItemView:
+    alert_id: int
+    item_id: int | None
+    decision: str
+    reason: str
+    what_is_new: str | None
+    title: str
+    link: str | None
+    outlet: str
+    published_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoryView:
+    story_id: int
+    topic_id: str
+    title: str
+    first_seen: datetime
+    last_seen: datetime
+    sources: tuple[str, ...]
+    closed: bool
+    items: tuple[StoryItemView, ...]
+
+
+def list_stories(session: Session, topic_id: str, since: datetime | None = None) -> list[StoryView]:
+    """Stories of a topic seen since `since` (by last item), newest first, each with every decision."""
+    q = select(Story).where(Story.topic_id == topic_id)
+    if since is not None:
+        q = q.where(Story.last_seen >= naive_utc(since))
+    stories = session.scalars(q.order_by(Story.last_seen.desc(), Story.id.desc())).all()
+    if not stories:
+        return []
+    alerts = session.scalars(
+        select(Alert).where(Alert.story_id.in_([s.id for s in stories]))
+        .order_by(Alert.published_at, Alert.id)
+    ).all()
+    by_story: dict[int, list[StoryItemView]] = {}
+    for a in alerts:
+        by_story.setdefault(a.story_id, []).append(StoryItemView(
+            alert_id=a.id, item_id=a.item_id, decision=a.decision, reason=a.reason, what_is_new=a.what_is_new,
+            title=a.title, link=a.link, outlet=a.outlet, published_at=aware_utc(a.published_at),  # type: ignore[arg-type]
+        ))
+    return [StoryView(
+        story_id=s.id, topic_id=s.topic_id, title=s.title, first_seen=aware_utc(s.first_seen),  # type: ignore[arg-type]
+        last_seen=aware_utc(s.last_seen), sources=tuple(s.sources or ()), closed=s.closed,  # type: ignore[arg-type]
+        items=tuple(by_story.get(s.id, ())),
+    ) for s in stories]
