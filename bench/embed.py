@@ -1,0 +1,165 @@
+"""Embedding throughput: raw encoding vs the whole ingest path, in one run.
+
+    raw     the embedder encoding N stream items exactly as the pipeline does (`embed.encode_items`:
+            headline and headline + teaser, batch 64), nothing else
+    ingest  replay server (HTTP on 127.0.0.1) -> poll (fetch + parse) -> store (SQLite) -> embed (batched,
+            vectors stored) -> match (the three default topics, matches stored), one transaction per batch
+            of 256 items, into a fresh database
+
+Passes alternate raw / ingest `--repeats` times (default 2) so drift on a shared machine hits both; the
+figures are medians. `ratio` = ingest items/s / raw items/s (target >= 0.8). With `--agreement` the mean
+cosine between the onnx-int8 and torch item vectors of the dev items is measured too.
+
+    .venv/bin/python bench/embed.py [--items 1000] [--backend torch|onnx-int8|both] [--agreement]
+
+Prints one JSON object (last line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "stream" / "items_2023_worldnews.jsonl.xz"
+DEV_ITEMS = ROOT.parent / "shared" / "data" / "topics" / "dev_items.jsonl"
+BATCH = 64
+PROCESS_BATCH = 256
+
+
+def stream_items(data: Path, n: int, per_feed: int):  # type: ignore[no-untyped-def]
+    """n real items from the war weeks, spread over feeds of at most per_feed items (one RSS document each)."""
+    from monitor.replay import load_items
+
+    items = load_items(data, since=datetime(2023, 11, 20, tzinfo=UTC), until=datetime(2023, 12, 10, tzinfo=UTC))
+    items = [it for it in items if it.title.strip()][:n]
+    if len(items) < n:
+        raise SystemExit(f"{data}: only {len(items)} items in the window, need {n}")
+    return [replace(it, feed=f"https://bench.example/feed{i // per_feed}") for i, it in enumerate(items)]
+
+
+def raw_pass(embedder, titles: list[str], texts: list[str]) -> float:  # type: ignore[no-untyped-def]
+    from monitor import embed
+
+    t = time.perf_counter()
+    for start in range(0, len(texts), BATCH):
+        embed.encode_items(embedder, titles[start:start + BATCH], texts[start:start + BATCH])
+    return len(texts) / (time.perf_counter() - t)
+
+
+def ingest_pass(embedder, topic_set, items, tmp: Path, settings_kw: dict) -> tuple[float, list, int]:  # type: ignore[no-untyped-def]
+    """One full ingest into a fresh database; returns (items/s, the stored ItemRecords, matches)."""
+    from sqlalchemy.orm import Session
+
+    from monitor import db, embed, match, poll, store
+    from monitor.config import FeedConfig, Settings
+    from monitor.replay import ReplayServer
+
+    end = max(it.published for it in items) + timedelta(minutes=1)
+    per_feed = max(sum(1 for x in items if x.feed == f) for f in {x.feed for x in items})
+    path = tmp / f"bench-{time.monotonic_ns()}.db"
+    engine = db.make_engine(f"sqlite:///{path}")
+    db.upgrade(engine)
+    settings = Settings(database_url=f"sqlite:///{path}", allow_private_networks=True, **settings_kw)
+    with ReplayServer(items, lambda: end, window=per_feed) as server:
+        feeds = [FeedConfig(url=u) for u in server.feed_urls()]
+        with Session(engine) as s, s.begin():
+            store.sync_feeds(s, feeds, end)
+        t = time.perf_counter()
+        report = asyncio.run(poll.poll_once(engine, settings, all_feeds=True, now=end))
+        stored: list = []
+        n_matches = 0
+        while True:
+            with Session(engine, expire_on_commit=False) as s, s.begin():
+                batch = store.unprocessed_items(s, PROCESS_BATCH)
+                if not batch:
+                    break
+                vectors = embed.ensure_vectors(s, embedder, batch, BATCH)
+                verdicts = match.match_items(batch, vectors, topic_set)
+                n_matches += match.save_matches(s, verdicts, end)
+                store.mark_processed(s, [it.id for it in batch], end)
+            stored += batch
+        elapsed = time.perf_counter() - t
+    engine.dispose()
+    if len(stored) != len(report.new_items) or not stored:
+        raise SystemExit(f"ingest stored {len(report.new_items)} items but processed {len(stored)}")
+    return len(stored) / elapsed, stored, n_matches
+
+
+def agreement(torch_embedder, onnx_embedder) -> dict[str, float]:  # type: ignore[no-untyped-def]
+
+    from monitor import embed, topic_eval
+
+    with DEV_ITEMS.open(encoding="utf-8") as f:
+        items = topic_eval.parse_items(f)
+    titles, texts = [it.title for it in items], [it.text for it in items]
+    a = embed.encode_items(torch_embedder, titles, texts)
+    b = embed.encode_items(onnx_embedder, titles, texts)
+    cos = (a * b).sum(axis=1)
+    return {"items": len(items), "mean_cosine": round(float(cos.mean()), 4), "min_cosine": round(float(cos.min()), 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--items", type=int, default=1000)
+    ap.add_argument("--per-feed", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--backend", choices=["torch", "onnx-int8", "both"], default="both")
+    ap.add_argument("--agreement", action="store_true", help="Also measure onnx-int8 vs torch on the dev items.")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+    from monitor import embed, match
+    from monitor.config import Settings, load_config
+
+    topics = load_config(ROOT / "feeds.toml").topics
+    items = stream_items(args.data, args.items, args.per_feed)
+    result: dict[str, object] = {"items": len(items), "batch": BATCH, "cpus": os.cpu_count(), "backends": {}}
+    embedders = {}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        backends = ["torch", "onnx-int8"] if args.backend == "both" else [args.backend]
+        for backend in backends:
+            kw = {"embedding_backend": backend, "model_cache_dir": str(ROOT / "var" / "models")}
+            t = time.perf_counter()
+            embedder = embed.load_embedder(Settings(**kw))
+            load_s = time.perf_counter() - t
+            embedders[backend] = embedder
+            topic_set = match.compile_topics(topics, embedder)
+            raws, ingests, matches = [], [], 0
+            records = None
+            for _ in range(args.repeats):
+                rate, records, matches = ingest_pass(embedder, topic_set, items, tmp, kw)
+                ingests.append(rate)
+                raws.append(raw_pass(embedder, [r.title for r in records], [r.text for r in records]))
+            raw, ingest = statistics.median(raws), statistics.median(ingests)
+            result["backends"][backend] = {  # type: ignore[index]
+                "model_id": embedder.model_id, "load_s": round(load_s, 2),
+                "raw_items_per_s": round(raw, 1), "ingest_items_per_s": round(ingest, 1),
+                "ratio": round(ingest / raw, 3), "matches_per_pass": matches,
+                "raw_passes": [round(x, 1) for x in raws], "ingest_passes": [round(x, 1) for x in ingests],
+            }
+        if len(embedders) == 2:
+            b = result["backends"]
+            result["onnx_int8_vs_torch_raw_speedup"] = round(
+                b["onnx-int8"]["raw_items_per_s"] / b["torch"]["raw_items_per_s"], 2)  # type: ignore[index]
+            if args.agreement:
+                result["agreement"] = agreement(embedders["torch"], embedders["onnx-int8"])
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
