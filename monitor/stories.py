@@ -80,9 +80,8 @@ def assign(session: Session, matched: Sequence[MatchedItem], now: datetime, sett
     todo = sorted(matched, key=lambda m: (m.item.published_at, m.item.id))
     if not todo:
         return []
-    done = set(session.execute(
-        select(Alert.item_id, Alert.topic_id).where(Alert.item_id.in_({m.item.id for m in todo}))
-    ).tuples())
+    done = {(r[0], r[1]) for r in session.execute(
+        select(Alert.item_id, Alert.topic_id).where(Alert.item_id.in_({m.item.id for m in todo})))}
     rows: dict[str, dict[int, Story]] = {}
     opened: dict[str, list[OpenStory]] = {}
     out: list[NoveltyDecision] = []

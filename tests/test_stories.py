@@ -1,0 +1,129 @@
+"""Stories at the database edge: decisions persisted as Story and Alert rows, re-runs harmless, expiry,
+and `monitor stories list` explaining each decision."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from monitor import stories
+from monitor.cli import main
+from monitor.config import Settings
+from monitor.db import naive_utc
+from monitor.embed import encode_items
+from monitor.parse import text_hash
+from monitor.records import ItemRecord, MatchedItem
+from monitor.tables import Alert, Feed, Item, Story
+
+T0 = datetime(2023, 11, 24, 6, 0, tzinfo=UTC)
+SETTINGS = Settings(story_window_h=72)
+
+FIRST = ("Hamas releases 24 hostages on first day of Gaza truce",
+         "Hamas freed 13 Israelis, 10 Thais and a Filipino on Friday after a four-day truce took effect, Qatar said.")
+SECOND = ("Hamas releases 17 more hostages in second exchange after delay",
+          "Thirteen Israelis and four Thais were freed on Saturday in exchange for 39 Palestinian prisoners.")
+
+
+def _store(engine: Engine, spec: list[tuple[float, str, str, str]], t0: datetime = T0) -> list[ItemRecord]:
+    """Items stored in the database (alerts and stories reference them) -> their records."""
+    out = []
+    with Session(engine) as s, s.begin():
+        feed = Feed(url="https://example.org/feed", config_url="https://example.org/feed", created_at=naive_utc(T0))
+        s.add(feed)
+        s.flush()
+        for i, (h, outlet, title, summary) in enumerate(spec):
+            at = t0 + timedelta(hours=h)
+            row = Item(feed_id=feed.id, outlet=outlet, key=f"k{i}", link=f"https://{outlet}/{i}", title=title,
+                       summary=summary, published_at=naive_utc(at), fetched_at=naive_utc(at),
+                       content_hash=text_hash(title, summary))
+            s.add(row)
+            s.flush()
+            out.append(ItemRecord(id=row.id, feed_id=feed.id, outlet=outlet, title=title, summary=summary,
+                                  link=row.link, published_at=at, content_hash=row.content_hash))
+    return out
+
+
+def _matched(embedder, items: list[ItemRecord], topic: str = "prisoner-exchange") -> list[MatchedItem]:  # type: ignore[no-untyped-def]
+    v = encode_items(embedder, [it.title for it in items], [it.text for it in items])
+    return [MatchedItem(item=it, topic_id=topic, score=0.9, vector=v[i]) for i, it in enumerate(items)]
+
+
+@pytest.mark.slow
+def test_assign_persists_stories_and_one_alert_per_decision(engine: Engine, embedder) -> None:  # type: ignore[no-untyped-def]
+    items = _store(engine, [(0, "reuters.com", *FIRST), (1, "usnews.com", *FIRST), (26, "bbc.co.uk", *SECOND)])
+    matched = _matched(embedder, items)
+    with Session(engine) as s, s.begin():
+        # handed over out of order: processed in published order all the same
+        made = stories.assign(s, list(reversed(matched)), T0 + timedelta(hours=27), SETTINGS)
+    assert [d.decision for d in made] == ["new_story", "repeat", "update"]
+    assert "17" in (made[2].what_is_new or "")
+    with Session(engine) as s:
+        story = s.scalars(select(Story)).one()
+        assert story.item_count == 3 and story.sources == ["reuters.com", "usnews.com", "bbc.co.uk"]
+        assert story.title == FIRST[0] and story.first_item_id == items[0].id
+        alerts = s.scalars(select(Alert).order_by(Alert.published_at)).all()
+        assert [a.decision for a in alerts] == ["new_story", "repeat", "update"]
+        assert alerts[2].title == SECOND[0] and alerts[2].outlet == "bbc.co.uk" and alerts[2].link
+        assert all(a.story_id == story.id for a in alerts)
+
+    # a re-run of the same batch (crash mid-way) changes nothing
+    with Session(engine) as s, s.begin():
+        assert stories.assign(s, matched, T0 + timedelta(hours=27), SETTINGS) == []
+    with Session(engine) as s:
+        assert s.scalar(select(func.count()).select_from(Alert)) == 3
+
+
+@pytest.mark.slow
+def test_story_state_survives_between_batches(engine: Engine, embedder) -> None:  # type: ignore[no-untyped-def]
+    items = _store(engine, [(0, "reuters.com", *FIRST), (3, "usnews.com", *FIRST), (26, "bbc.co.uk", *SECOND)])
+    matched = _matched(embedder, items)
+    for m in matched:  # one item per poll, as the service sees them
+        with Session(engine) as s, s.begin():
+            stories.assign(s, [m], m.item.published_at, SETTINGS)
+    with Session(engine) as s:
+        assert [a.decision for a in s.scalars(select(Alert).order_by(Alert.id))] == ["new_story", "repeat", "update"]
+        assert s.scalar(select(func.count()).select_from(Story)) == 1
+
+
+@pytest.mark.slow
+def test_window_expiry_closes_stories_and_later_items_start_new_ones(engine: Engine, embedder) -> None:  # type: ignore[no-untyped-def]
+    items = _store(engine, [(0, "reuters.com", *FIRST), (100, "usnews.com", *FIRST)])
+    first, late = _matched(embedder, items)
+    with Session(engine) as s, s.begin():
+        stories.assign(s, [first], T0, SETTINGS)
+        assert stories.close_expired(s, T0 + timedelta(hours=71), 72) == 0
+        assert stories.close_expired(s, T0 + timedelta(hours=73), 72) == 1
+    with Session(engine) as s, s.begin():
+        (d,) = stories.assign(s, [late], T0 + timedelta(hours=100), SETTINGS)
+    assert d.decision == "new_story"  # the same headline, but the first story has closed
+    with Session(engine) as s:
+        assert [st.closed for st in s.scalars(select(Story).order_by(Story.id))] == [True, False]
+
+
+@pytest.mark.slow
+def test_stories_list_shows_items_sources_and_reasons(engine: Engine, embedder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    now = datetime.now(UTC)  # `--since 3d` counts back from the real clock
+    items = _store(engine, [(0, "reuters.com", *FIRST), (1, "usnews.com", *FIRST), (26, "bbc.co.uk", *SECOND)],
+                   t0=now - timedelta(hours=30))
+    with Session(engine) as s, s.begin():
+        stories.assign(s, _matched(embedder, items), now, SETTINGS)
+    config = tmp_path / "feeds.toml"
+    config.write_text(
+        f'[settings]\ndatabase_url = "{engine.url.render_as_string(hide_password=False)}"\n\n'
+        '[[topics]]\nid = "prisoner-exchange"\nname = "Prisoner exchange"\n'
+        'description = "Releases of hostages and prisoners."\nexamples = ["Hamas releases hostages"]\n',
+        encoding="utf-8")
+    result = CliRunner().invoke(main, ["--config", str(config), "stories", "list", "prisoner-exchange", "--since", "3d"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "1 story" in out and FIRST[0] in out and SECOND[0] in out
+    assert "3 source(s): reuters.com, usnews.com, bbc.co.uk" in out
+    assert "syndicated copy" in out and "new figure: 17 more hostages" in out
+
+    unknown = CliRunner().invoke(main, ["--config", str(config), "stories", "list", "nope"])
+    assert unknown.exit_code == 2 and "unknown topic" in unknown.output

@@ -1,0 +1,131 @@
+"""Story evaluation: the metrics on a hand-checked example, reading labelled files, `monitor eval stories`
+and the stream replay on a small captured stream."""
+
+from __future__ import annotations
+
+import json
+import lzma
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from monitor import match, story_eval
+from monitor.cli import main
+from monitor.config import Settings, TopicConfig
+from monitor.novelty import BASELINE, StoryParams
+
+
+def test_bcubed_and_pairwise_on_a_hand_checked_example() -> None:
+    predicted = ["A", "A", "B", "B", "B"]
+    gold = ["x", "x", "x", "y", "y"]
+    # per item precision 1, 1, 1/3, 2/3, 2/3 and recall 2/3, 2/3, 1/3, 1, 1 -> both 11/15
+    b = story_eval.bcubed(predicted, gold)
+    assert b.precision == pytest.approx(11 / 15) and b.recall == pytest.approx(11 / 15)
+    assert b.f1 == pytest.approx(11 / 15)
+    # pairs put together: (1,2) (3,4) (3,5) (4,5); pairs belonging together: (1,2) (1,3) (2,3) (4,5)
+    p = story_eval.pairwise(predicted, gold)
+    assert p.precision == pytest.approx(0.5) and p.recall == pytest.approx(0.5)
+
+
+def test_metrics_reward_the_right_clustering_and_punish_lumping_and_splitting() -> None:
+    gold = ["x", "x", "y", "y", "z"]
+    perfect = story_eval.bcubed(["1", "1", "2", "2", "3"], gold)
+    assert (perfect.precision, perfect.recall, perfect.f1) == (1.0, 1.0, 1.0)
+    lumped = story_eval.bcubed(["1"] * 5, gold)
+    assert lumped.recall == 1.0 and lumped.precision < 0.5
+    split = story_eval.bcubed(["1", "2", "3", "4", "5"], gold)
+    assert split.precision == 1.0 and split.recall < 0.7
+    assert story_eval.pairwise(["1", "2", "3", "4", "5"], gold).recall == 0.0
+    with pytest.raises(ValueError):
+        story_eval.bcubed(["1"], gold)
+
+
+def _write_labelled(path: Path) -> Path:
+    rows = [
+        ("a1", "2023-09-09T06:00:00", "reuters", "Powerful earthquake in Morocco kills more than 600 people",
+         "A magnitude 6.8 earthquake struck Morocco's High Atlas mountains late on Friday.", "quake-morocco"),
+        ("b1", "2023-10-07T09:00:00", "ap", "Powerful earthquake strikes western Afghanistan near Herat",
+         "A magnitude 6.3 earthquake struck western Afghanistan near the city of Herat.", "quake-herat"),
+        ("a2", "2023-09-09T08:00:00", "bbc", "Morocco earthquake: more than 600 dead after powerful quake",
+         "Hundreds of people have been killed after a 6.8 magnitude earthquake hit Morocco's Atlas mountains.",
+         "quake-morocco"),
+        ("b2", "2023-10-07T11:00:00", "cnn", "Deadly earthquake hits Herat province in Afghanistan",
+         "At least 15 people were killed when a 6.3 quake shook Herat in western Afghanistan.", "quake-herat"),
+        ("c1", "2023-10-07T12:00:00", "cnn", "Central bank raises interest rates to fight inflation",
+         "The central bank raised its key rate by a quarter point.", "rates"),
+    ]
+    with path.open("w", encoding="utf-8") as fh:
+        for i, d, src, t, s, story in rows:
+            fh.write(json.dumps({"id": i, "date": d, "source": src, "title": t, "summary": s, "story": story}) + "\n")
+    return path
+
+
+def test_read_labelled_sorts_by_date_and_explains_bad_lines(tmp_path: Path) -> None:
+    items = story_eval.read_labelled(_write_labelled(tmp_path / "s.jsonl"))
+    assert [li.story for li in items] == ["quake-morocco", "quake-morocco", "quake-herat", "quake-herat", "rates"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "title": "no date"}\n', encoding="utf-8")
+    with pytest.raises(story_eval.EvalError, match="bad.jsonl:1"):
+        story_eval.read_labelled(bad)
+    result = CliRunner().invoke(main, ["--config", str(tmp_path / "none.toml"), "eval", "stories",
+                                       "--items", str(bad)])
+    assert result.exit_code == 2 and "bad.jsonl:1" in result.output
+
+
+@pytest.mark.slow
+def test_evaluate_stories_scores_a_small_labelled_file(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    items = story_eval.read_labelled(_write_labelled(tmp_path / "s.jsonl"))
+    vectors = story_eval.cached_vectors(embedder, [li.item for li in items], tmp_path / "cache")
+    r = story_eval.evaluate_stories(items, vectors, StoryParams())
+    assert r.items == 5 and r.gold_stories == 3
+    assert r.stories == 3 and r.bcubed.f1 == 1.0 and r.pairwise.f1 == 1.0
+    # the cache is used on the next run and gives the same vectors
+    again = story_eval.cached_vectors(embedder, [li.item for li in items], tmp_path / "cache")
+    assert (again == vectors).all() and len(list((tmp_path / "cache").iterdir())) == 1
+    # the baseline (no window: one cosine threshold over all time) is also scored
+    base = story_eval.evaluate_stories(items, vectors, BASELINE)
+    assert 0.0 < base.bcubed.f1 <= 1.0
+
+
+def _write_stream(path: Path) -> Path:
+    rows = [
+        ("2023-11-24 09:00:00+00:00", "https://www.reuters.com/world", "Hamas releases 24 hostages on first day of Gaza truce",
+         "Hamas freed 13 Israelis, 10 Thais and a Filipino on Friday, Qatar said.", "https://www.reuters.com/a"),
+        ("2023-11-24 10:00:00+00:00", "https://www.usnews.com/feed", "Hamas releases 24 hostages on first day of Gaza truce",
+         "Hamas freed 13 Israelis, 10 Thais and a Filipino on Friday, Qatar said.", "https://www.usnews.com/a"),
+        ("2023-11-24 10:00:00+00:00", "https://www.usnews.com/feed", "Hamas releases 24 hostages on first day of Gaza truce",
+         "Hamas freed 13 Israelis, 10 Thais and a Filipino on Friday, Qatar said.", "https://www.usnews.com/a"),
+        ("2023-11-25 22:00:00+00:00", "https://feeds.bbci.co.uk/news", "Hamas releases 17 more hostages in second exchange after delay",
+         "Thirteen Israelis and four Thais were freed on Saturday in exchange for 39 Palestinian prisoners.",
+         "https://www.bbc.co.uk/b"),
+        ("2023-11-25 23:00:00+00:00", "https://feeds.bbci.co.uk/news", "Central bank raises interest rates",
+         "The bank raised its key rate by a quarter point.", "https://www.bbc.co.uk/c"),
+        ("2023-12-05 10:00:00+00:00", "https://feeds.bbci.co.uk/news", "Hamas releases hostages (outside the dates)",
+         "", "https://www.bbc.co.uk/d"),
+    ]
+    with lzma.open(path, "wt", encoding="utf-8") as fh:
+        for d, feed, t, s, link in rows:
+            fh.write(json.dumps({"capture_day": d[:10], "feed": feed, "title": t, "description": s, "link": link,
+                                 "date_published": d}) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_replay_counts_matches_stories_alerts_and_repeats(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    stream = _write_stream(tmp_path / "stream.jsonl.xz")
+    items = story_eval.read_stream(stream, datetime(2023, 11, 20, tzinfo=UTC), datetime(2023, 12, 3, tzinfo=UTC))
+    assert len(items) == 4  # the duplicate capture and the item outside the dates are left out
+    topic = TopicConfig(id="prisoner-exchange", name="Prisoner exchange",
+                        description="Hostages and prisoners released in an exchange between Israel and Hamas.",
+                        examples=["Hamas releases hostages in exchange for Palestinian prisoners"], threshold=0.35)
+    topics = match.compile_topics([topic], embedder)
+    vectors = story_eval.cached_vectors(embedder, items, None)
+    r = story_eval.replay(items, vectors, topics, Settings())
+    c = r.topics["prisoner-exchange"]
+    assert c == {"matches": 3, "stories": 1, "alerts": 2, "repeats": 1, "new_stories": 1, "updates": 1}
+    assert [(a.decision, a.title) for a in r.alerts] == [
+        ("new_story", "Hamas releases 24 hostages on first day of Gaza truce"),
+        ("update", "Hamas releases 17 more hostages in second exchange after delay")]
+    assert r.alerts[0].link == "https://www.reuters.com/a" and "17" in (r.alerts[1].what_is_new or "")
