@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy import Select, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from monitor.config import FeedConfig
 from monitor.db import aware_utc, naive_utc
-from monitor.records import FetchRequest, FetchResult, ItemRecord, ParsedFeed
+from monitor.records import FetchRequest, FetchResult, ItemRecord, ParsedFeed, ParsedItem
 from monitor.tables import Alert, Feed, Item, ItemVector, Match, Story
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,18 @@ def release_feeds(session: Session, feed_ids: Iterable[int]) -> None:
 # --- recording a fetch -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class FetchOutcome:
+    """One fetch to record (see record_fetch for the fields)."""
+
+    result: FetchResult
+    parsed: ParsedFeed | None
+    next_check_at: datetime | Callable[[FeedSchedule], datetime]
+    now: datetime
+    request: FetchRequest | None = None
+    not_before: datetime | None = None
+
+
 def record_fetch(
     session: Session,
     result: FetchResult,
@@ -187,21 +199,52 @@ def record_fetch(
     before `not_before` (the retention horizon) are ignored, so pruned items that are still in a feed do not
     come back as new. An item already stored under the same (outlet, key) is never stored again, whichever
     feed carries it and however long it was absent from the feed."""
+    return record_fetches(session, [FetchOutcome(result, parsed, next_check_at, now, request, not_before)])[0]
+
+
+def record_fetches(session: Session, outcomes: Sequence[FetchOutcome]) -> list[list[ItemRecord]]:
+    """record_fetch for many feeds at once: one multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING for all
+    their items and one executemany UPDATE for the feeds. Returns the new items of each outcome, in order."""
+    if not outcomes:
+        return []
+    states = _states(session, outcomes)
+    new_by_feed = _insert_items(session, outcomes)
+    updates: list[dict[str, object]] = []
+    for o in outcomes:
+        new = new_by_feed.get(o.result.feed_id, [])
+        updates.append(_feed_values(session, o, states[o.result.feed_id], new))
+    conn = session.connection()
+    for keys, group in _group_by_keys(updates).items():
+        stmt = update(Feed).where(Feed.id == bindparam("b_id")).values({k: bindparam("b_" + k) for k in keys})
+        conn.execute(stmt, [{"b_" + k: v for k, v in row.items()} for row in group])
+    return [new_by_feed.get(o.result.feed_id, []) for o in outcomes]
+
+
+def _states(session: Session, outcomes: Sequence[FetchOutcome]) -> dict[int, FeedSchedule]:
+    states: dict[int, FeedSchedule] = {}
+    missing = []
+    for o in outcomes:
+        r = o.request
+        if r is None:
+            missing.append(o.result.feed_id)
+        else:
+            states[r.feed_id] = FeedSchedule(r.interval_s, r.publish_interval_s, r.last_new_item_at, r.error_count)
+    for chunk in _chunks(missing, 500):
+        q = select(Feed.id, Feed.interval_s, Feed.publish_interval_s, Feed.last_new_item_at, Feed.error_count)
+        for row in session.execute(q.where(Feed.id.in_(chunk))):
+            states[row.id] = FeedSchedule(row.interval_s, row.publish_interval_s, aware_utc(row.last_new_item_at),
+                                          row.error_count or 0)
+    unknown = [o.result.feed_id for o in outcomes if o.result.feed_id not in states]
+    if unknown:
+        raise LookupError(f"no feed with id {unknown[0]} in the database")
+    return states
+
+
+def _feed_values(session: Session, o: FetchOutcome, state: FeedSchedule, new: list[ItemRecord]) -> dict[str, object]:
+    result, parsed, now = o.result, o.parsed, o.now
     feed_id = result.feed_id
-    if request is None:
-        row = session.execute(
-            select(Feed.interval_s, Feed.publish_interval_s, Feed.last_new_item_at, Feed.error_count)
-            .where(Feed.id == feed_id)
-        ).one()
-        state = FeedSchedule(row.interval_s, row.publish_interval_s, aware_utc(row.last_new_item_at), row.error_count or 0)
-    else:
-        state = FeedSchedule(request.interval_s, request.publish_interval_s, request.last_new_item_at, request.error_count)
-
-    new: list[ItemRecord] = []
-    if parsed is not None and parsed.items:
-        new = _insert_items(session, feed_id, parsed, now, not_before)
-
-    values: dict[str, object] = {"last_checked_at": naive_utc(now), "lease_until": None, "last_status": result.status}
+    values: dict[str, object] = {"id": feed_id, "last_checked_at": naive_utc(now), "lease_until": None,
+                                 "last_status": result.status}
     if result.ok:
         values.update(error_count=0, last_error=None, last_success_at=naive_utc(now))
         state = FeedSchedule(state.interval_s, state.publish_interval_s, state.last_new_item_at, 0)
@@ -223,11 +266,9 @@ def record_fetch(
                                                           "new_url": result.permanent_url})
     else:
         errors = state.error_count + 1
-        kind = result.error_kind or "unknown"
         values.update(error_count=errors, last_error=result.error,
-                      last_status="deferred" if result.status == "deferred" else f"error:{kind}")
+                      last_status="deferred" if result.status == "deferred" else f"error:{result.error_kind or 'unknown'}")
         state = FeedSchedule(state.interval_s, state.publish_interval_s, state.last_new_item_at, errors)
-
     if new:
         gap = _observed_gap(state, [i.published_at for i in new], now)
         smoothed = state.publish_interval_s
@@ -235,11 +276,17 @@ def record_fetch(
             smoothed = gap if smoothed is None else (1 - PUBLISH_SMOOTHING) * smoothed + PUBLISH_SMOOTHING * gap
         state = FeedSchedule(state.interval_s, smoothed, now, state.error_count)
         values.update(last_new_item_at=naive_utc(now), publish_interval_s=smoothed)
-
-    when = next_check_at(state) if callable(next_check_at) else next_check_at
+    when = o.next_check_at(state) if callable(o.next_check_at) else o.next_check_at
     values["next_check_at"] = naive_utc(when)
-    session.execute(update(Feed).where(Feed.id == feed_id).values(**values))
-    return new
+    return values
+
+
+def _group_by_keys(rows: list[dict[str, object]]) -> dict[tuple[str, ...], list[dict[str, object]]]:
+    groups: dict[tuple[str, ...], list[dict[str, object]]] = {}
+    for row in rows:
+        keys = tuple(sorted(k for k in row if k != "id"))
+        groups.setdefault(keys, []).append(row)
+    return groups
 
 
 def _observed_gap(state: FeedSchedule, published: list[datetime], now: datetime) -> float | None:
@@ -254,35 +301,39 @@ def _observed_gap(state: FeedSchedule, published: list[datetime], now: datetime)
     return None
 
 
-def _insert_items(session: Session, feed_id: int, parsed: ParsedFeed, now: datetime,
-                  not_before: datetime | None) -> list[ItemRecord]:
-    rows = []
-    seen: set[tuple[str, str]] = set()
-    n_now = naive_utc(now)
-    for it in parsed.items:
-        ident = (it.outlet, it.key)
-        if ident in seen or (not_before is not None and it.published_at < not_before):
+def _insert_items(session: Session, outcomes: Sequence[FetchOutcome]) -> dict[int, list[ItemRecord]]:
+    rows: list[dict[str, object]] = []
+    pending: dict[tuple[str, str], tuple[int, ParsedItem]] = {}
+    for o in outcomes:
+        if o.parsed is None:
             continue
-        seen.add(ident)
-        rows.append({
-            "feed_id": feed_id, "outlet": it.outlet[:255], "key": it.key[:512], "guid": it.guid, "link": it.link,
-            "title": it.title, "summary": it.summary, "author": it.author[:512] if it.author else None,
-            "published_at": naive_utc(it.published_at), "fetched_at": n_now, "content_hash": it.content_hash,
-        })
+        n_now = naive_utc(o.now)
+        feed_id = o.result.feed_id
+        for it in o.parsed.items:
+            ident = (it.outlet[:255], it.key[:512])
+            if ident in pending or (o.not_before is not None and it.published_at < o.not_before):
+                continue
+            pending[ident] = (feed_id, it)
+            rows.append({
+                "feed_id": feed_id, "outlet": ident[0], "key": ident[1], "guid": it.guid, "link": it.link,
+                "title": it.title, "summary": it.summary, "author": it.author[:512] if it.author else None,
+                "published_at": naive_utc(it.published_at), "fetched_at": n_now, "content_hash": it.content_hash,
+            })
     if not rows:
-        return []
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    new: list[ItemRecord] = []
-    for chunk in _chunks(rows, _INSERT_CHUNK):
-        stmt = (
-            insert(Item).values(chunk).on_conflict_do_nothing(index_elements=["outlet", "key"])
-            .returning(Item.id, Item.feed_id, Item.outlet, Item.title, Item.summary, Item.link, Item.published_at,
-                       Item.content_hash)
-        )
-        new.extend(_record(r) for r in session.execute(stmt))
-    new.sort(key=lambda r: r.id)
-    return new
+        return {}
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(Item).on_conflict_do_nothing(index_elements=["outlet", "key"]).returning(Item.id, Item.outlet, Item.key)
+    out: dict[int, list[ItemRecord]] = {}
+    # executemany + RETURNING: SQLAlchemy's "insertmanyvalues" sends multi-row INSERTs in batches; rows that hit
+    # the unique (outlet, key) constraint are skipped and not returned, so what comes back is exactly the new.
+    for item_id, outlet, key in session.connection().execute(stmt, rows):
+        feed_id, it = pending[(outlet, key)]
+        out.setdefault(feed_id, []).append(ItemRecord(
+            id=item_id, feed_id=feed_id, outlet=outlet, title=it.title, summary=it.summary, link=it.link,
+            published_at=it.published_at, content_hash=it.content_hash))
+    for items in out.values():
+        items.sort(key=lambda i: i.id)
+    return out
 
 
 def _record(r) -> ItemRecord:  # type: ignore[no-untyped-def]
@@ -341,5 +392,5 @@ def _chunks(seq: Sequence, n: int):  # type: ignore[no-untyped-def]
 
 __all__ = [
     "FeedHealth", "FeedSchedule", "SyncReport", "due_feeds", "feed_health", "mark_processed",
-    "prune_items", "record_fetch", "release_feeds", "sync_feeds", "unprocessed_items",
+    "prune_items", "record_fetch", "record_fetches", "FetchOutcome", "release_feeds", "sync_feeds", "unprocessed_items",
 ]
