@@ -204,12 +204,14 @@ def _outcome(settings: Settings, entry: tuple[FetchRequest, FetchResult, ParsedF
              fixed_now: datetime | None, not_before: datetime, rng: random.Random) -> store.FetchOutcome:
     req, result, parsed, _ = entry
     at = fixed_now or result.fetched_at
+    # Retry-After was resolved against the fetcher's clock; on a simulated clock keep the same distance.
+    retry_after = result.retry_after + (at - result.fetched_at) if result.retry_after else None
 
     def when(state: store.FeedSchedule) -> datetime:
         return schedule.next_check(
             now=at, settings=settings, interval_s=state.interval_s, publish_interval_s=state.publish_interval_s,
             last_new_item_at=state.last_new_item_at, error_count=state.error_count,
-            retry_after=result.retry_after, max_age_s=result.max_age_s, rng=rng,
+            retry_after=retry_after, max_age_s=result.max_age_s, rng=rng,
         )
 
     return store.FetchOutcome(result, parsed, when, at, request=req, not_before=not_before)

@@ -118,3 +118,17 @@ async def test_schedule_adapts_to_publishing_rate(engine: Engine, feed_server: F
     assert busy is not None and slow is not None
     assert (busy - NOW).total_seconds() < 400  # ~ half of a 10-minute publishing gap
     assert (slow - NOW).total_seconds() >= S.max_interval_s  # daily feed: the longest interval
+
+
+async def test_retry_after_defers_the_next_check_on_a_simulated_clock(engine: Engine, feed_server: FeedServer) -> None:
+    from monitor.fetch import Fetcher
+
+    feed_server.route("/busy.xml", status=429, headers={"Retry-After": "3600"})
+    sync(engine, [feed_server.url("/busy.xml")])
+    async with Fetcher(S) as fetcher:  # real clock, as the service and the demo run it
+        r = await poll_once(engine, S, now=NOW, fetcher=fetcher)
+    assert r.rows[0].status == "deferred" and r.totals["errors"] == 0
+    (h,) = store.feed_health(db.session_factory(engine)())
+    assert h.last_status == "deferred" and h.next_check_at is not None
+    assert timedelta(hours=1) <= h.next_check_at - NOW <= timedelta(hours=1.2)
+    assert (await poll_once(engine, S, now=NOW + timedelta(minutes=30))).totals["polled"] == 0
