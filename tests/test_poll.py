@@ -132,3 +132,23 @@ async def test_retry_after_defers_the_next_check_on_a_simulated_clock(engine: En
     assert h.last_status == "deferred" and h.next_check_at is not None
     assert timedelta(hours=1) <= h.next_check_at - NOW <= timedelta(hours=1.2)
     assert (await poll_once(engine, S, now=NOW + timedelta(minutes=30))).totals["polled"] == 0
+
+
+async def test_items_without_guids_are_stored_once_across_polls(engine: Engine, feed_server: FeedServer) -> None:
+    body = rss([
+        {"title": "Linked", "link": "https://www.example.com/a?utm_source=rss"},
+        {"title": "Bare", "description": "no guid, no link"},
+        {"title": "Bare", "description": "no guid, no link"},  # a duplicate within the document
+    ])
+    feed_server.route("/nog.xml", body=body)
+    sync(engine, [feed_server.url("/nog.xml")])
+    first = await poll_once(engine, S, now=NOW)
+    assert sorted(i.title for i in first.new_items) == ["Bare", "Linked"]
+    assert first.rows[0].warnings and "duplicate" in first.rows[0].warnings[0]
+    # same items, tracking parameter changed and a whitespace-only change: same identity
+    feed_server.route("/nog.xml", body=rss([
+        {"title": "Linked", "link": "https://www.example.com/a?utm_source=twitter#x"},
+        {"title": "Bare ", "description": "no guid,  no link"},
+    ]))
+    again = await poll_once(engine, S, now=NOW + timedelta(hours=3))
+    assert again.rows[0].status == "ok" and again.totals["new_items"] == 0
