@@ -48,6 +48,11 @@ class SimulatedClock:
     def now(self) -> datetime:
         return self.start + timedelta(seconds=(self._real() - self._t0) * self.speed)
 
+    def restart(self) -> None:
+        """Put the clock back at `start`: the service calls this once it is ready, so the simulated day
+        begins when work can begin (loading the model takes seconds, hours at a high speed)."""
+        self._t0 = self._real()
+
     def to_real_seconds(self, simulated_seconds: float) -> float:
         return simulated_seconds / self.speed
 

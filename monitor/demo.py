@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from monitor import db, embed, pipeline, replay
 from monitor.clock import ManualClock
 from monitor.config import ChannelConfig, Config, FeedConfig, Settings, SubscriberConfig, TopicConfig
+from monitor.deliver import outbox
 from monitor.fetch import Fetcher
 from monitor.receiver import CaptureReceiver
 from monitor.tables import Alert, Delivery
@@ -76,7 +77,7 @@ async def run_demo(topics: list[TopicConfig], out_dir: Path, data: Path = BUNDLE
         (out_dir / stale).unlink(missing_ok=True)
     clock = ManualClock(DEMO_START)
     items = replay.load_items(data)
-    with replay.serve(items, clock=clock.now) as server, CaptureReceiver(out_dir / "slack") as receiver:
+    with replay.ReplayServer(items, clock.now) as server, CaptureReceiver(out_dir / "slack") as receiver:
         os.environ[SLACK_URL_ENV] = f"{receiver.url}/slack/newsroom"
         config = demo_config(topics, server.feed_urls(), out_dir, base_url="http://127.0.0.1:8080")
         engine = db.make_engine(config.settings.database_url)
@@ -85,7 +86,7 @@ async def run_demo(topics: list[TopicConfig], out_dir: Path, data: Path = BUNDLE
         embedder = embed.load_embedder(config.settings)
         rt = pipeline.build_runtime(engine, config, embedder, clock)
         summary = DemoSummary(out_dir=out_dir, items=len(items))
-        async with Fetcher(config.settings) as fetcher:
+        async with Fetcher(config.settings) as fetcher, outbox.open_senders(config) as senders:
             day = None
             while clock.now() < DEMO_END:
                 clock.advance(timedelta(hours=1))
@@ -95,7 +96,7 @@ async def run_demo(topics: list[TopicConfig], out_dir: Path, data: Path = BUNDLE
                 await pipeline.poll_feeds(rt, fetcher=fetcher)
                 pipeline.process_pending(rt)
                 pipeline.build_digests(rt)
-                await pipeline.deliver(rt)
+                await pipeline.deliver(rt, senders=senders)
         _collect(engine, summary)
         summary.slack_messages = len(receiver.snapshot())
         engine.dispose()

@@ -49,5 +49,8 @@ def setup_logging(level: str = "INFO", fmt: str = "auto", stream: IO[str] | None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "sentence_transformers", "transformers", "apscheduler", "uvicorn.access"):
+    for noisy in ("httpx", "httpcore", "sentence_transformers", "transformers", "apscheduler", "uvicorn.access",
+                  "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # A tick skipped because the previous run of the job is still going is normal (jobs coalesce).
+    logging.getLogger("apscheduler.scheduler").setLevel(max(logging.ERROR, root.level))

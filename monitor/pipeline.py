@@ -44,9 +44,9 @@ class Runtime:
     metrics: Metrics
     worker_id: str = "main"
 
-    def reload(self, config: Config) -> None:
+    def reload(self, config: Config, topics: match.TopicSet | None = None) -> None:
         """Apply a new, validated configuration: feeds and subscriptions in the database, topics recompiled."""
-        topics = match.compile_topics(config.topics, self.embedder)
+        topics = topics if topics is not None else match.compile_topics(config.topics, self.embedder)
         now = self.clock.now()
         with Session(self.engine) as s, s.begin():
             store.sync_feeds(s, config.feeds, now)
@@ -66,22 +66,25 @@ class ProcessReport:
 
 
 def build_runtime(engine: Engine, config: Config, embedder: embed.Embedder, clock: Clock,
-                  metrics: Metrics | None = None, worker_id: str = "main") -> Runtime:
-    rt = Runtime(engine=engine, config=config, embedder=embedder, topics=match.compile_topics(config.topics, embedder),
-                 clock=clock, metrics=metrics or Metrics(), worker_id=worker_id)
-    rt.reload(config)
+                  metrics: Metrics | None = None, worker_id: str = "main",
+                  topics: match.TopicSet | None = None) -> Runtime:
+    """Compile the topics (unless given) and bring feeds and subscriptions in the database in line with
+    the configuration."""
+    topics = topics if topics is not None else match.compile_topics(config.topics, embedder)
+    rt = Runtime(engine=engine, config=config, embedder=embedder, topics=topics, clock=clock,
+                 metrics=metrics or Metrics(), worker_id=worker_id)
+    rt.reload(config, topics)
     return rt
 
 
-async def poll_feeds(rt: Runtime, *, fetcher: Any = None, feeds_filter: str | None = None,
-                     force: bool = False) -> poll.PollReport:
-    """Fetch the feeds that are due (or all enabled ones with force), store what is new."""
+async def poll_feeds(rt: Runtime, *, fetcher: Any = None, all_feeds: bool = False) -> poll.PollReport:
+    """Fetch the feeds that are due (or every enabled one), store what is new."""
     report = await poll.poll_once(rt.engine, rt.config.settings, now=rt.clock.now(), fetcher=fetcher,
-                                  feeds_filter=feeds_filter, force=force)
+                                  all_feeds=all_feeds)
     for row in report.rows:
         rt.metrics.polls.labels(status=row.status).inc()
         rt.metrics.fetch_seconds.observe(row.seconds)
-    rt.metrics.new_items.inc(report.new_items)
+    rt.metrics.new_items.inc(len(report.new_items))
     return report
 
 

@@ -19,21 +19,22 @@ import contextlib
 import hashlib
 import logging
 import os
-import secrets
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import text
 
-from monitor import db, embed, pipeline, unsubscribe
-from monitor.clock import Clock
-from monitor.config import Config, load_config, secret
+from monitor import db, embed, match, pipeline, unsubscribe
+from monitor.clock import Clock, SimulatedClock
+from monitor.config import Config, load_config
+from monitor.deliver.outbox import open_senders
 from monitor.errors import MonitorError
 from monitor.fetch import Fetcher
 from monitor.metrics import Metrics
@@ -79,6 +80,7 @@ class Service:
         self.state = _State(config_fingerprint=_fingerprint(options.config_path))
         self.rt: pipeline.Runtime | None = None
         self.fetcher: Fetcher | None = None
+        self.senders: dict[str, Any] | None = None
         self.scheduler: AsyncIOScheduler | None = None
         self._stopping = asyncio.Event()
         self._running: set[asyncio.Task[object]] = set()
@@ -104,12 +106,15 @@ class Service:
         try:
             embedder = await asyncio.to_thread(embed.load_embedder, settings)
             self.state.ready["model"] = True
+            topics = await asyncio.to_thread(match.compile_topics, self.config.topics, embedder)
+            if isinstance(self.clock, SimulatedClock):
+                self.clock.restart()
             self.rt = await asyncio.to_thread(pipeline.build_runtime, self.engine, self.config, embedder,
-                                              self.clock, self.metrics, self.worker_id)
-            async with Fetcher(settings) as fetcher:
-                self.fetcher = fetcher
+                                              self.clock, self.metrics, self.worker_id, topics)
+            async with Fetcher(settings) as fetcher, open_senders(lambda: self.config) as senders:
+                self.fetcher, self.senders = fetcher, senders
                 self._start_scheduler()
-                log.info("service ready", extra={"worker": self.worker_id})
+                log.info("service ready", extra={"worker": self.worker_id, "clock": self.clock.now().isoformat()})
                 await self._stopping.wait()
                 await self._drain()
         except MonitorError as e:
@@ -193,7 +198,7 @@ class Service:
     async def _deliver_job(self) -> None:
         assert self.rt is not None
         await asyncio.to_thread(pipeline.build_digests, self.rt)
-        await pipeline.deliver(self.rt)
+        await pipeline.deliver(self.rt, senders=self.senders)
 
     async def _retention_job(self) -> None:
         assert self.rt is not None
@@ -223,9 +228,8 @@ class Service:
     # --- web ---------------------------------------------------------------------------------------------
 
     def _app(self):  # type: ignore[no-untyped-def]
-        settings = self.config.settings
-        key = secret(settings.secret_key_env) or _local_key(Path(settings.outbox_dir).parent)
-        routes = unsubscribe.routes(self.engine, lambda: self.config, key)
+        key = unsubscribe.signing_key(self.config.settings)
+        routes = unsubscribe.routes(self.engine, lambda: self.config, key, clock=self.clock.now)
         return create_app(self.metrics, self._readiness, routes)
 
     def _readiness(self) -> dict[str, bool]:
@@ -241,23 +245,6 @@ class Service:
             return True
         except Exception:
             return False
-
-
-def _local_key(settings_dir: Path) -> str:
-    """Without MONITOR_SECRET_KEY, a random key is made once and kept beside the local state (mode 0600),
-    so unsubscribe links survive restarts of a single-machine install. Several machines need the env var."""
-    path = settings_dir / ".secret_key"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key)
-        log.warning("no MONITOR_SECRET_KEY in the environment: made a local signing key for unsubscribe links",
-                    extra={"path": str(path)})
-        return key
 
 
 def _fingerprint(path: Path) -> str:

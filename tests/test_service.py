@@ -136,6 +136,12 @@ def wait_for(cond: Callable[[], object], timeout: float, what: str, running: Run
     raise AssertionError(f"timed out waiting for {what}:\n{running.log()[-4000:]}")
 
 
+def wait_ready(running: Running) -> float:
+    """Waits for the service to be ready; its simulated clock (re)starts at CLOCK_START then."""
+    wait_for(lambda: "service ready" in running.log(), 120, "the service to be ready", running)
+    return time.monotonic()
+
+
 def sim_now(started_real: float) -> datetime:
     return CLOCK_START + timedelta(seconds=(time.monotonic() - started_real) * SPEED)
 
@@ -164,10 +170,10 @@ cadence = "immediate"
 """
         write_config(config, tmp_path, feed_urls=[f"{base}/wire.xml"], topics={"prisoner-exchange"},
                      smtp_port=smtp_port, extra=extra)
-        t0 = time.monotonic()
         running = start_service(config, tmp_path, {"TEAM_WEBHOOK_URL": f"{receiver.url}/hook",
                                                    "TEAM_WEBHOOK_SECRET": "whsec_" + "dGVzdHNlY3JldA=="})
         try:
+            t0 = wait_ready(running)
             wait_for(lambda: receiver.snapshot(), 60, "the first immediate webhook", running)
             assert b"13 Israeli hostages" in receiver.snapshot()[0].body
             # Published mid-run: it must reach the immediate webhook too.
@@ -202,9 +208,9 @@ def test_hot_reload_applies_feeds_and_topics_and_rejects_invalid_edits(tmp_path:
     config = tmp_path / "feeds.toml"
     write_config(config, tmp_path, feed_urls=[f"{base}/one.xml"], topics={"prisoner-exchange"}, smtp_port=smtp_port)
     running = start_service(config, tmp_path, {})
-    t0 = time.monotonic()
     engine = create_engine(f"sqlite:///{tmp_path / 'monitor.db'}")
     try:
+        t0 = wait_ready(running)
         wait_for(lambda: "one" in fs.requests, 60, "the first poll", running)
         # Add a feed and a topic while it runs.
         write_config(config, tmp_path, feed_urls=[f"{base}/one.xml", f"{base}/two.xml"],
