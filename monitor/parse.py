@@ -70,6 +70,7 @@ _SCRIPT = re.compile(r"<(script|style|noscript|iframe)\b.*?</\1\s*>", re.I | re.
 _BLOCK = re.compile(r"<\s*/?\s*(p|br|div|li|ul|ol|h[1-6]|tr|td|blockquote|section|article)\b[^>]*>", re.I)
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
 _WS = re.compile(r"\s+")
+_NON_WORD = re.compile(r"[\W_]+")
 _DOCTYPE_MARKERS = (b"<!DOCTYPE", b"<!doctype", "<!DOCTYPE".encode("utf-16-le"), "<!DOCTYPE".encode("utf-16-be"))
 
 
@@ -132,7 +133,9 @@ def _item(entry: Any, base_url: str, fallback_outlet: str, now: datetime) -> Par
     if summary == title:
         summary = ""
     raw_link = _str(entry.get("link")) or None
-    link = canonical_url(urljoin(base_url, raw_link)) if raw_link else None
+    if raw_link and not raw_link.startswith(("http://", "https://")):
+        raw_link = urljoin(base_url, raw_link)
+    link = canonical_url(raw_link) if raw_link else None
     guid = _str(entry.get("id")).strip() or None
     content_hash = text_hash(title, summary)
     # Identity: the fallback chain guid -> canonical link -> hash of title+summary (see module docstring).
@@ -202,7 +205,8 @@ def clean_text(text: str, limit: int) -> str:
 
 
 def normalize_for_hash(text: str) -> str:
-    return _WS.sub(" ", re.sub(r"[^\w\s]", " ", text.casefold())).strip()
+    """Case, punctuation and spacing do not matter."""
+    return _NON_WORD.sub(" ", text.casefold()).strip()
 
 
 def text_hash(title: str, summary: str) -> str:
@@ -228,8 +232,13 @@ def canonical_url(url: str) -> str:
     netloc = host if port is None or (scheme, port) in (("http", 80), ("https", 443)) else f"{host}:{port}"
     if ":" in host and not host.startswith("["):
         netloc = f"[{host}]" + (f":{port}" if port and (scheme, port) not in (("http", 80), ("https", 443)) else "")
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _is_tracking(k)]
-    return urlunsplit((scheme, netloc, parts.path or "/", urlencode(query, doseq=True), ""))
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        kept = [(k, v) for k, v in pairs if not _is_tracking(k)]
+        if len(kept) != len(pairs):
+            query = urlencode(kept, doseq=True)
+    return urlunsplit((scheme, netloc, parts.path or "/", query, ""))
 
 
 def _is_tracking(name: str) -> bool:

@@ -36,6 +36,7 @@ from monitor.records import FetchRequest, FetchResult, ItemRecord, ParsedFeed
 log = logging.getLogger(__name__)
 
 _WRITE_BATCH = 256
+_WRITE_GATHER_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,8 @@ async def poll_once(
             if first is None:
                 break
             batch = [first]
+            if queue.qsize() < _WRITE_BATCH:
+                await asyncio.sleep(_WRITE_GATHER_S)  # let a batch build up: fewer, larger transactions
             while len(batch) < _WRITE_BATCH and not queue.empty():
                 nxt = queue.get_nowait()
                 if nxt is None:
