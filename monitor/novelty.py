@@ -306,7 +306,8 @@ def is_open(story: OpenStory, at: datetime, window_h: float) -> bool:
     return (at - story.last_seen).total_seconds() < window_h * 3600.0
 
 
-def _score(story: OpenStory, x: NoveltyItem, params: StoryParams) -> tuple[float, float]:
+def _score(story: OpenStory, x: NoveltyItem, params: StoryParams,
+           background: frozenset[str] = frozenset()) -> tuple[float, float]:
     """(score, best member cosine)."""
     sims = story.vectors @ x.vector
     best = float(sims.max())
@@ -324,8 +325,9 @@ def _score(story: OpenStory, x: NoveltyItem, params: StoryParams) -> tuple[float
     else:
         gap_h = min(abs(t - m) for m in story.times) / 3600.0
     s -= params.time_penalty * min(gap_h / params.time_scale_h, 1.0)
-    if x.facts.names and story.names:
-        shared = len(x.facts.names & story.names)
+    mine, theirs = x.facts.names - background, story.names - background
+    if mine and theirs:
+        shared = len(mine & theirs)
         if shared:
             s += params.name_bonus * min(shared, 2)
         else:
@@ -387,10 +389,12 @@ def topic_background(stories: Sequence[OpenStory], min_stories: int = 2) -> froz
 def decide(stories: Sequence[OpenStory], x: NoveltyItem, params: StoryParams) -> Assignment:
     """Choose a story for `x` among the open `stories` of its topic and decide new_story / update / repeat."""
     best_i, best_s, best_cos = None, -1e9, -1.0
+    # names common to several open stories (Hamas, Biden) say nothing about *which* event this is
+    background = topic_background(stories) if params.name_conflict or params.name_bonus else frozenset()
     for i, st in enumerate(stories):
         if not st.vectors.size:
             continue  # a story saved without vectors cannot be compared; it only ages out
-        s, cos = _score(st, x, params)
+        s, cos = _score(st, x, params, background)
         if s > best_s:
             best_i, best_s, best_cos = i, s, cos
     dup = None

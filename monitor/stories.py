@@ -24,7 +24,7 @@ from monitor.tables import Alert, Story
 
 log = logging.getLogger(__name__)
 
-_MAX_REMEMBERED = 4000  # words / hashes kept per story (a very long story forgets its oldest wording)
+_MAX_REMEMBERED = 20000  # words / hashes kept per story: a bound on the row size, never reached in replays
 
 
 def params_for(settings: Settings) -> StoryParams:
