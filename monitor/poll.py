@@ -36,7 +36,7 @@ from monitor.records import FetchRequest, FetchResult, ItemRecord, ParsedFeed
 log = logging.getLogger(__name__)
 
 _WRITE_BATCH = 256
-_WRITE_GATHER_S = 0.05
+_WRITE_GATHER_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +128,10 @@ async def poll_once(
             if first is None:
                 break
             batch = [first]
-            if queue.qsize() < _WRITE_BATCH:
-                await asyncio.sleep(_WRITE_GATHER_S)  # let a batch build up: fewer, larger transactions
+            # Let a batch build up (fewer, larger transactions), but not past the end of the fetching.
+            until = loop.time() + _WRITE_GATHER_S
+            while queue.qsize() < _WRITE_BATCH and not fetched.is_set() and loop.time() < until:
+                await asyncio.sleep(0.01)
             while len(batch) < _WRITE_BATCH and not queue.empty():
                 nxt = queue.get_nowait()
                 if nxt is None:
@@ -142,6 +144,8 @@ async def poll_once(
                 new_items.extend(items)
                 pending.discard(row.feed_id)
 
+    loop = asyncio.get_running_loop()
+    fetched = asyncio.Event()
     try:
         writer_task = asyncio.create_task(writer())
         if fetcher is None:
@@ -149,6 +153,7 @@ async def poll_once(
                 await asyncio.gather(*(one(own, r) for r in requests))
         else:
             await asyncio.gather(*(one(fetcher, r) for r in requests))
+        fetched.set()
         await queue.put(None)
         await writer_task
     finally:
