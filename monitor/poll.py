@@ -146,8 +146,8 @@ async def poll_once(
 
     loop = asyncio.get_running_loop()
     fetched = asyncio.Event()
+    writer_task = asyncio.create_task(writer())
     try:
-        writer_task = asyncio.create_task(writer())
         if fetcher is None:
             async with Fetcher(settings, clock=(lambda: fixed_now) if fixed_now else db.utcnow) as own:
                 await asyncio.gather(*(one(own, r) for r in requests))
@@ -157,6 +157,8 @@ async def poll_once(
         await queue.put(None)
         await writer_task
     finally:
+        if not writer_task.done():
+            writer_task.cancel()
         if pending:  # cancelled or crashed: give the unrecorded feeds back at once instead of at lease expiry
             await asyncio.shield(asyncio.to_thread(_release, engine, list(pending)))
 
