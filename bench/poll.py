@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -264,7 +264,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--server", choices=["auto", "nginx", "python"], default="auto")
     ap.add_argument("--parse-procs", type=int, default=0,
-                    help="parse in a process pool of this size (0: the event loop's thread pool)")
+                    help="parse in monitor.poll.parse_pool(N) (0: inline on the event loop, poll_once's default)")
     ap.add_argument("--peer", choices=["rss2email"], default=None)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -285,7 +285,9 @@ def main() -> None:
     else:
         server = PythonServer(docs, port)
     urls = [f"http://127.0.0.1:{port}{p}" for p in sorted(docs)]
-    executor = ProcessPoolExecutor(args.parse_procs) if args.parse_procs else None
+    from monitor.poll import parse_pool
+
+    executor = parse_pool(args.parse_procs) if args.parse_procs else None
     try:
         runs, baselines = [], []
         for _ in range(args.repeats):  # interleaved, so both see the same machine load

@@ -152,3 +152,17 @@ async def test_items_without_guids_are_stored_once_across_polls(engine: Engine, 
     ]))
     again = await poll_once(engine, S, now=NOW + timedelta(hours=3))
     assert again.rows[0].status == "ok" and again.totals["new_items"] == 0
+
+
+async def test_parsing_in_a_process_pool(engine: Engine, feed_server: FeedServer) -> None:
+    from monitor.poll import parse_pool
+
+    feed_server.route("/p.xml", body=feed(["1", "2", "3"]))
+    feed_server.route("/bad.xml", body=b"<html>nope</html>")
+    sync(engine, [feed_server.url("/p.xml"), feed_server.url("/bad.xml")])
+    pool = parse_pool(1)
+    try:
+        r = await poll_once(engine, S, now=NOW, parse_executor=pool)
+    finally:
+        pool.shutdown()
+    assert r.totals == {"polled": 2, "new_items": 3, "not_modified": 0, "errors": 1}
