@@ -202,3 +202,10 @@ def test_feedparser_alone_would_not_read_files_either(tmp_path: Path) -> None:
 def test_clean_text_limits() -> None:
     assert clean_text("<p>a</p><p>b</p>", 100) == "a b"
     assert clean_text("", 10) == ""
+
+
+def test_entity_declaration_hidden_behind_a_long_prolog_is_refused() -> None:
+    padding = b"<!--" + b"x" * 200_000 + b"-->"
+    body = BILLION_LAUGHS.replace(b'<?xml version="1.0"?>\n', b'<?xml version="1.0"?>\n' + padding)
+    with pytest.raises(ParseError):
+        parse(body)
