@@ -209,3 +209,12 @@ def test_entity_declaration_hidden_behind_a_long_prolog_is_refused() -> None:
     body = BILLION_LAUGHS.replace(b'<?xml version="1.0"?>\n', b'<?xml version="1.0"?>\n' + padding)
     with pytest.raises(ParseError):
         parse(body)
+
+
+def test_netscape_rss091_doctype_is_still_read() -> None:
+    body = (b'<?xml version="1.0" encoding="ISO-8859-1"?>\n<!DOCTYPE rss PUBLIC "-//Netscape Communications//DTD '
+            b'RSS 0.91//EN" "http://my.netscape.com/publish/formats/rss-0.91.dtd">\n<rss version="0.91"><channel>'
+            b"<title>Old</title><link>http://old.example.org/</link><description>d</description><item>"
+            b"<title>Caf\xe9 &amp; more</title><link>http://old.example.org/1</link></item></channel></rss>")
+    (it,) = parse(body).items
+    assert it.title == "Café & more"
