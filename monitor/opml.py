@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from defusedxml import DefusedXmlException
 
 from monitor.config import parse_config
 from monitor.errors import ConfigError
+
+_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +65,17 @@ def write_opml(feeds: Iterable[OpmlFeed], *, title: str = "monitor feeds", now: 
         SubElement(head, "dateCreated").text = format_datetime(now, usegmt=True)
     body = SubElement(root, "body")
     for f in feeds:
-        attrs = {"type": "rss", "text": f.title or f.url, "title": f.title or f.url, "xmlUrl": f.url}
+        title = _xml_safe(f.title or f.url)
+        attrs = {"type": "rss", "text": title, "title": title, "xmlUrl": _xml_safe(f.url)}
         if f.html_url:
             attrs["htmlUrl"] = f.html_url
         SubElement(body, "outline", attrs)
     return b'<?xml version="1.0" encoding="utf-8"?>\n' + tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"
+
+
+def _xml_safe(text: str) -> str:
+    """Drop characters XML 1.0 cannot carry (control characters other than tab and newlines)."""
+    return _NOT_XML.sub("", text)
 
 
 def toml_blocks(feeds: Sequence[OpmlFeed]) -> str:

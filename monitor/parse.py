@@ -71,6 +71,7 @@ _BLOCK = re.compile(r"<\s*/?\s*(p|br|div|li|ul|ol|h[1-6]|tr|td|blockquote|sectio
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
 _WS = re.compile(r"\s+")
 _NON_WORD = re.compile(r"[\W_]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _DOCTYPE_MARKERS = (b"<!DOCTYPE", b"<!doctype", "<!DOCTYPE".encode("utf-16-le"), "<!DOCTYPE".encode("utf-16-be"))
 
 
@@ -189,6 +190,7 @@ def clean_text(text: str, limit: int) -> str:
     whitespace collapsed, cut at a word boundary to `limit` characters (with an ellipsis)."""
     if not text:
         return ""
+    text = _CONTROL.sub(" ", text)  # terminal escapes and characters XML cannot carry
     if "<" in text:
         text = _COMMENT.sub(" ", text)
         text = _SCRIPT.sub(" ", text)

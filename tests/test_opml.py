@@ -119,3 +119,9 @@ def test_cli_poll_json_last_line_and_schema_check(tmp_path: Path, feed_server: F
     rows = [json.loads(line) for line in out.strip().splitlines()]
     broken = next(r for r in rows if r["url"].endswith("/broken.xml"))
     assert broken["error_count"] >= 2 and broken["last_status"] == "error:http" and broken["next_check_at"]
+
+
+def test_export_drops_characters_xml_cannot_carry() -> None:
+    data = write_opml([OpmlFeed("https://a.example/f", "Alpha \x1b[31mred\x00")])
+    (back,) = read_opml(data)
+    assert back.title == "Alpha [31mred"

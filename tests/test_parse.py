@@ -218,3 +218,8 @@ def test_netscape_rss091_doctype_is_still_read() -> None:
             b"<title>Caf\xe9 &amp; more</title><link>http://old.example.org/1</link></item></channel></rss>")
     (it,) = parse(body).items
     assert it.title == "Café & more"
+
+
+def test_control_characters_removed_from_text() -> None:
+    (it,) = parse(rss([{"title": "Red \x1b[31malert", "guid": "1"}])).items
+    assert "\x1b" not in it.title and it.title == "Red [31malert"
