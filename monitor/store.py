@@ -136,7 +136,7 @@ def due_feeds(
     if session.get_bind().dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     rows = session.execute(q.with_only_columns(
-        Feed.id, Feed.url, Feed.etag, Feed.last_modified, Feed.body_hash, Feed.name, Feed.interval_s,
+        Feed.id, Feed.url, Feed.etag, Feed.last_modified, Feed.body_hash, Feed.name, Feed.title, Feed.interval_s,
         Feed.publish_interval_s, Feed.last_new_item_at, Feed.error_count,
     )).all()
     if not rows:
@@ -151,7 +151,8 @@ def due_feeds(
         claimed.update(res.scalars())
     return [
         FetchRequest(
-            feed_id=r.id, url=r.url, etag=r.etag, last_modified=r.last_modified, body_hash=r.body_hash, name=r.name,
+            feed_id=r.id, url=r.url, etag=r.etag, last_modified=r.last_modified, body_hash=r.body_hash,
+            name=r.name or r.title,  # for display: the configured name, else the feed's own title
             interval_s=r.interval_s, publish_interval_s=r.publish_interval_s,
             last_new_item_at=aware_utc(r.last_new_item_at), error_count=r.error_count or 0,
         )
