@@ -152,8 +152,9 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         if dry_run:
             click.echo(toml_blocks(fresh), nl=False)
             return
-        append_to_config(ctx.config_file, fresh, opml_file.name)
-        click.echo(f"appended {len(fresh)} [[feeds]] entries to {ctx.config_file}")
+        added = append_to_config(ctx.config_file, fresh, opml_file.name)
+        click.echo(f"appended {len(fresh)} [[feeds]] entries to {ctx.config_file}:")
+        click.echo(added.strip("\n"))
         config = load_config(ctx.config_file)
         engine = db.make_engine(config.settings.database_url)
         if db.has_schema(engine):
