@@ -59,8 +59,9 @@ def raw_pass(embedder, titles: list[str], texts: list[str]) -> float:  # type: i
     return len(texts) / (time.perf_counter() - t)
 
 
-def ingest_pass(embedder, topic_set, items, tmp: Path, settings_kw: dict) -> tuple[float, list, int]:  # type: ignore[no-untyped-def]
-    """One full ingest into a fresh database; returns (items/s, the stored ItemRecords, matches)."""
+def ingest_pass(embedder, topic_set, items, tmp: Path, settings_kw: dict) -> tuple[float, list, int, dict]:  # type: ignore[no-untyped-def]
+    """One full ingest into a fresh database; returns (items/s, the stored ItemRecords, matches, seconds
+    per step)."""
     from sqlalchemy.orm import Session
 
     from monitor import db, embed, match, poll, store
@@ -79,6 +80,7 @@ def ingest_pass(embedder, topic_set, items, tmp: Path, settings_kw: dict) -> tup
             store.sync_feeds(s, feeds, end)
         t = time.perf_counter()
         report = asyncio.run(poll.poll_once(engine, settings, all_feeds=True, now=end))
+        steps = {"poll_store": time.perf_counter() - t, "embed": 0.0, "match_save": 0.0}
         stored: list = []
         n_matches = 0
         while True:
@@ -86,16 +88,21 @@ def ingest_pass(embedder, topic_set, items, tmp: Path, settings_kw: dict) -> tup
                 batch = store.unprocessed_items(s, PROCESS_BATCH)
                 if not batch:
                     break
+                t1 = time.perf_counter()
                 vectors = embed.ensure_vectors(s, embedder, batch, BATCH)
+                t2 = time.perf_counter()
                 verdicts = match.match_items(batch, vectors, topic_set)
                 n_matches += match.save_matches(s, verdicts, end)
                 store.mark_processed(s, [it.id for it in batch], end)
+                steps["embed"] += t2 - t1
+                steps["match_save"] += time.perf_counter() - t2
             stored += batch
         elapsed = time.perf_counter() - t
+        steps["other"] = elapsed - sum(steps.values())
     engine.dispose()
     if len(stored) != len(report.new_items) or not stored:
         raise SystemExit(f"ingest stored {len(report.new_items)} items but processed {len(stored)}")
-    return len(stored) / elapsed, stored, n_matches
+    return len(stored) / elapsed, stored, n_matches, {k: round(v, 2) for k, v in steps.items()}
 
 
 def agreement(torch_embedder, onnx_embedder) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -139,11 +146,12 @@ def main() -> None:
             load_s = time.perf_counter() - t
             embedders[backend] = embedder
             topic_set = match.compile_topics(topics, embedder)
-            raws, ingests, matches = [], [], 0
+            raws, ingests, matches, breakdown = [], [], 0, []
             records = None
             for _ in range(args.repeats):
-                rate, records, matches = ingest_pass(embedder, topic_set, items, tmp, kw)
+                rate, records, matches, steps = ingest_pass(embedder, topic_set, items, tmp, kw)
                 ingests.append(rate)
+                breakdown.append(steps)
                 raws.append(raw_pass(embedder, [r.title for r in records], [r.text for r in records]))
             raw, ingest = statistics.median(raws), statistics.median(ingests)
             result["backends"][backend] = {  # type: ignore[index]
@@ -151,6 +159,7 @@ def main() -> None:
                 "raw_items_per_s": round(raw, 1), "ingest_items_per_s": round(ingest, 1),
                 "ratio": round(ingest / raw, 3), "matches_per_pass": matches,
                 "raw_passes": [round(x, 1) for x in raws], "ingest_passes": [round(x, 1) for x in ingests],
+                "ingest_seconds_by_step": breakdown,
             }
         if len(embedders) == 2:
             b = result["backends"]
