@@ -91,7 +91,7 @@ _DURATION = re.compile(r"^-?(?:second|minute|hour|day|week|month|year|decade|tim
 _NUM = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(?:\s*(%|percent|per cent))?"
                   r"(?:\s+(thousand|million|billion|trillion|bn|k|m)\b)?", re.I)
 _NUMWORD = re.compile(r"\b(" + "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True)) + r")(?:[- ](one|two|three|"
-                      r"four|five|six|seven|eight|nine))?(?:s)?\b(?:\s+(thousand|million|billion|hundred))?", re.I)
+                      r"four|five|six|seven|eight|nine))?(s)?\b(?:\s+(thousand|million|billion|hundred))?", re.I)
 _TIME = re.compile(r"\b\d{1,2}[:.]\d{2}\b|\b\d{1,2}\s*(?:am|pm|a\.m\.|p\.m\.)", re.I)
 _DATE = re.compile(
     r"\b(?:" + "|".join(_MONTHS) + r")\.?\s+\d{1,2}(?:st|nd|rd|th)?\b|\b\d{1,2}(?:st|nd|rd|th)?\s+(?:of\s+)?(?:"
@@ -130,11 +130,13 @@ def _numbers(text: str) -> list[tuple[str, int, int]]:
         out.append((_norm_number(m.group(1), m.group(3), m.group(2)), m.start(), m.end()))
     for m in _NUMWORD.finditer(text):
         w = m.group(1).lower()
-        if w == "one" and not m.group(3):
+        if m.group(3):
+            continue  # "dozens", "hundreds", "tens of thousands": vague, not a figure
+        if w == "one" and not m.group(4):
             continue  # "one" is mostly a pronoun ("one of the..."), not a figure
         v = _NUMBER_WORDS[w] + (_NUMBER_WORDS[m.group(2).lower()] if m.group(2) else 0)
-        if m.group(3):
-            v *= {"hundred": 100, **_SCALES}[m.group(3).lower()]
+        if m.group(4):
+            v *= {"hundred": 100, **_SCALES}[m.group(4).lower()]
         out.append((f"{v:.10g}", m.start(), m.end()))
     return out
 
