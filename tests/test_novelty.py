@@ -99,6 +99,7 @@ def test_facts_normalise_numbers_and_ignore_dates() -> None:
     assert "24" in f.numbers and "24" in g.numbers
     assert "2023" not in f.numbers  # years and dates are context, not figures
     assert f.numbers == {"24"}
+    assert extract_facts("Dozens of hostages freed as hundreds wait", "").numbers == frozenset()  # vague
 
 
 def test_headline_facts_skip_durations_ages_and_outlet_names() -> None:
