@@ -268,13 +268,18 @@ def ensure_vectors(session: Session, embedder: Embedder, items: Sequence[ItemRec
         idx = missing[start:start + batch_size]
         vecs = encode_items(embedder, [items[i].title for i in idx], [items[i].text for i in idx])
         result[idx] = vecs
-        seen: set[int] = set()
-        rows = []
-        for i, v in zip(idx, vecs, strict=True):
-            if items[i].id in seen:  # the same item twice in one call: store once
-                continue
-            seen.add(items[i].id)
-            rows.append({"item_id": items[i].id, "model_id": embedder.model_id, "dim": embedder.dim,
-                         "vector": to_blob(v)})
-        session.execute(ItemVector.__table__.insert(), rows)
+        store_vectors(session, embedder, [items[i].id for i in idx], vecs)
     return result
+
+
+def store_vectors(session: Session, embedder: Embedder, item_ids: Sequence[int], vectors: np.ndarray) -> None:
+    """Insert the vectors of `item_ids` (aligned rows of `vectors`) for `embedder.model_id`, once each."""
+    seen: set[int] = set()
+    rows = []
+    for item_id, v in zip(item_ids, vectors, strict=True):
+        if item_id in seen:  # the same item twice in one call: store once
+            continue
+        seen.add(item_id)
+        rows.append({"item_id": item_id, "model_id": embedder.model_id, "dim": embedder.dim, "vector": to_blob(v)})
+    if rows:
+        session.execute(ItemVector.__table__.insert(), rows)

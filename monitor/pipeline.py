@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from monitor import digest, embed, match, poll, store, stories
+from monitor import db, digest, embed, match, poll, store, stories, unsubscribe
 from monitor.clock import Clock
 from monitor.config import Config
 from monitor.deliver import outbox
@@ -42,13 +44,14 @@ class Runtime:
     topics: match.TopicSet
     clock: Clock
     metrics: Metrics
+    signing_key: str  # signs unsubscribe links; fixed for the process so links and routes always agree
     worker_id: str = "main"
 
     def reload(self, config: Config, topics: match.TopicSet | None = None) -> None:
         """Apply a new, validated configuration: feeds and subscriptions in the database, topics recompiled."""
         topics = topics if topics is not None else match.compile_topics(config.topics, self.embedder)
         now = self.clock.now()
-        with Session(self.engine) as s, s.begin():
+        with db.write_transaction(self.engine) as s:
             store.sync_feeds(s, config.feeds, now)
             digest.sync_subscriptions(s, config, now)
         self.config, self.topics = config, topics
@@ -67,12 +70,13 @@ class ProcessReport:
 
 def build_runtime(engine: Engine, config: Config, embedder: embed.Embedder, clock: Clock,
                   metrics: Metrics | None = None, worker_id: str = "main",
-                  topics: match.TopicSet | None = None) -> Runtime:
+                  topics: match.TopicSet | None = None, signing_key: str | None = None) -> Runtime:
     """Compile the topics (unless given) and bring feeds and subscriptions in the database in line with
     the configuration."""
     topics = topics if topics is not None else match.compile_topics(config.topics, embedder)
     rt = Runtime(engine=engine, config=config, embedder=embedder, topics=topics, clock=clock,
-                 metrics=metrics or Metrics(), worker_id=worker_id)
+                 metrics=metrics or Metrics(), worker_id=worker_id,
+                 signing_key=signing_key or unsubscribe.signing_key(config.settings))
     rt.reload(config, topics)
     return rt
 
@@ -88,28 +92,43 @@ async def poll_feeds(rt: Runtime, *, fetcher: Any = None, all_feeds: bool = Fals
     return report
 
 
-def process_pending(rt: Runtime, *, limit: int | None = None) -> ProcessReport:
-    """Embed, match and decide novelty for every stored item not processed yet, in batches, one
-    transaction per batch (a crash mid-way redoes at most one batch, and the unique constraints make that
-    harmless)."""
+def process_pending(rt: Runtime, *, limit: int | None = None,
+                    should_stop: Callable[[], bool] = lambda: False) -> ProcessReport:
+    """Embed, match and decide novelty for stored items not processed yet, batch by batch.
+
+    Encoding (seconds of CPU) happens outside any transaction; each batch's writes (vectors, matches,
+    stories, alerts, processed marks) then go in one short write transaction (BEGIN IMMEDIATE on SQLite,
+    which waits for other writers instead of failing), so a crash redoes at most one batch and the unique
+    constraints make that harmless. `should_stop` is checked between batches (graceful shutdown)."""
     settings = rt.config.settings
-    total_items = total_matches = 0
+    total_items = total_matches = stale = 0
     decisions: Counter[str] = Counter()
-    while limit is None or total_items < limit:
-        now = rt.clock.now()
-        with Session(rt.engine, expire_on_commit=False) as s, s.begin():
+    while (limit is None or total_items < limit) and not should_stop():
+        with Session(rt.engine) as s:
             items = store.unprocessed_items(s, PROCESS_BATCH)
-            if not items:
-                break
-            vectors = embed.ensure_vectors(s, rt.embedder, items, settings.embedding_batch_size)
-            results = match.match_items(items, vectors, rt.topics)
-            matched = [m for m in results if m.matched]
+            stored = embed.load_vectors(s, rt.embedder.model_id, [it.id for it in items]) if items else {}
+        if not items:
+            break
+        missing = [it for it in items if it.id not in stored]
+        fresh = embed.encode_items(rt.embedder, [it.title for it in missing], [it.text for it in missing])
+        stored.update(zip((it.id for it in missing), fresh, strict=True))
+        vectors = np.stack([stored[it.id] for it in items])
+        results = match.match_items(items, vectors, rt.topics)
+        matched = [m for m in results if m.matched]
+        now = rt.clock.now()
+        # An item published long before its story window (a new feed's back catalogue, a feed back from an
+        # outage) is matched and stored but is not news: it goes to no story and raises no alert.
+        horizon = now - timedelta(hours=settings.story_window_h)
+        index = {it.id: i for i, it in enumerate(items)}
+        by_id = {it.id: it for it in items}
+        todo = [MatchedItem(item=by_id[m.item_id], topic_id=m.topic_id, score=m.score,
+                            vector=vectors[index[m.item_id]]) for m in matched
+                if by_id[m.item_id].published_at >= horizon]
+        stale += len(matched) - len(todo)
+        todo.sort(key=lambda x: (x.item.published_at, x.item.id))
+        with db.write_transaction(rt.engine) as s:
+            embed.store_vectors(s, rt.embedder, [it.id for it in missing], fresh)
             match.save_matches(s, matched, now)
-            index = {it.id: i for i, it in enumerate(items)}
-            by_id = {it.id: it for it in items}
-            todo = [MatchedItem(item=by_id[m.item_id], topic_id=m.topic_id, score=m.score,
-                                vector=vectors[index[m.item_id]]) for m in matched]
-            todo.sort(key=lambda x: (x.item.published_at, x.item.id))
             made = stories.assign(s, todo, now, settings) if todo else []
             store.mark_processed(s, [it.id for it in items], now)
         total_items += len(items)
@@ -121,15 +140,15 @@ def process_pending(rt: Runtime, *, limit: int | None = None) -> ProcessReport:
             rt.metrics.alerts.labels(topic=d.topic_id, decision=d.decision).inc()
     if total_items:
         log.info("processed new items", extra={"items": total_items, "matches": total_matches,
-                                               "decisions": dict(decisions)})
+                                               "stale_matches": stale, "decisions": dict(decisions)})
     return ProcessReport(items=total_items, matches=total_matches, decisions=dict(decisions))
 
 
 def build_digests(rt: Runtime) -> list[int]:
     now = rt.clock.now()
-    with Session(rt.engine) as s, s.begin():
+    with db.write_transaction(rt.engine) as s:
         stories.close_expired(s, now, rt.config.settings.story_window_h)
-    return digest.build_due_digests(rt.engine, rt.config, now)
+    return digest.build_due_digests(rt.engine, rt.config, now, secret_key=rt.signing_key)
 
 
 async def deliver(rt: Runtime, *, limit: int = 50, senders: Any = None) -> outbox.DeliveryReport:
@@ -143,7 +162,7 @@ async def deliver(rt: Runtime, *, limit: int = 50, senders: Any = None) -> outbo
 def apply_retention(rt: Runtime, now: datetime | None = None) -> int:
     now = now or rt.clock.now()
     cutoff = now - timedelta(days=rt.config.settings.retention_days)
-    with Session(rt.engine) as s, s.begin():
+    with db.write_transaction(rt.engine) as s:
         pruned = store.prune_items(s, cutoff)
     if pruned:
         log.info("retention pruned old items", extra={"items": pruned, "older_than": cutoff.isoformat()})

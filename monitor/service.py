@@ -42,7 +42,15 @@ from monitor.web import create_app
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_S = 20.0
+SHUTDOWN_GRACE_S = 8.0  # under `docker stop`'s 10 s
+PROCESS_PER_TICK = 1024  # items embedded per poll tick, so polling and shutdown never wait long
+
+
+# Settings read once at start-up (the HTTP client, the senders, the model, the listening socket): a reload
+# that changes them is applied to the rest and logs that these need a restart.
+RESTART_SETTINGS = ("database_url", "host", "port", "allow_private_networks", "fetch_timeout_s", "max_feed_bytes",
+                    "max_concurrency", "per_host_concurrency", "user_agent", "smtp", "mail_from",
+                    "embedding_model", "embedding_backend", "model_cache_dir", "secret_key_env", "outbox_dir")
 
 
 class _QuietServer(uvicorn.Server):
@@ -78,6 +86,8 @@ class Service:
         self.metrics = Metrics(self.engine, clock.now)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.state = _State(config_fingerprint=_fingerprint(options.config_path))
+        # Computed once: links signed by digests and the routes that check them must use the same key.
+        self.signing_key = unsubscribe.signing_key(config.settings)
         self.rt: pipeline.Runtime | None = None
         self.fetcher: Fetcher | None = None
         self.senders: dict[str, Any] | None = None
@@ -110,7 +120,7 @@ class Service:
             if isinstance(self.clock, SimulatedClock):
                 self.clock.restart()
             self.rt = await asyncio.to_thread(pipeline.build_runtime, self.engine, self.config, embedder,
-                                              self.clock, self.metrics, self.worker_id, topics)
+                                              self.clock, self.metrics, self.worker_id, topics, self.signing_key)
             async with Fetcher(settings) as fetcher, open_senders(lambda: self.config) as senders:
                 self.fetcher, self.senders = fetcher, senders
                 self._start_scheduler()
@@ -191,7 +201,8 @@ class Service:
     async def _poll_job(self) -> None:
         assert self.rt is not None
         await pipeline.poll_feeds(self.rt, fetcher=self.fetcher)
-        report = await asyncio.to_thread(pipeline.process_pending, self.rt)
+        report = await asyncio.to_thread(pipeline.process_pending, self.rt, limit=PROCESS_PER_TICK,
+                                         should_stop=self._stopping.is_set)
         if report.alerts and self.scheduler is not None and not self._stopping.is_set():
             self.scheduler.get_job("deliver").modify(next_run_time=_now_local())  # immediate cadence: no wait
 
@@ -208,28 +219,27 @@ class Service:
         fp = _fingerprint(self.options.config_path)
         if fp == self.state.config_fingerprint:
             return
-        self.state.config_fingerprint = fp
         try:
             new = load_config(self.options.config_path)
         except MonitorError as e:
+            self.state.config_fingerprint = fp  # said once; the next edit is looked at again
             log.error("configuration change rejected, the last good configuration stays in force: %s", e,
                       extra={"config": str(self.options.config_path)})
             return
-        restart_needed = [k for k in ("database_url", "host", "port")
-                          if getattr(new.settings, k) != getattr(self.config.settings, k)]
+        restart_needed = [k for k in RESTART_SETTINGS if getattr(new.settings, k) != getattr(self.config.settings, k)]
         if restart_needed:
             log.warning("these settings change only after a restart", extra={"settings": restart_needed})
         assert self.rt is not None
-        await asyncio.to_thread(self.rt.reload, new)
+        await asyncio.to_thread(self.rt.reload, new)  # if this fails, the fingerprint is unchanged: retried
         self.config = new
+        self.state.config_fingerprint = fp
         log.info("configuration reloaded", extra={"feeds": len(new.feeds), "topics": len(new.topics),
                                                   "subscribers": len(new.subscribers), "channels": len(new.channels)})
 
     # --- web ---------------------------------------------------------------------------------------------
 
     def _app(self):  # type: ignore[no-untyped-def]
-        key = unsubscribe.signing_key(self.config.settings)
-        routes = unsubscribe.routes(self.engine, lambda: self.config, key, clock=self.clock.now)
+        routes = unsubscribe.routes(self.engine, lambda: self.config, self.signing_key, clock=self.clock.now)
         return create_app(self.metrics, self._readiness, routes)
 
     def _readiness(self) -> dict[str, bool]:
