@@ -1,0 +1,77 @@
+"""The orchestration on real parts: a live feed server, real SQLite, the real model and the shipped topics,
+on a manual clock."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine, select, text
+from sqlalchemy.orm import Session
+
+from monitor import pipeline
+from monitor.clock import ManualClock
+from monitor.config import Config, FeedConfig, Settings, load_config
+from monitor.receiver import LiveFeedServer
+from monitor.tables import Alert, Item, Match
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = datetime(2023, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def _runtime(engine: Engine, embedder, feed_url: str, tmp_path: Path) -> pipeline.Runtime:  # type: ignore[no-untyped-def]
+    topics = [t for t in load_config(ROOT / "feeds.toml", env={}).topics if t.id == "prisoner-exchange"]
+    config = Config(settings=Settings(database_url=str(engine.url), allow_private_networks=True,
+                                      outbox_dir=str(tmp_path / "outbox")),
+                    feeds=[FeedConfig(url=feed_url)], topics=topics)
+    return pipeline.build_runtime(engine, config, embedder, ManualClock(NOW), signing_key="k")
+
+
+async def test_fresh_items_alert_and_a_back_catalogue_does_not(engine: Engine, embedder, tmp_path: Path) -> None:
+    with LiveFeedServer() as feeds:
+        feeds.publish("f", "Hamas frees 13 Israeli hostages as Israel releases 39 Palestinian prisoners",
+                      "The first exchange under the truce took place on Friday.", NOW - timedelta(hours=2))
+        feeds.publish("f", "Hamas releases Israeli hostages in exchange for Palestinian prisoners",
+                      "An earlier exchange.", NOW - timedelta(days=10))
+        rt = _runtime(engine, embedder, f"{feeds.url}/f.xml", tmp_path)
+        report = await pipeline.poll_feeds(rt, all_feeds=True)
+        assert len(report.new_items) == 2
+        processed = pipeline.process_pending(rt)
+    assert processed.items == 2 and processed.matches == 2
+    with Session(engine) as s:
+        alerts = s.scalars(select(Alert)).all()
+        assert s.scalar(select(Item.processed_at).where(Item.id == 1)) is not None
+    assert [a.title for a in alerts] == ["Hamas frees 13 Israeli hostages as Israel releases 39 Palestinian prisoners"]
+    assert alerts[0].decision == "new_story"
+
+
+async def test_processing_survives_other_writers(engine: Engine, embedder, tmp_path: Path) -> None:
+    """The deliver job and the web pages write while items are being encoded; processing must wait for
+    them, not fail with 'database is locked'."""
+    with LiveFeedServer() as feeds:
+        for i in range(40):
+            feeds.publish("f", f"Hostage release talks, round {i}: {i} more captives freed", "Mediators in Doha.",
+                          NOW - timedelta(minutes=i))
+        rt = _runtime(engine, embedder, f"{feeds.url}/f.xml", tmp_path)
+        await pipeline.poll_feeds(rt, all_feeds=True)
+    stop = threading.Event()
+    writes = [0]
+
+    def writer() -> None:
+        while not stop.is_set():
+            with engine.begin() as conn:
+                conn.execute(text("UPDATE feeds SET last_status = last_status"))
+            writes[0] += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        report = pipeline.process_pending(rt)
+    finally:
+        stop.set()
+        t.join()
+    assert report.items == 40 and writes[0] > 0
+    with Session(engine) as s:
+        assert s.scalar(select(Item).where(Item.processed_at.is_(None))) is None
+        assert len(s.scalars(select(Match)).all()) == report.matches
