@@ -295,7 +295,9 @@ def _build_one(engine: Engine, config: Config, spec: SubscriptionSpec, now: date
         if row is None or not is_due(row, spec, now):
             return None
         alerts = pending_alerts(s, config, spec, row.cursor_alert_id)
-        if spec.cadence != "immediate":
+        if spec.cadence != "immediate" and len(alerts) < MAX_ALERTS_PER_DIGEST:
+            # A full digest leaves the schedule where it is: the overflow goes out on the next tick,
+            # not a whole hour or day later.
             due = next_due(spec, now)
             row.next_digest_at = naive_utc(due) if due else None
         if not alerts:

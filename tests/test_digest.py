@@ -227,3 +227,22 @@ def test_preview_names_an_unknown_subscriber_clearly(tmp_path) -> None:
     config = make_config(tmp_path, SUBSCRIBERS)
     with pytest.raises(Exception, match="no subscriber 'nobody@example.org'"):
         digest.find_spec(config, subscriber="nobody@example.org")
+
+
+def test_a_backlog_beyond_one_digest_goes_out_on_the_next_tick_not_the_next_day(tmp_path, engine) -> None:
+    config = make_config(tmp_path, SUBSCRIBERS)
+    w = World(engine)
+    start = datetime(2026, 7, 1, 5, 0, tzinfo=UTC)
+    digest.build_due_digests(engine, config, start, secret_key="k")
+    w.story("big", "doha-talks", "Talks")
+    for i in range(digest.MAX_ALERTS_PER_DIGEST + 20):
+        w.alert("big", "update", title=f"Update {i}", at=start + timedelta(minutes=1))
+    at_eight = datetime(2026, 7, 1, 7, 0, tzinfo=UTC)  # 08:00 London
+    digest.build_due_digests(engine, config, at_eight, secret_key="k")
+    assert len(deliveries(engine, "bo@example.org")) == 1
+    # One tick later, the 20 left over are sent: the daily schedule waited for the backlog.
+    digest.build_due_digests(engine, config, at_eight + timedelta(seconds=1), secret_key="k")
+    with Session(engine) as s:
+        counts = sorted(s.scalars(select(Digest.alert_count).join(Subscription, Digest.subscription_id == Subscription.id)
+                                  .where(Subscription.target == "bo@example.org")))
+    assert counts == [20, digest.MAX_ALERTS_PER_DIGEST]
