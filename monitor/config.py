@@ -222,8 +222,11 @@ def config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str])
     return Path(explicit or env.get(CONFIG_ENV) or DEFAULT_CONFIG)
 
 
-def parse_config(text: str, source: str = DEFAULT_CONFIG, env: Mapping[str, str] | None = None) -> Config:
-    """Parse and validate TOML text. Raises ConfigError naming the key and the problem."""
+def parse_config(text: str, source: str = DEFAULT_CONFIG, env: Mapping[str, str] | None = None,
+                 base_dir: Path | None = None) -> Config:
+    """Parse and validate TOML text. Raises ConfigError naming the key and the problem. Relative paths in
+    the file (the SQLite database, outbox_dir, model_cache_dir) are taken relative to `base_dir` (the
+    config file's folder), so the same file means the same data whatever the working directory."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -232,7 +235,23 @@ def parse_config(text: str, source: str = DEFAULT_CONFIG, env: Mapping[str, str]
         config = Config.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(f"{source}: invalid configuration:\n{format_validation_error(e)}") from None
+    if base_dir is not None:
+        config = _anchor_paths(config, base_dir)
     return apply_env_overrides(config, env if env is not None else os.environ)
+
+
+def _anchor_paths(config: Config, base_dir: Path) -> Config:
+    s = config.settings
+    updates: dict[str, object] = {}
+    for key in ("outbox_dir", "model_cache_dir"):
+        value = getattr(s, key)
+        if not Path(value).is_absolute():
+            updates[key] = str(base_dir / value)
+    prefix = "sqlite:///"
+    db_path = s.database_url[len(prefix):] if s.database_url.startswith(prefix) else ""
+    if db_path and db_path != ":memory:" and not db_path.startswith("/"):
+        updates["database_url"] = prefix + str(base_dir / db_path)
+    return config.model_copy(update={"settings": s.model_copy(update=updates)})
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -243,7 +262,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError(f"{p}: no such configuration file (pass --config FILE or set {CONFIG_ENV})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: cannot read configuration: {e}") from None
-    return parse_config(text, str(p), env)
+    return parse_config(text, str(p), env, base_dir=p.resolve().parent)
 
 
 def apply_env_overrides(config: Config, env: Mapping[str, str]) -> Config:

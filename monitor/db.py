@@ -40,7 +40,8 @@ def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except Exception as e:  # sqlalchemy raises ArgumentError with a terse message
-        raise ConfigError(f"database_url {url!r} is not a valid SQLAlchemy URL: {e}") from None
+        raise ConfigError(f"database_url is not a valid SQLAlchemy URL ({e}); "
+                          "use e.g. sqlite:///var/monitor.db or postgresql+psycopg://user@host/db") from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

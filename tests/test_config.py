@@ -51,3 +51,15 @@ topics = ["nope"]
 """
     with pytest.raises(ConfigError, match="unknown topic"):
         parse_config(text, env={})
+
+
+def test_relative_paths_follow_the_config_file_not_the_working_directory(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "conf").mkdir()
+    f = tmp_path / "conf" / "feeds.toml"
+    f.write_text('[settings]\ndatabase_url = "sqlite:///var/m.db"\noutbox_dir = "var/outbox"\n')
+    monkeypatch.chdir(tmp_path)
+    s = load_config(f, env={}).settings
+    assert s.database_url == f"sqlite:///{tmp_path / 'conf' / 'var' / 'm.db'}"
+    assert s.outbox_dir == str(tmp_path / "conf" / "var" / "outbox")
+    # An explicit override is the user's own path, taken as given.
+    assert load_config(f, env={"MONITOR_DATABASE_URL": "sqlite:///x.db"}).settings.database_url == "sqlite:///x.db"

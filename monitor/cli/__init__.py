@@ -4,12 +4,16 @@ themselves on the root group; this module only builds the context (config path, 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import click
+from sqlalchemy import Engine
 
+from monitor import db
 from monitor.config import CONFIG_ENV, Config, config_path, load_config
 from monitor.errors import MonitorError
 from monitor.logs import setup_logging
@@ -27,6 +31,26 @@ class CliContext:
         if self._config is None:
             self._config = load_config(self.config_file)
         return self._config
+
+    def engine(self) -> Engine:
+        """The configured database, which must have its schema (a clear error says how to make it)."""
+        engine = db.make_engine(self.config.settings.database_url)
+        if not db.has_schema(engine):
+            raise MonitorError(f"the database at {engine.url.render_as_string(hide_password=True)} has no schema "
+                               "yet; run `monitor db upgrade` first")
+        return engine
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([dhw])\s*$")
+
+
+def parse_since(text: str) -> timedelta:
+    """`30d`, `12h`, `2w` -> timedelta (the --since options)."""
+    m = _DURATION.match(text)
+    if not m:
+        raise click.BadParameter(f"{text!r}: use a number and a unit, e.g. 30d, 12h or 2w")
+    n, unit = int(m.group(1)), m.group(2)
+    return {"d": timedelta(days=n), "h": timedelta(hours=n), "w": timedelta(weeks=n)}[unit]
 
 
 pass_ctx = click.make_pass_decorator(CliContext)

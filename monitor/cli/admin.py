@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from sqlalchemy.engine import make_url
 
 from monitor import db
 
@@ -21,7 +22,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         c = ctx.config
         s = c.settings
         click.echo(f"{ctx.config_file}: OK")
-        click.echo(f"  database:    {s.database_url}")
+        click.echo(f"  database:    {make_url(s.database_url).render_as_string(hide_password=True)}")
         enabled = sum(f.enabled for f in c.feeds)
         click.echo(f"  feeds:       {len(c.feeds)} ({enabled} enabled)")
         click.echo(f"  topics:      {len(c.topics)} ({', '.join(t.id for t in c.topics) or 'none'})")

@@ -12,18 +12,11 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from monitor import db, digest, render, unsubscribe
-from monitor.errors import MonitorError
 from monitor.tables import Delivery, Subscription
 
 
 def register(main: click.Group, eval_group: click.Group) -> None:
     from monitor.cli import CliContext, pass_ctx
-
-    def engine_for(ctx: CliContext):  # type: ignore[no-untyped-def]
-        engine = db.make_engine(ctx.config.settings.database_url)
-        if not db.has_schema(engine):
-            raise MonitorError("the database has no schema yet; run `monitor db upgrade` first")
-        return engine
 
     @main.group(name="digest")
     def digest_group() -> None:
@@ -41,7 +34,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             raise click.UsageError("give exactly one of --subscriber EMAIL or --channel NAME")
         config = ctx.config
         spec = digest.find_spec(config, subscriber=subscriber, channel=channel)
-        engine = engine_for(ctx)
+        engine = ctx.engine()
         now = db.utcnow()
         with Session(engine) as s:
             content = digest.preview(s, config, spec, now)
@@ -87,7 +80,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     def digest_status(ctx: CliContext) -> None:
         """Each subscription: cadence, cursor, next digest, and whether it is unsubscribed or disabled."""
         config = ctx.config
-        engine = engine_for(ctx)
+        engine = ctx.engine()
         with db.write_transaction(engine) as s:
             digest.sync_subscriptions(s, config, db.utcnow())
         with Session(engine) as s:
@@ -106,7 +99,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     def digest_enable(ctx: CliContext, channel: str) -> None:
         """Re-enable a channel that was disabled (HTTP 410, channel_not_found...) once its URL is fixed."""
         spec = digest.find_spec(ctx.config, channel=channel)
-        with db.write_transaction(engine_for(ctx)) as s:
+        with db.write_transaction(ctx.engine()) as s:
             row = s.scalar(select(Subscription).where(Subscription.kind == spec.kind, Subscription.target == spec.target))
             if row is None or row.disabled_at is None:
                 click.echo(f"channel {channel} is not disabled")
@@ -135,7 +128,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         """List deliveries, newest first, with attempts and the last error."""
         from monitor.deliver import outbox
 
-        with Session(engine_for(ctx)) as s:
+        with Session(ctx.engine()) as s:
             rows = outbox.list_deliveries(s, failed_only=failed, limit=limit)
         if not rows:
             click.echo("no failed deliveries" if failed else "no deliveries")
@@ -159,7 +152,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         from monitor.deliver import outbox
 
         config = ctx.config
-        engine = engine_for(ctx)
+        engine = ctx.engine()
         now = db.utcnow()
         built = [] if no_build else digest.build_due_digests(engine, config, now)
         report = asyncio.run(outbox.deliver_due(engine, config, now, worker_id=f"cli-{os.getpid()}", limit=limit))

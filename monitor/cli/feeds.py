@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 
 from monitor import db, store
 from monitor.errors import ConfigError, MonitorError
@@ -24,14 +24,6 @@ def _safe(text: str | None, width: int | None = None) -> str:
     if width is not None and len(out) > width:
         out = out[: width - 1] + "…"
     return out
-
-
-def _engine(database_url: str) -> Engine:
-    engine = db.make_engine(database_url)
-    if not db.has_schema(engine):
-        raise MonitorError(f"the database at {engine.url.render_as_string(hide_password=True)} has no schema yet; "
-                           "run `monitor db upgrade` first")
-    return engine
 
 
 def _when(dt: datetime | None, now: datetime) -> str:
@@ -61,7 +53,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         if not once:
             raise click.UsageError("`monitor poll` runs one pass: add --once (use `monitor run` to keep polling)")
         config = ctx.config
-        engine = _engine(config.settings.database_url)
+        engine = ctx.engine()
         now = db.utcnow()
         with db.write_transaction(engine) as s:
             store.sync_feeds(s, config.feeds, now)
@@ -106,7 +98,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @pass_ctx
     def feeds_list(ctx: CliContext, as_json: bool) -> None:
         """Each feed's health: last status, last success, errors, next check."""
-        engine = _engine(ctx.config.settings.database_url)
+        engine = ctx.engine()
         now = db.utcnow()
         with db.write_transaction(engine) as s:
             store.sync_feeds(s, ctx.config.feeds, now)

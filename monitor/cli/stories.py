@@ -12,19 +12,12 @@ from pathlib import Path
 import click
 
 from monitor import db
+from monitor.cli import parse_since
 from monitor.config import Config, Settings
 from monitor.errors import MonitorError
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([dhw])\s*$")
 _DEFAULT_CACHE = Path("var/cache")
-
-
-def _since(text: str) -> timedelta:
-    m = _DURATION.match(text)
-    if not m:
-        raise click.BadParameter(f"{text!r}: use a number and a unit, e.g. 3d, 12h or 2w")
-    n, unit = int(m.group(1)), m.group(2)
-    return {"d": timedelta(days=n), "h": timedelta(hours=n), "w": timedelta(weeks=n)}[unit]
 
 
 def _day(text: str) -> datetime:
@@ -64,11 +57,9 @@ def register(main: click.Group, eval_group: click.Group) -> None:
 
         config: Config = ctx.config
         config.topic(topic_id)  # unknown topic -> ConfigError with the known ones
-        engine = db.make_engine(config.settings.database_url)
-        if not db.has_schema(engine):
-            raise MonitorError(f"database {config.settings.database_url!r} has no schema: run `monitor db upgrade`")
+        engine = ctx.engine()
         with Session(engine) as s:
-            views = stories.list_stories(s, topic_id, db.utcnow() - _since(since))
+            views = stories.list_stories(s, topic_id, db.utcnow() - parse_since(since))
         if not views:
             click.echo(f"{topic_id}: no stories with items in the last {since}")
             return

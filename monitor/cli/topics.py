@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -13,28 +12,11 @@ import numpy as np
 from sqlalchemy import delete, func, select
 
 from monitor import db, embed, match, topic_eval
-from monitor.config import Config, TopicConfig, load_config
+from monitor.cli import parse_since
+from monitor.config import TopicConfig, load_config
 from monitor.errors import ConfigError, MonitorError
 from monitor.records import ItemRecord
 from monitor.tables import Feed, Item, ItemVector
-
-_DURATION = re.compile(r"^\s*(\d+)\s*([dhw])\s*$")
-
-
-def parse_since(text: str) -> timedelta:
-    """`30d`, `12h`, `2w` -> timedelta."""
-    m = _DURATION.match(text)
-    if not m:
-        raise click.BadParameter(f"{text!r}: use a number and a unit, e.g. 30d, 12h or 2w")
-    n, unit = int(m.group(1)), m.group(2)
-    return {"d": timedelta(days=n), "h": timedelta(hours=n), "w": timedelta(weeks=n)}[unit]
-
-
-def _engine(config: Config):  # type: ignore[no-untyped-def]
-    engine = db.make_engine(config.settings.database_url)
-    if not db.has_schema(engine):
-        raise MonitorError(f"database {config.settings.database_url!r} has no schema: run `monitor db upgrade`")
-    return engine
 
 
 def _record(item: Item) -> ItemRecord:
@@ -109,7 +91,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         window = parse_since(since)
         embedder = embed.load_embedder(config.settings)  # encodes the topic's own texts only
         topic_set = match.compile_topics([topic], embedder)
-        engine = _engine(config)
+        engine = ctx.engine()
         cutoff = db.naive_utc(datetime.now(UTC) - window)
         with db.session_factory(engine)() as s:
             rows = s.execute(select(Item, func.coalesce(Feed.name, Feed.title, Feed.url))
@@ -147,7 +129,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
 
         config = ctx.config
         embedder = embed.load_embedder(config.settings)
-        engine = _engine(config)
+        engine = ctx.engine()
         batch = config.settings.embedding_batch_size
         with db.session_factory(engine)() as s:
             if everything:
