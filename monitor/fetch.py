@@ -48,6 +48,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from monitor.config import Settings
 from monitor.db import utcnow
+from monitor.netguard import is_public_ip
 from monitor.records import FetchRequest, FetchResult
 
 log = logging.getLogger(__name__)
@@ -73,14 +74,9 @@ class _FetchFailed(Exception):
 
 
 def is_blocked_address(address: str) -> bool:
-    """True for addresses a feed URL may not point at unless allow_private_networks is set."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return True  # not an address we understand: refuse rather than guess
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not ip.is_global or ip.is_multicast
+    """True for addresses a feed URL may not point at unless allow_private_networks is set (the one
+    policy of monitor.netguard, shared with the webhook senders)."""
+    return not is_public_ip(address)
 
 
 class _GuardedResolver(AbstractResolver):

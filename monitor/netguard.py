@@ -17,7 +17,12 @@ class BlockedAddressError(MonitorError):
 
 
 def is_public_ip(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    """True only for a global unicast address (an IPv4-mapped IPv6 address is judged as IPv4); anything
+    that is not an address at all is not public."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_link_local or ip.is_loopback)
