@@ -28,6 +28,10 @@ import jinja2
 
 from monitor.records import DigestContent, DigestStory, DigestTopic
 
+# RFC 5322 allows 998 characters a line; with the default 78 the email package RFC 2047-encodes a long
+# unbroken List-Unsubscribe URL, which mail clients then do not recognise as a one-click link.
+_MAIL_POLICY = SMTP.clone(max_line_length=998)
+
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
 # Slack's documented limits (https://api.slack.com/reference/block-kit/blocks).
@@ -159,7 +163,7 @@ class Renderer:
         unsubscribe_url: str,
     ) -> RenderedEmail:
         parts = self.email_parts(content, cadence=cadence, unsubscribe_url=unsubscribe_url)
-        msg = EmailMessage(policy=SMTP)
+        msg = EmailMessage(policy=_MAIL_POLICY)
         msg["Message-ID"] = message_id
         msg["Date"] = format_datetime(now)
         msg["From"] = mail_from
@@ -170,7 +174,7 @@ class Renderer:
         msg["Auto-Submitted"] = "auto-generated"
         msg.set_content(parts.text, cte="quoted-printable")
         msg.add_alternative(parts.html, subtype="html", cte="quoted-printable")
-        return RenderedEmail(message=msg.as_bytes(policy=SMTP), message_id=message_id, subject=parts.subject,
+        return RenderedEmail(message=msg.as_bytes(policy=_MAIL_POLICY), message_id=message_id, subject=parts.subject,
                              html=parts.html)
 
     # --- Slack -------------------------------------------------------------------------------------------

@@ -89,6 +89,9 @@ async def test_delivered_message_is_multipart_alternative_with_one_click_unsubsc
     assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
     assert msg["List-Unsubscribe"].startswith("<https://monitor.example.org/unsubscribe/")
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # As sent on the wire: one plain <URL>, not an RFC 2047 encoded word (clients would not see the link).
+    raw_header = next(line for line in raw.split(b"\r\n") if line.lower().startswith(b"list-unsubscribe:"))
+    assert raw_header.startswith(b"List-Unsubscribe: <https://monitor.example.org/unsubscribe/") and b"=?" not in raw_header
     assert msg["To"] == "Reader 0 <ana@example.org>"
     assert "« trêve »" in msg["Subject"]  # non-ASCII survives as an encoded word
     assert b"=?utf-8?" in raw.split(b"\r\n\r\n", 1)[0].lower()
