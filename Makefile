@@ -7,8 +7,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
-# torch first, and pinned: otherwise a dependency pulls a multi-GB CUDA build.
+# torch first, and pinned: otherwise a dependency pulls a multi-GB CUDA build. This machine's pip finds the
+# CPU wheel on disk; elsewhere use e.g. TORCH_PIP="--index-url https://download.pytorch.org/whl/cpu".
 TORCH  ?= torch==2.13.0
+TORCH_PIP ?=
 CONFIG ?= feeds.toml
 
 .PHONY: run test setup setup-dev lint demo bench migration clean
@@ -17,7 +19,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.setup: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) install -q $(TORCH)
+	$(PIP) install -q $(TORCH_PIP) $(TORCH)
 	$(PIP) install -q -c constraints.txt -e .
 	touch $@
 

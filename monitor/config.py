@@ -42,6 +42,14 @@ class SmtpSettings(_Strict):
     password_env: str | None = Field(None, description="Name of the environment variable holding the SMTP password.")
     timeout_s: float = Field(30.0, gt=0, le=600, description="Per-operation timeout (must be shorter than the outbox lease).")
 
+    @model_validator(mode="after")
+    def _no_cleartext_login(self) -> SmtpSettings:
+        local = self.host in ("localhost", "127.0.0.1", "::1")
+        if self.username and self.security == "none" and not local:
+            raise ValueError(f"a login to {self.host} with security = \"none\" would send the password in clear; "
+                             "use \"starttls\" or \"tls\"")
+        return self
+
 
 class Settings(_Strict):
     database_url: str = Field(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import re
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -106,6 +107,7 @@ def append_to_config(path: Path, feeds: Sequence[OpmlFeed], source_note: str) ->
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(new)
+        shutil.copymode(path, tmp)  # mkstemp makes 0600: keep the file readable by the service as before
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -25,12 +25,14 @@ def create_app(
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok\n")
 
-    async def readyz(_: Request) -> Response:
+    # readyz and metrics query the database: plain functions, which Starlette runs in its thread pool, so
+    # a slow disk never stalls the event loop that fetches feeds.
+    def readyz(_: Request) -> Response:
         checks = readiness()
         ok = all(checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
-    async def metrics_endpoint(_: Request) -> Response:
+    def metrics_endpoint(_: Request) -> Response:
         return Response(metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
 
     routes: list[BaseRoute] = [

@@ -63,3 +63,9 @@ def test_relative_paths_follow_the_config_file_not_the_working_directory(tmp_pat
     assert s.outbox_dir == str(tmp_path / "conf" / "var" / "outbox")
     # An explicit override is the user's own path, taken as given.
     assert load_config(f, env={"MONITOR_DATABASE_URL": "sqlite:///x.db"}).settings.database_url == "sqlite:///x.db"
+
+
+def test_smtp_login_without_tls_is_refused() -> None:
+    text = '[settings.smtp]\nhost = "smtp.example.org"\nsecurity = "none"\nusername = "u"\npassword_env = "P"\n'
+    with pytest.raises(ConfigError, match="password in clear"):
+        parse_config(text, env={})
