@@ -2,9 +2,9 @@
 
     raw     the embedder encoding N stream items exactly as the pipeline does (`embed.encode_items`:
             headline and headline + teaser, batch 64), nothing else
-    ingest  replay server (HTTP on 127.0.0.1) -> poll (fetch + parse) -> store (SQLite) -> embed (batched,
-            vectors stored) -> match (the three default topics, matches stored), one transaction per batch
-            of 256 items, into a fresh database
+    ingest  replay server (HTTP on 127.0.0.1) -> the service's own pipeline.poll_feeds (fetch + parse +
+            store in SQLite) and pipeline.process_pending (embed, vectors stored; match against the three
+            default topics; stories/novelty), into a fresh database
 
 Passes alternate raw / ingest `--repeats` times (default 2) so drift on a shared machine hits both; the
 figures are medians. `ratio` = ingest items/s / raw items/s (target >= 0.8). With `--agreement` the mean
@@ -36,7 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "stream" / "items_2023_worldnews.jsonl.xz"
 DEV_ITEMS = ROOT.parent / "shared" / "data" / "topics" / "dev_items.jsonl"
 BATCH = 64
-PROCESS_BATCH = 256
 
 
 def stream_items(data: Path, n: int, per_feed: int):  # type: ignore[no-untyped-def]
@@ -59,13 +58,13 @@ def raw_pass(embedder, titles: list[str], texts: list[str]) -> float:  # type: i
     return len(texts) / (time.perf_counter() - t)
 
 
-def ingest_pass(embedder, topic_set, items, tmp: Path, settings_kw: dict) -> tuple[float, list, int, dict]:  # type: ignore[no-untyped-def]
-    """One full ingest into a fresh database; returns (items/s, the stored ItemRecords, matches, seconds
-    per step)."""
-    from sqlalchemy.orm import Session
-
-    from monitor import db, embed, match, poll, store
-    from monitor.config import FeedConfig, Settings
+def ingest_pass(embedder, topic_set, topics, items, tmp: Path, settings_kw: dict) -> tuple[float, list, int, dict]:  # type: ignore[no-untyped-def]
+    """One full ingest into a fresh database through the service's own code (`pipeline.poll_feeds` and
+    `pipeline.process_pending`: embed -> match -> stories/novelty); returns (items/s, the stored
+    ItemRecords, matches, seconds per step)."""
+    from monitor import db, pipeline
+    from monitor.clock import ManualClock
+    from monitor.config import Config, FeedConfig, Settings
     from monitor.replay import ReplayServer
 
     end = max(it.published for it in items) + timedelta(minutes=1)
@@ -75,34 +74,20 @@ def ingest_pass(embedder, topic_set, items, tmp: Path, settings_kw: dict) -> tup
     db.upgrade(engine)
     settings = Settings(database_url=f"sqlite:///{path}", allow_private_networks=True, **settings_kw)
     with ReplayServer(items, lambda: end, window=per_feed) as server:
-        feeds = [FeedConfig(url=u) for u in server.feed_urls()]
-        with Session(engine) as s, s.begin():
-            store.sync_feeds(s, feeds, end)
+        config = Config(settings=settings, feeds=[FeedConfig(url=u) for u in server.feed_urls()], topics=topics)
+        rt = pipeline.build_runtime(engine, config, embedder, ManualClock(end), topics=topic_set,
+                                    signing_key="bench")
         t = time.perf_counter()
-        report = asyncio.run(poll.poll_once(engine, settings, all_feeds=True, now=end))
-        steps = {"poll_store": time.perf_counter() - t, "embed": 0.0, "match_save": 0.0}
-        stored: list = []
-        n_matches = 0
-        while True:
-            with Session(engine, expire_on_commit=False) as s, s.begin():
-                batch = store.unprocessed_items(s, PROCESS_BATCH)
-                if not batch:
-                    break
-                t1 = time.perf_counter()
-                vectors = embed.ensure_vectors(s, embedder, batch, BATCH)
-                t2 = time.perf_counter()
-                verdicts = match.match_items(batch, vectors, topic_set)
-                n_matches += match.save_matches(s, verdicts, end)
-                store.mark_processed(s, [it.id for it in batch], end)
-                steps["embed"] += t2 - t1
-                steps["match_save"] += time.perf_counter() - t2
-            stored += batch
+        report = asyncio.run(pipeline.poll_feeds(rt, all_feeds=True))
+        t1 = time.perf_counter()
+        processed = pipeline.process_pending(rt)
         elapsed = time.perf_counter() - t
-        steps["other"] = elapsed - sum(steps.values())
+        steps = {"poll_store": t1 - t, "embed_match_stories": elapsed - (t1 - t)}
     engine.dispose()
-    if len(stored) != len(report.new_items) or not stored:
-        raise SystemExit(f"ingest stored {len(report.new_items)} items but processed {len(stored)}")
-    return len(stored) / elapsed, stored, n_matches, {k: round(v, 2) for k, v in steps.items()}
+    stored = list(report.new_items)
+    if processed.items != len(stored) or not stored:
+        raise SystemExit(f"ingest stored {len(stored)} items but processed {processed.items}")
+    return len(stored) / elapsed, stored, processed.matches, {k: round(v, 2) for k, v in steps.items()}
 
 
 def agreement(torch_embedder, onnx_embedder) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -149,7 +134,7 @@ def main() -> None:
             raws, ingests, matches, breakdown = [], [], 0, []
             records = None
             for _ in range(args.repeats):
-                rate, records, matches, steps = ingest_pass(embedder, topic_set, items, tmp, kw)
+                rate, records, matches, steps = ingest_pass(embedder, topic_set, topics, items, tmp, kw)
                 ingests.append(rate)
                 breakdown.append(steps)
                 raws.append(raw_pass(embedder, [r.title for r in records], [r.text for r in records]))
