@@ -54,8 +54,8 @@ from monitor.records import FetchRequest, FetchResult
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
-_REDIRECTS = {301, 302, 303, 307, 308}
-_PERMANENT = {301, 308}
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_PERMANENT = frozenset({301, 308})
 # Response headers feedparser uses (encoding detection, relative URIs, language).
 _PARSE_HEADERS = ("content-type", "content-location", "content-language")
 _MAX_AGE = re.compile(r"(?:^|,)\s*(?:s-)?max-age\s*=\s*\"?(\d+)", re.I)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import IO
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is a structured field.
-_STANDARD = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime", "taskName"}
+_STANDARD = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime", "taskName"}
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:

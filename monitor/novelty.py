@@ -71,16 +71,16 @@ _NUMBER_WORDS = {
 }
 _SCALES = {"thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000, "trillion": 10**12,
            "k": 1_000, "m": 1_000_000, "bn": 1_000_000_000}
-_MONTHS = ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec"]
-_DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "today", "yesterday", "tomorrow"]
+_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec")
+_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "today", "yesterday", "tomorrow")
 # Capitalised words that are not names (function words, headline verbs, time words, news jargon).
-_NOT_NAMES = set(
+_NOT_NAMES = frozenset(
     ["a", "an", "the", "and", "or", "but", "nor", "of", "in", "on", "at", "to", "for", "from", "by", "with", "without", "about", "after", "before", "as", "over", "under", "into", "onto", "up", "down", "out", "off", "than", "then", "this", "that", "these", "those", "there", "here", "he", "she", "it", "they", "we", "you", "i", "his", "her", "its", "their", "our", "your", "my", "me", "him", "them", "us", "who", "whom", "whose", "what", "which", "when", "where", "why", "how", "is", "are", "was", "were", "be", "been", "being", "am", "has", "have", "had", "do", "does", "did", "will", "would", "shall", "should", "can", "could", "may", "might", "must", "not", "no", "yes", "new", "more", "most", "less", "many", "much", "some", "any", "all", "each", "every", "other", "another", "such", "only", "just", "also", "even", "still", "again", "live", "watch", "video", "photos", "opinion", "analysis", "exclusive", "breaking", "update", "updates", "latest", "explainer", "report", "reports", "news", "says", "said", "say", "mr", "mrs", "ms", "dr", "sir", "st", "via", "per", "vs", "amid", "despite", "while", "if", "so", "week", "weekend", "day", "days", "month", "year", "years", "morning", "night", "evening", "afternoon"] + [
         "developing", "briefing", "newsletter", "podcast", "pm", "et", "gmt", "bst", "est", "edt", "utc", "read",
         "full", "article", "first", "thing", "ceo", "fm", "tv", "now", "papers", "lines", "roundup"]
 ) | set(_MONTHS) | set(_DAYS)
 # Names of news organisations: an outlet naming itself or its wire agency is not a new fact.
-_OUTLETS = set(
+_OUTLETS = frozenset(
     ["reuters", "ap", "afp", "bbc", "cnn", "nbc", "abc", "cbs", "npr", "fox", "nyt", "times", "guardian", "post", "journal", "bloomberg", "sky", "aljazeera", "jazeera", "al", "associated", "press", "agence", "france-presse", "presse", "upi", "dpa", "xinhua", "tass"]
 )
 
@@ -181,7 +181,7 @@ def _name_candidates(text: str, trust_initial: bool) -> list[tuple[str, str]]:
     return out
 
 
-_PHRASE_STOP = set(["in", "on", "at", "to", "for", "from", "by", "with", "as", "of", "and", "or", "but", "the", "a", "an", "amid", "after", "before", "into", "over", "under", "than", "that", "which", "who", "while", "during", "since", "is", "are", "was", "were", "be", "been", "has", "have", "had", "will", "would", "still"])
+_PHRASE_STOP = frozenset(["in", "on", "at", "to", "for", "from", "by", "with", "as", "of", "and", "or", "but", "the", "a", "an", "amid", "after", "before", "into", "over", "under", "than", "that", "which", "who", "while", "during", "since", "is", "are", "was", "were", "be", "been", "has", "have", "had", "will", "would", "still"])
 
 
 def _number_phrases(text: str) -> list[tuple[str, str]]:

@@ -30,7 +30,7 @@ from monitor.records import ALERT_DECISIONS, MatchedItem
 
 log = logging.getLogger(__name__)
 
-PROCESS_BATCH = 256
+PROCESS_BATCH = 1024  # items per embed+match+stories transaction: large batches pad less when encoding
 
 
 @dataclass
