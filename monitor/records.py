@@ -11,6 +11,12 @@ Decision = Literal["new_story", "update", "repeat"]
 ALERT_DECISIONS: tuple[Decision, ...] = ("new_story", "update")
 
 
+def item_text(title: str, summary: str) -> str:
+    """What gets embedded and matched: headline and teaser. Production and the evaluations use this one
+    definition, so what is measured is what runs."""
+    return f"{title}. {summary}" if summary else title
+
+
 @dataclass(frozen=True, slots=True)
 class ItemRecord:
     """A stored item as the stages after `store` see it."""
@@ -26,8 +32,7 @@ class ItemRecord:
 
     @property
     def text(self) -> str:
-        """What gets embedded and matched: headline and teaser."""
-        return f"{self.title}. {self.summary}" if self.summary else self.title
+        return item_text(self.title, self.summary)
 
 
 @dataclass(frozen=True, slots=True)

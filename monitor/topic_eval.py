@@ -14,7 +14,6 @@ distinct score, so an unseen item scoring in between is treated like the admitte
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,6 +23,8 @@ from datetime import datetime
 from monitor.config import TopicConfig
 from monitor.errors import MonitorError
 from monitor.match import KeywordGate, compile_gate, keyword_pattern
+from monitor.parse import MAX_SUMMARY_CHARS, MAX_TITLE_CHARS, clean_text
+from monitor.records import item_text
 
 
 class EvalDataError(MonitorError):
@@ -40,8 +41,7 @@ class EvalItem:
 
     @property
     def text(self) -> str:
-        """Same shape as ItemRecord.text: headline and teaser."""
-        return f"{self.title}. {self.summary}" if self.summary else self.title
+        return item_text(self.title, self.summary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +56,6 @@ class Scores:
                 "f1": round(self.f1, 4), "support": self.support}
 
 
-def clean_text(s: str | None) -> str:
-    """Feed teasers are sometimes HTML: strip tags, unescape entities, collapse whitespace."""
-    s = re.sub(r"<[^>]+>", " ", s or "")
-    return re.sub(r"\s+", " ", html.unescape(s)).strip()
-
-
 def parse_items(lines: Iterable[str], source: str = "items") -> list[EvalItem]:
     out = []
     for n, line in enumerate(lines, 1):
@@ -70,7 +64,8 @@ def parse_items(lines: Iterable[str], source: str = "items") -> list[EvalItem]:
         try:
             d = json.loads(line)
             out.append(EvalItem(id=str(d["id"]), date=str(d.get("date", "")), feed=str(d.get("feed", "")),
-                                title=clean_text(d["title"]), summary=clean_text(d.get("summary"))))
+                                title=clean_text(str(d["title"]), MAX_TITLE_CHARS),
+                                summary=clean_text(str(d.get("summary") or ""), MAX_SUMMARY_CHARS)))
         except (ValueError, KeyError, TypeError) as e:
             raise EvalDataError(f"{source}:{n}: not an item line (needs JSON with id and title): {e}") from None
     return out
