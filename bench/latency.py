@@ -20,7 +20,6 @@ import json
 import lzma
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STREAM = ROOT.parent / "shared" / "data" / "stream" / "items_2023_worldnews.jsonl.xz"
 sys.path.insert(0, str(ROOT))
 
-from monitor.receiver import CaptureReceiver, LiveFeedServer  # noqa: E402
+from monitor.receiver import CaptureReceiver, LiveFeedServer, free_port  # noqa: E402
 
 HEADLINES = [
     ("Hamas frees {n} Israeli hostages in {k}th exchange under truce", "Red Cross convoy crossed into Egypt via Rafah."),
@@ -44,12 +43,6 @@ HEADLINES = [
     ("{n} Thai nationals among hostages released by Hamas in deal number {k}", "Thailand's government confirmed the release."),
 ]
 NAMES = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -87,7 +80,7 @@ cadence = "immediate"
 
 
 def _start(config: Path, tmp: Path, tick: float) -> tuple[subprocess.Popen[bytes], int]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MONITOR_SECRET_KEY": "bench"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "monitor", "--config", str(config), "--log-level", "WARNING", "run",

@@ -85,7 +85,7 @@ class Service:
         self.engine = db.make_engine(config.settings.database_url)
         self.metrics = Metrics(self.engine, clock.now)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        self.state = _State(config_fingerprint=_fingerprint(options.config_path))
+        self.state = _State(config_fingerprint=_file_digest(options.config_path))
         # Computed once: links signed by digests and the routes that check them must use the same key.
         self.signing_key = unsubscribe.signing_key(config.settings)
         self.rt: pipeline.Runtime | None = None
@@ -216,7 +216,7 @@ class Service:
         await asyncio.to_thread(pipeline.apply_retention, self.rt)
 
     async def _config_job(self) -> None:
-        fp = _fingerprint(self.options.config_path)
+        fp = _file_digest(self.options.config_path)
         if fp == self.state.config_fingerprint:
             return
         try:
@@ -257,7 +257,7 @@ class Service:
             return False
 
 
-def _fingerprint(path: Path) -> str:
+def _file_digest(path: Path) -> str:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:

@@ -1,11 +1,15 @@
 """Regenerate the initial migration from monitor.tables (milestone 1 has no deployed databases yet, so the
 schema is one migration). Usage: python scripts/regen_migration.py"""
 
+import logging
 import tempfile
 from pathlib import Path
 
 from alembic import command
 from monitor.db import ALEMBIC_DIR, alembic_config
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+log = logging.getLogger("regen_migration")
 
 versions = ALEMBIC_DIR / "versions"
 for f in versions.glob("0001_*.py"):
@@ -14,4 +18,4 @@ with tempfile.TemporaryDirectory() as tmp:
     cfg = alembic_config(f"sqlite:///{Path(tmp) / 'empty.db'}")
     command.revision(cfg, message="initial schema", autogenerate=True, rev_id="0001")
 for f in versions.glob("0001_*.py"):
-    print(f"wrote {f}")
+    log.info("wrote %s", f)

@@ -45,3 +45,19 @@ def embedder():  # type: ignore[no-untyped-def]
 
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     return load_embedder(Settings())
+
+
+class CountingEmbedder:
+    """The real embedder, recording what gets encoded (to prove a path encodes nothing, or only once)."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner, self.model_id, self.dim, self.calls = inner, inner.model_id, inner.dim, []
+
+    def encode(self, texts):  # type: ignore[no-untyped-def]
+        self.calls.append(list(texts))
+        return self.inner.encode(texts)
+
+
+@pytest.fixture
+def counting(embedder) -> CountingEmbedder:  # type: ignore[no-untyped-def]
+    return CountingEmbedder(embedder)

@@ -51,13 +51,6 @@ def test_onnx_int8_backend_agrees_with_torch(tmp_path, embedder) -> None:  # typ
     assert np.array_equal(embed.load_embedder(settings).encode(texts), a)  # reuses the export, deterministic
 
 
-class CountingEmbedder:
-    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
-        self.inner, self.model_id, self.dim, self.calls = inner, inner.model_id, inner.dim, []
-
-    def encode(self, texts):  # type: ignore[no-untyped-def]
-        self.calls.append(list(texts))
-        return self.inner.encode(texts)
 
 
 def _items(engine, titles: list[str]) -> list[ItemRecord]:  # type: ignore[no-untyped-def]
@@ -74,9 +67,8 @@ def _items(engine, titles: list[str]) -> list[ItemRecord]:  # type: ignore[no-un
                            published_at=NOW, content_hash=r.content_hash) for r in rows]
 
 
-def test_ensure_vectors_encodes_once_in_batches_and_reuses(engine, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_ensure_vectors_encodes_once_in_batches_and_reuses(engine, counting) -> None:  # type: ignore[no-untyped-def]
     items = _items(engine, ["Hamas frees two hostages", "ICC prosecutor visits Rafah", "Storm hits coast"])
-    counting = CountingEmbedder(embedder)
     with db.write_transaction(engine) as s:
         first = embed.ensure_vectors(s, counting, items[:2], batch_size=1)
     # one batch per item (batch size 1), each encoding headline + teaser, then the headline alone
@@ -89,6 +81,6 @@ def test_ensure_vectors_encodes_once_in_batches_and_reuses(engine, embedder) -> 
     assert np.allclose(np.linalg.norm(again, axis=1), 1.0, atol=1e-5)
     with db.session_factory(engine)() as s:
         assert s.scalar(select(func.count()).select_from(ItemVector)) == 3
-        stored = embed.load_vectors(s, embedder.model_id, [items[0].id, 999])
+        stored = embed.load_vectors(s, counting.model_id, [items[0].id, 999])
         assert list(stored) == [items[0].id]
         assert embed.load_vectors(s, "other-model", [items[0].id]) == {}

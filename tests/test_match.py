@@ -115,15 +115,6 @@ def test_shipped_topics_on_unseen_headlines(shipped, embedder, headline: str, ex
     assert {m.topic_id for m in got if m.matched} == expected, [m.reason for m in got]
 
 
-class CountingEmbedder:
-    """Records what gets encoded (to prove backtests encode no item)."""
-
-    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
-        self.inner, self.model_id, self.dim, self.calls = inner, inner.model_id, inner.dim, []
-
-    def encode(self, texts):  # type: ignore[no-untyped-def]
-        self.calls.append(list(texts))
-        return self.inner.encode(texts)
 
 
 def _store(engine, titles, embedder=None):  # type: ignore[no-untyped-def]
@@ -173,13 +164,12 @@ def test_topics_test_command_prints_score_decision_reason(tmp_path, embedder, mo
     assert " no " in r.output
 
 
-def test_backtest_uses_stored_vectors_only(tmp_path, engine, embedder, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_backtest_uses_stored_vectors_only(tmp_path, engine, embedder, counting, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     items = _store(engine, ["ICC prosecutor seeks warrants for Netanyahu", "Storm hits the coast",
                             "ICC judges issue warrants for Israeli leaders"])
     with db.write_transaction(engine) as s:
         embed.ensure_vectors(s, embedder, items[:2])  # the third item has no stored vector
         assert s.scalar(select(func.count()).select_from(Item)) == 3
-    counting = CountingEmbedder(embedder)
     monkeypatch.setattr(embed, "load_embedder", lambda settings: counting)
     r = CliRunner().invoke(main, ["--config", str(_config_file(tmp_path)), "backtest", "icc-warrants", "--since", "7d"])
     assert r.exit_code == 0, r.output

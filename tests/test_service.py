@@ -7,7 +7,6 @@ from __future__ import annotations
 import email
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from monitor.receiver import CaptureReceiver, LiveFeedServer
+from monitor.receiver import CaptureReceiver, LiveFeedServer, free_port
 from monitor.tables import Delivery, Feed, Match
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +43,7 @@ class _SmtpSink:
 @pytest.fixture
 def smtp() -> Iterator[tuple[_SmtpSink, int]]:
     sink = _SmtpSink()
-    controller = Controller(sink, hostname="127.0.0.1", port=_free_port())
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
     controller.start()
     yield sink, controller.port
     controller.stop()
@@ -54,12 +53,6 @@ def smtp() -> Iterator[tuple[_SmtpSink, int]]:
 def feeds() -> Iterator[tuple[LiveFeedServer, str]]:
     with LiveFeedServer() as fs:
         yield fs, fs.url
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _toml_str(v: object) -> str:
@@ -118,7 +111,7 @@ def start_service(config: Path, tmp: Path, env_extra: dict[str, str]) -> Running
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MONITOR_SECRET_KEY": "test-key", **env_extra}
     proc = subprocess.Popen(
         [sys.executable, "-m", "monitor", "--config", str(config), "--log-format", "json", "run",
-         "--port", str(_free_port()), "--tick", "0.5", "--clock-start", CLOCK_START.strftime("%Y-%m-%dT%H:%M:%S"),
+         "--port", str(free_port()), "--tick", "0.5", "--clock-start", CLOCK_START.strftime("%Y-%m-%dT%H:%M:%S"),
          "--clock-speed", str(SPEED)],
         cwd=tmp, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
     )
