@@ -145,10 +145,8 @@ def process_pending(rt: Runtime, *, limit: int | None = None,
 
 
 def build_digests(rt: Runtime) -> list[int]:
-    now = rt.clock.now()
-    with db.write_transaction(rt.engine) as s:
-        stories.close_expired(s, now, rt.config.settings.story_window_h)
-    return digest.build_due_digests(rt.engine, rt.config, now, secret_key=rt.signing_key)
+    """Build the digests that are due (runs every tick; takes no write lock when nothing is due)."""
+    return digest.build_due_digests(rt.engine, rt.config, rt.clock.now(), secret_key=rt.signing_key)
 
 
 async def deliver(rt: Runtime, *, limit: int = 50, senders: Any = None) -> outbox.DeliveryReport:
@@ -159,10 +157,13 @@ async def deliver(rt: Runtime, *, limit: int = 50, senders: Any = None) -> outbo
     return report
 
 
-def apply_retention(rt: Runtime, now: datetime | None = None) -> int:
+def housekeeping(rt: Runtime, now: datetime | None = None) -> int:
+    """Hourly: close stories past their window (novelty already ignores them; closing keeps the set it loads
+    small) and prune items and vectors past retention. Returns the number of items pruned."""
     now = now or rt.clock.now()
     cutoff = now - timedelta(days=rt.config.settings.retention_days)
     with db.write_transaction(rt.engine) as s:
+        stories.close_expired(s, now, rt.config.settings.story_window_h)
         pruned = store.prune_items(s, cutoff)
     if pruned:
         log.info("retention pruned old items", extra={"items": pruned, "older_than": cutoff.isoformat()})

@@ -7,7 +7,7 @@ and several processes can share the work. Jobs:
 * poll      every `tick_s`: fetch due feeds -> store -> embed/match/novelty; wakes `deliver` on new alerts
 * deliver   every `tick_s`: build the digests that are due, then drain the outbox (retries included)
 * config    every 2 s: hot reload of feeds.toml (an invalid edit is logged and the last good config stays)
-* retention hourly: prune old items and vectors
+* housekeeping hourly: close stories past their window, prune old items and vectors
 
 SIGTERM/SIGINT: stop claiming new work, let running jobs finish (bounded), stop the web server, exit 0.
 """
@@ -213,7 +213,7 @@ class Service:
 
     async def _retention_job(self) -> None:
         assert self.rt is not None
-        await asyncio.to_thread(pipeline.apply_retention, self.rt)
+        await asyncio.to_thread(pipeline.housekeeping, self.rt)
 
     async def _config_job(self) -> None:
         fp = _file_digest(self.options.config_path)

@@ -14,7 +14,7 @@ from monitor import pipeline
 from monitor.clock import ManualClock
 from monitor.config import Config, FeedConfig, Settings, load_config
 from monitor.receiver import LiveFeedServer
-from monitor.tables import Alert, Item, Match
+from monitor.tables import Alert, Item, Match, Story
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2023, 11, 24, 12, 0, tzinfo=UTC)
@@ -75,3 +75,18 @@ async def test_processing_survives_other_writers(engine: Engine, embedder, tmp_p
     with Session(engine) as s:
         assert s.scalar(select(Item).where(Item.processed_at.is_(None))) is None
         assert len(s.scalars(select(Match)).all()) == report.matches
+
+
+async def test_housekeeping_closes_stories_past_their_window(engine: Engine, embedder, tmp_path: Path) -> None:
+    with LiveFeedServer() as feeds:
+        feeds.publish("f", "Hamas frees 13 Israeli hostages as Israel releases 39 Palestinian prisoners",
+                      "The first exchange under the truce.", NOW - timedelta(hours=1))
+        rt = _runtime(engine, embedder, f"{feeds.url}/f.xml", tmp_path)
+        await pipeline.poll_feeds(rt, all_feeds=True)
+    pipeline.process_pending(rt)
+    pipeline.housekeeping(rt, NOW + timedelta(hours=1))
+    with Session(engine) as s:
+        assert s.scalars(select(Story.closed)).all() == [False]
+    pipeline.housekeeping(rt, NOW + timedelta(hours=rt.config.settings.story_window_h + 1))
+    with Session(engine) as s:
+        assert s.scalars(select(Story.closed)).all() == [True]
