@@ -36,6 +36,7 @@ import defusedxml.expatreader
 import feedparser
 from defusedxml import DefusedXmlException
 
+from monitor import fastfeed
 from monitor.errors import ParseError
 from monitor.records import ParsedFeed, ParsedItem
 
@@ -76,9 +77,10 @@ _DOCTYPE_MARKERS = (b"<!DOCTYPE", b"<!doctype", "<!DOCTYPE".encode("utf-16-le"),
 
 
 def parse_feed(body: bytes, headers: Mapping[str, str] | Iterable[tuple[str, str]], *, feed_url: str,
-               now: datetime) -> ParsedFeed:
+               now: datetime, fast_path: bool = True) -> ParsedFeed:
     """Parse one feed body. Raises ParseError when the body cannot be read as RSS/Atom at all; a malformed
-    but readable feed yields its items plus a warning."""
+    but readable feed yields its items plus a warning. `fast_path=False` always uses feedparser (the
+    reference fastfeed is tested against)."""
     if not isinstance(body, bytes | bytearray | memoryview):
         raise TypeError("parse_feed needs the body as bytes")
     body = bytes(body)
@@ -89,25 +91,20 @@ def parse_feed(body: bytes, headers: Mapping[str, str] | Iterable[tuple[str, str
     # of an outlet's feeds carried the item. Relative links are resolved below instead.
     response_headers = {k.lower(): v for k, v in (headers.items() if isinstance(headers, Mapping) else headers)
                         if k.lower() != "content-location"}
-    try:
-        d = feedparser.parse(io.BytesIO(body), response_headers=response_headers,
-                             resolve_relative_uris=False, sanitize_html=False)
-    except Exception as e:  # feedparser is meant not to raise; translate if it does
-        raise ParseError(f"{feed_url}: the feed parser failed: {type(e).__name__}: {e}") from e
     warnings: list[str] = []
-    if not d.get("version") and not d.entries:
-        why = d.get("bozo_exception")
-        raise ParseError(f"{feed_url}: not an RSS or Atom feed" + (f" ({why})" if why else "")
-                         + "; check that the URL points at the feed itself, not a web page")
-    if d.get("bozo"):
-        warnings.append(f"malformed feed, read leniently: {d.get('bozo_exception')}")
-    feed = d.get("feed", {})
+    fast = fastfeed.read(body, response_headers) if fast_path else None
+    if fast is not None:  # the common shapes, read as feedparser reads them (see fastfeed)
+        feed, entries = fast.feed, fast.entries
+        if fast.warning:
+            warnings.append(f"malformed feed, read leniently: {fast.warning}")
+    else:
+        feed, entries = _feedparser(body, response_headers, feed_url, warnings)
     feed_link = _str(feed.get("link")) or None
     fallback_outlet = outlet_of(feed_link or feed_url) or outlet_of(feed_url) or "unknown"
     items: list[ParsedItem] = []
     seen: set[str] = set()
     skipped = 0
-    for entry in d.entries:
+    for entry in entries:
         item = _item(entry, feed_link or feed_url, fallback_outlet, now)
         if item is None:
             skipped += 1
@@ -122,6 +119,22 @@ def parse_feed(body: bytes, headers: Mapping[str, str] | Iterable[tuple[str, str
         warnings.append(f"{skipped} entr{'y' if skipped == 1 else 'ies'} without title or summary ignored")
     title = clean_text(_str(feed.get("title")), MAX_TITLE_CHARS) or None
     return ParsedFeed(title=title, link=feed_link, items=tuple(items), warnings=tuple(warnings))
+
+
+def _feedparser(body: bytes, response_headers: dict[str, str], feed_url: str,
+                warnings: list[str]) -> tuple[Mapping[str, Any], list[Any]]:
+    try:
+        d = feedparser.parse(io.BytesIO(body), response_headers=response_headers,
+                             resolve_relative_uris=False, sanitize_html=False)
+    except Exception as e:  # feedparser is meant not to raise; translate if it does
+        raise ParseError(f"{feed_url}: the feed parser failed: {type(e).__name__}: {e}") from e
+    if not d.get("version") and not d.entries:
+        why = d.get("bozo_exception")
+        raise ParseError(f"{feed_url}: not an RSS or Atom feed" + (f" ({why})" if why else "")
+                         + "; check that the URL points at the feed itself, not a web page")
+    if d.get("bozo"):
+        warnings.append(f"malformed feed, read leniently: {d.get('bozo_exception')}")
+    return d.get("feed", {}), d.entries
 
 
 def _item(entry: Any, base_url: str, fallback_outlet: str, now: datetime) -> ParsedItem | None:
