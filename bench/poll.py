@@ -4,7 +4,8 @@ Passes, each over every feed, with a fresh SQLite database per repeat:
   first      200 + parse + store (every item new)
   304        conditional GET answered 304 Not Modified
   unchanged  200 with the same body and no validators sent: recognised by sha256, not re-parsed
-Reports feeds/s (median of --repeats), peak memory (max RSS of this process), which server served (nginx from
+Reports feeds/s (median of --repeats; with --compare-feedparser also the passes with every feed read by
+feedparser instead of monitor.fastfeed, the reader before it), peak memory (max RSS of this process), which server served (nginx from
 Debian's package when /usr/sbin/nginx exists, else an aiohttp server in a separate process), and with
 `--peer rss2email` the same first and 304 passes by rss2email (`r2e run --no-send`, installed in a separate
 temporary venv) and our ratios to it.
@@ -154,7 +155,8 @@ def _wait_port(port: int, timeout: float = 20) -> None:
     raise SystemExit(f"bench server did not start on port {port}")
 
 
-async def run_ours(urls: list[str], concurrency: int, executor: Executor | None, workdir: Path) -> dict[str, float]:
+async def run_ours(urls: list[str], concurrency: int, executor: Executor | None, workdir: Path,
+                   fast_reader: bool = True) -> dict[str, float]:
     from monitor import db, store
     from monitor.config import FeedConfig, Settings
     from monitor.poll import poll_once
@@ -162,7 +164,8 @@ async def run_ours(urls: list[str], concurrency: int, executor: Executor | None,
 
     dbfile = workdir / f"bench-{time.time_ns()}.db"
     settings = Settings(database_url=f"sqlite:///{dbfile}", allow_private_networks=True, retention_days=100_000,
-                        max_concurrency=concurrency, per_host_concurrency=concurrency, fetch_timeout_s=60)
+                        max_concurrency=concurrency, per_host_concurrency=concurrency, fetch_timeout_s=60,
+                        fast_feed_reader=fast_reader)
     engine = db.make_engine(settings.database_url)
     db.upgrade(engine)
     now = datetime.now(UTC)
@@ -266,6 +269,8 @@ def main() -> None:
     ap.add_argument("--parse-procs", type=int, default=0,
                     help="parse in monitor.poll.parse_pool(N) (0: inline on the event loop, poll_once's default)")
     ap.add_argument("--peer", choices=["rss2email"], default=None)
+    ap.add_argument("--compare-feedparser", action="store_true",
+                    help="also run the passes with fast_feed_reader = false (every feed through feedparser)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     logging.basicConfig(level=logging.ERROR)  # per-feed warnings would swamp the output
@@ -289,10 +294,12 @@ def main() -> None:
 
     executor = parse_pool(args.parse_procs) if args.parse_procs else None
     try:
-        runs, baselines = [], []
-        for _ in range(args.repeats):  # interleaved, so both see the same machine load
+        runs, baselines, fp_runs = [], [], []
+        for _ in range(args.repeats):  # interleaved, so all see the same machine load
             baselines.append(asyncio.run(transport_baseline(urls, args.concurrency)))
             runs.append(asyncio.run(run_ours(urls, args.concurrency, executor, workdir)))
+            if args.compare_feedparser:
+                fp_runs.append(asyncio.run(run_ours(urls, args.concurrency, executor, workdir, fast_reader=False)))
         peer = None
         if args.peer == "rss2email":
             r2e = rss2email_venv()
@@ -320,9 +327,14 @@ def main() -> None:
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "runs": [{k: round(v, 1) for k, v in r.items()} for r in runs],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_scope": "this process" + (" (parse-pool workers not included)" if args.parse_procs else ""),
         "targets": {"not_modified_pass_feeds_per_s": 2500, "unchanged_pass_feeds_per_s": 2000,
                     "first_pass_vs_rss2email": 5.0},
     }
+    if fp_runs:
+        result["feedparser_only"] = {"first_pass_feeds_per_s": med("first", fp_runs),
+                                     "runs": [round(r["first"], 1) for r in fp_runs]}
+        result["first_pass_vs_feedparser_only"] = round(med("first") / med("first", fp_runs), 2)
     if peer is not None:
         result["rss2email"] = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in peer.items()}
         if peer.get("available"):

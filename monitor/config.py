@@ -60,6 +60,7 @@ class Settings(_Strict):
     allow_private_networks: bool = Field(False, description="Allow feed/webhook URLs that resolve to private, loopback or link-local addresses.")
     fetch_timeout_s: float = Field(30.0, gt=0, le=600, description="Total deadline for one feed fetch (connect + all bytes).")
     max_feed_bytes: int = Field(5_000_000, ge=1024, description="Largest feed body accepted, measured after decompression.")
+    fast_feed_reader: bool = Field(True, description="Read plain RSS 2.0/Atom feeds with the built-in expat reader, which gives what feedparser gives about 10x faster and hands every other feed to feedparser; `false` sends every feed to feedparser.")
     max_concurrency: int = Field(64, ge=1, le=1024, description="Feeds fetched at once.")
     per_host_concurrency: int = Field(4, ge=1, le=64, description="Feeds fetched at once from one host.")
     min_interval_s: int = Field(120, ge=1, description="Shortest adaptive polling interval.")

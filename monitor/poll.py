@@ -110,11 +110,12 @@ async def poll_once(
         if result.status == "ok":
             at = fixed_now or result.fetched_at
             try:
+                parse = partial(parse_feed, result.body, result.headers, feed_url=req.url, now=at,
+                                fast_path=settings.fast_feed_reader)
                 if parse_executor is None:  # inline: parser threads would starve the loop's I/O of the GIL
-                    parsed = parse_feed(result.body, result.headers, feed_url=req.url, now=at)
+                    parsed = parse()
                 else:
-                    parsed = await asyncio.get_running_loop().run_in_executor(
-                        parse_executor, partial(parse_feed, result.body, result.headers, feed_url=req.url, now=at))
+                    parsed = await asyncio.get_running_loop().run_in_executor(parse_executor, parse)
             except ParseError as e:
                 result = dataclasses.replace(result, status="error", error=str(e), error_kind="parse", body=b"")
             except Exception as e:  # a parser bug must not stop the pass

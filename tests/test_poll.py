@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from feedserver import FeedServer, rss
 from sqlalchemy import Engine, func, select
 
-from monitor import db, store
+from monitor import db, fastfeed, store
 from monitor.config import FeedConfig, Settings
 from monitor.poll import poll_once
 from monitor.tables import Feed, Item
@@ -166,3 +166,38 @@ async def test_parsing_in_a_process_pool(engine: Engine, feed_server: FeedServer
     finally:
         pool.shutdown()
     assert r.totals == {"polled": 2, "new_items": 3, "not_modified": 0, "errors": 1}
+
+
+ATOM = (b'<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom"><title>Atom News</title>'
+        b'<link href="https://atom.example.org/"/><id>urn:x</id><updated>2024-05-01T09:00:00Z</updated>'
+        b'<entry><title type="html">Talks &lt;b&gt;resume&lt;/b&gt; in Doha</title><id>urn:1</id>'
+        b'<link rel="alternate" href="https://atom.example.org/1?utm_source=x"/><published>2024-05-01T08:00:00Z'
+        b'</published><author><name>A. Writer</name><email>a@atom.example.org</email></author>'
+        b'<summary>Mediators met on Tuesday.</summary><content type="html">&lt;p&gt;Long text&lt;/p&gt;</content>'
+        b'</entry><entry><title>No link here</title><id>https://atom.example.org/2</id>'
+        b'<updated>2024-05-01T07:00:00+02:00</updated><content type="text">Only content</content></entry></feed>')
+
+
+async def test_fast_reader_and_feedparser_store_the_same_items(tmp_path, feed_server: FeedServer) -> None:
+    """fast_feed_reader = false (every feed through feedparser) is a supported setting; both readers must
+    store identical items from the same responses."""
+    feed_server.route("/r.xml", body=feed(["1", "2", "3"]), headers={"Content-Type": "application/rss+xml"})
+    feed_server.route("/a.xml", body=ATOM, headers={"Content-Type": "application/atom+xml"})
+    urls = [feed_server.url("/r.xml"), feed_server.url("/a.xml")]
+    assert fastfeed.read(ATOM, {"content-type": "application/atom+xml"}) is not None  # both shapes take the
+    assert fastfeed.read(feed(["1"]), {"content-type": "application/rss+xml"}) is not None  # fast path
+    stored = []
+    for fast in (True, False):
+        eng = db.make_engine(f"sqlite:///{tmp_path / f'fast-{fast}.db'}")
+        db.upgrade(eng)
+        sync(eng, urls)
+        report = await poll_once(eng, S.model_copy(update={"fast_feed_reader": fast}), now=NOW)
+        assert report.totals["errors"] == 0 and report.totals["new_items"] == 5
+        with db.session_factory(eng)() as s:
+            stored.append(sorted((i.key, i.outlet, i.title, i.summary, i.link, i.author, i.published_at)
+                                 for i in s.scalars(select(Item))))
+        eng.dispose()
+    assert stored[0] == stored[1]
+    by_title = {row[2]: row for row in stored[0]}
+    assert by_title["Talks resume in Doha"][5] == "A. Writer (a@atom.example.org)"
+    assert by_title["No link here"][4] == "https://atom.example.org/2"  # an Atom id that is a URL is the link
