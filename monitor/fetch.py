@@ -32,7 +32,6 @@ import hashlib
 import ipaddress
 import logging
 import re
-import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -43,12 +42,11 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import httpx
-from aiohttp.abc import AbstractResolver, ResolveResult
 from httpx_aiohttp import AiohttpTransport
 
 from monitor.config import Settings
 from monitor.db import utcnow
-from monitor.netguard import is_public_ip
+from monitor.netguard import GuardedResolver, PrivateAddressError, find_cause, is_public_ip
 from monitor.records import FetchRequest, FetchResult
 
 log = logging.getLogger(__name__)
@@ -62,10 +60,6 @@ _MAX_AGE = re.compile(r"(?:^|,)\s*(?:s-)?max-age\s*=\s*\"?(\d+)", re.I)
 _ACCEPT = "application/rss+xml, application/atom+xml, application/rdf+xml;q=0.9, application/xml;q=0.8, text/xml;q=0.8, */*;q=0.1"
 
 
-class PrivateAddressError(OSError):
-    """A host resolved to an address feeds may not use (private, loopback, link-local, reserved)."""
-
-
 class _FetchFailed(Exception):
     def __init__(self, kind: str, message: str, http_status: int | None = None) -> None:
         super().__init__(message)
@@ -77,23 +71,6 @@ def is_blocked_address(address: str) -> bool:
     """True for addresses a feed URL may not point at unless allow_private_networks is set (the one
     policy of monitor.netguard, shared with the webhook senders)."""
     return not is_public_ip(address)
-
-
-class _GuardedResolver(AbstractResolver):
-    """aiohttp's resolver, refusing a name if any of its addresses is private/loopback/link-local."""
-
-    def __init__(self) -> None:
-        self._inner = aiohttp.ThreadedResolver()
-
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        bad = [r["host"] for r in results if is_blocked_address(r["host"])]
-        if bad:
-            raise PrivateAddressError(f"{host} resolves to a non-public address ({', '.join(sorted(set(bad)))})")
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()
 
 
 class Fetcher:
@@ -124,7 +101,7 @@ class Fetcher:
                 limit_per_host=0,  # enforced by our own per-host semaphores
                 ttl_dns_cache=300,
                 ssl=httpx.create_ssl_context(),
-                resolver=None if self._settings.allow_private_networks else _GuardedResolver(),
+                resolver=None if self._settings.allow_private_networks else GuardedResolver(),
             )
             session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
             self._transport = AiohttpTransport(client=session)
@@ -171,7 +148,7 @@ class Fetcher:
             return failed("timeout", f"{req.url}: no complete response within {deadline:g} s (fetch_timeout_s); "
                                      "the server is too slow or stalled, it will be retried later")
         except (httpx.HTTPError, aiohttp.ClientError, OSError, ValueError) as e:
-            private = _find_cause(e, PrivateAddressError)
+            private = find_cause(e, PrivateAddressError)
             if private is not None:
                 return failed("private_address", f"{req.url}: refused: {private}; set allow_private_networks = true "
                                                  "in [settings] only if this feed is meant to be on a private network")
@@ -318,20 +295,6 @@ def _advice(status: int) -> str:
     if status >= 500:
         return "server error; it will be retried with backoff"
     return "check the feed URL in feeds.toml"
-
-
-def _find_cause(e: BaseException, kind: type[BaseException]) -> BaseException | None:
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [e]
-    while stack:
-        cur = stack.pop()
-        if cur is None or id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        if isinstance(cur, kind):
-            return cur
-        stack.extend([cur.__cause__, cur.__context__, getattr(cur, "os_error", None)])
-    return None
 
 
 def _describe(e: BaseException) -> str:

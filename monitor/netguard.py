@@ -1,13 +1,20 @@
 """Outbound address policy shared by everything that connects to a URL taken from configuration or a feed:
 private, loopback, link-local, multicast and reserved addresses are refused unless the operator allows
-private networks (`settings.allow_private_networks`). The host is resolved here and every address it
-resolves to must be public."""
+private networks (`settings.allow_private_networks`). Every address a host resolves to must be public.
+
+Two layers: `check_url` resolves up front for a clear, early error (and covers IP literals, which are never
+resolved); `GuardedResolver`, given to aiohttp's connector, checks the very answers the connection then uses,
+so a name that resolves to a public address for the check and a private one for the connection (DNS
+rebinding) is still refused. The feed fetcher and the webhook/Slack senders both connect through it."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
 from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from monitor.errors import MonitorError
 
@@ -51,3 +58,41 @@ def check_url(url: str, *, allow_private_networks: bool) -> None:
                 f"{parts.hostname} resolves to the non-public address {address}; refused "
                 "(set allow_private_networks = true in [settings] to allow it)"
             )
+
+
+class PrivateAddressError(OSError):
+    """A host resolved, at connection time, to an address that is not public (an OSError so that aiohttp
+    reports it as a connection failure, with this as the cause)."""
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's threaded resolver, refusing a name if any of its addresses is not public."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        bad = [r["host"] for r in results if not is_public_ip(r["host"])]
+        if bad:
+            raise PrivateAddressError(f"{host} resolves to a non-public address ({', '.join(sorted(set(bad)))})")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def find_cause(e: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of type `kind` among `e`, its causes and contexts (aiohttp and httpx wrap the
+    resolver's error two or three levels deep)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [e]
+    while stack:
+        cur = stack.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, kind):
+            return cur
+        stack.extend([cur.__cause__, cur.__context__, getattr(cur, "os_error", None)])
+    return None

@@ -160,6 +160,26 @@ async def test_private_addresses_are_refused_unless_allowed(tmp_path, monkeypatc
         assert d.status == "failed" and "allow_private_networks" in (d.last_error or "")
 
 
+async def test_a_name_that_rebinds_to_a_private_address_after_the_check_is_refused(tmp_path, monkeypatch, engine,
+                                                                                   world) -> None:
+    """DNS rebinding: the up-front check sees a public address, the connection would go to 127.0.0.1. The
+    connection's own resolver refuses it, so nothing reaches the private receiver."""
+    from monitor import netguard
+
+    with http_receiver() as rx:
+        config = setup(tmp_path, monkeypatch, rx.url.replace("127.0.0.1", "localhost"))
+        config = config.model_copy(update={"settings": config.settings.model_copy(update={"allow_private_networks": False})})
+        checked: list[str] = []
+        monkeypatch.setattr(netguard, "resolve", lambda host, port: checked.append(host) or ["93.184.216.34"])
+        world.new_story("i1", "icc", "ICC issues warrant")
+        digest.build_due_digests(engine, config, T0, secret_key="k")
+        report = await outbox.deliver_due(engine, config, T0, worker_id="w")
+        assert checked and report.failed == 1 and rx.requests == []
+    with Session(engine) as s:
+        d = s.scalars(select(Delivery).where(Delivery.target == "ingest")).one()
+        assert d.status == "failed" and "non-public address" in (d.last_error or "")
+
+
 async def test_an_80_story_digest_reaches_slack_as_valid_escaped_messages_one_per_second(tmp_path, monkeypatch, engine, world) -> None:
     with http_receiver() as hook, http_receiver() as slack:
         config = setup(tmp_path, monkeypatch, hook.url, slack_url=slack.url)

@@ -8,7 +8,7 @@ and generic JSON webhooks signed per Standard Webhooks (https://www.standardwebh
 Responses: 2xx success; 3xx failure (redirects are not followed); 429/503 retry after `Retry-After`;
 410 and Slack's `channel_not_found`/`channel_is_archived`/`no_service` disable the channel; other 4xx are
 permanent; 5xx, timeouts and connection errors retry. URLs to private addresses are refused unless
-`allow_private_networks`."""
+`allow_private_networks`, both before sending and by the resolver the connection uses (monitor.netguard)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import httpx
 
 from monitor.deliver import Outgoing
 from monitor.errors import ChannelGoneError, DeliveryError
-from monitor.netguard import BlockedAddressError, check_url
+from monitor.netguard import BlockedAddressError, PrivateAddressError, check_url, find_cause
 
 SIGNATURE_TOLERANCE_S = 5 * 60
 SLACK_MIN_INTERVAL_S = 1.0
@@ -114,9 +114,13 @@ class _HttpSender:
             raise DeliveryError(f"{where}: {e}", permanent=True) from e
         try:
             return await self._client.post(url, content=message.payload, headers=headers, follow_redirects=False)
-        except httpx.TimeoutException as e:
-            raise DeliveryError(f"{where}: timed out ({type(e).__name__})") from e
         except httpx.HTTPError as e:
+            private = find_cause(e, PrivateAddressError)
+            if private is not None:  # the name changed its answer between the check and the connection
+                raise DeliveryError(f"{where}: refused: {private} (set allow_private_networks = true in "
+                                    "[settings] to allow it)", permanent=True) from e
+            if isinstance(e, httpx.TimeoutException):
+                raise DeliveryError(f"{where}: timed out ({type(e).__name__})") from e
             raise DeliveryError(f"{where}: {type(e).__name__}: {e}") from e
 
     def _classify(self, message: Outgoing, response: httpx.Response, gone_bodies: frozenset[str] = frozenset()) -> str:
