@@ -151,6 +151,33 @@ async def test_two_workers_never_send_the_same_row(tmp_path, engine) -> None:
     assert sum(r.sent for r in reports) == 12
 
 
+async def test_a_long_pass_does_not_hand_out_leases_that_already_expired(tmp_path, engine) -> None:
+    """Worker A sends 5 rows one by one, 0.5 s each, with 2 s leases: its last claim is made 2 s into the pass.
+    Worker B starts then. Had A stamped that lease from its pass's start, B would see it expired and send
+    the row a second time while A is still sending it."""
+    channels = "".join(f'[[channels]]\nname = "c{i}"\nkind = "webhook"\nurl_env = "W_URL"\nsecret_env = "W_SECRET"\n\n'
+                       for i in range(5))
+    with http_receiver(delay_s=0.5) as rx:
+        os.environ["W_URL"], os.environ["W_SECRET"] = rx.url, SECRET
+        try:
+            config = make_config(tmp_path, channels)
+            World(engine).new_story("s1", "icc", "ICC ruling")
+            digest.build_due_digests(engine, config, T0, secret_key="k")
+
+            async def late_worker() -> outbox.DeliveryReport:
+                await asyncio.sleep(2.2)
+                return await outbox.deliver_due(engine, config, T0 + timedelta(seconds=2.2), worker_id="b",
+                                                concurrency=1, lease_s=2)
+
+            a, b = await asyncio.gather(
+                outbox.deliver_due(engine, config, T0, worker_id="a", concurrency=1, lease_s=2), late_worker())
+        finally:
+            del os.environ["W_URL"], os.environ["W_SECRET"]
+        ids = Counter(r.headers["webhook-id"] for r in rx.requests)
+    assert len(ids) == 5 and set(ids.values()) == {1}, ids
+    assert a.sent + b.sent == 5
+
+
 class Flaky:
     def __init__(self) -> None:
         self.calls = 0

@@ -231,8 +231,10 @@ def _record(engine: Engine, claim: _Claim, worker_id: str, now: datetime, *, out
 async def deliver_due(engine: Engine, config: Config, now: datetime, *, worker_id: str, limit: int = 50,
                       senders: Mapping[str, Sender] | None = None, concurrency: int = 4,
                       lease_s: float | None = None, rng: random.Random | None = None) -> DeliveryReport:
-    """Claim and send up to `limit` due deliveries (`concurrency` at a time). `now` stamps the database
-    (leases, backoff, attempts); the senders' timeouts are real time. Returns what happened."""
+    """Claim and send up to `limit` due deliveries (`concurrency` at a time). `now` is the pass's start on the
+    database's clock; every claim, lease and outcome is stamped `now` + the real time elapsed since, so a long
+    pass (slow SMTP, many rows) never hands out a lease that has already expired for another worker. The
+    senders' timeouts are real time. Returns what happened."""
     if senders is None:
         async with open_senders(config) as opened:
             return await deliver_due(engine, config, now, worker_id=worker_id, limit=limit, senders=opened,
@@ -242,22 +244,27 @@ async def deliver_due(engine: Engine, config: Config, now: datetime, *, worker_i
     rng = rng or random.Random()
     report = DeliveryReport()
     budget = [limit]
+    started = time.perf_counter()
+
+    def clock() -> datetime:
+        return now + timedelta(seconds=time.perf_counter() - started)
 
     async def worker() -> None:
         while budget[0] > 0:
             budget[0] -= 1
-            claim = await asyncio.to_thread(claim_one, engine, now, worker_id, lease)
+            claim = await asyncio.to_thread(claim_one, engine, clock(), worker_id, lease)
             if claim is None:
                 return
-            await _send_one(engine, claim, senders, worker_id, now, rng, report)
+            await _send_one(engine, claim, senders, worker_id, clock, rng, report)
 
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, limit)))))
     return report
 
 
-async def _send_one(engine: Engine, claim: _Claim, senders: Mapping[str, Sender], worker_id: str, now: datetime,
-                    rng: random.Random, report: DeliveryReport) -> None:
+async def _send_one(engine: Engine, claim: _Claim, senders: Mapping[str, Sender], worker_id: str,
+                    clock: Callable[[], datetime], rng: random.Random, report: DeliveryReport) -> None:
     msg = claim.message
+    now = clock()
     extra = {"delivery_id": msg.delivery_id, "channel": msg.kind, "target": msg.target, "attempt": msg.attempt}
     report.delivery_ids.append(msg.delivery_id)
     if claim.blocked is not None:
@@ -287,7 +294,7 @@ async def _send_one(engine: Engine, claim: _Claim, senders: Mapping[str, Sender]
         log.exception("sender raised an unexpected error", extra=extra)
         error = DeliveryError(f"{type(e).__name__}: {e}")
     ms = (time.perf_counter() - t0) * 1000
-
+    now = clock()
     if error is None:
         await asyncio.to_thread(_record, engine, claim, worker_id, now, outcome="sent", status="sent", code=code,
                                 error=None, duration_ms=ms)
