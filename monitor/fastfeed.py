@@ -5,25 +5,32 @@ first poll that is ~3-4 ms of CPU per 20-item feed, the bound on the first pass 
 drives the same expat directly and reproduces what feedparser 6.0.x (pinned) returns for the fields
 `parse.py` reads - feed title and link; per entry title, summary, link, id, author and the published /
 updated / created dates - with feedparser's own helpers for the parts that are easy to get subtly wrong
-(`_parse_date`, `_urljoin`, the cp1252 table, the Content-Type parsing).
+(`convert_to_utf8`, `_parse_date`, `_urljoin`, the cp1252 table).
 
 It is deliberately a *subset* reader. `read` returns None, and `parse.py` falls back to feedparser, for
 anything outside the shapes it reproduces exactly:
-* an encoding other than UTF-8 (or another encoding with a pure-ASCII body), or a BOM other than UTF-8's;
-* a DOCTYPE or ENTITY declaration, or any XML error (feedparser's lenient reader takes over);
+* a body feedparser's convert_to_utf8 cannot decode, a DOCTYPE or ENTITY declaration, or any XML error
+  (feedparser's lenient reader takes over). Decoding itself is feedparser's own convert_to_utf8, so every
+  encoding, BOM, charset rule (RFC 3023) and bozo message is exactly its;
 * a root other than <rss><channel> (no namespace) or Atom 1.0 <feed>; RSS 1.0 / RDF, Atom 0.3;
 * xml:base (or base) anywhere, CDF attributes (href, lastmod) and rdf:about on channels and items;
 * an element inside a text field (inline XHTML), a non-text content type, base64 "mode";
 * any element feedparser would map onto one of the fields above from a position this reader does not
   model (media:title, media:description, itunes:summary, dc:title nested in a media:group, <source> with
-  children, <image> inside an item, <textInput>, a second channel title, ...).
+  children, <image> inside an item, <textInput>, a second channel title, ...);
+* a namespace declared inside the document that renames an element between its start and end tags.
 Elements feedparser ignores for those fields (categories, enclosures, media:content / thumbnail / credit,
 unknown namespaced extensions such as sy:, slash:, wfw:, feedburner:) are skipped.
 
 Ordering quirks are reproduced, not tidied: a <description> that follows a summary is treated as content
 unless content came first; the first non-empty title wins (an RSS <source> resets that); a permalink guid or
 an Atom id becomes the link only when no link was set yet, while a later <link> overwrites; the last date of
-each kind wins even when it does not parse; an author with <name>/<email> is "name (email)".
+each kind wins even when it does not parse; an author with <name>/<email> is "name (email)", and an
+author element's first name/email/uri child first parses the entry's current author text ("a@b.c (Name)")
+into the detail, so `<dc:creator>a@b.c (A)</dc:creator><author><name>B</name></author>` is "B (a@b.c)".
+Element and attribute names are feedparser's: attributes by local name then by qualified name (so
+`xlink:href` is no href), elements of an unknown namespace by the first prefix declared for it anywhere
+so far (xml.sax gives feedparser no qualified names), or by their bare local name.
 
 tests/test_fastfeed.py checks, on generated documents that shuffle these elements and on the fixtures, that
 wherever this reader accepts a document the parsed items equal feedparser's, and that it accepts the
@@ -32,7 +39,7 @@ common shapes. Upgrading feedparser means re-running those tests.
 
 from __future__ import annotations
 
-import codecs
+import contextlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,7 +48,7 @@ from xml.parsers import expat
 
 from feedparser.api import StrictFeedParser
 from feedparser.datetimes import _parse_date
-from feedparser.encodings import RE_XML_PI_ENCODING, parse_content_type
+from feedparser.encodings import convert_to_utf8
 from feedparser.html import _cp1252
 from feedparser.urls import _urljoin
 
@@ -51,9 +58,9 @@ _ATOM_NS = "http://www.w3.org/2005/atom"
 _XML_NS = "http://www.w3.org/XML/1998/namespace"
 
 # Element kinds, by feedparser's key for the element ("dc_creator", "pubdate", "link", ...).
-_TITLE, _LINK, _GUID, _DESC, _SUMMARY, _CONTENT_HTML, _CONTENT = "title link guid desc summary chtml content".split()
-_PUB, _UPD, _CRE, _AUTHOR, _SOURCE, _CONTRIB, _IGNORE = "pub upd cre author source contrib ignore".split()
-_NAME, _EMAIL, _URI = "name email uri".split()
+_TITLE, _LINK, _GUID, _DESC, _SUMMARY, _CONTENT_HTML, _CONTENT = "title", "link", "guid", "desc", "summary", "chtml", "content"
+_PUB, _UPD, _CRE, _AUTHOR, _SOURCE, _CONTRIB, _IGNORE = "pub", "upd", "cre", "author", "source", "contrib", "ignore"
+_NAME, _EMAIL, _URI = "name", "email", "uri"
 
 _ENTRY_KINDS: dict[str, str] = {
     "title": _TITLE, "dc_title": _TITLE, "link": _LINK, "guid": _GUID, "id": _GUID,
@@ -68,6 +75,7 @@ _ENTRY_KINDS: dict[str, str] = {
 # Elements with a feedparser handler that never touches the fields we read (checked against its source).
 _HARMLESS = frozenset({
     "category", "dc_subject", "enclosure", "media_content", "media_thumbnail", "media_credit", "media_group",
+    "georss_point",
     "media_category", "rights", "copyright", "dc_rights",
 })
 _CHANNEL_HARMLESS = _HARMLESS | frozenset({
@@ -85,10 +93,11 @@ _RESERVED = frozenset({
 })
 _TEXT_TYPES = frozenset({"text", "html", "plain", "text/plain", "text/html"})
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
-_ASCII_COMPATIBLE = frozenset({"us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1", "windows-1252", "cp1252"})
-_UTF8 = frozenset({"utf-8", "utf8", "utf_8"})
+_FIRST_ELEMENT = re.compile(rb"<\w")  # where feedparser's replace_doctype ends the prolog
 _LINK_ENTITY = re.compile("&([A-Za-z0-9_]+);")
 _C1_CONTROLS = re.compile("[\x80-\x9f]")  # what feedparser's cp1252 table maps
+# feedparser's e-mail pattern in _sync_author_detail, verbatim
+_EMAIL_PATTERN = re.compile(r"""(([a-zA-Z0-9\_\-\.\+]+)@((\[[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.)|(([a-zA-Z0-9\-]+\.)+))([a-zA-Z]{2,4}|[0-9]{1,3})(\]?))(\?subject=\S+)?""")
 
 
 class _Decline(Exception):
@@ -106,12 +115,20 @@ class FastFeed:
 def read(body: bytes, headers: Mapping[str, str]) -> FastFeed | None:
     """Read `body` as feedparser would, or return None when it is outside the subset (see module docstring).
     `headers`: the response headers with lower-cased names, as given to feedparser."""
-    warning = _check_encoding(body, headers)
-    if warning is False:
+    # feedparser's own decoding: every encoding, BOM, Content-Type rule and bozo message, exactly. Its
+    # output (UTF-8 with a rewritten declaration) is what its expat reads, so it is what ours reads.
+    result: dict[str, Any] = {}
+    try:
+        data = convert_to_utf8(dict(headers), body, result)
+    except Exception:  # whatever feedparser makes of it is not ours to reproduce
         return None
-    head = body[:4096]
-    if b"<!" in head and (b"<!DOCTYPE" in head.upper() or b"<!ENTITY" in head.upper()):
-        return None
+    if not result.get("encoding"):
+        return None  # no encoding decoded it: feedparser's lenient reader takes over
+    exc = result.get("bozo_exception")
+    start = _FIRST_ELEMENT.search(data)
+    prolog = data[: start.start()] if start else data
+    if b"<!" in prolog and (b"<!DOCTYPE" in prolog or b"<!ENTITY" in prolog):
+        return None  # feedparser rewrites the prolog (replace_doctype)
     reader = _Reader()
     parser = expat.ParserCreate(namespace_separator=" ")
     parser.namespace_prefixes = True
@@ -121,50 +138,14 @@ def read(body: bytes, headers: Mapping[str, str]) -> FastFeed | None:
     parser.EndElementHandler = reader.end
     parser.CharacterDataHandler = reader.text
     parser.StartNamespaceDeclHandler = reader.namespace
+    parser.StartDoctypeDeclHandler = reader.doctype
     try:
-        parser.Parse(body, True)
-    except (_Decline, expat.ExpatError, ValueError, UnicodeError):
+        parser.Parse(data, True)
+    except (_Decline, expat.ExpatError, ValueError, UnicodeError, RecursionError):
         return None
     if not reader.root_ok:
         return None
-    return FastFeed(feed=reader.feed, entries=reader.entries, warning=warning or None)
-
-
-def _check_encoding(body: bytes, headers: Mapping[str, str]) -> str | bool:
-    """False when feedparser would decode `body` differently from expat reading it as declared; otherwise
-    feedparser's NonXMLContentType message ('' when none). Mirrors feedparser.encodings.convert_to_utf8."""
-    data = body[3:] if body.startswith(codecs.BOM_UTF8) else body
-    if data[:1] not in (b"<", b" ", b"\t", b"\r", b"\n"):
-        return False  # UTF-16/32 BOMs and markers, EBCDIC, garbage: feedparser's guessing applies
-    m = RE_XML_PI_ENCODING.match(data)
-    try:
-        xml_encoding = m.group(1).decode("utf-8").lower() if m else ""
-    except UnicodeDecodeError:
-        return False
-    http_type, http_encoding = parse_content_type(headers.get("content-type") or "")
-    acceptable = True
-    if http_type in ("application/xml", "application/xml-dtd", "application/xml-external-parsed-entity") or (
-            http_type.startswith("application/") and http_type.endswith("+xml")):
-        first = http_encoding or xml_encoding or "utf-8"
-    elif http_type in ("text/xml", "text/xml-external-parsed-entity") or (
-            http_type.startswith("text/") and http_type.endswith("+xml")):
-        first = http_encoding or "us-ascii"
-    elif http_type.startswith("text/"):
-        first, acceptable = http_encoding or "us-ascii", False
-    elif headers and "content-type" not in headers:
-        first, acceptable = xml_encoding or "iso-8859-1", False
-    else:
-        first, acceptable = xml_encoding or "utf-8", not headers
-    first = first.lower()
-    if data.isascii():
-        if first not in _UTF8 and first not in _ASCII_COMPATIBLE:
-            return False
-    elif not (first in _UTF8 and xml_encoding in _UTF8 | {""}):
-        return False  # expat would decode by the declaration; feedparser by the HTTP charset first
-    if headers and not acceptable:
-        ctype = headers.get("content-type")
-        return f"{ctype} is not an XML media type" if ctype is not None else "no Content-type specified"
-    return ""
+    return FastFeed(feed=reader.feed, entries=reader.entries, warning=str(exc) if exc is not None else None)
 
 
 def _finish(pieces: list[str], relative: bool = False) -> str:
@@ -175,10 +156,8 @@ def _finish(pieces: list[str], relative: bool = False) -> str:
         out = _urljoin("", out)
     if out.isascii():
         return out
-    try:
+    with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
         out = out.encode("iso-8859-1").decode("utf-8")  # feedparser undoes double-encoded UTF-8
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        pass
     return out.translate(_cp1252) if _C1_CONTROLS.search(out) else out
 
 
@@ -206,8 +185,10 @@ class _Reader:
         self.root_ok = False
         self.stack: list[_Frame] = []
         self.keys: dict[str, str] = {}
-        self.prefixes: dict[str, set[str]] = {}  # namespace URI -> prefixes declared for it ('' = default)
+        self.in_use: dict[str, str] = {}  # feedparser's namespaces_in_use: its prefix (or the document's) -> URI
         self.doc_prefix_map: dict[str, str] = {}  # document prefix -> feedparser's prefix, known namespaces
+        self.redeclared = False  # a namespace declared inside the document: keys may change between tags
+        self.names: list[str] = []  # the keys of the open elements
         self.entry: dict[str, Any] | None = None
         self.title_locked = False
         self.has_content = False
@@ -217,13 +198,22 @@ class _Reader:
     # -- names -------------------------------------------------------------------------------------------
 
     def namespace(self, prefix: str | None, uri: str) -> None:
+        """feedparser's track_namespace: its prefix map for known namespaces, its namespaces_in_use."""
         if not uri:
             return
         self.keys.clear()
-        self.prefixes.setdefault(uri, set()).add(prefix or "")
-        known = _KNOWN_NS.get(uri.lower())
-        if prefix and known is not None:
-            self.doc_prefix_map[prefix] = known
+        if self.stack:
+            self.redeclared = True
+        lower = uri.lower()
+        if "backend.userland.com/rss" in lower:
+            uri = lower = "http://backend.userland.com/rss"
+        known = _KNOWN_NS.get(lower)
+        if known is not None:
+            if prefix:
+                self.doc_prefix_map[prefix] = known
+            self.in_use[known] = uri
+        else:
+            self.in_use[prefix or ""] = uri
 
     def key(self, name: str) -> str:
         """feedparser's key for an element: 'title', 'dc_creator', 'media_content'..."""
@@ -239,36 +229,37 @@ class _Reader:
         uri, local = parts[0], parts[1].lower()
         lower = uri.lower()
         if "backend.userland.com/rss" in lower:
-            lower = "http://backend.userland.com/rss"
-        known = _KNOWN_NS.get(lower)
-        if known is not None:
-            prefix = self.doc_prefix_map.get(known, known)
-            return f"{prefix.lower()}_{local}" if prefix else local
-        # An unknown namespace: feedparser keys it by a prefix declared for it, which one depends on the order
-        # of declarations. Accept it only when no candidate key means anything to feedparser.
-        candidates = {local} if "" in self.prefixes.get(uri, {""}) else set()
-        for p in self.prefixes.get(uri, ()):
-            if p:
-                mapped = self.doc_prefix_map.get(p, p)
-                candidates.add(f"{mapped.lower()}_{local}" if mapped else local)
-        if any(_meaningful(c) for c in candidates):
-            raise _Decline(name)
-        return "unknown:" + local
+            uri = lower = "http://backend.userland.com/rss"
+        prefix = _KNOWN_NS.get(lower)
+        if prefix is None:
+            # An unknown namespace: xml.sax hands feedparser no qname, so it takes the first prefix declared
+            # for the URI anywhere so far (none when it was only ever the default namespace).
+            prefix = next((p for p, u in self.in_use.items() if p and u == uri), "")
+        if not prefix:
+            return local
+        prefix = prefix.lower()
+        mapped = self.doc_prefix_map.get(prefix, prefix)  # unknown_starttag maps it once more
+        return f"{mapped}_{local}" if mapped else local
 
     @staticmethod
     def attrs(raw: dict[str, str]) -> dict[str, str]:
-        """feedparser's attribute dict: known-namespace attributes as 'prefix:local', then every attribute
-        by its local name; names lower-cased, rel/type values lower-cased."""
+        """feedparser's attribute dict: every attribute by its local name (as 'prefix:local' with feedparser's
+        prefix for a known namespace), then by its qualified name; names lower-cased, rel/type values
+        lower-cased."""
         out: dict[str, str] = {}
         for name, value in raw.items():
-            parts = name.split(" ")
-            if len(parts) > 1:
-                prefix = _KNOWN_NS.get(parts[0].lower(), "")
-                if prefix:
-                    out[f"{prefix}:{parts[1]}".lower()] = value
+            if " " in name:
+                parts = name.split(" ")
+                known = _KNOWN_NS.get(parts[0].lower(), "")
+                out[(f"{known}:{parts[1]}" if known else parts[1]).lower()] = value
+            else:
+                out[name.lower()] = value
         for name, value in raw.items():
-            parts = name.split(" ")
-            out[(parts[1] if len(parts) > 1 else name).lower()] = value
+            if " " in name:
+                parts = name.split(" ")
+                out[(f"{parts[2]}:{parts[1]}" if len(parts) == 3 else parts[1]).lower()] = value
+            else:
+                out[name.lower()] = value
         for k in ("rel", "type"):
             if k in out:
                 out[k] = out[k].lower()
@@ -278,6 +269,9 @@ class _Reader:
 
     # -- expat handlers ----------------------------------------------------------------------------------
 
+    def doctype(self, *args: object) -> None:
+        raise _Decline("DOCTYPE")
+
     def text(self, data: str) -> None:
         if self.stack:
             pieces = self.stack[-1].pieces
@@ -286,6 +280,7 @@ class _Reader:
 
     def start(self, name: str, raw_attrs: dict[str, str]) -> None:
         key = self.key(name)
+        self.names.append(key)
         attrs = self.attrs(raw_attrs) if raw_attrs else {}
         if not self.stack:
             self._start_root(name, key, attrs)
@@ -410,6 +405,8 @@ class _Reader:
         return True
 
     def end(self, name: str) -> None:
+        if self.names.pop() != self.key(name) and self.redeclared:
+            raise _Decline("a namespace declaration renamed an open element")
         frame = self.stack.pop()
         kind = frame.kind
         if kind == _IGNORE:
@@ -423,10 +420,43 @@ class _Reader:
             self._end_in_entry(frame)
         elif parent == "author" and self.entry is not None and self.stack[-1].kind == _AUTHOR:
             assert frame.pieces is not None
+            # feedparser's _save_author: sync the entry's author from the detail *before* this value lands
+            self._sync_author()
             if kind == _URI:
                 self.detail["href"] = _finish(frame.pieces, relative=True)
             else:  # name/email: feedparser keeps the raw stripped text (expecting_text=0)
                 self.detail[kind] = "".join(frame.pieces).strip()
+
+    def _sync_author(self) -> None:
+        """feedparser's _sync_author_detail for an entry; self.detail is its authors[-1]. With an empty
+        detail it parses the entry's current author text ("a@b.c (Name)") into it, so a name or email read
+        in a later <author> combines with what an earlier author element said."""
+        entry = self.entry
+        assert entry is not None
+        detail = self.detail
+        if detail:
+            name, email = detail.get("name"), detail.get("email")
+            if name and email:
+                entry["author"] = f"{name} ({email})"
+            elif name or email:
+                entry["author"] = name or email
+            return
+        author = entry.get("author")
+        if not author:
+            return
+        match = _EMAIL_PATTERN.search(author)
+        if match:
+            email = match.group(0)
+            author = author.replace(email, "").replace("()", "").replace("<>", "").replace("&lt;&gt;", "")
+            author = author.strip()
+            if author and author[0] == "(":
+                author = author[1:]
+            if author and author[-1] == ")":
+                author = author[:-1]
+            author = author.strip()
+            detail["email"] = email
+        if author:
+            detail["name"] = author
 
     def _end_in_feed(self, frame: _Frame) -> None:
         assert frame.pieces is not None
@@ -475,11 +505,7 @@ class _Reader:
             entry["created_parsed"] = _parse_date(_finish(frame.pieces))
         elif kind == _AUTHOR:
             entry["author"] = _finish(frame.pieces)
-            name, email = self.detail.get("name"), self.detail.get("email")
-            if name and email:
-                entry["author"] = f"{name} ({email})"
-            elif name or email:
-                entry["author"] = name or email
+            self._sync_author()
 
 
 def _fix_link_entities(link: str) -> str:
