@@ -38,14 +38,16 @@ examples = ["ICC prosecutor seeks arrest warrants"]
 """
 
 
-def make_config(tmp_path: Path, extra: str = "", settings: str = "") -> Config:
-    return parse_config(config_text(tmp_path, extra, settings), "test.toml", env={})
+def make_config(tmp_path: Path, extra: str = "", settings: str = "", engine: Engine | None = None) -> Config:
+    return parse_config(config_text(tmp_path, extra, settings, engine), "test.toml", env={})
 
 
-def config_text(tmp_path: Path, extra: str = "", settings: str = "") -> str:
+def config_text(tmp_path: Path, extra: str = "", settings: str = "", engine: Engine | None = None) -> str:
+    """A config whose database is `engine`'s (the `engine` fixture's SQLite file when none is given)."""
+    url = engine.url.render_as_string(hide_password=False) if engine is not None else f"sqlite:///{tmp_path / 'monitor.db'}"
     return f"""
 [settings]
-database_url = "sqlite:///{tmp_path / 'monitor.db'}"
+database_url = "{url}"
 outbox_dir = "{tmp_path / 'outbox'}"
 base_url = "https://monitor.example.org"
 mail_from = "Monitor <alerts@monitor.example.org>"

@@ -16,6 +16,8 @@ from monitor import db, digest, render
 from monitor.records import AlertView
 from monitor.tables import Delivery, Digest, Subscription
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 SUBSCRIBERS = """
 [[subscribers]]
 email = "Ana@Example.org"
@@ -83,7 +85,7 @@ def deliveries(engine, target: str) -> list[Delivery]:  # type: ignore[no-untype
 
 
 def test_cursor_sends_each_alert_exactly_once_across_builds_and_restarts(tmp_path, engine) -> None:
-    config = make_config(tmp_path, SUBSCRIBERS)
+    config = make_config(tmp_path, SUBSCRIBERS, engine=engine)
     w = World(engine)
     w.new_story("s1", "doha-talks", "Talks resume in Doha")
     w.alert("s1", "update", what_is_new="Hamas delegation arrives", at=T0 + timedelta(minutes=5))
@@ -117,7 +119,7 @@ def test_cursor_sends_each_alert_exactly_once_across_builds_and_restarts(tmp_pat
 
 
 def test_daily_digest_waits_for_its_local_time_and_holds_everything_since_the_last(tmp_path, engine) -> None:
-    config = make_config(tmp_path, SUBSCRIBERS)
+    config = make_config(tmp_path, SUBSCRIBERS, engine=engine)
     w = World(engine)
     start = datetime(2026, 7, 1, 5, 0, tzinfo=UTC)  # 06:00 in London (BST)
     digest.build_due_digests(engine, config, start, secret_key="k")  # creates the subscriptions
@@ -141,7 +143,7 @@ def test_daily_digest_waits_for_its_local_time_and_holds_everything_since_the_la
 
 
 def test_a_failed_build_writes_nothing_and_the_next_build_sends_everything(tmp_path, engine) -> None:
-    config = make_config(tmp_path, SUBSCRIBERS)
+    config = make_config(tmp_path, SUBSCRIBERS, engine=engine)
     w = World(engine)
     w.new_story("s1", "doha-talks", "Talks resume")
 
@@ -159,7 +161,7 @@ def test_a_failed_build_writes_nothing_and_the_next_build_sends_everything(tmp_p
 
 
 def test_unsubscribed_in_the_database_stays_unsubscribed_while_still_in_feeds_toml(tmp_path, engine) -> None:
-    config = make_config(tmp_path, SUBSCRIBERS)
+    config = make_config(tmp_path, SUBSCRIBERS, engine=engine)
     World(engine).new_story("s1", "doha-talks", "Talks resume")
     with Session(engine) as s, s.begin():
         digest.sync_subscriptions(s, config, T0)
@@ -176,7 +178,7 @@ def test_a_new_subscription_starts_with_the_last_day_not_the_whole_history(tmp_p
     w = World(engine)
     w.new_story("old", "doha-talks", "Old news", at=T0 - timedelta(days=3))
     w.new_story("new", "doha-talks", "Fresh news", at=T0 - timedelta(hours=2))
-    config = make_config(tmp_path, SUBSCRIBERS)
+    config = make_config(tmp_path, SUBSCRIBERS, engine=engine)
     assert len(digest.build_due_digests(engine, config, T0, secret_key="k")) == 1
     (d,) = deliveries(engine, "ana@example.org")
     text = message_from_bytes(d.payload, policy=policy.default).get_body(("plain",)).get_content()  # type: ignore[union-attr]
@@ -196,7 +198,7 @@ kind = "webhook"
 url_env = "HOOK_URL"
 secret_env = "HOOK_SECRET"
 topics = ["icc"]
-""")
+""", engine=engine)
     w = World(engine)
     for i in range(80):
         w.new_story(f"s{i}", "doha-talks" if i % 2 else "icc", f"Story number {i} " + "x" * 100)
@@ -213,7 +215,7 @@ topics = ["icc"]
 
 
 def test_cadence_change_in_feeds_toml_reschedules(tmp_path, engine) -> None:
-    config = make_config(tmp_path, SUBSCRIBERS)
+    config = make_config(tmp_path, SUBSCRIBERS, engine=engine)
     with Session(engine) as s, s.begin():
         digest.sync_subscriptions(s, config, T0)
     changed = make_config(tmp_path, SUBSCRIBERS.replace('cadence = "daily"', 'cadence = "hourly"'))
@@ -230,7 +232,7 @@ def test_preview_names_an_unknown_subscriber_clearly(tmp_path) -> None:
 
 
 def test_a_backlog_beyond_one_digest_goes_out_on_the_next_tick_not_the_next_day(tmp_path, engine) -> None:
-    config = make_config(tmp_path, SUBSCRIBERS)
+    config = make_config(tmp_path, SUBSCRIBERS, engine=engine)
     w = World(engine)
     start = datetime(2026, 7, 1, 5, 0, tzinfo=UTC)
     digest.build_due_digests(engine, config, start, secret_key="k")

@@ -16,6 +16,7 @@ from collections import Counter
 from datetime import timedelta
 from email import message_from_bytes, policy
 
+import pytest
 from aiosmtpd.controller import Controller
 from deliveryfixtures import ROOT_DIR, T0, World, http_receiver, make_config
 from sqlalchemy import select
@@ -27,6 +28,8 @@ from monitor.db import utcnow
 from monitor.deliver import Outgoing, outbox
 from monitor.errors import DeliveryError
 from monitor.tables import Delivery, DeliveryAttempt
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 SECRET = "whsec_" + base64.b64encode(b"crash-test-secret-crash-test-sec").decode()
 
@@ -74,7 +77,7 @@ def test_sigkill_mid_batch_then_restart_loses_nothing_and_resends_with_the_same_
     try:
         with http_receiver(delay_s=0.3, on_request=on_request) as rx:
             smtp = f'[settings.smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\ntimeout_s = 5\n'
-            config = make_config(tmp_path, channels + subscribers + smtp)
+            config = make_config(tmp_path, channels + subscribers + smtp, engine=engine)
             cfg_file = tmp_path / "feeds.toml"
             cfg_file.write_text(f"""[settings]
 database_url = "{config.settings.database_url}"
@@ -139,7 +142,7 @@ async def test_two_workers_never_send_the_same_row(tmp_path, engine) -> None:
     with http_receiver(delay_s=0.05) as rx:
         os.environ["W_URL"], os.environ["W_SECRET"] = rx.url, SECRET
         try:
-            config = make_config(tmp_path, channels)
+            config = make_config(tmp_path, channels, engine=engine)
             World(engine).new_story("s1", "icc", "ICC ruling")
             digest.build_due_digests(engine, config, T0, secret_key="k")
             reports = await asyncio.gather(*(outbox.deliver_due(engine, config, T0, worker_id=f"w{i}", concurrency=3)
@@ -160,7 +163,7 @@ async def test_a_long_pass_does_not_hand_out_leases_that_already_expired(tmp_pat
     with http_receiver(delay_s=0.5) as rx:
         os.environ["W_URL"], os.environ["W_SECRET"] = rx.url, SECRET
         try:
-            config = make_config(tmp_path, channels)
+            config = make_config(tmp_path, channels, engine=engine)
             World(engine).new_story("s1", "icc", "ICC ruling")
             digest.build_due_digests(engine, config, T0, secret_key="k")
 
@@ -188,7 +191,7 @@ class Flaky:
 
 
 async def test_retries_back_off_exponentially_then_give_up_visibly(tmp_path, engine) -> None:
-    config = make_config(tmp_path, '[[subscribers]]\nemail = "a@example.org"\ncadence = "immediate"\n')
+    config = make_config(tmp_path, '[[subscribers]]\nemail = "a@example.org"\ncadence = "immediate"\n', engine=engine)
     World(engine).new_story("s1", "icc", "ICC ruling")
     digest.build_due_digests(engine, config, T0, secret_key="k")
     flaky = Flaky()
@@ -220,7 +223,7 @@ def test_backoff_has_jitter_within_bounds() -> None:
 
 
 async def test_stats_report_depth_age_and_status_counts(tmp_path, engine) -> None:
-    config = make_config(tmp_path, "".join(f'[[subscribers]]\nemail = "r{i}@example.org"\ncadence = "immediate"\n' for i in range(3)))
+    config = make_config(tmp_path, "".join(f'[[subscribers]]\nemail = "r{i}@example.org"\ncadence = "immediate"\n' for i in range(3)), engine=engine)
     World(engine).new_story("s1", "icc", "ICC ruling")
     digest.build_due_digests(engine, config, T0, secret_key="k")
     with Session(engine) as s:
@@ -233,7 +236,7 @@ async def test_stats_report_depth_age_and_status_counts(tmp_path, engine) -> Non
 
 
 async def test_unsubscribing_cancels_what_is_still_in_the_outbox(tmp_path, engine) -> None:
-    config = make_config(tmp_path, '[[subscribers]]\nemail = "a@example.org"\ncadence = "immediate"\n')
+    config = make_config(tmp_path, '[[subscribers]]\nemail = "a@example.org"\ncadence = "immediate"\n', engine=engine)
     World(engine).new_story("s1", "icc", "ICC ruling")
     digest.build_due_digests(engine, config, T0, secret_key="k")
     from monitor import unsubscribe
@@ -252,7 +255,7 @@ def test_deliver_once_cli_builds_and_sends(tmp_path, engine) -> None:
     from monitor.cli import main
     cfg = tmp_path / "feeds.toml"
     cfg.write_text(f"""[settings]
-database_url = "{engine.url}"
+database_url = "{engine.url.render_as_string(hide_password=False)}"
 outbox_dir = "{tmp_path / 'out'}"
 
 [[topics]]
@@ -282,7 +285,7 @@ cadence = "immediate"
 
 
 async def test_a_row_whose_workers_keep_dying_is_given_up_visibly(tmp_path, engine) -> None:
-    config = make_config(tmp_path, '[[subscribers]]\nemail = "a@example.org"\ncadence = "immediate"\n')
+    config = make_config(tmp_path, '[[subscribers]]\nemail = "a@example.org"\ncadence = "immediate"\n', engine=engine)
     World(engine).new_story("s1", "icc", "ICC ruling")
     digest.build_due_digests(engine, config, T0, secret_key="k")
     now = T0

@@ -7,6 +7,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
@@ -16,14 +17,16 @@ from monitor.config import Config, FeedConfig, Settings, load_config
 from monitor.receiver import LiveFeedServer
 from monitor.tables import Alert, Item, Match, Story
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2023, 11, 24, 12, 0, tzinfo=UTC)
 
 
 def _runtime(engine: Engine, embedder, feed_url: str, tmp_path: Path) -> pipeline.Runtime:  # type: ignore[no-untyped-def]
     topics = [t for t in load_config(ROOT / "feeds.toml", env={}).topics if t.id == "prisoner-exchange"]
-    config = Config(settings=Settings(database_url=str(engine.url), allow_private_networks=True,
-                                      outbox_dir=str(tmp_path / "outbox")),
+    config = Config(settings=Settings(database_url=engine.url.render_as_string(hide_password=False),
+                                      allow_private_networks=True, outbox_dir=str(tmp_path / "outbox")),
                     feeds=[FeedConfig(url=feed_url)], topics=topics)
     return pipeline.build_runtime(engine, config, embedder, ManualClock(NOW), signing_key="k")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from feedserver import FeedServer, rss
 from sqlalchemy import Engine, func, select
 
@@ -12,6 +13,8 @@ from monitor import db, fastfeed, store
 from monitor.config import FeedConfig, Settings
 from monitor.poll import poll_once
 from monitor.tables import Feed, Item
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 S = Settings(allow_private_networks=True, fetch_timeout_s=3.0)

@@ -1,16 +1,19 @@
-"""store against a real migrated SQLite database."""
+"""store against a real migrated database (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import Engine, func, select
 
 from monitor import db, store
 from monitor.config import FeedConfig
 from monitor.records import FetchResult, ParsedFeed, ParsedItem
 from monitor.tables import Feed, Item, ItemVector
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

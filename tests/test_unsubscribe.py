@@ -18,6 +18,8 @@ from starlette.testclient import TestClient
 from monitor import digest, unsubscribe
 from monitor.tables import Delivery, Subscription
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 SUBSCRIBERS = """
 [[subscribers]]
 email = "ana@example.org"
@@ -39,7 +41,7 @@ class Clock:
 
 @pytest.fixture
 def setup(tmp_path, engine):  # type: ignore[no-untyped-def]
-    config = make_config(tmp_path, SUBSCRIBERS)
+    config = make_config(tmp_path, SUBSCRIBERS, engine=engine)
     World(engine).new_story("s1", "icc", "ICC ruling")
     digest.build_due_digests(engine, config, T0, secret_key="secret-1")
     clock = Clock(T0 + timedelta(hours=1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -12,6 +13,8 @@ from sqlalchemy.orm import Session
 from monitor.metrics import Metrics
 from monitor.tables import Feed
 from monitor.web import create_app
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 NOW = datetime(2023, 11, 24, 12, 0, tzinfo=UTC)
 
