@@ -141,7 +141,9 @@ def read(body: bytes, headers: Mapping[str, str]) -> FastFeed | None:
     parser.StartDoctypeDeclHandler = reader.doctype
     try:
         parser.Parse(data, True)
-    except (_Decline, expat.ExpatError, ValueError, UnicodeError, RecursionError):
+    except (_Decline, expat.ExpatError):
+        return None
+    except Exception:  # anything unforeseen: feedparser, the reference, decides (and raises if it must)
         return None
     if not reader.root_ok:
         return None
@@ -324,7 +326,8 @@ class _Reader:
 
     def _start_in_feed(self, key: str, attrs: dict[str, str]) -> None:
         if key in ("item", "entry"):
-            if attrs.keys() & {"href", "lastmod", "rdf:about"}:
+            if attrs and (attrs.keys() & {"href", "lastmod"} or any(k.endswith(":about") for k in attrs)):
+                # feedparser takes the id from '<p>:about', p being whatever the document bound 'rdf' to
                 raise _Decline("CDF/RDF attributes on an item")
             self.entry = {}
             self.entries.append(self.entry)
