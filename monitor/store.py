@@ -249,17 +249,19 @@ def _feed_values(session: Session, o: FetchOutcome, state: FeedSchedule, new: li
     if result.ok:
         values.update(error_count=0, last_error=None, last_success_at=naive_utc(now))
         state = FeedSchedule(state.interval_s, state.publish_interval_s, state.last_new_item_at, 0)
+        # Validators longer than their column are dropped, not cut (a cut one would never match): the next
+        # fetch is simply unconditional. PostgreSQL would reject the whole write; SQLite would store them.
         if result.etag is not None or result.status == "ok":
-            values["etag"] = result.etag
+            values["etag"] = _fitting(result.etag, Feed.etag)
         if result.last_modified is not None or result.status == "ok":
-            values["last_modified"] = result.last_modified
+            values["last_modified"] = _fitting(result.last_modified, Feed.last_modified)
         if result.status == "ok" and parsed is not None:
             values["body_hash"] = result.body_hash
             if parsed.title:
                 values["title"] = parsed.title[:1024]
         if parsed is not None and parsed.warnings:
             values["last_error"] = "; ".join(parsed.warnings)[:2000]
-        if result.permanent_url and result.permanent_url != result.url:
+        if result.permanent_url and result.permanent_url != result.url and _fitting(result.permanent_url, Feed.url):
             taken = session.scalar(select(Feed.id).where(Feed.url == result.permanent_url, Feed.id != feed_id))
             if taken is None:
                 values["url"] = result.permanent_url
@@ -280,6 +282,11 @@ def _feed_values(session: Session, o: FetchOutcome, state: FeedSchedule, new: li
     when = o.next_check_at(state) if callable(o.next_check_at) else o.next_check_at
     values["next_check_at"] = naive_utc(when)
     return values
+
+
+def _fitting(value: str | None, column) -> str | None:  # type: ignore[no-untyped-def]
+    """`value` if it fits the String column, else None."""
+    return value if value is None or len(value) <= column.type.length else None
 
 
 def _group_by_keys(rows: list[dict[str, object]]) -> dict[tuple[str, ...], list[dict[str, object]]]:

@@ -75,6 +75,30 @@ async def test_one_failing_feed_does_not_stop_the_others(engine: Engine, feed_se
     assert nxt is not None and nxt > NOW
 
 
+async def test_overlong_validators_and_redirects_from_a_server_do_not_stop_the_batch(
+        engine: Engine, feed_server: FeedServer) -> None:
+    """Headers are the server's to choose: an ETag or Last-Modified longer than its column, or a permanent
+    redirect to a URL longer than a stored feed URL, must not fail the write of the whole poll batch
+    (PostgreSQL enforces VARCHAR lengths; SQLite does not). Such a validator is dropped (the next fetch is
+    unconditional) and such a move is not recorded."""
+    huge_path = "/" + "x" * 3000 + ".xml"
+    feed_server.route("/etag.xml", body=feed(["1"]), conditional=True,
+                      headers={"ETag": '"' + "e" * 2000 + '"', "Last-Modified": "Wed, 01 May 2024 10:00:00 GMT; " + "x" * 200})
+    feed_server.route(huge_path, body=feed(["2"]))
+    feed_server.redirect("/moved.xml", huge_path, 301)
+    feed_server.route("/good.xml", body=feed(["3"]))
+    sync(engine, [feed_server.url(p) for p in ("/etag.xml", "/moved.xml", "/good.xml")])
+    r = await poll_once(engine, S, now=NOW)
+    assert r.totals["new_items"] == 3 and {row.status for row in r.rows} == {"ok"}
+    health = {h.url.rsplit("/", 1)[1]: h for h in store.feed_health(db.session_factory(engine)())}
+    assert set(health) == {"etag.xml", "moved.xml", "good.xml"} and all(h.last_status == "ok" for h in health.values())
+    with db.session_factory(engine)() as s:
+        assert s.scalars(select(Feed.etag).where(Feed.url == feed_server.url("/etag.xml"))).one() is None
+    r2 = await poll_once(engine, S, now=NOW, all_feeds=True)
+    assert {row.status for row in r2.rows} == {"unchanged"}
+    assert "if-none-match" not in feed_server.requests_for("/etag.xml")[-1].headers
+
+
 async def test_unchanged_body_is_not_reparsed(engine: Engine, feed_server: FeedServer) -> None:
     feed_server.route("/u.xml", body=feed(["1"]))
     sync(engine, [feed_server.url("/u.xml")])
