@@ -16,14 +16,17 @@ anything outside the shapes it reproduces exactly:
 * xml:base (or base) anywhere, CDF attributes (href, lastmod) and rdf:about on channels and items;
 * an element inside a text field (inline XHTML), a non-text content type, base64 "mode";
 * any element feedparser would map onto one of the fields above from a position this reader does not
-  model (media:title, media:description, itunes:summary, dc:title nested in a media:group, <source> with
-  children, <image> inside an item, <textInput>, a second channel title, ...);
+  model (media:title / media:description nested in media:content or media:group, where feedparser's
+  depth bookkeeping decides; media:title in the channel; itunes:subtitle; <source> with children; <image>
+  inside an item; <textInput>; a second channel title, ...);
 * a namespace declared inside the document that renames an element between its start and end tags.
 Elements feedparser ignores for those fields (categories, enclosures, media:content / thumbnail / credit,
 unknown namespaced extensions such as sy:, slash:, wfw:, feedburner:) are skipped.
 
-Ordering quirks are reproduced, not tidied: a <description> that follows a summary is treated as content
-unless content came first; the first non-empty title wins (an RSS <source> resets that); a permalink guid or
+Ordering quirks are reproduced, not tidied: a <description> (or media:description, itunes:summary, as
+direct children of an item) that follows a summary is treated as content unless content came first; the
+first non-empty title wins (an RSS <source> resets that; a media:title sets the title when none has won yet
+but never wins itself); a permalink guid or
 an Atom id becomes the link only when no link was set yet, while a later <link> overwrites; the last date of
 each kind wins even when it does not parse; an author with <name>/<email> is "name (email)", and an
 author element's first name/email/uri child first parses the entry's current author text ("a@b.c (Name)")
@@ -60,16 +63,19 @@ _XML_NS = "http://www.w3.org/XML/1998/namespace"
 # Element kinds, by feedparser's key for the element ("dc_creator", "pubdate", "link", ...).
 _TITLE, _LINK, _GUID, _DESC, _SUMMARY, _CONTENT_HTML, _CONTENT = "title", "link", "guid", "desc", "summary", "chtml", "content"
 _PUB, _UPD, _CRE, _AUTHOR, _SOURCE, _CONTRIB, _IGNORE = "pub", "upd", "cre", "author", "source", "contrib", "ignore"
+_MEDIA_TITLE = "mtitle"
 _NAME, _EMAIL, _URI = "name", "email", "uri"
 
 _ENTRY_KINDS: dict[str, str] = {
-    "title": _TITLE, "dc_title": _TITLE, "link": _LINK, "guid": _GUID, "id": _GUID,
-    "description": _DESC, "dc_description": _DESC, "summary": _SUMMARY,
+    "title": _TITLE, "dc_title": _TITLE, "media_title": _MEDIA_TITLE, "link": _LINK, "guid": _GUID, "id": _GUID,
+    "description": _DESC, "dc_description": _DESC, "media_description": _DESC, "summary": _SUMMARY,
+    "itunes_summary": _SUMMARY,
     "content_encoded": _CONTENT_HTML, "fullitem": _CONTENT_HTML, "content": _CONTENT,
     "pubdate": _PUB, "published": _PUB, "issued": _PUB, "dcterms_issued": _PUB,
     "updated": _UPD, "modified": _UPD, "dc_date": _UPD, "dcterms_modified": _UPD, "lastbuilddate": _UPD,
     "created": _CRE, "dcterms_created": _CRE,
     "author": _AUTHOR, "dc_creator": _AUTHOR, "dc_author": _AUTHOR, "managingeditor": _AUTHOR,
+    "itunes_author": _AUTHOR,
     "source": _SOURCE, "contributor": _CONTRIB,
 }
 # Elements with a feedparser handler that never touches the fields we read (checked against its source).
@@ -372,7 +378,7 @@ class _Reader:
         if kind == _LINK:
             if self._link_start(attrs, entry):
                 frame = _Frame(_IGNORE, "nested")
-        elif kind == _TITLE:
+        elif kind in (_TITLE, _MEDIA_TITLE):
             _check_text_type(attrs, "text/plain")
         elif kind in (_DESC, _SUMMARY):
             _check_text_type(attrs, "text/html" if kind == _DESC else "text/plain")
@@ -483,6 +489,9 @@ class _Reader:
             if not self.title_locked:
                 entry["title"] = value
                 self.title_locked = bool(value)
+        elif kind == _MEDIA_TITLE:  # a title, but feedparser restores title_depth after it: it never locks
+            if not self.title_locked:
+                entry["title"] = _finish(frame.pieces)
         elif kind in (_DESC, _SUMMARY):
             value = _finish(frame.pieces)
             if frame.content_mode:

@@ -353,11 +353,9 @@ class _Doc:
             return []
         m, it = self.p["media"], self.p["itunes"]
         pool: list[Callable[[], str]] = [
-            lambda: self.el(f"{m}:title", self.text()),
-            lambda: self.el(f"{m}:description", self.text()),
-            lambda: self.el(f"{it}:summary", self.text()),
-            lambda: self.el(f"{it}:author", "Pod Caster"),
             lambda: f"<{m}:group><{m}:title>{self.text()}</{m}:title></{m}:group>",
+            lambda: f'<{m}:content url="u"><{m}:description>{self.text()}</{m}:description></{m}:content>',
+            lambda: self.el(f"{it}:subtitle", self.text()),
             lambda: '<source url="https://src.example/rss"><title>src</title></source>',
             lambda: "<summary type=\"xhtml\"><div xmlns=\"http://www.w3.org/1999/xhtml\">x <b>y</b></div></summary>",
             lambda: self.el("description", "aGVsbG8=", ' mode="base64" type="text/plain"'),
@@ -427,6 +425,15 @@ class _Doc:
             els.append(f"<{atom}:contributor>{self.author_children(f'{atom}:')}</{atom}:contributor>")
         if self.chance(0.05):
             els.append(self.el("source", self.text(), ' url="https://src.example/rss"'))
+        m, it = self.p["media"], self.p["itunes"]
+        if self.chance(0.1):
+            els.append(self.el(f"{m}:description", self.text(), self.ctype(["plain", "html"])))
+        if self.chance(0.06):
+            els.append(self.el(f"{m}:title", self.text(), self.ctype(["plain", "html"])))
+        if self.chance(0.03):
+            els.append(self.el(f"{it}:summary", self.text()))
+        if self.chance(0.03):
+            els.append(self.el(f"{it}:author", r.choice(AUTHOR_TEXTS)))
         if self.chance(0.05):
             els.append(self.el(f"{atom}:id", r.choice(GUIDS)))
         if self.chance(0.05):
@@ -826,6 +833,48 @@ ATOM = b"""<?xml version="1.0" encoding="utf-8"?>
 <updated>2024-04-30T07:00:00Z</updated><content type="html">&lt;p&gt;Crossings reopen.&lt;/p&gt;</content>
 <author><name>Ali Hassan</name></author></entry></feed>"""
 
+NYT = b"""<?xml version="1.0" encoding="UTF-8"?>
+<rss xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:atom="http://www.w3.org/2005/Atom"
+ xmlns:media="http://search.yahoo.com/mrss/" xmlns:nyt="http://www.nytimes.com/namespaces/rss/2.0" version="2.0">
+<channel><title>NYT &gt; World News</title><link>https://www.nytimes.com/section/world</link>
+<atom:link href="https://rss.nytimes.com/services/xml/rss/nyt/World.xml" rel="self" type="application/rss+xml"/>
+<description/><language>en-us</language><copyright>Copyright 2024 The New York Times Company</copyright>
+<lastBuildDate>Tue, 30 Apr 2024 10:30:02 +0000</lastBuildDate><pubDate>Tue, 30 Apr 2024 10:23:41 +0000</pubDate>
+<image><title>NYT &gt; World News</title><url>https://static01.nyt.com/images/misc/NYT_logo_rss_250x40.png</url>
+<link>https://www.nytimes.com/section/world</link></image>
+<item><title>Blinken Arrives in Saudi Arabia as Cease-Fire Talks Continue</title>
+<link>https://www.nytimes.com/2024/04/30/world/middleeast/blinken-saudi-arabia.html</link>
+<guid isPermaLink="true">https://www.nytimes.com/2024/04/30/world/middleeast/blinken-saudi-arabia.html</guid>
+<atom:link href="https://www.nytimes.com/2024/04/30/world/middleeast/blinken-saudi-arabia.html" rel="standout"/>
+<description>The secretary of state is pressing for a deal that would pause the fighting.</description>
+<dc:creator>Michael Crowley</dc:creator><pubDate>Tue, 30 Apr 2024 09:56:12 +0000</pubDate>
+<category domain="http://www.nytimes.com/namespaces/keywords/des">International Relations</category>
+<media:content height="1800" medium="image" url="https://static01.nyt.com/images/2024/04/30/x.jpg" width="1800"/>
+<media:credit>Evelyn Hockstein/Reuters</media:credit>
+<media:description>Secretary of State Antony J. Blinken in Riyadh on Monday.</media:description></item>
+</channel></rss>"""
+
+WORDPRESS = b"""<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"
+ xmlns:content="http://purl.org/rss/1.0/modules/content/" xmlns:wfw="http://wellformedweb.org/CommentAPI/"
+ xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:atom="http://www.w3.org/2005/Atom"
+ xmlns:sy="http://purl.org/rss/1.0/modules/syndication/" xmlns:slash="http://purl.org/rss/1.0/modules/slash/">
+<channel><title>Example Times</title><atom:link href="https://times.example/feed/" rel="self" type="application/rss+xml" />
+<link>https://times.example</link><description>News from the region</description>
+<lastBuildDate>Tue, 30 Apr 2024 10:00:00 +0000</lastBuildDate><language>en-US</language>
+<sy:updatePeriod>hourly</sy:updatePeriod><sy:updateFrequency>1</sy:updateFrequency>
+<generator>https://wordpress.org/?v=6.5.2</generator>
+<image><url>https://times.example/icon.png</url><title>Example Times</title><link>https://times.example</link>
+<width>32</width><height>32</height></image>
+<item><title>Port reopens after three weeks</title><link>https://times.example/2024/04/30/port/</link>
+<comments>https://times.example/2024/04/30/port/#respond</comments>
+<dc:creator><![CDATA[Staff Reporter]]></dc:creator><pubDate>Tue, 30 Apr 2024 09:00:00 +0000</pubDate>
+<category><![CDATA[Economy]]></category><category><![CDATA[Shipping]]></category>
+<guid isPermaLink="false">https://times.example/?p=12345</guid>
+<description><![CDATA[<p>The port reopened on Tuesday&#8230;</p>]]></description>
+<content:encoded><![CDATA[<p>The port reopened on Tuesday after a three-week closure.</p>]]></content:encoded>
+<wfw:commentRss>https://times.example/2024/04/30/port/feed/</wfw:commentRss><slash:comments>0</slash:comments>
+</item></channel></rss>"""
+
 RSS10 = b"""<?xml version="1.0"?><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"
  xmlns="http://purl.org/rss/1.0/"><channel rdf:about="http://rdf.example.net/"><title>RDF</title>
 <link>http://rdf.example.net/</link><description>d</description></channel>
@@ -839,7 +888,7 @@ XHTML = b"""<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org
 <entry><title>x</title><id>urn:x:1</id><content type="xhtml"><div xmlns="http://www.w3.org/1999/xhtml">
 <p>Inline <b>markup</b></p></div></content></entry></feed>"""
 
-COMMON = {"bbc": BBC, "aljazeera": ALJAZEERA, "guardian": GUARDIAN, "atom": ATOM}
+COMMON = {"bbc": BBC, "aljazeera": ALJAZEERA, "guardian": GUARDIAN, "atom": ATOM, "nyt": NYT, "wordpress": WORDPRESS}
 
 
 @pytest.mark.parametrize("name", sorted(COMMON))
