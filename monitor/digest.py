@@ -287,13 +287,17 @@ def _due_specs(engine: Engine, config: Config, specs: list[SubscriptionSpec], no
 def _build_one(engine: Engine, config: Config, spec: SubscriptionSpec, now: datetime, key: str,
                renderer: render.Renderer) -> int | None:
     with write_transaction(engine) as s:
+        # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes other writers): a second process
+        # building this subscription's digest waits here and then sees the advanced cursor, instead of
+        # reading the same cursor and sending the same alerts again.
+        row = s.scalar(select(Subscription).where(Subscription.kind == spec.kind, Subscription.target == spec.target)
+                       .with_for_update())
+        if row is None or not is_due(row, spec, now):
+            return None
         if not is_sqlite(engine):
             # Alert ids come from a sequence and may commit out of order on PostgreSQL: wait for in-flight
             # alert writers so no lower id can appear behind the cursor (SQLite serialises writers anyway).
             s.execute(text("LOCK TABLE alerts IN SHARE MODE"))
-        row = s.scalar(select(Subscription).where(Subscription.kind == spec.kind, Subscription.target == spec.target))
-        if row is None or not is_due(row, spec, now):
-            return None
         alerts = pending_alerts(s, config, spec, row.cursor_alert_id)
         if spec.cadence != "immediate" and len(alerts) < MAX_ALERTS_PER_DIGEST:
             # A full digest leaves the schedule where it is: the overflow goes out on the next tick,

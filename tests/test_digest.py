@@ -3,7 +3,9 @@ the outbox rows), topic filters, grouping, and unsubscribes overriding feeds.tom
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from datetime import UTC, datetime, time, timedelta
 from email import message_from_bytes, policy
 
@@ -103,7 +105,7 @@ def test_cursor_sends_each_alert_exactly_once_across_builds_and_restarts(tmp_pat
     assert digest.build_due_digests(engine, config, now + timedelta(minutes=1), secret_key="k") == []
 
     # A "restart": a new engine on the same file sees the cursor and sends only the new alert.
-    engine2 = db.make_engine(str(engine.url))
+    engine2 = db.make_engine(engine.url.render_as_string(hide_password=False))
     w2 = World(engine2, item_seq=w.item_seq, stories=w.stories)
     w2.alert("s1", "update", title="Ceasefire draft agreed", what_is_new="draft agreed", at=now)
     second = digest.build_due_digests(engine2, config, now + timedelta(minutes=2), secret_key="k")
@@ -116,6 +118,43 @@ def test_cursor_sends_each_alert_exactly_once_across_builds_and_restarts(tmp_pat
         rows = list(s.scalars(select(Digest).order_by(Digest.id)))
         assert [(d.from_alert_id, d.to_alert_id, d.alert_count) for d in rows] == [(0, 2, 2), (2, 4, 1)]
     engine2.dispose()
+
+
+class MeetingRenderer(render.Renderer):
+    """Renders an e-mail only once a second builder is rendering too (or `wait_s` passed): without a lock
+    on the subscription both builders would read the same cursor and write the same digest."""
+
+    def __init__(self, meeting: threading.Barrier, wait_s: float) -> None:
+        super().__init__()
+        self.meeting, self.wait_s = meeting, wait_s
+
+    def email(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        with contextlib.suppress(threading.BrokenBarrierError):
+            self.meeting.wait(self.wait_s)
+        return super().email(*args, **kwargs)
+
+
+def test_two_builders_at_once_write_each_digest_once(tmp_path, engine) -> None:
+    """Two processes' digest ticks at the same moment (several workers on one database): each alert goes
+    into one digest, whichever process builds it."""
+    config = make_config(tmp_path, SUBSCRIBERS, engine=engine)
+    World(engine).new_story("s1", "doha-talks", "Talks resume in Doha")
+    with db.write_transaction(engine) as s:
+        digest.sync_subscriptions(s, config, T0)
+    meeting = threading.Barrier(2)
+    built: list[list[int]] = []
+
+    def builder() -> None:
+        built.append(digest.build_due_digests(engine, config, T0, secret_key="k",
+                                              renderer=MeetingRenderer(meeting, wait_s=0.5)))
+
+    threads = [threading.Thread(target=builder) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(len(b) for b in built) == [0, 1]
+    assert len(deliveries(engine, "ana@example.org")) == 1
 
 
 def test_daily_digest_waits_for_its_local_time_and_holds_everything_since_the_last(tmp_path, engine) -> None:
