@@ -287,7 +287,7 @@ class _Reader:
                 pieces.append(data)
 
     def start(self, name: str, raw_attrs: dict[str, str]) -> None:
-        key = self.key(name)
+        key = self.keys.get(name) or self.key(name)
         self.names.append(key)
         attrs = self.attrs(raw_attrs) if raw_attrs else {}
         if not self.stack:
@@ -414,7 +414,8 @@ class _Reader:
         return True
 
     def end(self, name: str) -> None:
-        if self.names.pop() != self.key(name) and self.redeclared:
+        start_key = self.names.pop()
+        if self.redeclared and self.key(name) != start_key:
             raise _Decline("a namespace declaration renamed an open element")
         frame = self.stack.pop()
         kind = frame.kind
