@@ -4,12 +4,13 @@ can share one file; PostgreSQL is the scale-out target."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, func, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -91,6 +92,16 @@ def write_transaction(engine: Engine) -> Iterator[Session]:
                 session.flush()
             finally:
                 session.close()
+
+
+def serialize(session: Session, name: str) -> None:
+    """Inside a write transaction: wait until no other transaction holds the lock `name`, and hold it until
+    this one ends. For read-then-insert steps that must not interleave between processes (syncing feeds.toml,
+    a topic's novelty). PostgreSQL: a transaction-scoped advisory lock; SQLite: nothing to do, since
+    BEGIN IMMEDIATE already lets one writer in at a time."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"monitor:{name}".encode()).digest()[:8], "big", signed=True)
+        session.execute(select(func.pg_advisory_xact_lock(key)))
 
 
 def alembic_config(url: str):  # type: ignore[no-untyped-def]

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from monitor import render, unsubscribe
 from monitor.config import ChannelConfig, Config, SubscriberConfig
-from monitor.db import aware_utc, is_sqlite, naive_utc, write_transaction
+from monitor.db import aware_utc, is_sqlite, naive_utc, serialize, write_transaction
 from monitor.errors import MonitorError
 from monitor.records import ALERT_DECISIONS, AlertView, DigestContent, DigestStory, DigestTopic
 from monitor.tables import Alert, Delivery, Digest, Story, Subscription
@@ -122,6 +122,7 @@ def sync_subscriptions(session: Session, config: Config, now: datetime) -> list[
     """Create the rows of subscriptions new in feeds.toml and recompute the schedule of those whose cadence
     changed. Never touches cursors or unsubscribes. Returns the rows of the configured subscriptions."""
     specs = subscription_specs(config)
+    serialize(session, "sync_subscriptions")  # another process may be adding the same rows right now
     existing = {(r.kind, r.target): r for r in session.scalars(select(Subscription))}
     rows = []
     backfill_from: int | None = None

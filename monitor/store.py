@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from monitor.config import FeedConfig
-from monitor.db import aware_utc, naive_utc
+from monitor.db import aware_utc, naive_utc, serialize
 from monitor.records import FetchRequest, FetchResult, ItemRecord, ParsedFeed, ParsedItem
 from monitor.tables import Alert, Feed, Item, ItemVector, Match, Story
 
@@ -81,6 +81,7 @@ class FeedHealth:
 def sync_feeds(session: Session, feeds: Sequence[FeedConfig], now: datetime) -> SyncReport:
     """Make the feeds table follow feeds.toml: insert new feeds (due at once), update name/enabled/interval,
     disable feeds no longer in the file (their items and history are kept; re-adding re-enables them)."""
+    serialize(session, "sync_feeds")  # another process may be adding the same feeds right now
     existing = {f.config_url: f for f in session.scalars(select(Feed))}
     by_url = {f.url: f for f in existing.values()}
     added = updated = disabled = 0

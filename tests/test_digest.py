@@ -157,6 +157,31 @@ def test_two_builders_at_once_write_each_digest_once(tmp_path, engine) -> None:
     assert len(deliveries(engine, "ana@example.org")) == 1
 
 
+def test_two_processes_adding_the_same_subscriptions_at_once(tmp_path, engine) -> None:
+    """Workers started together (or hot-reloading the same feeds.toml edit) sync the same new subscriptions:
+    the second waits for the first and finds them, instead of failing on the unique constraint."""
+    config = make_config(tmp_path, SUBSCRIBERS, engine=engine)
+    errors: list[Exception] = []
+    second: list[int] = []
+
+    def other_process() -> None:
+        try:
+            with db.write_transaction(engine) as s:
+                second.append(len(digest.sync_subscriptions(s, config, T0)))
+        except Exception as e:
+            errors.append(e)
+
+    with db.write_transaction(engine) as s:
+        digest.sync_subscriptions(s, config, T0)
+        t = threading.Thread(target=other_process)
+        t.start()
+        t.join(0.5)
+    t.join(30)
+    assert errors == [] and second == [2]
+    with Session(engine) as s:
+        assert s.scalar(select(func.count()).select_from(Subscription)) == 2
+
+
 def test_daily_digest_waits_for_its_local_time_and_holds_everything_since_the_last(tmp_path, engine) -> None:
     config = make_config(tmp_path, SUBSCRIBERS, engine=engine)
     w = World(engine)
