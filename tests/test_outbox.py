@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from test_email import SmtpHandler, free_port
 
-from monitor import digest
+from monitor import db, digest
 from monitor.db import utcnow
 from monitor.deliver import Outgoing, outbox
 from monitor.errors import DeliveryError
@@ -152,6 +152,33 @@ async def test_two_workers_never_send_the_same_row(tmp_path, engine) -> None:
         ids = [r.headers["webhook-id"] for r in rx.requests]
     assert len(ids) == 12 and len(set(ids)) == 12
     assert sum(r.sent for r in reports) == 12
+
+
+@pytest.mark.databases("postgresql")  # SQLite has no row locks: its claims queue on BEGIN IMMEDIATE (test above)
+def test_a_row_another_worker_is_claiming_is_skipped_not_waited_for(tmp_path, engine) -> None:
+    """While another worker holds the most overdue row in its claim transaction (SELECT ... FOR UPDATE SKIP
+    LOCKED, as claim_one does), a second worker claims the next row at once instead of queueing behind it."""
+    config = make_config(tmp_path, "".join(f'[[subscribers]]\nemail = "r{i}@example.org"\ncadence = "immediate"\n'
+                                           for i in range(3)), engine=engine)
+    World(engine).new_story("s1", "icc", "ICC ruling")
+    digest.build_due_digests(engine, config, T0, secret_key="k")
+    got: list[int] = []
+
+    def second_worker() -> None:
+        claim = outbox.claim_one(engine, T0, "b", lease_s=60)
+        if claim is not None:
+            got.append(claim.message.delivery_id)
+
+    with db.write_transaction(engine) as s:
+        held = s.scalar(select(Delivery.id).where(Delivery.status == "pending").order_by(Delivery.next_attempt_at, Delivery.id)
+                        .limit(1).with_for_update(skip_locked=True))
+        t = threading.Thread(target=second_worker)
+        t.start()
+        t.join(5)
+        assert not t.is_alive() and got and got[0] != held
+    t.join(30)
+    with Session(engine) as s:
+        assert s.get_one(Delivery, held).status == "pending" and s.get_one(Delivery, got[0]).status == "sending"
 
 
 async def test_a_long_pass_does_not_hand_out_leases_that_already_expired(tmp_path, engine) -> None:

@@ -164,6 +164,28 @@ def test_claims_are_exclusive_and_leased(engine: Engine) -> None:
         assert len(store.due_feeds(s, NOW + timedelta(hours=1), 100)) == 20  # leases expired
 
 
+def test_a_claim_in_progress_is_skipped_on_postgresql_and_waited_for_on_sqlite(engine: Engine) -> None:
+    """Two pollers claim at the same moment. PostgreSQL: the second skips the rows the first has locked
+    (FOR UPDATE SKIP LOCKED) and takes the others at once, while the first is still open. SQLite: the second
+    waits for the first (BEGIN IMMEDIATE). Either way the claims are disjoint and cover every due feed."""
+    ids = setup_feeds(engine, [f"https://feeds.example.com/{i}" for i in range(20)])
+    second: list[int] = []
+
+    def other_poller() -> None:
+        with db.write_transaction(engine) as s:
+            second.extend(r.feed_id for r in store.due_feeds(s, NOW, 100))
+
+    with db.write_transaction(engine) as s:
+        first = [r.feed_id for r in store.due_feeds(s, NOW, 8)]
+        t = threading.Thread(target=other_poller)
+        t.start()
+        t.join(5 if engine.dialect.name == "postgresql" else 0.5)
+        done_while_first_open = not t.is_alive()
+    t.join(30)
+    assert len(first) == 8 and set(first).isdisjoint(second) and sorted(first + second) == ids
+    assert done_while_first_open == (engine.dialect.name == "postgresql")
+
+
 def test_record_fetch_returns_due_time_from_callable(engine: Engine) -> None:
     (fid,) = setup_feeds(engine, ["https://feeds.example.com/a"])
     seen = []
