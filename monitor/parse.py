@@ -152,11 +152,12 @@ def _item(entry: Any, base_url: str, fallback_outlet: str, now: datetime) -> Par
         title = clean_text(summary, 200)
     if summary == title:
         summary = ""
-    raw_link = _str(entry.get("link")) or None
+    # Identifiers lose control characters too (a leniently read `&#0;`): PostgreSQL text cannot hold NUL.
+    raw_link = _CONTROL.sub("", _str(entry.get("link"))) or None
     if raw_link and not raw_link.startswith(("http://", "https://")):
         raw_link = urljoin(base_url, raw_link)
     link = canonical_url(raw_link) if raw_link else None
-    guid = _str(entry.get("id")).strip() or None
+    guid = _CONTROL.sub("", _str(entry.get("id"))).strip() or None
     content_hash = text_hash(title, summary)
     # Identity: the fallback chain guid -> canonical link -> hash of title+summary (see module docstring).
     if guid:

@@ -99,6 +99,22 @@ async def test_overlong_validators_and_redirects_from_a_server_do_not_stop_the_b
     assert "if-none-match" not in feed_server.requests_for("/etag.xml")[-1].headers
 
 
+async def test_nul_characters_in_guids_and_links_do_not_stop_a_feed(engine: Engine, feed_server: FeedServer) -> None:
+    """A malformed feed read leniently can carry NUL characters (`&#0;`) into guids and links; PostgreSQL
+    text cannot hold NUL, so the feed's items would never be stored there. They are dropped at parse."""
+    body = (b'<?xml version="1.0"?><rss version="2.0"><channel><title>T</title>'
+            b'<item><title>A</title><guid>g&#0;1</guid></item>'
+            b'<item><title>B</title><link>https://www.example.com/b&#0;</link></item></channel></rss>')
+    feed_server.route("/nul.xml", body=body)
+    sync(engine, [feed_server.url("/nul.xml")])
+    r = await poll_once(engine, S, now=NOW)
+    assert r.rows[0].status == "ok" and r.totals["new_items"] == 2
+    with db.session_factory(engine)() as s:
+        stored = {i.title: (i.guid, i.link) for i in s.scalars(select(Item))}
+    assert stored["A"][0] == "g1" and stored["B"][1] == "https://www.example.com/b"
+    assert all("\x00" not in (v or "") for pair in stored.values() for v in pair)
+
+
 async def test_unchanged_body_is_not_reparsed(engine: Engine, feed_server: FeedServer) -> None:
     feed_server.route("/u.xml", body=feed(["1"]))
     sync(engine, [feed_server.url("/u.xml")])
