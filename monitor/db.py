@@ -37,6 +37,12 @@ def aware_utc(dt: datetime | None) -> datetime | None:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
+def storable_text(text: str | None) -> str | None:
+    """`text` without NUL characters, which PostgreSQL text columns refuse (the whole statement fails; SQLite
+    stores them). For text that comes from outside: error replies of receivers, feed warnings."""
+    return text.replace("\x00", "") if text else text
+
+
 def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)

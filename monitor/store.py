@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from monitor.config import FeedConfig
-from monitor.db import aware_utc, naive_utc, serialize
+from monitor.db import aware_utc, naive_utc, serialize, storable_text
 from monitor.records import FetchRequest, FetchResult, ItemRecord, ParsedFeed, ParsedItem
 from monitor.tables import Alert, Feed, Item, ItemVector, Match, Story
 
@@ -261,7 +261,7 @@ def _feed_values(session: Session, o: FetchOutcome, state: FeedSchedule, new: li
             if parsed.title:
                 values["title"] = parsed.title[:1024]
         if parsed is not None and parsed.warnings:
-            values["last_error"] = "; ".join(parsed.warnings)[:2000]
+            values["last_error"] = storable_text("; ".join(parsed.warnings)[:2000])
         if result.permanent_url and result.permanent_url != result.url and _fitting(result.permanent_url, Feed.url):
             taken = session.scalar(select(Feed.id).where(Feed.url == result.permanent_url, Feed.id != feed_id))
             if taken is None:
@@ -270,7 +270,7 @@ def _feed_values(session: Session, o: FetchOutcome, state: FeedSchedule, new: li
                                                           "new_url": result.permanent_url})
     else:
         errors = state.error_count + 1
-        values.update(error_count=errors, last_error=result.error,
+        values.update(error_count=errors, last_error=storable_text(result.error),
                       last_status="deferred" if result.status == "deferred" else f"error:{result.error_kind or 'unknown'}")
         state = FeedSchedule(state.interval_s, state.publish_interval_s, state.last_new_item_at, errors)
     if new:

@@ -241,6 +241,27 @@ async def test_retries_back_off_exponentially_then_give_up_visibly(tmp_path, eng
     assert outcomes == ["retry"] * (outbox.MAX_ATTEMPTS - 1) + ["failed"]
 
 
+async def test_a_receiver_error_body_with_nul_characters_is_recorded(tmp_path, engine) -> None:
+    """The receiver's reply goes into the recorded error; a NUL in it (a binary error page) must not make
+    the outcome unrecordable (PostgreSQL text cannot hold NUL), which would leave the row `sending`."""
+    channel = '[[channels]]\nname = "c"\nkind = "webhook"\nurl_env = "W_URL"\nsecret_env = "W_SECRET"\n'
+    with http_receiver(replies=[(500, {"content-type": "text/plain"}, b"boom\x00\x1f\x8b\x08\x00 down")]) as rx:
+        os.environ["W_URL"], os.environ["W_SECRET"] = rx.url, SECRET
+        try:
+            config = make_config(tmp_path, channel, engine=engine)
+            World(engine).new_story("s1", "icc", "ICC ruling")
+            digest.build_due_digests(engine, config, T0, secret_key="k")
+            report = await outbox.deliver_due(engine, config, T0, worker_id="w")
+        finally:
+            del os.environ["W_URL"], os.environ["W_SECRET"]
+    assert report.retried == 1
+    with Session(engine) as s:
+        d = s.scalars(select(Delivery)).one()
+        attempt = s.scalars(select(DeliveryAttempt)).one()
+    assert d.status == "pending" and "boom" in (d.last_error or "") and "down" in (d.last_error or "")
+    assert attempt.outcome == "retry" and attempt.code == "500" and "boom" in (attempt.error or "")
+
+
 def test_backoff_has_jitter_within_bounds() -> None:
     rng = random.Random(7)
     for attempt in (1, 3, 8, 20):

@@ -31,7 +31,7 @@ from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from monitor.config import ChannelConfig, Config, secret
-from monitor.db import aware_utc, is_sqlite, naive_utc, write_transaction
+from monitor.db import aware_utc, is_sqlite, naive_utc, storable_text, write_transaction
 from monitor.deliver import Outgoing, Sender
 from monitor.deliver.email import EmlFileSender, SmtpSender
 from monitor.deliver.webhook import SlackSender, WebhookSender
@@ -202,6 +202,7 @@ def _record(engine: Engine, claim: _Claim, worker_id: str, now: datetime, *, out
             code: str | None, error: str | None, duration_ms: float | None, next_attempt_at: datetime | None = None,
             disable_reason: str | None = None) -> None:
     n = naive_utc(now)
+    error, disable_reason = storable_text(error), storable_text(disable_reason)  # receivers' replies
     with write_transaction(engine) as s:
         s.execute(update(DeliveryAttempt).where(DeliveryAttempt.id == claim.attempt_id)
                   .values(outcome=outcome, code=code, error=error, duration_ms=duration_ms)
