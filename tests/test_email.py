@@ -22,6 +22,8 @@ from monitor.cli import main
 from monitor.deliver import outbox
 from monitor.tables import Delivery, DeliveryAttempt
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 
 @dataclass
 class SmtpHandler:
@@ -77,7 +79,7 @@ def parse(raw: bytes) -> EmailMessage:
 
 async def test_delivered_message_is_multipart_alternative_with_one_click_unsubscribe(tmp_path, engine, smtp) -> None:
     handler, port = smtp
-    config = make_config(tmp_path, subscribers("ana@example.org") + smtp_settings(port))
+    config = make_config(tmp_path, subscribers("ana@example.org") + smtp_settings(port), engine=engine)
     World(engine).new_story("s1", "doha-talks", "Ceasefire talks resume in Doha — « trêve »")
     digest.build_due_digests(engine, config, T0, secret_key="k")
     report = await outbox.deliver_due(engine, config, T0, worker_id="w1")
@@ -104,7 +106,7 @@ async def test_delivered_message_is_multipart_alternative_with_one_click_unsubsc
 async def test_451_then_250_is_delivered_exactly_once_with_the_same_message_id(tmp_path, engine, smtp) -> None:
     handler, port = smtp
     handler.data_replies = ["451 4.3.0 Try again later"]
-    config = make_config(tmp_path, subscribers("ana@example.org") + smtp_settings(port))
+    config = make_config(tmp_path, subscribers("ana@example.org") + smtp_settings(port), engine=engine)
     World(engine).new_story("s1", "doha-talks", "Talks resume")
     digest.build_due_digests(engine, config, T0, secret_key="k")
 
@@ -125,7 +127,8 @@ async def test_451_then_250_is_delivered_exactly_once_with_the_same_message_id(t
 async def test_550_fails_that_recipient_only(tmp_path, engine, smtp) -> None:
     handler, port = smtp
     handler.refuse["gone@example.org"] = "550 5.1.1 No such user"
-    config = make_config(tmp_path, subscribers("gone@example.org", "ana@example.org", "bo@example.org") + smtp_settings(port))
+    config = make_config(tmp_path, subscribers("gone@example.org", "ana@example.org", "bo@example.org") + smtp_settings(port),
+                         engine=engine)
     World(engine).new_story("s1", "doha-talks", "Talks resume")
     digest.build_due_digests(engine, config, T0, secret_key="k")
     report = await outbox.deliver_due(engine, config, T0, worker_id="w1")
@@ -156,7 +159,7 @@ def write_config(tmp_path, config) -> object:  # type: ignore[no-untyped-def]
 ])
 async def test_a_hostile_title_injects_no_header(tmp_path, engine, smtp, title: str) -> None:
     handler, port = smtp
-    config = make_config(tmp_path, subscribers("ana@example.org") + smtp_settings(port))
+    config = make_config(tmp_path, subscribers("ana@example.org") + smtp_settings(port), engine=engine)
     World(engine).new_story("s1", "doha-talks", title)
     digest.build_due_digests(engine, config, T0, secret_key="k")
     assert (await outbox.deliver_due(engine, config, T0, worker_id="w1")).sent == 1
@@ -171,7 +174,7 @@ async def test_a_hostile_title_injects_no_header(tmp_path, engine, smtp, title: 
 
 
 async def test_without_smtp_messages_land_as_eml_and_html_files(tmp_path, engine) -> None:
-    config = make_config(tmp_path, subscribers("ana@example.org"))
+    config = make_config(tmp_path, subscribers("ana@example.org"), engine=engine)
     World(engine).new_story("s1", "doha-talks", "Talks resume")
     digest.build_due_digests(engine, config, T0, secret_key="k")
     assert (await outbox.deliver_due(engine, config, T0, worker_id="w1")).sent == 1
@@ -220,7 +223,7 @@ async def test_starttls_and_login_with_the_password_from_the_environment(tmp_pat
     controller.start()
     try:
         config = make_config(tmp_path, subscribers("ana@example.org") + smtp_settings(port).replace(
-            'security = "none"', 'security = "starttls"\nusername = "monitor"\npassword_env = "TEST_SMTP_PASSWORD"'))
+            'security = "none"', 'security = "starttls"\nusername = "monitor"\npassword_env = "TEST_SMTP_PASSWORD"'), engine=engine)
         World(engine).new_story("s1", "doha-talks", "Talks resume")
         digest.build_due_digests(engine, config, T0, secret_key="k")
         client_ctx = ssl.create_default_context(cafile=cert)

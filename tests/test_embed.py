@@ -15,6 +15,8 @@ from monitor.errors import EmbedError
 from monitor.records import ItemRecord
 from monitor.tables import Feed, Item, ItemVector
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 NOW = datetime(2023, 11, 20, 12, 0, tzinfo=UTC)
 
 

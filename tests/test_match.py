@@ -17,6 +17,8 @@ from monitor.errors import ConfigError
 from monitor.records import ItemRecord
 from monitor.tables import Feed, Item, Match
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -146,10 +148,10 @@ def test_save_matches_stores_matched_ones_once(engine, embedder) -> None:  # typ
         assert (row.item_id, row.topic_id) == (items[0].id, "icc-warrants") and "nearest example" in row.reason
 
 
-def _config_file(tmp_path: Path, threshold: float = 0.5) -> Path:
+def _config_file(tmp_path: Path, threshold: float = 0.5, engine=None) -> Path:  # type: ignore[no-untyped-def]
+    url = engine.url.render_as_string(hide_password=False) if engine is not None else f"sqlite:///{tmp_path / 'monitor.db'}"
     p = tmp_path / "feeds.toml"
-    p.write_text(f'[settings]\ndatabase_url = "sqlite:///{tmp_path / "monitor.db"}"\n' + TOPIC
-                 + f"threshold = {threshold}\n")
+    p.write_text(f'[settings]\ndatabase_url = "{url}"\n' + TOPIC + f"threshold = {threshold}\n")
     return p
 
 
@@ -171,7 +173,7 @@ def test_backtest_uses_stored_vectors_only(tmp_path, engine, embedder, counting,
         embed.ensure_vectors(s, embedder, items[:2])  # the third item has no stored vector
         assert s.scalar(select(func.count()).select_from(Item)) == 3
     monkeypatch.setattr(embed, "load_embedder", lambda settings: counting)
-    r = CliRunner().invoke(main, ["--config", str(_config_file(tmp_path)), "backtest", "icc-warrants", "--since", "7d"])
+    r = CliRunner().invoke(main, ["--config", str(_config_file(tmp_path, engine=engine)), "backtest", "icc-warrants", "--since", "7d"])
     assert r.exit_code == 0, r.output
     assert "ICC prosecutor seeks warrants for Netanyahu" in r.output and "Example News" in r.output
     assert "ICC judges" not in r.output and "skipped 1 items without a stored vector" in r.output
@@ -179,7 +181,7 @@ def test_backtest_uses_stored_vectors_only(tmp_path, engine, embedder, counting,
     assert (NOW - timedelta(days=1)).strftime("%Y-%m-%d") in r.output.split("per day:")[1]
     encoded = [t for call in counting.calls for t in call]
     assert not any(it.title in encoded for it in items)  # only the topic's own texts were encoded
-    bad = CliRunner().invoke(main, ["--config", str(_config_file(tmp_path)), "backtest", "nope"])
+    bad = CliRunner().invoke(main, ["--config", str(_config_file(tmp_path, engine=engine)), "backtest", "nope"])
     assert bad.exit_code == 2 and "unknown topic 'nope'" in bad.output
 
 

@@ -17,6 +17,8 @@ from monitor.parse import parse_feed
 from monitor.poll import poll_once
 from monitor.replay import ATTRIBUTION, ReplayServer, load_items
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 T0 = datetime(2023, 11, 20, 0, 0, tzinfo=UTC)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "stream" / "items_2023_worldnews.jsonl.xz"
 

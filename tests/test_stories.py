@@ -20,6 +20,8 @@ from monitor.parse import text_hash
 from monitor.records import ItemRecord, MatchedItem
 from monitor.tables import Alert, Feed, Item, Story
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 T0 = datetime(2023, 11, 24, 6, 0, tzinfo=UTC)
 SETTINGS = Settings(story_window_h=72)
 

@@ -17,6 +17,8 @@ from monitor import digest, render
 from monitor.deliver import outbox, webhook
 from monitor.tables import Delivery, DeliveryAttempt, Subscription
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
 CHANNELS = """
@@ -39,11 +41,11 @@ def world(engine):  # type: ignore[no-untyped-def]
     return World(engine)
 
 
-def setup(tmp_path, monkeypatch, url: str, *, slack_url: str | None = None, settings: str = ""):  # type: ignore[no-untyped-def]
+def setup(tmp_path, monkeypatch, url: str, *, slack_url: str | None = None, settings: str = "", engine=None):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("TEST_HOOK_URL", url)
     monkeypatch.setenv("TEST_HOOK_SECRET", SECRET)
     monkeypatch.setenv("TEST_SLACK_URL", slack_url or url)
-    return make_config(tmp_path, CHANNELS, settings=settings)
+    return make_config(tmp_path, CHANNELS, settings=settings, engine=engine)
 
 
 def attempts(engine, target: str) -> list[tuple[str, str | None]]:  # type: ignore[no-untyped-def]
@@ -55,7 +57,7 @@ def attempts(engine, target: str) -> list[tuple[str, str | None]]:  # type: igno
 
 async def test_signature_verifies_and_fails_with_wrong_secret_or_stale_timestamp(tmp_path, monkeypatch, engine, world) -> None:
     with http_receiver() as rx:
-        config = setup(tmp_path, monkeypatch, rx.url)
+        config = setup(tmp_path, monkeypatch, rx.url, engine=engine)
         world.new_story("i1", "icc", "ICC issues warrant")
         digest.build_due_digests(engine, config, T0, secret_key="k")
         report = await outbox.deliver_due(engine, config, T0, worker_id="w")
@@ -83,7 +85,7 @@ async def test_signature_verifies_and_fails_with_wrong_secret_or_stale_timestamp
 
 async def test_500_500_200_is_one_delivery_after_retries_with_one_webhook_id(tmp_path, monkeypatch, engine, world) -> None:
     with http_receiver([(500, {}, b"oops"), (500, {}, b"oops")]) as rx:
-        config = setup(tmp_path, monkeypatch, rx.url)
+        config = setup(tmp_path, monkeypatch, rx.url, engine=engine)
         world.new_story("i1", "icc", "ICC issues warrant")
         digest.build_due_digests(engine, config, T0, secret_key="k")
         now = T0
@@ -97,7 +99,7 @@ async def test_500_500_200_is_one_delivery_after_retries_with_one_webhook_id(tmp
 
 async def test_429_retry_after_is_respected(tmp_path, monkeypatch, engine, world) -> None:
     with http_receiver([(429, {"Retry-After": "120"}, b"slow down")]) as rx:
-        config = setup(tmp_path, monkeypatch, rx.url)
+        config = setup(tmp_path, monkeypatch, rx.url, engine=engine)
         world.new_story("i1", "icc", "ICC issues warrant")
         digest.build_due_digests(engine, config, T0, secret_key="k")
         assert (await outbox.deliver_due(engine, config, T0, worker_id="w")).retried == 1
@@ -121,7 +123,7 @@ async def test_a_channel_that_is_gone_is_disabled_with_the_reason(tmp_path, monk
     other = "newsroom" if gone == "ingest" else "ingest"
     with http_receiver([reply]) as bad, http_receiver() as good:
         urls = {gone: bad.url, other: good.url}
-        config = setup(tmp_path, monkeypatch, urls["ingest"], slack_url=urls["newsroom"])
+        config = setup(tmp_path, monkeypatch, urls["ingest"], slack_url=urls["newsroom"], engine=engine)
         world.new_story("s1", "doha-talks", "Talks resume")
         digest.build_due_digests(engine, config, T0, secret_key="k")
         report = await outbox.deliver_due(engine, config, T0, worker_id="w")
@@ -141,7 +143,7 @@ async def test_a_channel_that_is_gone_is_disabled_with_the_reason(tmp_path, monk
 
 async def test_redirects_are_failures_and_not_followed(tmp_path, monkeypatch, engine, world) -> None:
     with http_receiver([(302, {"Location": "/elsewhere"}, b"")]) as rx:
-        config = setup(tmp_path, monkeypatch, rx.url)
+        config = setup(tmp_path, monkeypatch, rx.url, engine=engine)
         world.new_story("i1", "icc", "ICC issues warrant")
         digest.build_due_digests(engine, config, T0, secret_key="k")
         assert (await outbox.deliver_due(engine, config, T0, worker_id="w")).retried == 1
@@ -151,7 +153,7 @@ async def test_redirects_are_failures_and_not_followed(tmp_path, monkeypatch, en
 
 async def test_private_addresses_are_refused_unless_allowed(tmp_path, monkeypatch, engine, world) -> None:
     with http_receiver() as rx:
-        config = setup(tmp_path, monkeypatch, rx.url, settings="").model_copy(deep=True)
+        config = setup(tmp_path, monkeypatch, rx.url, settings="", engine=engine).model_copy(deep=True)
         config = config.model_copy(update={"settings": config.settings.model_copy(update={"allow_private_networks": False})})
         world.new_story("i1", "icc", "ICC issues warrant")
         digest.build_due_digests(engine, config, T0, secret_key="k")
@@ -169,7 +171,7 @@ async def test_a_name_that_rebinds_to_a_private_address_after_the_check_is_refus
     from monitor import netguard
 
     with http_receiver() as rx:
-        config = setup(tmp_path, monkeypatch, rx.url.replace("127.0.0.1", "localhost"))
+        config = setup(tmp_path, monkeypatch, rx.url.replace("127.0.0.1", "localhost"), engine=engine)
         config = config.model_copy(update={"settings": config.settings.model_copy(update={"allow_private_networks": False})})
         checked: list[str] = []
         monkeypatch.setattr(netguard, "resolve", lambda host, port: checked.append(host) or ["93.184.216.34"])
@@ -184,7 +186,7 @@ async def test_a_name_that_rebinds_to_a_private_address_after_the_check_is_refus
 
 async def test_an_80_story_digest_reaches_slack_as_valid_escaped_messages_one_per_second(tmp_path, monkeypatch, engine, world) -> None:
     with http_receiver() as hook, http_receiver() as slack:
-        config = setup(tmp_path, monkeypatch, hook.url, slack_url=slack.url)
+        config = setup(tmp_path, monkeypatch, hook.url, slack_url=slack.url, engine=engine)
         world.new_story("evil", "doha-talks", "Talks <!channel> & <@U123> <https://evil.example|click>")
         for i in range(79):
             world.new_story(f"s{i}", "doha-talks", f"Story {i}: " + "long headline " * 15)
@@ -239,7 +241,7 @@ async def test_the_payload_matches_the_documented_schema(tmp_path, monkeypatch, 
     example, schema = json.loads(blocks[0]), json.loads(blocks[1])
     assert _schema_errors(example, schema) == []
     with http_receiver() as rx:
-        config = setup(tmp_path, monkeypatch, rx.url)
+        config = setup(tmp_path, monkeypatch, rx.url, engine=engine)
         world.new_story("i1", "icc", "ICC issues warrant")
         world.alert("i1", "update", what_is_new="second warrant", title="ICC adds a second warrant")
         world.story("i2", "icc", "No link story")
@@ -260,9 +262,9 @@ async def test_a_disabled_channel_can_be_enabled_again_and_gets_what_was_held_ba
     from monitor.cli import main
 
     cfg = tmp_path / "feeds.toml"
-    cfg.write_text(config_text(tmp_path, CHANNELS))
+    cfg.write_text(config_text(tmp_path, CHANNELS, engine=engine))
     with http_receiver([(404, {}, b"channel_not_found")]) as rx, http_receiver() as hook:
-        config = setup(tmp_path, monkeypatch, hook.url, slack_url=rx.url)
+        config = setup(tmp_path, monkeypatch, hook.url, slack_url=rx.url, engine=engine)
         for i in range(60):  # two Slack parts: the second is held back when the first finds the channel gone
             world.new_story(f"s{i}", "doha-talks", f"Story {i} " + "words " * 30)
         digest.build_due_digests(engine, config, T0, secret_key="k")
