@@ -25,7 +25,7 @@ from monitor.receiver import CaptureReceiver, LiveFeedServer, free_port
 from monitor.tables import Delivery, Feed, Match
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.databases("sqlite", "postgresql")]
 
 CLOCK_START = datetime(2023, 11, 24, 6, 0, tzinfo=UTC)
 SPEED = 1800.0  # simulated seconds per real second
@@ -76,11 +76,11 @@ def default_topics_toml(ids: set[str]) -> str:
 
 
 def write_config(path: Path, tmp: Path, *, feed_urls: list[str], topics: set[str], smtp_port: int,
-                 extra: str = "") -> None:
+                 extra: str = "", database_url: str) -> None:
     feeds = "".join(f'[[feeds]]\nurl = "{u}"\ninterval = 300\n\n' for u in feed_urls)
     path.write_text(f"""
 [settings]
-database_url = "sqlite:///{tmp / 'monitor.db'}"
+database_url = "{database_url}"
 allow_private_networks = true
 outbox_dir = "{tmp / 'outbox'}"
 min_interval_s = 60
@@ -139,7 +139,7 @@ def sim_now(started_real: float) -> datetime:
     return CLOCK_START + timedelta(seconds=(time.monotonic() - started_real) * SPEED)
 
 
-def test_service_delivers_immediately_and_daily_and_stops_cleanly(tmp_path: Path, smtp, feeds) -> None:
+def test_service_delivers_immediately_and_daily_and_stops_cleanly(tmp_path: Path, smtp, feeds, engine) -> None:
     sink, smtp_port = smtp
     fs, base = feeds
     fs.publish("wire", "Hamas frees 13 Israeli hostages as Israel releases 39 Palestinian prisoners",
@@ -162,7 +162,7 @@ secret_env = "TEAM_WEBHOOK_SECRET"
 cadence = "immediate"
 """
         write_config(config, tmp_path, feed_urls=[f"{base}/wire.xml"], topics={"prisoner-exchange"},
-                     smtp_port=smtp_port, extra=extra)
+                     smtp_port=smtp_port, extra=extra, database_url=engine.url.render_as_string(hide_password=False))
         running = start_service(config, tmp_path, {"TEAM_WEBHOOK_URL": f"{receiver.url}/hook",
                                                    "TEAM_WEBHOOK_SECRET": "whsec_" + "dGVzdHNlY3JldA=="})
         try:
@@ -188,26 +188,30 @@ cadence = "immediate"
             code = running.proc.wait(timeout=30)
         assert code == 0, running.log()[-4000:]
         assert "service stopped cleanly" in running.log()
-        engine = create_engine(f"sqlite:///{tmp_path / 'monitor.db'}")
         with Session(engine) as s:
             statuses = [d.status for d in s.scalars(select(Delivery))]
         assert statuses and set(statuses) == {"sent"}, statuses
 
 
 def test_hot_reload_applies_feeds_and_topics_and_rejects_invalid_edits(tmp_path: Path, smtp, feeds) -> None:
+    """SQLite only (no `engine`: the service migrates the empty file itself), to keep the suite short: a reload's
+    database step (sync_feeds / sync_subscriptions) runs on PostgreSQL in test_store / test_digest, and the
+    whole service runs on it in the test above."""
     _sink, smtp_port = smtp
     fs, base = feeds
     fs.publish("one", "Weather: a calm week ahead", "Nothing to report.", CLOCK_START - timedelta(hours=2))
     config = tmp_path / "feeds.toml"
-    write_config(config, tmp_path, feed_urls=[f"{base}/one.xml"], topics={"prisoner-exchange"}, smtp_port=smtp_port)
+    url = f"sqlite:///{tmp_path / 'monitor.db'}"
+    write_config(config, tmp_path, feed_urls=[f"{base}/one.xml"], topics={"prisoner-exchange"}, smtp_port=smtp_port,
+                 database_url=url)
     running = start_service(config, tmp_path, {})
-    engine = create_engine(f"sqlite:///{tmp_path / 'monitor.db'}")
+    engine = create_engine(url)
     try:
         t0 = wait_ready(running)
         wait_for(lambda: "one" in fs.requests, 60, "the first poll", running)
         # Add a feed and a topic while it runs.
         write_config(config, tmp_path, feed_urls=[f"{base}/one.xml", f"{base}/two.xml"],
-                     topics={"prisoner-exchange", "icc-warrants"}, smtp_port=smtp_port)
+                     topics={"prisoner-exchange", "icc-warrants"}, smtp_port=smtp_port, database_url=url)
         wait_for(lambda: "configuration reloaded" in running.log(), 20, "the reload", running)
         fs.publish("two", "ICC prosecutor Karim Khan applies for arrest warrants for Netanyahu and Sinwar",
                "The International Criminal Court prosecutor said he had reasonable grounds.", sim_now(t0))
