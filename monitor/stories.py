@@ -90,7 +90,10 @@ def assign(session: Session, matched: Sequence[MatchedItem], now: datetime, sett
             continue
         done.add((m.item.id, m.topic_id))
         if m.topic_id not in rows:
-            found = session.scalars(select(Story).where(Story.topic_id == m.topic_id, Story.closed.is_(False))).all()
+            # In id order, as SQLite happens to return them and as evaluation (novelty.cluster) holds them;
+            # PostgreSQL returns rows in storage order, which changes as stories are updated.
+            found = session.scalars(select(Story).where(Story.topic_id == m.topic_id, Story.closed.is_(False))
+                                    .order_by(Story.id)).all()
             rows[m.topic_id] = {r.id: r for r in found}
             opened[m.topic_id] = [_to_open(r) for r in found]
         at = m.item.published_at
