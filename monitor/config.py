@@ -95,8 +95,9 @@ class Settings(_Strict):
 
 
 class FeedConfig(_Strict):
-    url: str = Field(description="Feed URL (http or https).")
-    name: str | None = Field(None, description="Display name; defaults to the feed's own title.")
+    # Lengths are those of the database columns (PostgreSQL enforces them; SQLite would not).
+    url: str = Field(max_length=2048, description="Feed URL (http or https).")
+    name: str | None = Field(None, max_length=512, description="Display name; defaults to the feed's own title.")
     interval: int | None = Field(None, ge=1, description="Fixed polling interval in seconds (otherwise adaptive).")
     enabled: bool = Field(True, description="Disabled feeds are kept but not polled.")
 
@@ -155,7 +156,7 @@ class _Subscription(_Strict):
 
 
 class SubscriberConfig(_Subscription):
-    email: str = Field(description="Recipient address.")
+    email: str = Field(max_length=254, description="Recipient address.")
     name: str | None = Field(None, description="Recipient name.")
 
     @field_validator("email")
@@ -168,7 +169,7 @@ class SubscriberConfig(_Subscription):
 
 
 class ChannelConfig(_Subscription):
-    name: str = Field(description="Channel name (unique).")
+    name: str = Field(max_length=512, description="Channel name (unique).")
     kind: Literal["slack", "webhook"] = Field(description="`slack` (incoming webhook) or `webhook` (signed JSON).")
     url_env: str = Field(description="Environment variable holding the webhook URL (it is a secret).")
     secret_env: str | None = Field(None, description="Environment variable holding the signing secret (`webhook` only, required there).")

@@ -27,6 +27,27 @@ url = "ftp://example.org/rss"
     assert "feeds[1].url: must be an http:// or https:// URL" in msg
 
 
+def test_values_longer_than_their_database_column_are_named() -> None:
+    """PostgreSQL refuses a string longer than its column (SQLite stores it): say so at load, on both."""
+    text = f"""
+[[feeds]]
+url = "https://example.org/{'x' * 2048}"
+name = "{'n' * 513}"
+[[subscribers]]
+email = "{'a' * 250}@example.org"
+[[channels]]
+name = "{'c' * 513}"
+kind = "slack"
+url_env = "SLACK_URL"
+"""
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "x.toml", env={})
+    msg = str(e.value)
+    for field, limit in (("feeds[1].url", 2048), ("feeds[1].name", 512), ("subscribers[1].email", 254),
+                         ("channels[1].name", 512)):
+        assert f"{field}: String should have at most {limit} characters" in msg, msg
+
+
 def test_invalid_toml_names_the_file() -> None:
     with pytest.raises(ConfigError, match="x.toml: not valid TOML"):
         parse_config("[settings\n", "x.toml", env={})
