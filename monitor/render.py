@@ -316,9 +316,11 @@ def email_subject(content: DigestContent) -> str:
 
 
 def message_id_domain(mail_from: str) -> str:
+    """The right-hand side of our Message-IDs: mail_from's domain, cut so that a Message-ID always fits the
+    deliveries.idempotency_key column (255)."""
     addr = parseaddr(mail_from)[1]
     domain = addr.rpartition("@")[2] if "@" in addr else ""
-    return re.sub(r"[^A-Za-z0-9.-]", "", domain) or "monitor.invalid"
+    return re.sub(r"[^A-Za-z0-9.-]", "", domain)[:180] or "monitor.invalid"
 
 
 def json_bytes(payload: Any) -> bytes:

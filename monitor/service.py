@@ -84,7 +84,7 @@ class Service:
         self.clock = clock
         self.engine = db.make_engine(config.settings.database_url)
         self.metrics = Metrics(self.engine, clock.now)
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.worker_id = f"{socket.gethostname()[:100]}:{os.getpid()}"  # fits deliveries.lease_owner (128)
         self.state = _State(config_fingerprint=_file_digest(options.config_path))
         # Computed once: links signed by digests and the routes that check them must use the same key.
         self.signing_key = unsubscribe.signing_key(config.settings)

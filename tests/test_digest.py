@@ -312,3 +312,13 @@ def test_a_backlog_beyond_one_digest_goes_out_on_the_next_tick_not_the_next_day(
         counts = sorted(s.scalars(select(Digest.alert_count).join(Subscription, Digest.subscription_id == Subscription.id)
                                   .where(Subscription.target == "bo@example.org")))
     assert counts == [20, digest.MAX_ALERTS_PER_DIGEST]
+
+
+def test_a_very_long_mail_from_domain_still_gives_a_storable_message_id(tmp_path, engine) -> None:
+    config = make_config(tmp_path, SUBSCRIBERS, engine=engine)
+    long_from = "Monitor <alerts@" + "newsroom-" * 40 + "example.org>"
+    config = config.model_copy(update={"settings": config.settings.model_copy(update={"mail_from": long_from})})
+    World(engine).new_story("s1", "doha-talks", "Talks resume in Doha")
+    assert digest.build_due_digests(engine, config, T0, secret_key="k")
+    (email,) = deliveries(engine, "ana@example.org")
+    assert email.idempotency_key.startswith("<") and len(email.idempotency_key) <= 255
