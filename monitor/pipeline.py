@@ -99,7 +99,9 @@ def process_pending(rt: Runtime, *, limit: int | None = None,
     Encoding (seconds of CPU) happens outside any transaction; each batch's writes (vectors, matches,
     stories, alerts, processed marks) then go in one short write transaction (BEGIN IMMEDIATE on SQLite,
     which waits for other writers instead of failing), so a crash redoes at most one batch and the unique
-    constraints make that harmless. `should_stop` is checked between batches (graceful shutdown)."""
+    constraints make that harmless. Two processes may encode the same batch; the first to write claims it
+    and the other skips it (wasted CPU, nothing else). `should_stop` is checked between batches (graceful
+    shutdown)."""
     settings = rt.config.settings
     total_items = total_matches = stale = 0
     decisions: Counter[str] = Counter()
@@ -127,11 +129,20 @@ def process_pending(rt: Runtime, *, limit: int | None = None,
         stale += len(matched) - len(todo)
         todo.sort(key=lambda x: (x.item.published_at, x.item.id))
         with db.write_transaction(rt.engine) as s:
+            # Marking first claims the batch: items another process finished while we encoded are left to
+            # its writes (no duplicate matches or alerts, no unique-constraint failure).
+            mine = store.mark_processed(s, [it.id for it in items], now)
+            if len(mine) < len(items):
+                keep = [i for i, it in enumerate(missing) if it.id in mine]
+                fresh, missing = fresh[keep], [missing[i] for i in keep]
+                matched = [m for m in matched if m.item_id in mine]
+                todo = [t for t in todo if t.item.id in mine]
+                log.info("items processed meanwhile by another process were skipped",
+                         extra={"skipped": len(items) - len(mine)})
             embed.store_vectors(s, rt.embedder, [it.id for it in missing], fresh)
             match.save_matches(s, matched, now)
             made = stories.assign(s, todo, now, settings) if todo else []
-            store.mark_processed(s, [it.id for it in items], now)
-        total_items += len(items)
+        total_items += len(mine)
         total_matches += len(matched)
         for m in matched:
             rt.metrics.matches.labels(topic=m.topic_id).inc()

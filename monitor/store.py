@@ -375,10 +375,16 @@ def unprocessed_items(session: Session, limit: int) -> list[ItemRecord]:
     return [_record(r) for r in session.execute(q)]
 
 
-def mark_processed(session: Session, item_ids: Iterable[int], now: datetime) -> None:
+def mark_processed(session: Session, item_ids: Iterable[int], now: datetime) -> set[int]:
+    """Mark the items processed; returns those this transaction marked, i.e. that no other process had
+    finished meanwhile (on PostgreSQL a concurrent marker of the same rows waits for this one to commit
+    and then finds them marked)."""
     ids = list(item_ids)
+    mine: set[int] = set()
     for chunk in _chunks(ids, 500):
-        session.execute(update(Item).where(Item.id.in_(chunk)).values(processed_at=naive_utc(now)))
+        mine.update(session.scalars(update(Item).where(Item.id.in_(chunk), Item.processed_at.is_(None))
+                                    .values(processed_at=naive_utc(now)).returning(Item.id)))
+    return mine
 
 
 def prune_items(session: Session, older_than: datetime) -> int:

@@ -93,3 +93,43 @@ async def test_housekeeping_closes_stories_past_their_window(engine: Engine, emb
     pipeline.housekeeping(rt, NOW + timedelta(hours=rt.config.settings.story_window_h + 1))
     with Session(engine) as s:
         assert s.scalars(select(Story.closed)).all() == [True]
+
+
+async def test_two_processes_on_one_batch_write_it_once(engine: Engine, embedder, tmp_path: Path) -> None:
+    """Process A encodes a batch; process B processes the same batch meanwhile and finishes first. A's
+    writes must then skip it: no error, no duplicate matches or alerts."""
+    with LiveFeedServer() as feeds:
+        for i in range(6):
+            feeds.publish("f", f"Hamas frees {i + 10} hostages as Israel releases Palestinian prisoners",
+                          "Exchange under the truce.", NOW - timedelta(minutes=10 * i))
+        url = f"{feeds.url}/f.xml"
+        b = _runtime(engine, embedder, url, tmp_path)
+        await pipeline.poll_feeds(b, all_feeds=True)
+    b_done, armed, a_encoded = threading.Event(), threading.Event(), threading.Event()
+
+    class WaitsForB:  # A's embedder: encodes items, then lets B finish the whole batch before A writes
+        model_id, dim = embedder.model_id, embedder.dim
+
+        def encode(self, texts):  # type: ignore[no-untyped-def]
+            vectors = embedder.encode(texts)
+            if armed.is_set():  # not while the runtime encodes the topics' prototypes
+                a_encoded.set()
+                assert b_done.wait(60)
+            return vectors
+
+    a = _runtime(engine, WaitsForB(), url, tmp_path)
+    armed.set()
+    result: list[object] = []
+    t = threading.Thread(target=lambda: result.append(pipeline.process_pending(a)))
+    t.start()
+    assert a_encoded.wait(60)  # A holds the batch, encoded, unwritten
+    b_report = pipeline.process_pending(b)
+    b_done.set()
+    t.join(120)
+    (a_report,) = result
+    assert b_report.items == 6 and b_report.matches > 0
+    assert a_report.items == 0 and a_report.matches == 0  # type: ignore[attr-defined]
+    with Session(engine) as s:
+        assert len(s.scalars(select(Match)).all()) == b_report.matches
+        assert len(s.scalars(select(Alert)).all()) == sum(b_report.decisions.get(k, 0)
+                                                          for k in ("new_story", "update"))
