@@ -14,8 +14,10 @@ from collections.abc import Mapping
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from monitor.errors import ConfigError
@@ -107,6 +109,11 @@ class FeedConfig(_Strict):
         v = v.strip()
         if not re.match(r"^https?://[^\s/]+", v):
             raise ValueError("must be an http:// or https:// URL")
+        try:
+            httpx.URL(v)  # what the fetcher will build its requests from
+            urlsplit(v).port  # noqa: B018 - raises ValueError for a bad port
+        except (httpx.InvalidURL, ValueError) as e:
+            raise ValueError(f"is not a valid URL ({e})") from None
         return v
 
 

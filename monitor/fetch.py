@@ -154,6 +154,10 @@ class Fetcher:
                                                  "in [settings] only if this feed is meant to be on a private network")
             return failed("network", f"{req.url}: network error: {_describe(e)}; check the URL and that the site "
                                      "is up; it will be retried with backoff")
+        except Exception as e:  # never let one feed abort the pass: record it, back off, keep going
+            log.exception("unexpected error fetching a feed", extra={"feed_id": req.feed_id, "feed_url": req.url})
+            return failed("internal", f"{req.url}: unexpected error: {_describe(e)}; it will be retried with "
+                                      "backoff (see the log)")
 
     async def _exchange(self, req: FetchRequest, fetched_at: datetime, t0: float) -> FetchResult:
         assert self._transport is not None
@@ -183,10 +187,17 @@ class Fetcher:
         raise _FetchFailed("redirects", f"{req.url}: more than {MAX_REDIRECTS} redirects; fix the feed URL in feeds.toml")
 
     def _check_url(self, feed_url: str, url: str) -> None:
-        parts = urlsplit(url)
+        kind = "redirects" if url != feed_url else "network"
+        try:
+            httpx.URL(url)  # what the request will be built from: e.g. an octal host or two ports fail here
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except (httpx.InvalidURL, ValueError) as e:
+            where = "redirects to" if url != feed_url else "is"
+            raise _FetchFailed(kind, f"{feed_url}: {where} an invalid URL {url!r} ({e}); fix the feed URL in "
+                                     "feeds.toml") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise _FetchFailed("redirects" if url != feed_url else "network",
-                               f"{feed_url}: {url!r} is not an http(s) URL; fix the feed URL in feeds.toml")
+            raise _FetchFailed(kind, f"{feed_url}: {url!r} is not an http(s) URL; fix the feed URL in feeds.toml")
         if self._settings.allow_private_networks:
             return
         host = parts.hostname

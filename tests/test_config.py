@@ -19,12 +19,17 @@ def test_unknown_key_and_bad_values_are_named() -> None:
 fetch_timeout = 3
 [[feeds]]
 url = "ftp://example.org/rss"
+[[feeds]]
+url = "http://example.org:80:80/rss"
+[[feeds]]
+url = "http://0177.0.0.1/rss"
 """
     with pytest.raises(ConfigError) as e:
         parse_config(text, "x.toml", env={})
     msg = str(e.value)
     assert "settings.fetch_timeout: unknown key" in msg
     assert "feeds[1].url: must be an http:// or https:// URL" in msg
+    assert "feeds[2].url: is not a valid URL" in msg and "feeds[3].url: is not a valid URL" in msg
 
 
 def test_values_longer_than_their_database_column_are_named() -> None:

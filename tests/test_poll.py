@@ -244,3 +244,17 @@ async def test_fast_reader_and_feedparser_store_the_same_items(tmp_path, feed_se
     by_title = {row[2]: row for row in stored[0]}
     assert by_title["Talks resume in Doha"][5] == "A. Writer (a@atom.example.org)"
     assert by_title["No link here"][4] == "https://atom.example.org/2"  # an Atom id that is a URL is the link
+
+
+async def test_a_redirect_to_a_malformed_url_is_that_feeds_error_not_the_pass(engine: Engine,
+                                                                               feed_server: FeedServer) -> None:
+    feed_server.route("/good.xml", body=feed(["1", "2"]))
+    feed_server.route("/octal.xml", status=302, headers={"Location": "http://0177.0.0.1/x"})
+    feed_server.route("/ports.xml", status=301, headers={"Location": "http://example.com:80:80/feed"})
+    sync(engine, [feed_server.url(p) for p in ("/good.xml", "/octal.xml", "/ports.xml")])
+    for hours in (0, 3):  # and the pass after it too
+        report = await poll_once(engine, S, all_feeds=True, now=NOW + timedelta(hours=hours))
+        by_url = {r.url.rsplit("/", 1)[1]: r for r in report.rows}
+        assert by_url["good.xml"].status in ("ok", "unchanged") and len(report.rows) == 3
+        for bad in ("octal.xml", "ports.xml"):
+            assert by_url[bad].status == "error" and "invalid URL" in (by_url[bad].error or "")
