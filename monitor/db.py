@@ -102,8 +102,8 @@ def write_transaction(engine: Engine) -> Iterator[Session]:
 
 def serialize(session: Session, name: str) -> None:
     """Inside a write transaction: wait until no other transaction holds the lock `name`, and hold it until
-    this one ends. For read-then-insert steps that must not interleave between processes (syncing feeds.toml,
-    a topic's novelty). PostgreSQL: a transaction-scoped advisory lock; SQLite: nothing to do, since
+    this one ends. For read-then-insert steps that must not interleave between processes (syncing feeds.toml
+    and subscriptions, a topic's novelty decisions in stories.assign). PostgreSQL: a transaction-scoped advisory lock; SQLite: nothing to do, since
     BEGIN IMMEDIATE already lets one writer in at a time."""
     if session.get_bind().dialect.name == "postgresql":
         key = int.from_bytes(hashlib.sha256(f"monitor:{name}".encode()).digest()[:8], "big", signed=True)

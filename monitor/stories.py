@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from monitor.config import Settings
-from monitor.db import aware_utc, naive_utc
+from monitor.db import aware_utc, naive_utc, serialize
 from monitor.novelty import OpenStory, StoryParams, cluster_step, is_open, novelty_item
 from monitor.records import MatchedItem, NoveltyDecision
 from monitor.tables import Alert, Story
@@ -80,6 +80,11 @@ def assign(session: Session, matched: Sequence[MatchedItem], now: datetime, sett
     todo = sorted(matched, key=lambda m: (m.item.published_at, m.item.id))
     if not todo:
         return []
+    # One novelty decision per topic at a time across processes (PostgreSQL; SQLite's BEGIN IMMEDIATE already
+    # admits one writer): otherwise two batches holding the same event each open a new story for it. Taken
+    # in sorted order, so two processes never wait on each other's second topic.
+    for topic_id in sorted({m.topic_id for m in todo}):
+        serialize(session, f"stories:{topic_id}")
     done = {(r[0], r[1]) for r in session.execute(
         select(Alert.item_id, Alert.topic_id).where(Alert.item_id.in_({m.item.id for m in todo})))}
     rows: dict[str, dict[int, Story]] = {}
