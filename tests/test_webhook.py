@@ -184,6 +184,39 @@ async def test_a_name_that_rebinds_to_a_private_address_after_the_check_is_refus
         assert d.status == "failed" and "non-public address" in (d.last_error or "")
 
 
+async def test_refused_connections_and_garbage_replies_are_retried_with_what_happened(tmp_path, monkeypatch, engine,
+                                                                                     world) -> None:
+    import socket
+    import threading
+
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        refused_url = f"http://127.0.0.1:{closed.getsockname()[1]}/hook"
+    garbage = socket.socket()
+    garbage.bind(("127.0.0.1", 0))
+    garbage.listen()
+
+    def serve_garbage() -> None:
+        with garbage:
+            conn, _ = garbage.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"this is not HTTP\r\n\r\n")
+
+    t = threading.Thread(target=serve_garbage, daemon=True)
+    t.start()
+    config = setup(tmp_path, monkeypatch, refused_url, slack_url=f"http://127.0.0.1:{garbage.getsockname()[1]}/s")
+    world.new_story("i1", "doha-talks", "Talks resume in Doha")
+    digest.build_due_digests(engine, config, T0, secret_key="k")
+    report = await outbox.deliver_due(engine, config, T0, worker_id="w")
+    t.join(10)
+    assert report.retried == 2 and report.failed == 0
+    with Session(engine) as s:
+        errors = {d.target: d.last_error or "" for d in s.scalars(select(Delivery))}
+    assert errors["ingest"].startswith("webhook channel 'ingest': ") and "timed out" not in errors["ingest"]
+    assert errors["newsroom"].startswith("slack channel 'newsroom': ") and "timed out" not in errors["newsroom"]
+
+
 async def test_an_80_story_digest_reaches_slack_as_valid_escaped_messages_one_per_second(tmp_path, monkeypatch, engine, world) -> None:
     with http_receiver() as hook, http_receiver() as slack:
         config = setup(tmp_path, monkeypatch, hook.url, slack_url=slack.url, engine=engine)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
+import aiohttp
 import httpx
 
 from monitor.deliver import Outgoing
@@ -114,14 +115,16 @@ class _HttpSender:
             raise DeliveryError(f"{where}: {e}", permanent=True) from e
         try:
             return await self._client.post(url, content=message.payload, headers=headers, follow_redirects=False)
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, aiohttp.ClientError) as e:
             private = find_cause(e, PrivateAddressError)
             if private is not None:  # the name changed its answer between the check and the connection
                 raise DeliveryError(f"{where}: refused: {private} (set allow_private_networks = true in "
                                     "[settings] to allow it)", permanent=True) from e
-            if isinstance(e, httpx.TimeoutException):
-                raise DeliveryError(f"{where}: timed out ({type(e).__name__})") from e
-            raise DeliveryError(f"{where}: {type(e).__name__}: {e}") from e
+            # Judge by the cause: httpx-aiohttp reports any aiohttp connection error as a ConnectTimeout.
+            if find_cause(e, TimeoutError) is not None:
+                raise DeliveryError(f"{where}: timed out") from e
+            cause = e.__cause__ or e
+            raise DeliveryError(f"{where}: {type(cause).__name__}: {cause}") from e
 
     def _classify(self, message: Outgoing, response: httpx.Response, gone_bodies: frozenset[str] = frozenset()) -> str:
         status = response.status_code
