@@ -42,11 +42,10 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from monitor.config import Settings
 from monitor.db import utcnow
-from monitor.netguard import GuardedResolver, PrivateAddressError, find_cause, is_public_ip
+from monitor.netguard import PrivateAddressError, find_cause, guarded_transport, is_public_ip
 from monitor.records import FetchRequest, FetchResult
 
 log = logging.getLogger(__name__)
@@ -96,15 +95,12 @@ class Fetcher:
 
     async def __aenter__(self) -> Fetcher:
         if self._transport is None:
-            connector = aiohttp.TCPConnector(
+            self._transport = guarded_transport(
+                allow_private_networks=self._settings.allow_private_networks,
                 limit=self._settings.max_concurrency,
                 limit_per_host=0,  # enforced by our own per-host semaphores
                 ttl_dns_cache=300,
-                ssl=httpx.create_ssl_context(),
-                resolver=None if self._settings.allow_private_networks else GuardedResolver(),
             )
-            session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
-            self._transport = AiohttpTransport(client=session)
             self._owns_transport = True
         return self
 

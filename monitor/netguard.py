@@ -14,7 +14,9 @@ import socket
 from urllib.parse import urlsplit
 
 import aiohttp
+import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
+from httpx_aiohttp import AiohttpTransport
 
 from monitor.errors import MonitorError
 
@@ -80,6 +82,18 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+def guarded_transport(*, allow_private_networks: bool, **connector_options: object) -> AiohttpTransport:
+    """An httpx transport over aiohttp whose connections resolve through `GuardedResolver` (unless private
+    networks are allowed): the one way feeds and webhooks connect. No cookies, no automatic decompression
+    (httpx decodes), httpx's certificate store. Environment proxies (HTTP(S)_PROXY) are not used: a proxy
+    would resolve the name itself, out of the guard's reach. Closing the transport closes the session."""
+    connector = aiohttp.TCPConnector(ssl=httpx.create_ssl_context(),
+                                     resolver=None if allow_private_networks else GuardedResolver(),
+                                     **connector_options)  # type: ignore[arg-type]
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+    return AiohttpTransport(client=session)
 
 
 def find_cause(e: BaseException, kind: type[BaseException]) -> BaseException | None:

@@ -24,9 +24,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -36,7 +34,7 @@ from monitor.deliver import Outgoing, Sender
 from monitor.deliver.email import EmlFileSender, SmtpSender
 from monitor.deliver.webhook import SlackSender, WebhookSender
 from monitor.errors import ChannelGoneError, DeliveryError
-from monitor.netguard import GuardedResolver
+from monitor.netguard import guarded_transport
 from monitor.tables import Delivery, DeliveryAttempt, Subscription
 
 log = logging.getLogger(__name__)
@@ -121,10 +119,8 @@ async def open_senders(config: Config | Callable[[], Config],
         email = EmlFileSender(s.outbox_dir)
     # Connections go through the address guard's resolver, so a webhook host cannot pass the up-front check
     # and then resolve to a private address for the connection itself (DNS rebinding).
-    connector = aiohttp.TCPConnector(ssl=httpx.create_ssl_context(),
-                                     resolver=None if s.allow_private_networks else GuardedResolver())
-    session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
-    async with httpx.AsyncClient(transport=AiohttpTransport(client=session), timeout=HTTP_TIMEOUT_S,
+    transport = guarded_transport(allow_private_networks=s.allow_private_networks)
+    async with httpx.AsyncClient(transport=transport, timeout=HTTP_TIMEOUT_S,
                                  follow_redirects=False, headers={"user-agent": s.user_agent}) as client:
         yield {
             "email": email,
