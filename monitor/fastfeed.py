@@ -196,6 +196,8 @@ class _Reader:
         self.stack: list[_Frame] = []
         self.keys: dict[str, str] = {}
         self.in_use: dict[str, str] = {}  # feedparser's namespaces_in_use: its prefix (or the document's) -> URI
+        self.order: dict[str, int] = {}  # in_use's key order (a rebound prefix keeps its place)
+        self.by_uri: dict[str, dict[str, int]] = {}  # URI -> {non-empty prefix bound to it: its place}
         self.doc_prefix_map: dict[str, str] = {}  # document prefix -> feedparser's prefix, known namespaces
         self.redeclared = False  # a namespace declared inside the document: keys may change between tags
         self.names: list[str] = []  # the keys of the open elements
@@ -221,9 +223,20 @@ class _Reader:
         if known is not None:
             if prefix:
                 self.doc_prefix_map[prefix] = known
-            self.in_use[known] = uri
+            self._bind(known, uri)
         else:
-            self.in_use[prefix or ""] = uri
+            self._bind(prefix or "", uri)
+
+    def _bind(self, key: str, uri: str) -> None:
+        """in_use[key] = uri, keeping the per-URI index that `_key` reads in O(1) (a document declaring
+        thousands of namespaces must not make naming quadratic)."""
+        old = self.in_use.get(key)
+        if old is not None and old != uri:
+            self.by_uri.get(old, {}).pop(key, None)
+        self.in_use[key] = uri
+        place = self.order.setdefault(key, len(self.order))
+        if key:
+            self.by_uri.setdefault(uri, {})[key] = place
 
     def key(self, name: str) -> str:
         """feedparser's key for an element: 'title', 'dc_creator', 'media_content'..."""
@@ -244,7 +257,8 @@ class _Reader:
         if prefix is None:
             # An unknown namespace: xml.sax hands feedparser no qname, so it takes the first prefix declared
             # for the URI anywhere so far (none when it was only ever the default namespace).
-            prefix = next((p for p, u in self.in_use.items() if p and u == uri), "")
+            bound = self.by_uri.get(uri)
+            prefix = min(bound, key=bound.__getitem__) if bound else ""
         if not prefix:
             return local
         prefix = prefix.lower()

@@ -25,6 +25,11 @@ def sync(engine: Engine, urls: list[str]) -> None:
         store.sync_feeds(s, [FeedConfig(url=u) for u in urls], NOW)
 
 
+def health_of(engine: Engine) -> list[store.FeedHealth]:
+    with db.session_factory(engine)() as s:
+        return store.feed_health(s)
+
+
 def feed(items: list[str]) -> bytes:
     return rss([{"title": f"Story {i}", "guid": f"g{i}", "link": f"https://www.example.com/{i}",
                  "pubDate": "Wed, 01 May 2024 10:00:00 GMT"} for i in items])
@@ -66,7 +71,7 @@ async def test_one_failing_feed_does_not_stop_the_others(engine: Engine, feed_se
     status = {row.url.rsplit("/", 1)[1]: row.status for row in r.rows}
     assert status == {"good.xml": "ok", "bad.xml": "error", "html.xml": "error", "lol.xml": "error"}
     assert r.totals == {"polled": 4, "new_items": 1, "not_modified": 0, "errors": 3}
-    health = {h.url.rsplit("/", 1)[1]: h for h in store.feed_health(db.session_factory(engine)())}
+    health = {h.url.rsplit("/", 1)[1]: h for h in health_of(engine)}
     assert "not an RSS or Atom feed" in (health["html.xml"].last_error or "")
     assert "entities" in (health["lol.xml"].last_error or "")
     assert health["bad.xml"].last_status == "error:http" and health["bad.xml"].error_count == 1
@@ -90,7 +95,7 @@ async def test_overlong_validators_and_redirects_from_a_server_do_not_stop_the_b
     sync(engine, [feed_server.url(p) for p in ("/etag.xml", "/moved.xml", "/good.xml")])
     r = await poll_once(engine, S, now=NOW)
     assert r.totals["new_items"] == 3 and {row.status for row in r.rows} == {"ok"}
-    health = {h.url.rsplit("/", 1)[1]: h for h in store.feed_health(db.session_factory(engine)())}
+    health = {h.url.rsplit("/", 1)[1]: h for h in health_of(engine)}
     assert set(health) == {"etag.xml", "moved.xml", "good.xml"} and all(h.last_status == "ok" for h in health.values())
     with db.session_factory(engine)() as s:
         assert s.scalars(select(Feed.etag).where(Feed.url == feed_server.url("/etag.xml"))).one() is None
@@ -156,7 +161,7 @@ async def test_schedule_adapts_to_publishing_rate(engine: Engine, feed_server: F
     feed_server.route("/slow.xml", body=dated(10, 24 * 60))
     sync(engine, [feed_server.url("/busy.xml"), feed_server.url("/slow.xml")])
     await poll_once(engine, S, now=NOW, rng=random.Random(0))
-    health = {h.url.rsplit("/", 1)[1]: h for h in store.feed_health(db.session_factory(engine)())}
+    health = {h.url.rsplit("/", 1)[1]: h for h in health_of(engine)}
     busy, slow = health["busy.xml"].next_check_at, health["slow.xml"].next_check_at
     assert busy is not None and slow is not None
     assert (busy - NOW).total_seconds() < 400  # ~ half of a 10-minute publishing gap
@@ -171,7 +176,7 @@ async def test_retry_after_defers_the_next_check_on_a_simulated_clock(engine: En
     async with Fetcher(S) as fetcher:  # real clock, as the service and the demo run it
         r = await poll_once(engine, S, now=NOW, fetcher=fetcher)
     assert r.rows[0].status == "deferred" and r.totals["errors"] == 0
-    (h,) = store.feed_health(db.session_factory(engine)())
+    (h,) = health_of(engine)
     assert h.last_status == "deferred" and h.next_check_at is not None
     assert timedelta(hours=1) <= h.next_check_at - NOW <= timedelta(hours=1.2)
     assert (await poll_once(engine, S, now=NOW + timedelta(minutes=30))).totals["polled"] == 0
@@ -221,7 +226,7 @@ ATOM = (b'<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2
         b'<updated>2024-05-01T07:00:00+02:00</updated><content type="text">Only content</content></entry></feed>')
 
 
-async def test_fast_reader_and_feedparser_store_the_same_items(tmp_path, feed_server: FeedServer) -> None:
+async def test_fast_reader_and_feedparser_store_the_same_items(tmp_path, feed_server: FeedServer, monkeypatch) -> None:
     """fast_feed_reader = false (every feed through feedparser) is a supported setting; both readers must
     store identical items from the same responses."""
     feed_server.route("/r.xml", body=feed(["1", "2", "3"]), headers={"Content-Type": "application/rss+xml"})
@@ -230,7 +235,14 @@ async def test_fast_reader_and_feedparser_store_the_same_items(tmp_path, feed_se
     assert fastfeed.read(ATOM, {"content-type": "application/atom+xml"}) is not None  # both shapes take the
     assert fastfeed.read(feed(["1"]), {"content-type": "application/rss+xml"}) is not None  # fast path
     stored = []
+    read = fastfeed.read
     for fast in (True, False):
+
+        def only_if_fast(body, headers, fast=fast):  # type: ignore[no-untyped-def]
+            assert fast, "fast_feed_reader = false must not use the fast reader"
+            return read(body, headers)
+
+        monkeypatch.setattr(fastfeed, "read", only_if_fast)
         eng = db.make_engine(f"sqlite:///{tmp_path / f'fast-{fast}.db'}")
         db.upgrade(eng)
         sync(eng, urls)
