@@ -114,7 +114,9 @@ class _Decline(Exception):
 
 @dataclass(slots=True)
 class FastFeed:
-    """What parse.py reads off feedparser's result: `feed` and `entries` are dicts with feedparser's keys."""
+    """What parse.py reads off feedparser's result: `feed` and `entries` are dicts with feedparser's keys.
+    Deliberately feedparser-shaped rather than a typed record: parse.py reads both readers' output with the
+    same code, and it never leaves the parse stage."""
     feed: dict[str, Any]
     entries: list[dict[str, Any]]
     warning: str | None = None  # feedparser's bozo message for this document, if it would set one
