@@ -10,6 +10,7 @@ from datetime import UTC, datetime, time, timedelta
 from email import message_from_bytes, policy
 
 import pytest
+from concurrently import while_holding
 from deliveryfixtures import T0, World, make_config
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -161,23 +162,9 @@ def test_two_processes_adding_the_same_subscriptions_at_once(tmp_path, engine) -
     """Workers started together (or hot-reloading the same feeds.toml edit) sync the same new subscriptions:
     the second waits for the first and finds them, instead of failing on the unique constraint."""
     config = make_config(tmp_path, SUBSCRIBERS, engine=engine)
-    errors: list[Exception] = []
-    second: list[int] = []
-
-    def other_process() -> None:
-        try:
-            with db.write_transaction(engine) as s:
-                second.append(len(digest.sync_subscriptions(s, config, T0)))
-        except Exception as e:
-            errors.append(e)
-
-    with db.write_transaction(engine) as s:
-        digest.sync_subscriptions(s, config, T0)
-        t = threading.Thread(target=other_process)
-        t.start()
-        t.join(0.5)
-    t.join(30)
-    assert errors == [] and second == [2]
+    second = while_holding(engine, lambda s: digest.sync_subscriptions(s, config, T0),
+                           lambda s: len(digest.sync_subscriptions(s, config, T0)))
+    assert second == 2
     with Session(engine) as s:
         assert s.scalar(select(func.count()).select_from(Subscription)) == 2
 

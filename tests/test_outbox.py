@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import random
 import signal
@@ -136,19 +137,25 @@ examples = ["ICC"]
         controller.stop()
 
 
-async def test_two_workers_never_send_the_same_row(tmp_path, engine) -> None:
+@contextlib.contextmanager
+def webhook_rows(tmp_path, engine, monkeypatch, n: int, delay_s: float):  # type: ignore[no-untyped-def]
+    """`n` webhook channels on one real receiver (answering after `delay_s`), each with one pending digest
+    delivery: yields (config, receiver)."""
     channels = "".join(f'[[channels]]\nname = "c{i}"\nkind = "webhook"\nurl_env = "W_URL"\nsecret_env = "W_SECRET"\n\n'
-                       for i in range(12))
-    with http_receiver(delay_s=0.05) as rx:
-        os.environ["W_URL"], os.environ["W_SECRET"] = rx.url, SECRET
-        try:
-            config = make_config(tmp_path, channels, engine=engine)
-            World(engine).new_story("s1", "icc", "ICC ruling")
-            digest.build_due_digests(engine, config, T0, secret_key="k")
-            reports = await asyncio.gather(*(outbox.deliver_due(engine, config, T0, worker_id=f"w{i}", concurrency=3)
-                                             for i in range(3)))
-        finally:
-            del os.environ["W_URL"], os.environ["W_SECRET"]
+                       for i in range(n))
+    with http_receiver(delay_s=delay_s) as rx:
+        monkeypatch.setenv("W_URL", rx.url)
+        monkeypatch.setenv("W_SECRET", SECRET)
+        config = make_config(tmp_path, channels, engine=engine)
+        World(engine).new_story("s1", "icc", "ICC ruling")
+        digest.build_due_digests(engine, config, T0, secret_key="k")
+        yield config, rx
+
+
+async def test_two_workers_never_send_the_same_row(tmp_path, engine, monkeypatch) -> None:
+    with webhook_rows(tmp_path, engine, monkeypatch, 12, delay_s=0.05) as (config, rx):
+        reports = await asyncio.gather(*(outbox.deliver_due(engine, config, T0, worker_id=f"w{i}", concurrency=3)
+                                         for i in range(3)))
         ids = [r.headers["webhook-id"] for r in rx.requests]
     assert len(ids) == 12 and len(set(ids)) == 12
     assert sum(r.sent for r in reports) == 12
@@ -181,28 +188,19 @@ def test_a_row_another_worker_is_claiming_is_skipped_not_waited_for(tmp_path, en
         assert s.get_one(Delivery, held).status == "pending" and s.get_one(Delivery, got[0]).status == "sending"
 
 
-async def test_a_long_pass_does_not_hand_out_leases_that_already_expired(tmp_path, engine) -> None:
+async def test_a_long_pass_does_not_hand_out_leases_that_already_expired(tmp_path, engine, monkeypatch) -> None:
     """Worker A sends 5 rows one by one, 0.5 s each, with 2 s leases: its last claim is made 2 s into the pass.
     Worker B starts then. Had A stamped that lease from its pass's start, B would see it expired and send
     the row a second time while A is still sending it."""
-    channels = "".join(f'[[channels]]\nname = "c{i}"\nkind = "webhook"\nurl_env = "W_URL"\nsecret_env = "W_SECRET"\n\n'
-                       for i in range(5))
-    with http_receiver(delay_s=0.5) as rx:
-        os.environ["W_URL"], os.environ["W_SECRET"] = rx.url, SECRET
-        try:
-            config = make_config(tmp_path, channels, engine=engine)
-            World(engine).new_story("s1", "icc", "ICC ruling")
-            digest.build_due_digests(engine, config, T0, secret_key="k")
+    with webhook_rows(tmp_path, engine, monkeypatch, 5, delay_s=0.5) as (config, rx):
 
-            async def late_worker() -> outbox.DeliveryReport:
-                await asyncio.sleep(2.2)
-                return await outbox.deliver_due(engine, config, T0 + timedelta(seconds=2.2), worker_id="b",
-                                                concurrency=1, lease_s=2)
+        async def late_worker() -> outbox.DeliveryReport:
+            await asyncio.sleep(2.2)
+            return await outbox.deliver_due(engine, config, T0 + timedelta(seconds=2.2), worker_id="b",
+                                            concurrency=1, lease_s=2)
 
-            a, b = await asyncio.gather(
-                outbox.deliver_due(engine, config, T0, worker_id="a", concurrency=1, lease_s=2), late_worker())
-        finally:
-            del os.environ["W_URL"], os.environ["W_SECRET"]
+        a, b = await asyncio.gather(
+            outbox.deliver_due(engine, config, T0, worker_id="a", concurrency=1, lease_s=2), late_worker())
         ids = Counter(r.headers["webhook-id"] for r in rx.requests)
     assert len(ids) == 5 and set(ids.values()) == {1}, ids
     assert a.sent + b.sent == 5

@@ -6,6 +6,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from concurrently import while_holding
 from sqlalchemy import Engine, func, select
 
 from monitor import db, store
@@ -57,23 +58,8 @@ def test_two_processes_adding_the_same_feeds_at_once(engine: Engine) -> None:
     """Workers started together (or hot-reloading the same feeds.toml edit) sync the same new feeds: the
     second waits for the first and finds them, instead of failing on the unique URL."""
     feeds = [FeedConfig(url=f"https://feeds.example.com/{i}") for i in range(5)]
-    errors: list[Exception] = []
-    second: list[store.SyncReport] = []
-
-    def other_process() -> None:
-        try:
-            with db.write_transaction(engine) as s:
-                second.append(store.sync_feeds(s, feeds, NOW))
-        except Exception as e:
-            errors.append(e)
-
-    with db.write_transaction(engine) as s:
-        store.sync_feeds(s, feeds, NOW)
-        t = threading.Thread(target=other_process)
-        t.start()
-        t.join(0.5)
-    t.join(30)
-    assert errors == [] and second == [store.SyncReport(added=0, updated=0, disabled=0)]
+    second = while_holding(engine, lambda s: store.sync_feeds(s, feeds, NOW), lambda s: store.sync_feeds(s, feeds, NOW))
+    assert second == store.SyncReport(added=0, updated=0, disabled=0)
     with db.session_factory(engine)() as s:
         assert s.scalar(select(func.count()).select_from(Feed)) == 5
 

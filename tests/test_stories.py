@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from concurrently import while_holding
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
@@ -134,24 +135,12 @@ def test_stories_list_shows_items_sources_and_reasons(engine: Engine, embedder, 
 def test_two_processes_deciding_the_same_event_open_one_story(engine: Engine, embedder) -> None:  # type: ignore[no-untyped-def]
     """Process A decides item 1 and has not committed; process B decides item 2, another outlet's report of
     the same event. B must wait for A and see its story (a repeat), not open a second one."""
-    import threading
-
-    from monitor import db
-
     items = _store(engine, [(0, "reuters.com", *FIRST), (1, "usnews.com", *FIRST)])
     first, second = _matched(embedder, items)
     now = T0 + timedelta(hours=2)
-
-    def process_b() -> None:
-        with db.write_transaction(engine) as s:
-            stories.assign(s, [second], now, SETTINGS)
-
-    with db.write_transaction(engine) as s:
-        stories.assign(s, [first], now, SETTINGS)
-        b = threading.Thread(target=process_b)
-        b.start()
-        b.join(2)  # B is blocked until A commits (on SQLite by BEGIN IMMEDIATE, on PostgreSQL by the lock)
-    b.join(30)
+    # B is blocked until A commits (on SQLite by BEGIN IMMEDIATE, on PostgreSQL by the topic's lock)
+    while_holding(engine, lambda s: stories.assign(s, [first], now, SETTINGS),
+                  lambda s: stories.assign(s, [second], now, SETTINGS), head_start_s=2)
     with Session(engine) as s:
         assert sorted(a.decision for a in s.scalars(select(Alert))) == ["new_story", "repeat"]
         assert s.scalar(select(func.count()).select_from(Story)) == 1
