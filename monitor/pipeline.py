@@ -26,11 +26,14 @@ from monitor.clock import Clock
 from monitor.config import Config
 from monitor.deliver import outbox
 from monitor.metrics import Metrics
-from monitor.records import ALERT_DECISIONS, MatchedItem
+from monitor.records import ALERT_DECISIONS, ItemRecord, MatchedItem
 
 log = logging.getLogger(__name__)
 
 PROCESS_BATCH = 1024  # items per embed+match+stories transaction: large batches pad less when encoding
+# A batch's claim. Encoding 1,024 items takes ~10 s on 2 cores; a process killed mid-batch delays that batch
+# by at most this long (its claim must lapse first); a holder slower than this is overtaken harmlessly.
+PROCESS_LEASE_S = 120.0
 
 
 @dataclass
@@ -92,67 +95,98 @@ async def poll_feeds(rt: Runtime, *, fetcher: Any = None, all_feeds: bool = Fals
     return report
 
 
-def process_pending(rt: Runtime, *, limit: int | None = None,
-                    should_stop: Callable[[], bool] = lambda: False) -> ProcessReport:
+def process_pending(rt: Runtime, *, limit: int | None = None, should_stop: Callable[[], bool] = lambda: False,
+                    lease_s: float = PROCESS_LEASE_S) -> ProcessReport:
     """Embed, match and decide novelty for stored items not processed yet, batch by batch.
 
-    Encoding (seconds of CPU) happens outside any transaction; each batch's writes (vectors, matches,
-    stories, alerts, processed marks) then go in one short write transaction (BEGIN IMMEDIATE on SQLite,
-    which waits for other writers instead of failing), so a crash redoes at most one batch and the unique
-    constraints make that harmless. Two processes may encode the same batch; the first to write claims it
-    and the other skips it (wasted CPU, nothing else). `should_stop` is checked between batches (graceful
-    shutdown)."""
-    settings = rt.config.settings
+    Each batch is first claimed for `lease_s` seconds of real time (another process takes the next batch
+    instead of encoding the same one). Encoding (seconds of CPU) happens outside any transaction; the
+    batch's writes (vectors, matches, stories, alerts, processed marks) then go in one short write
+    transaction (BEGIN IMMEDIATE on SQLite, which waits for other writers instead of failing), so a crash
+    redoes at most one batch, once its claim lapses. Should a claim lapse while its holder still encodes,
+    the first writer takes the batch and the other skips it. `should_stop` is checked between batches
+    (graceful shutdown)."""
     total_items = total_matches = stale = 0
     decisions: Counter[str] = Counter()
     while (limit is None or total_items < limit) and not should_stop():
-        with Session(rt.engine) as s:
-            items = store.unprocessed_items(s, PROCESS_BATCH)
-            stored = embed.load_vectors(s, rt.embedder.model_id, [it.id for it in items]) if items else {}
+        with db.write_transaction(rt.engine) as s:
+            items = store.claim_unprocessed(s, PROCESS_BATCH, now=db.utcnow(), lease_s=lease_s)
         if not items:
             break
-        missing = [it for it in items if it.id not in stored]
-        fresh = embed.encode_items(rt.embedder, [it.title for it in missing], [it.text for it in missing])
-        stored.update(zip((it.id for it in missing), fresh, strict=True))
-        vectors = np.stack([stored[it.id] for it in items])
-        results = match.match_items(items, vectors, rt.topics)
-        matched = [m for m in results if m.matched]
-        now = rt.clock.now()
-        # An item published long before its story window (a new feed's back catalogue, a feed back from an
-        # outage) is matched and stored but is not news: it goes to no story and raises no alert.
-        horizon = now - timedelta(hours=settings.story_window_h)
-        index = {it.id: i for i, it in enumerate(items)}
-        by_id = {it.id: it for it in items}
-        todo = [MatchedItem(item=by_id[m.item_id], topic_id=m.topic_id, score=m.score,
-                            vector=vectors[index[m.item_id]]) for m in matched
-                if by_id[m.item_id].published_at >= horizon]
-        stale += len(matched) - len(todo)
-        todo.sort(key=lambda x: (x.item.published_at, x.item.id))
-        with db.write_transaction(rt.engine) as s:
-            # Marking first claims the batch: items another process finished while we encoded are left to
-            # its writes (no duplicate matches or alerts, no unique-constraint failure).
-            mine = store.mark_processed(s, [it.id for it in items], now)
-            if len(mine) < len(items):
-                keep = [i for i, it in enumerate(missing) if it.id in mine]
-                fresh, missing = fresh[keep], [missing[i] for i in keep]
-                matched = [m for m in matched if m.item_id in mine]
-                todo = [t for t in todo if t.item.id in mine]
-                log.info("items processed meanwhile by another process were skipped",
-                         extra={"skipped": len(items) - len(mine)})
-            embed.store_vectors(s, rt.embedder, [it.id for it in missing], fresh)
-            match.save_matches(s, matched, now)
-            made = stories.assign(s, todo, now, settings) if todo else []
-        total_items += len(mine)
-        total_matches += len(matched)
-        for m in matched:
-            rt.metrics.matches.labels(topic=m.topic_id).inc()
-        for d in made:
-            decisions[d.decision] += 1
-            rt.metrics.alerts.labels(topic=d.topic_id, decision=d.decision).inc()
+        try:
+            report = _process_batch(rt, items)
+        except BaseException:
+            _release_claims(rt.engine, [it.id for it in items])  # retried on the next tick, not after the lease
+            raise
+        total_items += report.items
+        total_matches += report.matches
+        stale += report.stale
+        decisions.update(report.decisions)
     if total_items:
         log.info("processed new items", extra={"items": total_items, "matches": total_matches,
                                                "stale_matches": stale, "decisions": dict(decisions)})
     return ProcessReport(items=total_items, matches=total_matches, decisions=dict(decisions))
+
+
+@dataclass(frozen=True)
+class _BatchReport:
+    items: int
+    matches: int
+    stale: int
+    decisions: dict[str, int]
+
+
+def _release_claims(engine: Engine, item_ids: list[int]) -> None:
+    try:
+        with db.write_transaction(engine) as s:
+            store.release_items(s, item_ids)
+    except Exception:
+        log.exception("could not release claimed items (their claim lapses by itself)")
+
+
+def _process_batch(rt: Runtime, items: list[ItemRecord]) -> _BatchReport:
+    """Encode (outside any transaction), match, and write one claimed batch."""
+    settings = rt.config.settings
+    decisions: Counter[str] = Counter()
+    with Session(rt.engine) as s:
+        stored = embed.load_vectors(s, rt.embedder.model_id, [it.id for it in items])
+    missing = [it for it in items if it.id not in stored]
+    fresh = embed.encode_items(rt.embedder, [it.title for it in missing], [it.text for it in missing])
+    stored.update(zip((it.id for it in missing), fresh, strict=True))
+    vectors = np.stack([stored[it.id] for it in items])
+    results = match.match_items(items, vectors, rt.topics)
+    matched = [m for m in results if m.matched]
+    now = rt.clock.now()
+    # An item published long before its story window (a new feed's back catalogue, a feed back from an
+    # outage) is matched and stored but is not news: it goes to no story and raises no alert.
+    horizon = now - timedelta(hours=settings.story_window_h)
+    index = {it.id: i for i, it in enumerate(items)}
+    by_id = {it.id: it for it in items}
+    todo = [MatchedItem(item=by_id[m.item_id], topic_id=m.topic_id, score=m.score,
+                        vector=vectors[index[m.item_id]]) for m in matched
+            if by_id[m.item_id].published_at >= horizon]
+    stale = len(matched) - len(todo)
+    todo.sort(key=lambda x: (x.item.published_at, x.item.id))
+    with db.write_transaction(rt.engine) as s:
+        # Marking first claims the batch: items another process finished while we encoded are left to
+        # its writes (no duplicate matches or alerts, no unique-constraint failure).
+        mine = store.mark_processed(s, [it.id for it in items], now)
+        if len(mine) < len(items):
+            keep = [i for i, it in enumerate(missing) if it.id in mine]
+            fresh, missing = fresh[keep], [missing[i] for i in keep]
+            matched = [m for m in matched if m.item_id in mine]
+            todo = [t for t in todo if t.item.id in mine]
+            log.info("items processed meanwhile by another process were skipped",
+                     extra={"skipped": len(items) - len(mine)})
+        embed.store_vectors(s, rt.embedder, [it.id for it in missing], fresh)
+        match.save_matches(s, matched, now)
+        made = stories.assign(s, todo, now, settings) if todo else []
+    for m in matched:
+        rt.metrics.matches.labels(topic=m.topic_id).inc()
+    for d in made:
+        decisions[d.decision] += 1
+        rt.metrics.alerts.labels(topic=d.topic_id, decision=d.decision).inc()
+    return _BatchReport(items=len(mine), matches=len(matched), stale=stale, decisions=dict(decisions))
 
 
 def build_digests(rt: Runtime) -> list[int]:

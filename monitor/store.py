@@ -367,12 +367,45 @@ def feed_health(session: Session) -> list[FeedHealth]:
     return out
 
 
+_RECORD_COLUMNS = (Item.id, Item.feed_id, Item.outlet, Item.title, Item.summary, Item.link, Item.published_at,
+                   Item.content_hash)
+
+
 def unprocessed_items(session: Session, limit: int) -> list[ItemRecord]:
     """Stored items that embed/match/novelty have not finished (oldest first)."""
-    q = (select(Item.id, Item.feed_id, Item.outlet, Item.title, Item.summary, Item.link, Item.published_at,
-                Item.content_hash)
-         .where(Item.processed_at.is_(None)).order_by(Item.id).limit(limit))
+    q = select(*_RECORD_COLUMNS).where(Item.processed_at.is_(None)).order_by(Item.id).limit(limit)
     return [_record(r) for r in session.execute(q)]
+
+
+def _items_by_id(session: Session, ids: list[int]) -> list[ItemRecord]:
+    rows = []
+    for chunk in _chunks(ids, 500):
+        rows.extend(session.execute(select(*_RECORD_COLUMNS).where(Item.id.in_(chunk))))
+    return sorted((_record(r) for r in rows), key=lambda r: r.id)
+
+
+def claim_unprocessed(session: Session, limit: int, *, now: datetime, lease_s: float) -> list[ItemRecord]:
+    """Inside a write transaction: the oldest unprocessed items nobody else holds, held by this process for
+    `lease_s` seconds (then another process may take them: the holder died). On PostgreSQL rows another
+    process is claiming right now are skipped, not waited for."""
+    n = naive_utc(now)
+    q = (select(Item.id).where(Item.processed_at.is_(None), or_(Item.claimed_until.is_(None), Item.claimed_until < n))
+         .order_by(Item.id).limit(limit))
+    if session.get_bind().dialect.name != "sqlite":
+        q = q.with_for_update(skip_locked=True)
+    ids = list(session.scalars(q))
+    if not ids:
+        return []
+    until = n + timedelta(seconds=lease_s)
+    for chunk in _chunks(ids, 500):
+        session.execute(update(Item).where(Item.id.in_(chunk)).values(claimed_until=until))
+    return _items_by_id(session, ids)
+
+
+def release_items(session: Session, item_ids: Iterable[int]) -> None:
+    """Give claimed items back (their batch failed): the next pass takes them at once."""
+    for chunk in _chunks(list(item_ids), 500):
+        session.execute(update(Item).where(Item.id.in_(chunk)).values(claimed_until=None))
 
 
 def mark_processed(session: Session, item_ids: Iterable[int], now: datetime) -> set[int]:
@@ -407,5 +440,5 @@ def _chunks(seq: Sequence, n: int):  # type: ignore[no-untyped-def]
 
 __all__ = [
     "FeedHealth", "FeedSchedule", "SyncReport", "due_feeds", "feed_health", "mark_processed",
-    "prune_items", "record_fetch", "record_fetches", "FetchOutcome", "release_feeds", "sync_feeds", "unprocessed_items",
+    "prune_items", "record_fetch", "record_fetches", "FetchOutcome", "release_feeds", "sync_feeds", "unprocessed_items", "claim_unprocessed", "release_items",
 ]

@@ -77,6 +77,8 @@ class Item(Base):
     fetched_at: Mapped[datetime] = mapped_column(DateTime, index=True)
     content_hash: Mapped[str] = mapped_column(String(64), index=True)  # normalized title+summary: syndication
     processed_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)  # embed+match+novelty done
+    # A process encoding this item holds it until then (real time), so others take the next batch instead.
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class ItemVector(Base):

@@ -3,6 +3,7 @@ on a manual clock."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -95,9 +96,13 @@ async def test_housekeeping_closes_stories_past_their_window(engine: Engine, emb
         assert s.scalars(select(Story.closed)).all() == [True]
 
 
-async def test_two_processes_on_one_batch_write_it_once(engine: Engine, embedder, tmp_path: Path) -> None:
-    """Process A encodes a batch; process B processes the same batch meanwhile and finishes first. A's
-    writes must then skip it: no error, no duplicate matches or alerts."""
+@pytest.mark.parametrize("a_lease_s", [pipeline.PROCESS_LEASE_S, 0.0], ids=["claim-held", "claim-lapsed"])
+async def test_two_processes_on_one_batch_write_it_once(engine: Engine, embedder, tmp_path: Path,
+                                                        a_lease_s: float) -> None:
+    """Process A has claimed and encoded a batch but not written it when process B runs.
+    claim-held: B finds nothing to do and encodes nothing; A writes the batch.
+    claim-lapsed (A stalled past its claim): B processes the batch and A's writes skip it.
+    Either way: no error, no duplicate matches or alerts."""
     with LiveFeedServer() as feeds:
         for i in range(6):
             feeds.publish("f", f"Hamas frees {i + 10} hostages as Israel releases Palestinian prisoners",
@@ -106,8 +111,9 @@ async def test_two_processes_on_one_batch_write_it_once(engine: Engine, embedder
         b = _runtime(engine, embedder, url, tmp_path)
         await pipeline.poll_feeds(b, all_feeds=True)
     b_done, armed, a_encoded = threading.Event(), threading.Event(), threading.Event()
+    b_encoded: list[str] = []
 
-    class WaitsForB:  # A's embedder: encodes items, then lets B finish the whole batch before A writes
+    class WaitsForB:  # A's embedder: encodes items, then lets B run to the end before A writes
         model_id, dim = embedder.model_id, embedder.dim
 
         def encode(self, texts):  # type: ignore[no-untyped-def]
@@ -117,19 +123,50 @@ async def test_two_processes_on_one_batch_write_it_once(engine: Engine, embedder
                 assert b_done.wait(60)
             return vectors
 
+    class CountsForB:
+        model_id, dim = embedder.model_id, embedder.dim
+
+        def encode(self, texts):  # type: ignore[no-untyped-def]
+            b_encoded.extend(texts)
+            return embedder.encode(texts)
+
     a = _runtime(engine, WaitsForB(), url, tmp_path)
+    b = dataclasses.replace(b, embedder=CountsForB())
     armed.set()
-    result: list[object] = []
-    t = threading.Thread(target=lambda: result.append(pipeline.process_pending(a)))
+    result: list[pipeline.ProcessReport] = []
+    t = threading.Thread(target=lambda: result.append(pipeline.process_pending(a, lease_s=a_lease_s)))
     t.start()
     assert a_encoded.wait(60)  # A holds the batch, encoded, unwritten
     b_report = pipeline.process_pending(b)
     b_done.set()
     t.join(120)
     (a_report,) = result
-    assert b_report.items == 6 and b_report.matches > 0
-    assert a_report.items == 0 and a_report.matches == 0  # type: ignore[attr-defined]
+    writer = a_report if a_lease_s else b_report
+    assert writer.items == 6 and writer.matches > 0
+    if a_lease_s:
+        assert b_report.items == 0 and b_encoded == []  # no work done twice
+    else:
+        assert a_report.items == 0 and a_report.matches == 0
     with Session(engine) as s:
-        assert len(s.scalars(select(Match)).all()) == b_report.matches
-        assert len(s.scalars(select(Alert)).all()) == sum(b_report.decisions.get(k, 0)
+        assert len(s.scalars(select(Match)).all()) == writer.matches
+        assert len(s.scalars(select(Alert)).all()) == sum(writer.decisions.get(k, 0)
                                                           for k in ("new_story", "update"))
+        assert s.scalar(select(Item).where(Item.processed_at.is_(None))) is None
+
+
+async def test_a_failed_batch_is_given_back_at_once(engine: Engine, embedder, tmp_path: Path) -> None:
+    with LiveFeedServer() as feeds:
+        feeds.publish("f", "Hamas frees 13 hostages as Israel releases 39 Palestinian prisoners", "Truce.",
+                      NOW - timedelta(minutes=5))
+        rt = _runtime(engine, embedder, f"{feeds.url}/f.xml", tmp_path)
+        await pipeline.poll_feeds(rt, all_feeds=True)
+
+    class Fails:
+        model_id, dim = embedder.model_id, embedder.dim
+
+        def encode(self, texts):  # type: ignore[no-untyped-def]
+            raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        pipeline.process_pending(dataclasses.replace(rt, embedder=Fails()))
+    assert pipeline.process_pending(rt).items == 1  # not held back until the claim lapses

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 04:36:46.461608
+Create Date: 2026-11-25 08:17:33.419222
 """
 from alembic import op
 import sqlalchemy as sa
@@ -86,6 +86,7 @@ def upgrade() -> None:
     sa.Column('fetched_at', sa.DateTime(), nullable=False),
     sa.Column('content_hash', sa.String(length=64), nullable=False),
     sa.Column('processed_at', sa.DateTime(), nullable=True),
+    sa.Column('claimed_until', sa.DateTime(), nullable=True),
     sa.ForeignKeyConstraint(['feed_id'], ['feeds.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('outlet', 'key', name='uq_items_outlet_key')
