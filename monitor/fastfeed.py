@@ -17,9 +17,9 @@ anything outside the shapes it reproduces exactly:
   attribute on an item (feedparser's rdf:about follows whatever the document bound 'rdf' to);
 * an element inside a text field (inline XHTML), a non-text content type, base64 "mode";
 * any element feedparser would map onto one of the fields above from a position this reader does not
-  model (media:title / media:description nested in media:content or media:group, where feedparser's
-  depth bookkeeping decides; media:title in the channel; itunes:subtitle; <source> with children; <image>
-  inside an item; <textInput>; a second channel title, ...);
+  model (media:title / media:description nested deeper than directly inside an item's media:content or
+  media:group; media:title in the channel; itunes:subtitle; <source> with children; <image> inside an item;
+  <textInput>; a second channel title, ...);
 * a namespace declared inside the document that renames an element between its start and end tags;
 * anything that makes this reader raise unexpectedly (feedparser then decides, and fails if it must).
 Elements feedparser ignores for those fields (categories, enclosures, media:content / thumbnail / credit,
@@ -28,7 +28,8 @@ unknown namespaced extensions such as sy:, slash:, wfw:, feedburner:) are skippe
 Ordering quirks are reproduced, not tidied: a <description> (or media:description, itunes:summary, as
 direct children of an item) that follows a summary is treated as content unless content came first; the
 first non-empty title wins (an RSS <source> resets that; a media:title sets the title when none has won yet
-but never wins itself); a permalink guid or an Atom id becomes the link only when no link was set yet, while
+but never wins itself; one inside media:content or media:group, as feedparser's depth rule has it, fills a
+title or summary only when no item child has set it); a permalink guid or an Atom id becomes the link only when no link was set yet, while
 a later <link> overwrites; the last date of each kind wins even when it does not parse; an author with <name>/<email> is "name (email)", and an
 author element's first name/email/uri child first parses the entry's current author text ("a@b.c (Name)")
 into the detail, so `<dc:creator>a@b.c (A)</dc:creator><author><name>B</name></author>` is "B (a@b.c)".
@@ -66,6 +67,9 @@ _XML_NS = "http://www.w3.org/XML/1998/namespace"
 _TITLE, _LINK, _GUID, _DESC, _SUMMARY, _CONTENT_HTML, _CONTENT = "title", "link", "guid", "desc", "summary", "chtml", "content"
 _PUB, _UPD, _CRE, _AUTHOR, _SOURCE, _CONTRIB, _IGNORE = "pub", "upd", "cre", "author", "source", "contrib", "ignore"
 _MEDIA_TITLE = "mtitle"
+_NESTED_TITLE, _NESTED_DESC = "nested-title", "nested-desc"  # media:title/description in media:content/group
+_MEDIA_CONTAINERS = frozenset({"media_content", "media_group"})
+_NESTED_KINDS = {"media_title": _NESTED_TITLE, "media_description": _NESTED_DESC}
 _NAME, _EMAIL, _URI = "name", "email", "uri"
 
 _ENTRY_KINDS: dict[str, str] = {
@@ -206,6 +210,9 @@ class _Reader:
         self.entry: dict[str, Any] | None = None
         self.title_locked = False
         self.has_content = False
+        # feedparser's property_depth_map for an entry's title/summary: "child" (an item child set it),
+        # "nested" (media:title/description one level deeper), None (unset, or set by _save: no depth)
+        self.depth_of: dict[str, str] = {}
         self.detail: dict[str, str] = {}
         self.feed_titles = 0
 
@@ -328,11 +335,13 @@ class _Reader:
             if key not in _IMAGE_CHILDREN:
                 raise _Decline(f"<{key}> in an image")
             self.stack.append(_Frame(_IGNORE, "text", None, attrs))
+        elif level == "media" and key in _NESTED_KINDS:
+            self._start_nested(_NESTED_KINDS[key], attrs)
         elif level == "channel-root":
             if key != "channel" or attrs.keys() & {"href", "lastmod"}:
                 raise _Decline(f"<{key}> under <rss>")
             self.stack.append(_Frame(_IGNORE, "feed"))
-        else:  # nested inside an ignored element
+        else:  # nested inside an ignored element (media: directly in an item's media:content/group)
             if not _harmless(key):
                 raise _Decline(f"<{key}> nested where feedparser may read it")
             self.stack.append(_Frame(_IGNORE, "nested"))
@@ -357,6 +366,7 @@ class _Reader:
             self.entries.append(self.entry)
             self.title_locked = False
             self.has_content = False
+            self.depth_of = {}
             self.stack.append(_Frame(_IGNORE, "entry"))
         elif key in ("title", "dc_title"):
             self.feed_titles += 1
@@ -390,7 +400,7 @@ class _Reader:
         if kind is None:
             if not _harmless(key):
                 raise _Decline(f"<{key}> in an item")
-            self.stack.append(_Frame(_IGNORE, "nested"))
+            self.stack.append(_Frame(_IGNORE, "media" if key in _MEDIA_CONTAINERS else "nested"))
             return
         frame = _Frame(kind, "text", [], attrs)
         if kind == _LINK:
@@ -413,6 +423,17 @@ class _Reader:
             self.title_locked = False
         elif kind == _CONTRIB:
             frame = _Frame(_IGNORE, "author")
+        self.stack.append(frame)
+
+    def _start_nested(self, kind: str, attrs: dict[str, str]) -> None:
+        """media:title / media:description one level below an item child: feedparser's title and description
+        handlers, under its depth rule (a deeper value never replaces a shallower one)."""
+        assert self.entry is not None
+        _check_text_type(attrs, "text/plain" if kind == _NESTED_TITLE else "text/html")
+        frame = _Frame(kind, "text", [], attrs)
+        if kind == _NESTED_DESC and "summary" in self.entry and not self.has_content:
+            frame.content_mode = True
+            self.has_content = True
         self.stack.append(frame)
 
     def _link_start(self, attrs: dict[str, str], context: dict[str, Any]) -> bool:
@@ -446,6 +467,8 @@ class _Reader:
             self._end_in_feed(frame)
         elif parent == "entry":
             self._end_in_entry(frame)
+        elif parent == "media":
+            self._end_nested(frame)
         elif parent == "author" and self.entry is not None and self.stack[-1].kind == _AUTHOR:
             assert frame.pieces is not None
             # feedparser's _save_author: sync the entry's author from the detail *before* this value lands
@@ -486,6 +509,23 @@ class _Reader:
         if author:
             detail["name"] = author
 
+    def _end_nested(self, frame: _Frame) -> None:
+        entry = self.entry
+        assert entry is not None and frame.pieces is not None
+        value = _finish(frame.pieces)
+        if frame.kind == _NESTED_TITLE:
+            field_name = "title"
+            if self.title_locked:  # feedparser returns before storing (and restores title_depth after)
+                return
+        else:
+            field_name = "summary"
+            if frame.content_mode:  # read as content: copied to summary only if it had none
+                entry.setdefault("summary", value)
+                return
+        if self.depth_of.get(field_name) != "child":  # deeper replaces only unset or equally deep
+            entry[field_name] = value
+            self.depth_of[field_name] = "nested"
+
     def _end_in_feed(self, frame: _Frame) -> None:
         assert frame.pieces is not None
         if frame.kind == _TITLE:
@@ -507,16 +547,19 @@ class _Reader:
             value = _finish(frame.pieces)
             if not self.title_locked:
                 entry["title"] = value
+                self.depth_of["title"] = "child"
                 self.title_locked = bool(value)
         elif kind == _MEDIA_TITLE:  # a title, but feedparser restores title_depth after it: it never locks
             if not self.title_locked:
                 entry["title"] = _finish(frame.pieces)
+                self.depth_of["title"] = "child"
         elif kind in (_DESC, _SUMMARY):
             value = _finish(frame.pieces)
             if frame.content_mode:
                 entry.setdefault("summary", value)
             else:
                 entry["summary"] = value
+                self.depth_of["summary"] = "child"
         elif kind in (_CONTENT_HTML, _CONTENT):
             entry.setdefault("summary", _finish(frame.pieces))
         elif kind == _LINK:

@@ -339,6 +339,12 @@ class _Doc:
             lambda: self.el(f"{m}:thumbnail", r.choice(["", "https://cdn.example/t2.jpg"]),
                             r.choice([' url="https://cdn.example/t.jpg" width="240"', ""])),
             lambda: self.el(f"{m}:credit", self.text(), ' role="author"'),
+            # read by feedparser into title/summary under its depth rule (Times of Israel, NYT variants)
+            lambda: (f'<{m}:content url="https://cdn.example/i.jpg" medium="image">{self.ws()}'
+                     + self.el(f"{m}:title", self.text(), self.ctype(["html", "plain"]))
+                     + self.ws() + self.el(f"{m}:description", self.text()) + f"</{m}:content>"),
+            lambda: (f"<{m}:group>" + self.el(f"{m}:description", self.text()) + self.el(f"{m}:title", self.text())
+                     + f'<{m}:content url="https://cdn.example/v.mp4"/></{m}:group>'),
             lambda: (f"<{m}:group><{m}:content url=\"https://cdn.example/v.mp4\"/>"
                      f"<{m}:thumbnail url=\"https://cdn.example/v.jpg\"/></{m}:group>"),
             lambda: self.el(f"{sy}:updatePeriod", "hourly"),
@@ -961,7 +967,22 @@ XHTML = b"""<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org
 <entry><title>x</title><id>urn:x:1</id><content type="xhtml"><div xmlns="http://www.w3.org/1999/xhtml">
 <p>Inline <b>markup</b></p></div></content></entry></feed>"""
 
-COMMON = {"bbc": BBC, "aljazeera": ALJAZEERA, "guardian": GUARDIAN, "atom": ATOM, "nyt": NYT, "wordpress": WORDPRESS}
+TIMES_OF_ISRAEL = b"""<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"
+ xmlns:content="http://purl.org/rss/1.0/modules/content/" xmlns:dc="http://purl.org/dc/elements/1.1/"
+ xmlns:atom="http://www.w3.org/2005/Atom" xmlns:media="http://search.yahoo.com/mrss/"><channel>
+<title>The Times of Israel</title><atom:link href="https://www.timesofisrael.com/feed/" rel="self" type="application/rss+xml"/>
+<link>https://www.timesofisrael.com</link><description>News from Israel</description>
+<lastBuildDate>Tue, 30 Apr 2024 10:00:00 +0000</lastBuildDate><language>en-US</language>
+<item><title>IDF strikes Hezbollah sites after rocket fire</title><link>https://www.timesofisrael.com/idf-strikes/</link>
+<dc:creator><![CDATA[Emanuel Fabian]]></dc:creator><pubDate>Tue, 30 Apr 2024 09:00:00 +0000</pubDate>
+<category><![CDATA[Israel at War]]></category><guid isPermaLink="false">https://www.timesofisrael.com/?p=123</guid>
+<description><![CDATA[<p>The army says it hit launchers.</p>]]></description>
+<media:content url="https://static.timesofisrael.com/x.jpg" medium="image"><media:title type="html">Smoke rises
+after a strike</media:title></media:content><media:thumbnail url="https://static.timesofisrael.com/t.jpg"/></item>
+</channel></rss>"""
+
+COMMON = {"bbc": BBC, "aljazeera": ALJAZEERA, "guardian": GUARDIAN, "atom": ATOM, "nyt": NYT, "wordpress": WORDPRESS,
+          "times-of-israel": TIMES_OF_ISRAEL}
 
 
 @pytest.mark.parametrize("name", sorted(COMMON))
