@@ -5,7 +5,8 @@ can share one file; PostgreSQL is the scale-out target."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
 
@@ -98,6 +101,16 @@ def write_transaction(engine: Engine) -> Iterator[Session]:
                 session.flush()
             finally:
                 session.close()
+
+
+def try_write(engine: Engine, write: Callable[[Session], object], failure: str) -> None:
+    """Best-effort write transaction for clean-up on an error path (giving leases or claims back): a
+    failure is logged with `failure`, never raised over the error being handled."""
+    try:
+        with write_transaction(engine) as session:
+            write(session)
+    except Exception:
+        log.exception(failure)
 
 
 def serialize(session: Session, name: str) -> None:

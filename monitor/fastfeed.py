@@ -61,7 +61,6 @@ from feedparser.urls import _urljoin
 # feedparser's table namespace URI -> standard prefix ('' for RSS/Atom core), keys lower-cased as it does.
 _KNOWN_NS: dict[str, str] = {k.lower(): v for k, v in StrictFeedParser.namespaces.items()}
 _ATOM_NS = "http://www.w3.org/2005/atom"
-_XML_NS = "http://www.w3.org/XML/1998/namespace"
 
 # Element kinds, by feedparser's key for the element ("dc_creator", "pubdate", "link", ...).
 _TITLE, _LINK, _GUID, _DESC, _SUMMARY, _CONTENT_HTML, _CONTENT = "title", "link", "guid", "desc", "summary", "chtml", "content"
@@ -605,4 +604,4 @@ def _meaningful(key: str) -> bool:
 
 def _harmless(key: str) -> bool:
     """An element feedparser reads, if at all, into fields we do not use."""
-    return key.startswith("unknown:") or key in _HARMLESS or not _meaningful(key)
+    return key in _HARMLESS or not _meaningful(key)

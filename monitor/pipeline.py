@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -116,7 +117,9 @@ def process_pending(rt: Runtime, *, limit: int | None = None, should_stop: Calla
         try:
             report = _process_batch(rt, items)
         except BaseException:
-            _release_claims(rt.engine, [it.id for it in items])  # retried on the next tick, not after the lease
+            ids = [it.id for it in items]  # retried on the next tick, not after the claim lapses
+            db.try_write(rt.engine, partial(store.release_items, item_ids=ids),
+                         "could not release claimed items (their claim lapses by itself)")
             raise
         total_items += report.items
         total_matches += report.matches
@@ -134,14 +137,6 @@ class _BatchReport:
     matches: int
     stale: int
     decisions: dict[str, int]
-
-
-def _release_claims(engine: Engine, item_ids: list[int]) -> None:
-    try:
-        with db.write_transaction(engine) as s:
-            store.release_items(s, item_ids)
-    except Exception:
-        log.exception("could not release claimed items (their claim lapses by itself)")
 
 
 def _process_batch(rt: Runtime, items: list[ItemRecord]) -> _BatchReport:

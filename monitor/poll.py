@@ -163,7 +163,9 @@ async def poll_once(
         if not writer_task.done():
             writer_task.cancel()
         if pending:  # cancelled or crashed: give the unrecorded feeds back at once instead of at lease expiry
-            await asyncio.shield(asyncio.to_thread(_release, engine, list(pending)))
+            await asyncio.shield(asyncio.to_thread(
+                db.try_write, engine, partial(store.release_feeds, feed_ids=list(pending)),
+                "could not release feed leases (they expire by themselves)"))
 
     elapsed = time.perf_counter() - t0
     report = PollReport(rows=tuple(rows), new_items=tuple(sorted(new_items, key=lambda i: i.id)),
@@ -191,14 +193,6 @@ def _claim(engine: Engine, now: datetime, limit: int, urls: Sequence[str] | None
            lease_s: float) -> list[FetchRequest]:
     with db.write_transaction(engine) as session:
         return store.due_feeds(session, now, limit, urls=urls, ignore_schedule=all_feeds, lease_s=lease_s)
-
-
-def _release(engine: Engine, feed_ids: list[int]) -> None:
-    try:
-        with db.write_transaction(engine) as session:
-            store.release_feeds(session, feed_ids)
-    except Exception:
-        log.exception("could not release feed leases (they expire by themselves)")
 
 
 def _write(engine: Engine, settings: Settings, batch: list[tuple[FetchRequest, FetchResult, ParsedFeed | None, float]],
