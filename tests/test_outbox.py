@@ -19,7 +19,7 @@ from email import message_from_bytes, policy
 
 import pytest
 from aiosmtpd.controller import Controller
-from deliveryfixtures import ROOT_DIR, T0, World, http_receiver, make_config
+from deliveryfixtures import ROOT_DIR, T0, World, config_text, http_receiver, make_config
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from test_email import SmtpHandler, free_port
@@ -80,23 +80,7 @@ def test_sigkill_mid_batch_then_restart_loses_nothing_and_resends_with_the_same_
             smtp = f'[settings.smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\ntimeout_s = 5\n'
             config = make_config(tmp_path, channels + subscribers + smtp, engine=engine)
             cfg_file = tmp_path / "feeds.toml"
-            cfg_file.write_text(f"""[settings]
-database_url = "{config.settings.database_url}"
-allow_private_networks = true
-{smtp}
-[[topics]]
-id = "doha-talks"
-name = "Doha talks"
-description = "Talks."
-examples = ["Talks"]
-
-[[topics]]
-id = "icc"
-name = "ICC"
-description = "ICC."
-examples = ["ICC"]
-
-{channels}{subscribers}""")
+            cfg_file.write_text(config_text(tmp_path, channels + subscribers + smtp, engine=engine))  # = config
             World(engine).new_story("s1", "doha-talks", "Talks resume")
             built = digest.build_due_digests(engine, config, T0, secret_key="k")
             assert len(built) == n_hooks + n_mail
@@ -300,20 +284,8 @@ def test_deliver_once_cli_builds_and_sends(tmp_path, engine) -> None:
 
     from monitor.cli import main
     cfg = tmp_path / "feeds.toml"
-    cfg.write_text(f"""[settings]
-database_url = "{engine.url.render_as_string(hide_password=False)}"
-outbox_dir = "{tmp_path / 'out'}"
-
-[[topics]]
-id = "icc"
-name = "ICC"
-description = "ICC."
-examples = ["ICC"]
-
-[[subscribers]]
-email = "a@example.org"
-cadence = "immediate"
-""")
+    cfg.write_text(config_text(tmp_path, '[[subscribers]]\nemail = "a@example.org"\ncadence = "immediate"\n',
+                               engine=engine))
     World(engine).new_story("s1", "icc", "ICC ruling", at=utcnow())  # the CLI runs on the real clock
     runner = CliRunner()
     preview = runner.invoke(main, ["--config", str(cfg), "digest", "preview", "--subscriber", "a@example.org",
@@ -323,7 +295,7 @@ cadence = "immediate"
     result = runner.invoke(main, ["--config", str(cfg), "deliver", "--once"])
     assert result.exit_code == 0, result.output
     assert "digests built: 1" in result.output and "sent: 1" in result.output
-    assert len(list((tmp_path / "out").glob("*.eml"))) == 1
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 1
     listing = runner.invoke(main, ["--config", str(cfg), "deliveries", "list"])
     assert "a@example.org" in listing.output and "sent" in listing.output
     again = runner.invoke(main, ["--config", str(cfg), "digest", "preview", "--subscriber", "a@example.org"])
