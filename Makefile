@@ -39,6 +39,7 @@ demo: setup
 
 lint: setup-dev
 	$(BIN)/ruff check monitor tests bench scripts
+	$(BIN)/lint-imports
 
 test: setup-dev lint
 	$(BIN)/python -m pytest -q

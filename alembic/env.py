@@ -1,9 +1,9 @@
-"""Alembic environment: migrations are generated from monitor.tables (`make migration`)."""
+"""Alembic environment: migrations are generated from monitor.storage.tables (`make migration`)."""
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from monitor.tables import Base
+from monitor.storage.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -40,7 +40,7 @@ BATCH = 64
 
 def stream_items(data: Path, n: int, per_feed: int):  # type: ignore[no-untyped-def]
     """n real items from the war weeks, spread over feeds of at most per_feed items (one RSS document each)."""
-    from monitor.replay import load_items
+    from monitor.lab.replay import load_items
 
     items = load_items(data, since=datetime(2023, 11, 20, tzinfo=UTC), until=datetime(2023, 12, 10, tzinfo=UTC))
     items = [it for it in items if it.title.strip()][:n]
@@ -50,7 +50,7 @@ def stream_items(data: Path, n: int, per_feed: int):  # type: ignore[no-untyped-
 
 
 def raw_pass(embedder, titles: list[str], texts: list[str]) -> float:  # type: ignore[no-untyped-def]
-    from monitor import embed
+    from monitor.signal import embed
 
     # One call over every item: the embedder sorts by length and encodes in batches of its batch size (64),
     # the best case for padding, so raw is the ceiling the pipeline's per-batch encoding is held against.
@@ -63,10 +63,11 @@ def ingest_pass(embedder, topic_set, topics, items, tmp: Path, settings_kw: dict
     """One full ingest into a fresh database through the service's own code (`pipeline.poll_feeds` and
     `pipeline.process_pending`: embed -> match -> stories/novelty); returns (items/s, the stored
     ItemRecords, matches, seconds per step)."""
-    from monitor import db, pipeline
+    from monitor.app import pipeline
     from monitor.clock import ManualClock
     from monitor.config import Config, FeedConfig, Settings
-    from monitor.replay import ReplayServer
+    from monitor.lab.replay import ReplayServer
+    from monitor.storage import db
 
     end = max(it.published for it in items) + timedelta(minutes=1)
     per_feed = max(sum(1 for x in items if x.feed == f) for f in {x.feed for x in items})
@@ -93,7 +94,8 @@ def ingest_pass(embedder, topic_set, topics, items, tmp: Path, settings_kw: dict
 
 def agreement(torch_embedder, onnx_embedder) -> dict[str, float]:  # type: ignore[no-untyped-def]
 
-    from monitor import embed, topic_eval
+    from monitor.lab import topic_eval
+    from monitor.signal import embed
 
     with DEV_ITEMS.open(encoding="utf-8") as f:
         items = topic_eval.parse_items(f)
@@ -115,8 +117,8 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
-    from monitor import embed, match
     from monitor.config import Settings, load_config
+    from monitor.signal import embed, match
 
     topics = load_config(ROOT / "feeds.toml").topics
     items = stream_items(args.data, args.items, args.per_feed)

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STREAM = ROOT.parent / "shared" / "data" / "stream" / "items_2023_worldnews.jsonl.xz"
 sys.path.insert(0, str(ROOT))
 
-from monitor.receiver import CaptureReceiver, LiveFeedServer, free_port  # noqa: E402
+from monitor.lab.receiver import CaptureReceiver, LiveFeedServer, free_port  # noqa: E402
 
 HEADLINES = [
     ("Hamas frees {n} Israeli hostages in {k}th exchange under truce", "Red Cross convoy crossed into Egypt via Rafah."),
@@ -157,8 +157,8 @@ def measure_latency(publish: int, interval: float, tick: float) -> dict[str, obj
 def _seed(db: Path, n: int, dim: int, model_id: str) -> int:
     from sqlalchemy import insert
 
-    from monitor import db as mdb
-    from monitor.tables import Feed, Item, ItemVector
+    from monitor.storage import db as mdb
+    from monitor.storage.tables import Feed, Item, ItemVector
 
     engine = mdb.make_engine(f"sqlite:///{db}")
     mdb.upgrade(engine)
@@ -203,7 +203,7 @@ def _flush(conn, rows, rng, dim, model_id, Item, ItemVector) -> None:  # type: i
 
 def _model_only_rss_mb() -> tuple[float, str, int]:
     code = ("import json,os,resource;os.environ['HF_HUB_OFFLINE']='1';"
-            "from monitor.config import Settings;from monitor.embed import load_embedder;"
+            "from monitor.config import Settings;from monitor.signal.embed import load_embedder;"
             "e=load_embedder(Settings());e.encode(['warm up']);"
             "print(json.dumps([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024,e.model_id,e.dim]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from deliveryfixtures import T0, World, http_receiver, make_config
 
-from monitor import db, digest
-from monitor.deliver import outbox
+from monitor.delivery import digest, outbox
+from monitor.storage import db
 
 
 def run(n: int, delay: float, concurrency: int) -> dict[str, float]:

@@ -5,7 +5,7 @@ Passes, each over every feed, with a fresh SQLite database per repeat:
   304        conditional GET answered 304 Not Modified
   unchanged  200 with the same body and no validators sent: recognised by sha256, not re-parsed
 Reports feeds/s (median of --repeats; with --compare-feedparser also the passes with every feed read by
-feedparser instead of monitor.fastfeed, the reader before it), peak memory (max RSS of this process), which server served (nginx from
+feedparser instead of monitor.ingest.fastfeed, the reader before it), peak memory (max RSS of this process), which server served (nginx from
 Debian's package when /usr/sbin/nginx exists, else an aiohttp server in a separate process), and with
 `--peer rss2email` the same first and 304 passes by rss2email (`r2e run --no-send`, installed in a separate
 temporary venv) and our ratios to it.
@@ -45,7 +45,7 @@ NGINX = "/usr/sbin/nginx"
 
 def build_documents(data: Path, n_feeds: int, per_feed: int) -> dict[str, bytes]:
     """n_feeds RSS documents of per_feed real consecutive items each (path -> body)."""
-    from monitor.replay import ReplayFeeds, _item
+    from monitor.lab.replay import ReplayFeeds, _item
 
     items = []
     need = n_feeds * per_feed
@@ -157,10 +157,10 @@ def _wait_port(port: int, timeout: float = 20) -> None:
 
 async def run_ours(urls: list[str], concurrency: int, executor: Executor | None, workdir: Path,
                    fast_reader: bool = True) -> dict[str, float]:
-    from monitor import db, store
     from monitor.config import FeedConfig, Settings
-    from monitor.poll import poll_once
-    from monitor.tables import Feed
+    from monitor.ingest.poll import poll_once
+    from monitor.storage import db, store
+    from monitor.storage.tables import Feed
 
     dbfile = workdir / f"bench-{time.time_ns()}.db"
     settings = Settings(database_url=f"sqlite:///{dbfile}", allow_private_networks=True, retention_days=100_000,
@@ -267,7 +267,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--server", choices=["auto", "nginx", "python"], default="auto")
     ap.add_argument("--parse-procs", type=int, default=0,
-                    help="parse in monitor.poll.parse_pool(N) (0: inline on the event loop, poll_once's default)")
+                    help="parse in monitor.ingest.poll.parse_pool(N) (0: inline on the event loop, poll_once's default)")
     ap.add_argument("--peer", choices=["rss2email"], default=None)
     ap.add_argument("--compare-feedparser", action="store_true",
                     help="also run the passes with fast_feed_reader = false (every feed through feedparser)")
@@ -290,7 +290,7 @@ def main() -> None:
     else:
         server = PythonServer(docs, port)
     urls = [f"http://127.0.0.1:{port}{p}" for p in sorted(docs)]
-    from monitor.poll import parse_pool
+    from monitor.ingest.poll import parse_pool
 
     executor = parse_pool(args.parse_procs) if args.parse_procs else None
     try:

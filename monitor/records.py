@@ -139,7 +139,7 @@ class FetchResult:
 
 @dataclass(frozen=True, slots=True)
 class ParsedItem:
-    """One normalized feed entry. Identity is (outlet, key); see monitor.parse for the key's fallback chain."""
+    """One normalized feed entry. Identity is (outlet, key); see monitor.ingest.parse for the key's fallback chain."""
 
     key: str
     outlet: str
@@ -186,7 +186,7 @@ class DigestTopic:
 
 @dataclass(frozen=True, slots=True)
 class DigestContent:
-    """What one digest says, grouped topic -> story; rendered by monitor.render into each channel's format."""
+    """What one digest says, grouped topic -> story; rendered by monitor.delivery.render into each channel's format."""
 
     recipient: str  # e-mail address or channel name
     recipient_name: str | None

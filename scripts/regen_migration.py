@@ -1,4 +1,4 @@
-"""Regenerate the initial migration from monitor.tables (milestone 1 has no deployed databases yet, so the
+"""Regenerate the initial migration from monitor.storage.tables (milestone 1 has no deployed databases yet, so the
 schema is one migration). Usage: python scripts/regen_migration.py"""
 
 import logging
@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from alembic import command
-from monitor.db import ALEMBIC_DIR, alembic_config
+from monitor.storage.db import ALEMBIC_DIR, alembic_config
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 log = logging.getLogger("regen_migration")

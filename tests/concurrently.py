@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from monitor import db
+from monitor.storage import db
 
 
 def while_holding(engine: Engine, first: Callable[[Session], Any], second: Callable[[Session], Any],

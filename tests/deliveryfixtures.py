@@ -17,8 +17,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from monitor.config import Config, parse_config
-from monitor.db import naive_utc
-from monitor.tables import Alert, Story
+from monitor.storage.db import naive_utc
+from monitor.storage.tables import Alert, Story
 
 T0 = datetime(2026, 11, 24, 6, 0, tzinfo=UTC)
 ROOT_DIR = Path(__file__).resolve().parent.parent

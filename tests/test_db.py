@@ -5,7 +5,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
-from monitor.tables import Base
+from monitor.storage.tables import Base
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 

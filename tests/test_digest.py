@@ -15,9 +15,10 @@ from deliveryfixtures import T0, World, make_config
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from monitor import db, digest, render
+from monitor.delivery import digest, render
 from monitor.records import AlertView
-from monitor.tables import Delivery, Digest, Subscription
+from monitor.storage import db
+from monitor.storage.tables import Delivery, Digest, Subscription
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 

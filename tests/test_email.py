@@ -17,10 +17,9 @@ from deliveryfixtures import T0, World, make_config
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from monitor import digest
 from monitor.cli import main
-from monitor.deliver import outbox
-from monitor.tables import Delivery, DeliveryAttempt
+from monitor.delivery import digest, outbox
+from monitor.storage.tables import Delivery, DeliveryAttempt
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
@@ -203,7 +202,7 @@ async def test_starttls_and_login_with_the_password_from_the_environment(tmp_pat
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
     from monitor.config import secret
-    from monitor.deliver.email import SmtpSender
+    from monitor.delivery.email import SmtpSender
 
     cert, key = self_signed(tmp_path)
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

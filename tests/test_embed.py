@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from monitor import db, embed
 from monitor.config import Settings
 from monitor.errors import EmbedError
 from monitor.records import ItemRecord
-from monitor.tables import Feed, Item, ItemVector
+from monitor.signal import embed
+from monitor.storage import db
+from monitor.storage.tables import Feed, Item, ItemVector
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 

@@ -26,11 +26,11 @@ from xml.sax.saxutils import quoteattr
 import feedparser
 import pytest
 
-from monitor import fastfeed
 from monitor.errors import ParseError
-from monitor.parse import parse_feed
+from monitor.ingest import fastfeed
+from monitor.ingest.parse import parse_feed
+from monitor.lab.replay import ReplayFeeds, ReplayItem
 from monitor.records import ParsedFeed
-from monitor.replay import ReplayFeeds, ReplayItem
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -786,7 +786,7 @@ def test_mutated_news_documents_parse_exactly_as_feedparser_does() -> None:
 
 
 def test_bench_documents_from_real_headlines_match_feedparser() -> None:
-    """bench/poll.py's documents (monitor.replay's RSS 2.0 from captured headlines): accepted, and equal."""
+    """bench/poll.py's documents (monitor.lab.replay's RSS 2.0 from captured headlines): accepted, and equal."""
     spec = importlib.util.spec_from_file_location("bench_poll", ROOT / "bench" / "poll.py")
     assert spec is not None and spec.loader is not None
     poll = importlib.util.module_from_spec(spec)
@@ -997,7 +997,7 @@ def test_common_news_shapes_are_read_by_fastfeed_and_match(name: str, content_ty
 
 
 def test_replay_documents_are_read_by_fastfeed() -> None:
-    """monitor.replay's document shape (what bench/poll.py serves), independent of the shared data."""
+    """monitor.lab.replay's document shape (what bench/poll.py serves), independent of the shared data."""
     items = [ReplayItem(feed="https://outlet.example/rss", title=f"Headline {i} \u2013 caf\u00e9 & co",
                         description=f"<p>Teaser {i} &amp; more</p>", link=f"https://outlet.example/{i}?a=1&b=2"
                         if i % 3 else "", published=datetime(2024, 4, 30, i, tzinfo=UTC),

@@ -11,7 +11,7 @@ import pytest
 from feedserver import FeedServer, rss
 
 from monitor.config import Settings
-from monitor.fetch import Fetcher, cache_lifetime, parse_retry_after
+from monitor.ingest.fetch import Fetcher, cache_lifetime, parse_retry_after
 from monitor.records import FetchRequest
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -10,12 +10,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from monitor import db, embed, match
 from monitor.cli import main
 from monitor.config import TopicConfig, load_config, parse_config
 from monitor.errors import ConfigError
 from monitor.records import ItemRecord
-from monitor.tables import Feed, Item, Match
+from monitor.signal import embed, match
+from monitor.storage import db
+from monitor.storage.tables import Feed, Item, Match
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 

@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from monitor.embed import encode_items
-from monitor.novelty import StoryParams, cluster, extract_facts, novelty_item
-from monitor.parse import text_hash
+from monitor.ingest.parse import text_hash
 from monitor.records import ItemRecord
+from monitor.signal.embed import encode_items
+from monitor.signal.novelty import StoryParams, cluster, extract_facts, novelty_item
 
 T0 = datetime(2023, 9, 9, 6, 0, tzinfo=UTC)
 

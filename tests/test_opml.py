@@ -12,7 +12,7 @@ from feedserver import FeedServer, rss
 from monitor.cli import main
 from monitor.config import load_config
 from monitor.errors import ConfigError
-from monitor.opml import OpmlFeed, read_opml, toml_blocks, write_opml
+from monitor.ingest.opml import OpmlFeed, read_opml, toml_blocks, write_opml
 
 OPML = b"""<?xml version="1.0"?>
 <opml version="1.0"><head><title>subs</title></head><body>

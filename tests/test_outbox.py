@@ -24,11 +24,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from test_email import SmtpHandler, free_port
 
-from monitor import db, digest
-from monitor.db import utcnow
-from monitor.deliver import Outgoing, outbox
+from monitor.delivery import Outgoing, digest, outbox
 from monitor.errors import DeliveryError
-from monitor.tables import Delivery, DeliveryAttempt
+from monitor.storage import db
+from monitor.storage.db import utcnow
+from monitor.storage.tables import Delivery, DeliveryAttempt
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
@@ -37,9 +37,9 @@ SECRET = "whsec_" + base64.b64encode(b"crash-test-secret-crash-test-sec").decode
 WORKER = textwrap.dedent("""
     import asyncio, sys
     from datetime import datetime
-    from monitor import db
+    from monitor.storage import db
     from monitor.config import load_config
-    from monitor.deliver import outbox
+    from monitor.delivery import outbox
 
     config = load_config(sys.argv[1])
     engine = db.make_engine(config.settings.database_url)
@@ -269,8 +269,8 @@ async def test_unsubscribing_cancels_what_is_still_in_the_outbox(tmp_path, engin
     config = make_config(tmp_path, '[[subscribers]]\nemail = "a@example.org"\ncadence = "immediate"\n', engine=engine)
     World(engine).new_story("s1", "icc", "ICC ruling")
     digest.build_due_digests(engine, config, T0, secret_key="k")
-    from monitor import unsubscribe
-    from monitor.tables import Subscription
+    from monitor.delivery import unsubscribe
+    from monitor.storage.tables import Subscription
     with Session(engine) as s, s.begin():
         sub = s.scalars(select(Subscription)).one()
         assert unsubscribe.unsubscribe(s, sub.id, "a@example.org", T0) is True

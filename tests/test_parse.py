@@ -10,7 +10,7 @@ import pytest
 from feedserver import rss
 
 from monitor.errors import ParseError
-from monitor.parse import canonical_url, clean_text, outlet_of, parse_feed
+from monitor.ingest.parse import canonical_url, clean_text, outlet_of, parse_feed
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 HDRS = {"Content-Type": "application/rss+xml; charset=utf-8"}

@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
-from monitor import pipeline
+from monitor.app import pipeline
 from monitor.clock import ManualClock
 from monitor.config import Config, FeedConfig, Settings, load_config
-from monitor.receiver import LiveFeedServer
-from monitor.tables import Alert, Item, Match, Story
+from monitor.lab.receiver import LiveFeedServer
+from monitor.storage.tables import Alert, Item, Match, Story
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 

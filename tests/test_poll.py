@@ -9,10 +9,11 @@ import pytest
 from feedserver import FeedServer, rss
 from sqlalchemy import Engine, func, select
 
-from monitor import db, fastfeed, store
 from monitor.config import FeedConfig, Settings
-from monitor.poll import poll_once
-from monitor.tables import Feed, Item
+from monitor.ingest import fastfeed
+from monitor.ingest.poll import poll_once
+from monitor.storage import db, store
+from monitor.storage.tables import Feed, Item
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
@@ -169,7 +170,7 @@ async def test_schedule_adapts_to_publishing_rate(engine: Engine, feed_server: F
 
 
 async def test_retry_after_defers_the_next_check_on_a_simulated_clock(engine: Engine, feed_server: FeedServer) -> None:
-    from monitor.fetch import Fetcher
+    from monitor.ingest.fetch import Fetcher
 
     feed_server.route("/busy.xml", status=429, headers={"Retry-After": "3600"})
     sync(engine, [feed_server.url("/busy.xml")])
@@ -203,7 +204,7 @@ async def test_items_without_guids_are_stored_once_across_polls(engine: Engine, 
 
 
 async def test_parsing_in_a_process_pool(engine: Engine, feed_server: FeedServer) -> None:
-    from monitor.poll import parse_pool
+    from monitor.ingest.poll import parse_pool
 
     feed_server.route("/p.xml", body=feed(["1", "2", "3"]))
     feed_server.route("/bad.xml", body=b"<html>nope</html>")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor import render
+from monitor.delivery import render
 from monitor.records import AlertView, DigestContent, DigestStory, DigestTopic
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -11,11 +11,11 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from monitor import db, store
 from monitor.config import FeedConfig, Settings
-from monitor.parse import parse_feed
-from monitor.poll import poll_once
-from monitor.replay import ATTRIBUTION, ReplayServer, load_items
+from monitor.ingest.parse import parse_feed
+from monitor.ingest.poll import poll_once
+from monitor.lab.replay import ATTRIBUTION, ReplayServer, load_items
+from monitor.storage import db, store
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 

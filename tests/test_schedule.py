@@ -6,7 +6,7 @@ import random
 from datetime import UTC, datetime, timedelta
 
 from monitor.config import Settings
-from monitor.schedule import JITTER, next_check
+from monitor.ingest.schedule import JITTER, next_check
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 S = Settings(min_interval_s=120, max_interval_s=7200, default_interval_s=600, max_backoff_s=6 * 3600)

@@ -21,8 +21,8 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from monitor.receiver import CaptureReceiver, LiveFeedServer, free_port
-from monitor.tables import Delivery, Feed, Match
+from monitor.lab.receiver import CaptureReceiver, LiveFeedServer, free_port
+from monitor.storage.tables import Delivery, Feed, Match
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.databases("sqlite", "postgresql")]

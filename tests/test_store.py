@@ -9,10 +9,10 @@ import pytest
 from concurrently import while_holding
 from sqlalchemy import Engine, func, select
 
-from monitor import db, store
 from monitor.config import FeedConfig
 from monitor.records import FetchResult, ParsedFeed, ParsedItem
-from monitor.tables import Feed, Item, ItemVector
+from monitor.storage import db, store
+from monitor.storage.tables import Feed, Item, ItemVector
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 

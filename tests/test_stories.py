@@ -12,14 +12,14 @@ from concurrently import while_holding
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from monitor import stories
 from monitor.cli import main
 from monitor.config import Settings
-from monitor.db import naive_utc
-from monitor.embed import encode_items
-from monitor.parse import text_hash
+from monitor.ingest.parse import text_hash
 from monitor.records import ItemRecord, MatchedItem
-from monitor.tables import Alert, Feed, Item, Story
+from monitor.signal import stories
+from monitor.signal.embed import encode_items
+from monitor.storage.db import naive_utc
+from monitor.storage.tables import Alert, Feed, Item, Story
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from monitor import match, story_eval
 from monitor.cli import main
 from monitor.config import Settings, TopicConfig
-from monitor.novelty import BASELINE, StoryParams
+from monitor.lab import story_eval
+from monitor.signal import match
+from monitor.signal.novelty import BASELINE, StoryParams
 
 
 def test_bcubed_and_pairwise_on_a_hand_checked_example() -> None:

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from monitor import embed
 from monitor.cli import main
 from monitor.config import load_config
-from monitor.topic_eval import (
+from monitor.lab.topic_eval import (
     EvalDataError,
     calibrate_threshold,
     evaluate,
@@ -21,6 +20,7 @@ from monitor.topic_eval import (
     parse_labels,
     scores,
 )
+from monitor.signal import embed
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 

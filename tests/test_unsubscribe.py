@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from monitor import digest, unsubscribe
-from monitor.tables import Delivery, Subscription
+from monitor.delivery import digest, unsubscribe
+from monitor.storage.tables import Delivery, Subscription
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 

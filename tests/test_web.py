@@ -10,9 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from monitor.metrics import Metrics
-from monitor.tables import Feed
-from monitor.web import create_app
+from monitor.app.metrics import Metrics
+from monitor.app.web import create_app
+from monitor.storage.tables import Feed
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 

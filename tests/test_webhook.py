@@ -13,9 +13,8 @@ from deliveryfixtures import T0, World, http_receiver, make_config
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from monitor import digest, render
-from monitor.deliver import outbox, webhook
-from monitor.tables import Delivery, DeliveryAttempt, Subscription
+from monitor.delivery import digest, outbox, render, webhook
+from monitor.storage.tables import Delivery, DeliveryAttempt, Subscription
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
@@ -308,7 +307,7 @@ async def test_a_disabled_channel_can_be_enabled_again_and_gets_what_was_held_ba
         assert "disabled: slack channel 'newsroom'" in status.output and "channel_not_found" in status.output
         enabled = runner.invoke(main, ["--config", str(cfg), "digest", "enable", "newsroom"])
         assert enabled.exit_code == 0 and "2 held-back deliveries queued again" in enabled.output, enabled.output
-        from monitor.db import utcnow  # the CLI requeues on the real clock
+        from monitor.storage.db import utcnow  # the CLI requeues on the real clock
         report = await outbox.deliver_due(engine, config, utcnow() + timedelta(seconds=1), worker_id="w")
         assert report.sent == 2
         assert len(rx.requests) == 3  # the refused first part, then both parts

@@ -13,10 +13,10 @@ from pathlib import Path
 import click
 from sqlalchemy import Engine
 
-from monitor import db
 from monitor.config import CONFIG_ENV, Config, config_path, load_config
 from monitor.errors import MonitorError
 from monitor.logs import setup_logging
+from monitor.storage import db
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from sqlalchemy.engine import make_url
 
-from monitor import db
+from monitor.storage import db
 
 
 def register(main: click.Group, eval_group: click.Group) -> None:

@@ -11,8 +11,9 @@ import click
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from monitor import db, digest, render, unsubscribe
-from monitor.tables import Delivery, Subscription
+from monitor.delivery import digest, render, unsubscribe
+from monitor.storage import db
+from monitor.storage.tables import Delivery, Subscription
 
 
 def register(main: click.Group, eval_group: click.Group) -> None:
@@ -126,7 +127,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @pass_ctx
     def deliveries_list(ctx: CliContext, failed: bool, limit: int) -> None:
         """List deliveries, newest first, with attempts and the last error."""
-        from monitor.deliver import outbox
+        from monitor.delivery import outbox
 
         with Session(ctx.engine()) as s:
             rows = outbox.list_deliveries(s, failed_only=failed, limit=limit)
@@ -149,7 +150,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @pass_ctx
     def deliver_once(ctx: CliContext, once: bool, limit: int, no_build: bool) -> None:
         """Build the digests that are due, then send due deliveries once (retries included)."""
-        from monitor.deliver import outbox
+        from monitor.delivery import outbox
 
         config = ctx.config
         engine = ctx.engine()

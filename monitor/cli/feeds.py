@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 from sqlalchemy import select
 
-from monitor import db, store
 from monitor.errors import ConfigError, MonitorError
+from monitor.storage import db, store
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -48,7 +48,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @pass_ctx
     def poll(ctx: CliContext, once: bool, feed_urls: tuple[str, ...], due: bool, as_json: bool) -> None:
         """Fetch feeds once, store new items and print what happened."""
-        from monitor.poll import poll_once
+        from monitor.ingest.poll import poll_once
 
         if not once:
             raise click.UsageError("`monitor poll` runs one pass: add --once (use `monitor run` to keep polling)")
@@ -60,7 +60,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         if feed_urls:
             known = {f.url for f in config.feeds}
             with db.session_factory(engine)() as s:
-                from monitor.tables import Feed
+                from monitor.storage.tables import Feed
 
                 known |= set(s.scalars(select(Feed.url)))
             unknown = [u for u in feed_urls if u not in known]
@@ -133,7 +133,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         """Add the feeds of an OPML file: appended as [[feeds]] to the config file (the source of truth, its
         comments kept), then added to the database."""
         from monitor.config import load_config
-        from monitor.opml import append_to_config, new_feeds, read_opml, toml_blocks
+        from monitor.ingest.opml import append_to_config, new_feeds, read_opml, toml_blocks
 
         imported = read_opml(opml_file.read_bytes(), str(opml_file))
         fresh = new_feeds(imported, [f.url for f in ctx.config.feeds])
@@ -161,12 +161,12 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @pass_ctx
     def feeds_export(ctx: CliContext, output: Path | None) -> None:
         """The configured feeds as OPML (titles from the database when known)."""
-        from monitor.opml import OpmlFeed, write_opml
+        from monitor.ingest.opml import OpmlFeed, write_opml
 
         titles: dict[str, str] = {}
         engine = db.make_engine(ctx.config.settings.database_url)
         if db.has_schema(engine):
-            from monitor.tables import Feed
+            from monitor.storage.tables import Feed
 
             with db.session_factory(engine)() as s:
                 titles = {r.config_url: r.title for r in s.execute(select(Feed.config_url, Feed.title)) if r.title}
@@ -194,7 +194,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                       since: datetime | None, until: datetime | None, window: int) -> None:
         """Serve a JSONL capture as real RSS feeds on a simulated clock (tests, demo, benchmarks)."""
         from monitor.clock import SimulatedClock
-        from monitor.replay import ATTRIBUTION, ReplayFeeds, ReplayServer, load_items
+        from monitor.lab.replay import ATTRIBUTION, ReplayFeeds, ReplayServer, load_items
 
         def utc(d: datetime | None) -> datetime | None:
             return d.replace(tzinfo=UTC) if d is not None else None

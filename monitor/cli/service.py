@@ -34,7 +34,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     def run(ctx: CliContext, host: str | None, port: int | None, tick_s: float, no_migrate: bool,
             clock_start: datetime | None, clock_speed: float) -> None:
         """Run the service: poll feeds, match, build and deliver digests, serve /healthz, /metrics."""
-        from monitor.service import ServiceOptions, run_service
+        from monitor.app.service import ServiceOptions, run_service
 
         ctx.config  # noqa: B018 - validate before anything starts; errors exit 2 with the message
         options = ServiceOptions(config_path=ctx.config_file, host=host, port=port, tick_s=tick_s,
@@ -52,7 +52,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         import asyncio
         import logging
 
-        from monitor.demo import BUNDLED, run_demo
+        from monitor.lab.demo import BUNDLED, run_demo
 
         topics = ctx.config.topics
         if not topics:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import click
 
-from monitor import db
 from monitor.cli import parse_since
 from monitor.config import Config, Settings
 from monitor.errors import MonitorError
+from monitor.storage import db
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([dhw])\s*$")
 _DEFAULT_CACHE = Path("var/cache")
@@ -53,7 +53,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         """Show the stories of TOPIC_ID with their items, sources and the decision + reason for each item."""
         from sqlalchemy.orm import Session
 
-        from monitor import stories
+        from monitor.signal import stories
 
         config: Config = ctx.config
         config.topic(topic_id)  # unknown topic -> ConfigError with the known ones
@@ -91,7 +91,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                      as_json: bool) -> None:
         """Replay labelled items in date order through story clustering (no topic filter) and score the
         clusters: B-cubed and pairwise precision/recall/F1."""
-        from monitor import embed, novelty, story_eval
+        from monitor.lab import story_eval
+        from monitor.signal import embed, novelty
 
         settings = _settings(ctx)
         labelled = story_eval.read_labelled(items_file)
@@ -126,7 +127,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         """Replay the real stream through the configured topics and story clustering on a simulated clock;
         report per topic matches, stories, alerts (new stories + updates) and repeats, and a day-by-day
         timeline of the alerts' headlines."""
-        from monitor import embed, match, story_eval
+        from monitor.lab import story_eval
+        from monitor.signal import embed, match
 
         config: Config = ctx.config
         if not config.topics:

@@ -11,12 +11,14 @@ import click
 import numpy as np
 from sqlalchemy import delete, func, select
 
-from monitor import db, embed, match, topic_eval
 from monitor.cli import parse_since
 from monitor.config import TopicConfig, load_config
 from monitor.errors import ConfigError, MonitorError
+from monitor.lab import topic_eval
 from monitor.records import ItemRecord
-from monitor.tables import Feed, Item, ItemVector
+from monitor.signal import embed, match
+from monitor.storage import db
+from monitor.storage.tables import Feed, Item, ItemVector
 
 
 def _record(item: Item) -> ItemRecord:

@@ -1,12 +1,12 @@
 """store: feeds and items in the database. Inserting a batch answers with only the items that are new, and
 only those flow on to embed/match/novelty.
 
-Claims: `due_feeds` must run inside `monitor.db.write_transaction(engine)`. On SQLite that transaction is
+Claims: `due_feeds` must run inside `monitor.storage.db.write_transaction(engine)`. On SQLite that transaction is
 BEGIN IMMEDIATE (the write lock is taken before the SELECT, so two processes cannot pick the same feed) and
 the UPDATE that sets the lease is guarded by the same "not leased" condition; on PostgreSQL the SELECT uses
 FOR UPDATE SKIP LOCKED. A lease expires by itself (`lease_s`), so a worker that dies loses nothing.
 
-Times go in as aware UTC and are stored naive UTC (see monitor.db).
+Times go in as aware UTC and are stored naive UTC (see monitor.storage.db).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from monitor.config import FeedConfig
-from monitor.db import aware_utc, naive_utc, serialize, storable_text
 from monitor.records import FetchRequest, FetchResult, ItemRecord, ParsedFeed, ParsedItem
-from monitor.tables import Alert, Feed, Item, ItemVector, Match, Story
+from monitor.storage.db import aware_utc, naive_utc, serialize, storable_text
+from monitor.storage.tables import Alert, Feed, Item, ItemVector, Match, Story
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The transactional outbox: delivery rows are written with their digest (monitor.digest); workers claim due
+"""The transactional outbox: delivery rows are written with their digest (monitor.delivery.digest); workers claim due
 rows under a lease, send them, and record the outcome.
 
 * Claim: one row at a time, in a write transaction (SQLite: BEGIN IMMEDIATE + a guarded UPDATE; PostgreSQL:
@@ -29,13 +29,13 @@ from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from monitor.config import ChannelConfig, Config, secret
-from monitor.db import aware_utc, is_sqlite, naive_utc, storable_text, write_transaction
-from monitor.deliver import Outgoing, Sender
-from monitor.deliver.email import EmlFileSender, SmtpSender
-from monitor.deliver.webhook import SlackSender, WebhookSender
+from monitor.delivery import Outgoing, Sender
+from monitor.delivery.email import EmlFileSender, SmtpSender
+from monitor.delivery.webhook import SlackSender, WebhookSender
 from monitor.errors import ChannelGoneError, DeliveryError
 from monitor.netguard import guarded_transport
-from monitor.tables import Delivery, DeliveryAttempt, Subscription
+from monitor.storage.db import aware_utc, is_sqlite, naive_utc, storable_text, write_transaction
+from monitor.storage.tables import Delivery, DeliveryAttempt, Subscription
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from monitor.records import DigestContent, DigestStory, DigestTopic
 # unbroken List-Unsubscribe URL, which mail clients then do not recognise as a one-click link.
 _MAIL_POLICY = SMTP.clone(max_line_length=998)
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 
 # Slack's documented limits (https://api.slack.com/reference/block-kit/blocks).
 SLACK_MAX_BLOCKS = 50

@@ -24,7 +24,7 @@ from email.utils import parsedate_to_datetime
 import aiohttp
 import httpx
 
-from monitor.deliver import Outgoing
+from monitor.delivery import Outgoing
 from monitor.errors import ChannelGoneError, DeliveryError
 from monitor.netguard import BlockedAddressError, PrivateAddressError, check_url, find_cause
 

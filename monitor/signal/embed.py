@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from monitor.config import Settings
 from monitor.errors import EmbedError
 from monitor.records import ItemRecord
-from monitor.tables import ItemVector
+from monitor.storage.tables import ItemVector
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
-from monitor import render, unsubscribe
 from monitor.config import ChannelConfig, Config, SubscriberConfig
-from monitor.db import aware_utc, is_sqlite, naive_utc, serialize, write_transaction
+from monitor.delivery import render, unsubscribe
 from monitor.errors import MonitorError
 from monitor.records import ALERT_DECISIONS, AlertView, DigestContent, DigestStory, DigestTopic
-from monitor.tables import Alert, Delivery, Digest, Story, Subscription
+from monitor.storage.db import aware_utc, is_sqlite, naive_utc, serialize, write_transaction
+from monitor.storage.tables import Alert, Delivery, Digest, Story, Subscription
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """parse: feed bytes + response headers -> normalized items. Pure (no I/O); `now` is the fetch time.
 
-Two readers, one result. `monitor.fastfeed` reads the common RSS 2.0 / Atom 1.0 shapes with expat directly
+Two readers, one result. `monitor.ingest.fastfeed` reads the common RSS 2.0 / Atom 1.0 shapes with expat directly
 and returns exactly what feedparser returns for the fields used here, about ten times faster; for anything
 else it declines and feedparser reads the document (`fast_path=False`, or the setting
 `fast_feed_reader = false`, always uses feedparser). Everything below the reader (cleaning, identity,
@@ -42,8 +42,8 @@ import defusedxml.expatreader
 import feedparser
 from defusedxml import DefusedXmlException
 
-from monitor import fastfeed
 from monitor.errors import ParseError
+from monitor.ingest import fastfeed
 from monitor.records import ParsedFeed, ParsedItem
 
 MAX_TITLE_CHARS = 500

@@ -14,8 +14,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from monitor.db import aware_utc
-from monitor.tables import Delivery, Feed
+from monitor.storage.db import aware_utc
+from monitor.storage.tables import Delivery, Feed
 
 
 @dataclass(frozen=True)

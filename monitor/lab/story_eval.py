@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from monitor.errors import MonitorError
-from monitor.novelty import NoveltyItem, StoryParams, cluster, novelty_item
 from monitor.records import ItemRecord
+from monitor.signal.novelty import NoveltyItem, StoryParams, cluster, novelty_item
 
 
 class EvalError(MonitorError):
@@ -202,7 +202,7 @@ def read_stream(path: str | Path, start: datetime, end: datetime) -> list[ItemRe
     in published order. Text is cleaned like the parser cleans feed items."""
     import lzma
 
-    from monitor.parse import MAX_SUMMARY_CHARS, MAX_TITLE_CHARS, clean_text, outlet_of, text_hash
+    from monitor.ingest.parse import MAX_SUMMARY_CHARS, MAX_TITLE_CHARS, clean_text, outlet_of, text_hash
 
     p = Path(path)
     opener = lzma.open if p.suffix == ".xz" else open
@@ -246,7 +246,7 @@ def cached_vectors(embedder, items: Sequence[ItemRecord], cache_dir: Path | None
     """The service's item vectors (`embed.encode_items`: headline and headline + teaser), reusing
     `cache_dir/<model>-<digest of the texts>.npy` when present: research replays encode the same thousands
     of items again and again."""
-    from monitor.embed import encode_items
+    from monitor.signal.embed import encode_items
 
     titles, texts = [it.title for it in items], [it.text for it in items]
     digest = hashlib.sha256("\x1e".join(["items-v2", embedder.model_id, *titles, *texts]).encode()).hexdigest()[:20]
@@ -274,9 +274,9 @@ def replay(items: Sequence[ItemRecord], vectors: np.ndarray, topic_set, settings
     from sqlalchemy import create_engine, select
     from sqlalchemy.orm import Session
 
-    from monitor import match, stories
     from monitor.records import MatchedItem
-    from monitor.tables import Alert, Base
+    from monitor.signal import match, stories
+    from monitor.storage.tables import Alert, Base
 
     engine = create_engine("sqlite://")
     Base.metadata.create_all(engine)

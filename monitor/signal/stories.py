@@ -1,4 +1,4 @@
-"""Stories at the database edge: load the open stories of a topic, run novelty (monitor.novelty, pure) on
+"""Stories at the database edge: load the open stories of a topic, run novelty (monitor.signal.novelty, pure) on
 each matched item in published order, write Story and Alert rows, close stories the window has passed.
 
 Every matched item gets one Alert row (decision new_story / update / repeat) so `monitor stories list` can
@@ -17,10 +17,10 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from monitor.config import Settings
-from monitor.db import aware_utc, naive_utc, serialize
-from monitor.novelty import OpenStory, StoryParams, cluster_step, is_open, novelty_item
 from monitor.records import MatchedItem, NoveltyDecision
-from monitor.tables import Alert, Story
+from monitor.signal.novelty import OpenStory, StoryParams, cluster_step, is_open, novelty_item
+from monitor.storage.db import aware_utc, naive_utc, serialize
+from monitor.storage.tables import Alert, Story
 
 log = logging.getLogger(__name__)
 

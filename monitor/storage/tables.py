@@ -1,7 +1,7 @@
 """Table definitions (SQLAlchemy 2.x). The alembic migrations in `alembic/versions/` are generated from
 these (`make migration`); a test fails when the two drift apart.
 
-Times are stored as naive UTC datetimes (SQLite has no time zone type); `monitor.db.utc()` turns
+Times are stored as naive UTC datetimes (SQLite has no time zone type); `monitor.storage.db.utc()` turns
 them back into aware ones at the edges.
 """
 
@@ -60,7 +60,7 @@ class Feed(Base):
 
 
 class Item(Base):
-    """One news item. Identity: (outlet, key); see monitor.parse for the key's fallback chain."""
+    """One news item. Identity: (outlet, key); see monitor.ingest.parse for the key's fallback chain."""
 
     __tablename__ = "items"
     __table_args__ = (UniqueConstraint("outlet", "key", name="uq_items_outlet_key"),)

@@ -1,6 +1,6 @@
 """Novelty: incremental story clustering and the new_story / update / repeat decision. Pure: no I/O, the
-clock (`now`, the window) and the parameters come in as arguments; the caller (monitor.stories for the
-database, monitor.story_eval for labelled files) owns persistence.
+clock (`now`, the window) and the parameters come in as arguments; the caller (monitor.signal.stories for the
+database, monitor.lab.story_eval for labelled files) owns persistence.
 
 Method (numbers chosen on the BASIL and AllSides dev sets, see `StoryParams` and docs in story_eval):
 
@@ -35,7 +35,7 @@ from monitor.records import Decision, ItemRecord
 @dataclass(frozen=True, slots=True)
 class StoryParams:
     """Clustering and novelty parameters. Defaults are the ones chosen on the dev sets (how: see
-    monitor.story_eval): join_threshold and time_penalty by grid search maximising the lower of the BASIL and
+    monitor.lab.story_eval): join_threshold and time_penalty by grid search maximising the lower of the BASIL and
     AllSides B-cubed F1, with time_penalty capped at 0.3 per 72 h (at most 0.1 per day of gap) so that real
     follow-ups a day or two later still join; name_conflict kept small (0.05 costs < 0.005 F1 on the dev
     sets, which share names across stories) because it is what separates same-type events in different
@@ -470,7 +470,7 @@ def cluster_step(open_stories: Sequence[OpenStory], x: NoveltyItem, new_key: int
 
 def cluster(items: Iterable[NoveltyItem], params: StoryParams) -> list[tuple[int, Assignment]]:
     """Cluster items in the order given (date order) with no persistence; returns (story key, assignment)
-    per item. Used by evaluation; the service goes through monitor.stories with the same steps."""
+    per item. Used by evaluation; the service goes through monitor.signal.stories with the same steps."""
     open_by_topic: dict[str, list[OpenStory]] = {}
     out: list[tuple[int, Assignment]] = []
     next_key = 0

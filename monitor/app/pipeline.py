@@ -3,7 +3,7 @@
     poll (fetch -> parse -> store)  ->  process (embed -> match -> novelty)  ->  digest  ->  deliver
 
 Stages do not import each other; this module does. It holds no resources of its own: the composition root
-(`monitor.service` or the demo) builds the engine, the embedder and the clock and hands them in as a
+(`monitor.app.service` or the demo) builds the engine, the embedder and the clock and hands them in as a
 `Runtime`. Every step takes `now` from the runtime's clock, so the same code runs in real time, on the
 demo's simulated clock and in tests.
 """
@@ -22,12 +22,14 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from monitor import db, digest, embed, match, poll, store, stories, unsubscribe
+from monitor.app.metrics import Metrics
 from monitor.clock import Clock
 from monitor.config import Config
-from monitor.deliver import outbox
-from monitor.metrics import Metrics
+from monitor.delivery import digest, outbox, unsubscribe
+from monitor.ingest import poll
 from monitor.records import ALERT_DECISIONS, ItemRecord, MatchedItem
+from monitor.signal import embed, match, stories
+from monitor.storage import db, store
 
 log = logging.getLogger(__name__)
 

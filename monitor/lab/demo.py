@@ -23,17 +23,20 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from monitor import db, embed, pipeline, replay
+from monitor.app import pipeline
 from monitor.clock import ManualClock
 from monitor.config import ChannelConfig, Config, FeedConfig, Settings, SubscriberConfig, TopicConfig
-from monitor.deliver import outbox
-from monitor.fetch import Fetcher
-from monitor.receiver import CaptureReceiver
-from monitor.tables import Alert, Delivery
+from monitor.delivery import outbox
+from monitor.ingest.fetch import Fetcher
+from monitor.lab import replay
+from monitor.lab.receiver import CaptureReceiver
+from monitor.signal import embed
+from monitor.storage import db
+from monitor.storage.tables import Alert, Delivery
 
 log = logging.getLogger(__name__)
 
-BUNDLED = Path(__file__).resolve().parent / "data" / "demo_items.jsonl.xz"
+BUNDLED = Path(__file__).resolve().parents[1] / "data" / "demo_items.jsonl.xz"
 DEMO_START = datetime(2023, 11, 20, 0, 0, tzinfo=UTC)
 DEMO_END = datetime(2023, 11, 29, 9, 0, tzinfo=UTC)  # past the last daily digest (08:00 on the 29th)
 SLACK_URL_ENV = "MONITOR_DEMO_SLACK_URL"

@@ -17,7 +17,7 @@ chosen among {0, 0.5, 1, 2, 3, 4, 5, 6, 8} once the topics carried counterexampl
 GUIDE.md (R1-R6): with gates, macro-F1 full dev / time split (calibrated on October, measured on November)
 is 0.840/0.865 at 1, 0.845/0.884 at 2, 0.858/0.878 at 3, then a plateau 0.860-0.864/0.896-0.910 from 4 to 8;
 5 is the middle of the plateau. Global constants, not per-item tuning.
-Item vectors come from `monitor.embed.encode_items` (headline and headline + teaser).
+Item vectors come from `monitor.signal.embed.encode_items` (headline and headline + teaser).
 
 An item matches when every keyword gate passes (`require_any`: at least one term; `require_all`: at least
 one term of every group; `exclude`: no term; whole-word, case-insensitive) and score >= threshold.
@@ -27,7 +27,7 @@ from the topic's own texts: each example is scored against the *other* prototype
 counterexample against the prototypes; the threshold is the midpoint between the median example score and
 the median counterexample score (`label_free_threshold`). The shipped topics carry a threshold in
 feeds.toml calibrated on the labelled dev set by `monitor eval topics --calibrate` (the F1-maximising
-cut-off, procedure in `monitor.topic_eval.calibrate_threshold`).
+cut-off, procedure in `monitor.lab.topic_eval.calibrate_threshold`).
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from monitor.config import TopicConfig
-from monitor.db import naive_utc
 from monitor.records import ItemRecord, TopicMatch
-from monitor.tables import Match
+from monitor.storage.db import naive_utc
+from monitor.storage.tables import Match
 
 TOP_K = 1
 COUNTER_WEIGHT = 5.0

@@ -28,14 +28,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from monitor import render
 from monitor.config import Config, Settings, secret
-from monitor.db import naive_utc, utcnow
-from monitor.tables import Subscription
+from monitor.delivery import render
+from monitor.storage.db import naive_utc, utcnow
+from monitor.storage.tables import Subscription
 
 log = logging.getLogger(__name__)
 
-SALT = "monitor.unsubscribe.v1"
+SALT = "monitor.delivery.unsubscribe.v1"
 TOKEN_MAX_AGE = timedelta(days=90)
 PATH = "/unsubscribe/{token}"
 

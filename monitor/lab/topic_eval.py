@@ -22,9 +22,9 @@ from datetime import datetime
 
 from monitor.config import TopicConfig
 from monitor.errors import MonitorError
-from monitor.match import KeywordGate, compile_gate, keyword_pattern
-from monitor.parse import MAX_SUMMARY_CHARS, MAX_TITLE_CHARS, clean_text
+from monitor.ingest.parse import MAX_SUMMARY_CHARS, MAX_TITLE_CHARS, clean_text
 from monitor.records import item_text
+from monitor.signal.match import KeywordGate, compile_gate, keyword_pattern
 
 
 class EvalDataError(MonitorError):

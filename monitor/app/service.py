@@ -31,14 +31,17 @@ import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import text
 
-from monitor import db, embed, match, pipeline, unsubscribe
+from monitor.app import pipeline
+from monitor.app.metrics import Metrics
+from monitor.app.web import create_app
 from monitor.clock import Clock, SimulatedClock
 from monitor.config import Config, load_config
-from monitor.deliver.outbox import open_senders
+from monitor.delivery import unsubscribe
+from monitor.delivery.outbox import open_senders
 from monitor.errors import MonitorError
-from monitor.fetch import Fetcher
-from monitor.metrics import Metrics
-from monitor.web import create_app
+from monitor.ingest.fetch import Fetcher
+from monitor.signal import embed, match
+from monitor.storage import db
 
 log = logging.getLogger(__name__)
 

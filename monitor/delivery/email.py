@@ -16,7 +16,7 @@ from email.utils import parseaddr
 from pathlib import Path
 
 from monitor.config import SmtpSettings
-from monitor.deliver import Outgoing
+from monitor.delivery import Outgoing
 from monitor.errors import DeliveryError
 
 

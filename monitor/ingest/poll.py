@@ -28,12 +28,13 @@ from functools import partial
 
 from sqlalchemy import Engine
 
-from monitor import db, schedule, store
 from monitor.config import Settings
 from monitor.errors import ParseError
-from monitor.fetch import Fetcher
-from monitor.parse import parse_feed
+from monitor.ingest import schedule
+from monitor.ingest.fetch import Fetcher
+from monitor.ingest.parse import parse_feed
 from monitor.records import FetchRequest, FetchResult, ItemRecord, ParsedFeed
+from monitor.storage import db, store
 
 log = logging.getLogger(__name__)
 

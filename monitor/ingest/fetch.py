@@ -44,9 +44,9 @@ import aiohttp
 import httpx
 
 from monitor.config import Settings
-from monitor.db import utcnow
 from monitor.netguard import PrivateAddressError, find_cause, guarded_transport, is_public_ip
 from monitor.records import FetchRequest, FetchResult
+from monitor.storage.db import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Developer tools (demo, replay server, evaluation). Production code never imports this package."""

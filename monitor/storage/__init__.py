@@ -1,0 +1,1 @@
+"""Storage: the tables, the database helpers and the store that returns only new rows."""
