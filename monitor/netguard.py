@@ -25,15 +25,40 @@ class BlockedAddressError(MonitorError):
     """The URL points at a private or otherwise non-public address."""
 
 
+# NAT64: the well-known prefix (RFC 6052) carries an IPv4 address in its last 32 bits; the local-use prefix
+# (RFC 8215) only exists inside one operator's network, so it is never public.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
 def is_public_ip(address: str) -> bool:
-    """True only for a global unicast address (an IPv4-mapped IPv6 address is judged as IPv4); anything
-    that is not an address at all is not public."""
+    """True only for a global unicast address; anything that is not an address at all is not public.
+
+    IPv6 forms that carry an IPv4 address are judged by that IPv4 address, since it is where the packets
+    end up: IPv4-mapped (::ffff:a.b.c.d), 6to4 (2002:AABB:CCDD::/16, the relay delivers to a.b.c.d), NAT64
+    (64:ff9b::a.b.c.d, the translator connects to a.b.c.d). So 2002:c0a8:0101:: (192.168.1.1) and
+    64:ff9b::10.0.0.1 are private, while 64:ff9b::8.8.8.8 (a public site seen from an IPv6-only network with
+    DNS64) is public. Teredo (2001::/32, which embeds its client's IPv4 address, possibly a private one) is
+    never public: IANA lists it as not globally reachable and no news site is served from it."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return _is_public(ip.ipv4_mapped)
+        if ip.sixtofour is not None:
+            return _is_public(ip.sixtofour)
+        if ip in _NAT64_LOCAL:
+            return False
+        if ip in _NAT64:
+            return _is_public(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip.teredo is not None:
+            return False
+    return _is_public(ip)
+
+
+def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_link_local or ip.is_loopback)
 
 
