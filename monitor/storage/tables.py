@@ -121,6 +121,8 @@ class Story(Base):
     member_vectors: Mapped[bytes | None] = mapped_column(LargeBinary)
     state: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)  # novelty's own memory (facts seen...)
     closed: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    # Readers' "already knew this" marks on its alerts: each pair of marks asks one more new fact of an update.
+    known_marks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Alert(Base):
@@ -212,3 +214,124 @@ class DeliveryAttempt(Base):
 
 
 Index("ix_deliveries_due", Delivery.status, Delivery.next_attempt_at)
+
+
+# --- subscribers in control: preferences, feedback, sign-up, suppression (monitor.app.subscriber) -------
+
+
+class SubscriberPrefs(Base):
+    """A subscriber's own choices, made on the preferences page; they override feeds.toml for this address.
+    A self-signed-up subscriber (source "signup") exists only here and gets nothing until confirmed."""
+
+    __tablename__ = "subscriber_prefs"
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), default="config")  # config | signup
+    topics: Mapped[list[str] | None] = mapped_column(JSON)  # None = as feeds.toml says
+    cadence: Mapped[str | None] = mapped_column(String(16))
+    daily_at: Mapped[str | None] = mapped_column(String(5))  # HH:MM local
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    paused_until: Mapped[datetime | None] = mapped_column(DateTime)
+    confirmed_at: Mapped[datetime | None] = mapped_column(DateTime)  # signup: double opt-in done
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class SubscriberEvent(Base):
+    """Every change a subscriber (or a bounce) made to a subscription: what, when, from which value."""
+
+    __tablename__ = "subscriber_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    action: Mapped[str] = mapped_column(String(32))  # prefs | pause | unsubscribe | resubscribe | signup | confirm
+    detail: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+
+
+class Feedback(Base):
+    """A reader's verdict on one alerted item: not_relevant | known | more_like_this. One per (who, item, kind)."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("subscription_id", "item_key", "kind", name="uq_feedback_who_item_kind"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"), index=True)
+    alert_id: Mapped[int | None] = mapped_column(ForeignKey("alerts.id", ondelete="SET NULL"))
+    # The item id, or "a<alert id>" once retention removed the item (alerts keep a copy of its title).
+    item_key: Mapped[str] = mapped_column(String(32))
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id", ondelete="SET NULL"), index=True)
+    topic_id: Mapped[str] = mapped_column(String(64), index=True)
+    story_id: Mapped[int | None] = mapped_column(ForeignKey("stories.id", ondelete="SET NULL"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(Text)  # the item's headline, kept for the suggestion list
+    summary: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    applied_at: Mapped[datetime | None] = mapped_column(DateTime)  # turned into a topic change by an admin
+
+
+class Suppression(Base):
+    """An address that bounced or complained: nothing more is sent to it; admins see why."""
+
+    __tablename__ = "suppressions"
+    address: Mapped[str] = mapped_column(String(254), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(16))  # bounce | complaint
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class SignupAttempt(Base):
+    """Sign-up requests, for the rate limit (per client address and per e-mail address)."""
+
+    __tablename__ = "signup_attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    client: Mapped[str] = mapped_column(String(64), index=True)
+    address: Mapped[str] = mapped_column(String(254), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+class TopicChange(Base):
+    """Audit of topic edits made through the service (a suggestion applied, an admin edit): who, when, the diff."""
+
+    __tablename__ = "topic_changes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    topic_id: Mapped[str] = mapped_column(String(64), index=True)
+    actor: Mapped[str] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    summary: Mapped[str] = mapped_column(Text)
+    diff: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+
+
+# --- the admin web UI and API (monitor.app.admin) -------------------------------------------------------
+
+
+class AdminUser(Base):
+    """An admin account (`monitor admin create-user`): the password is kept only as an argon2 hash."""
+
+    __tablename__ = "admin_users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(128), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class AuditEntry(Base):
+    """Who changed what through the admin pages or API, when, and the change itself (a readable diff)."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(128))  # admin user name, or "api-token"
+    action: Mapped[str] = mapped_column(String(64))  # topic.update, topic.create, feed.disable ...
+    target: Mapped[str] = mapped_column(String(2048))  # topic id, feed URL, subscriber address ...
+    diff: Mapped[str] = mapped_column(Text, default="")
+
+
+class ConfigRevision(Base):
+    """Every feeds.toml written by the admin pages, in full: a service on another host sees a newer revision
+    here and applies it (monitor.app.admin.configfile.pull_revision), so an edit needs no restart anywhere."""
+
+    __tablename__ = "config_revisions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    actor: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
