@@ -1,0 +1,151 @@
+"""Validate the shapes of the hand-labelled story sets in this folder.
+
+Usage: python bench/data/stories/check.py [FOLDER]
+Checks: required fields and types, unique ids (per file; per timeline for timelines.jsonl),
+dates before 2023-11-16, label values, and that every evidence id of key_developments.jsonl
+and every near-miss family has at least two stories. Exits 1 and lists problems if any.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+CUTOFF = "2023-11-16"
+TOPICS = {"doha-talks", "prisoner-exchange", "icc-warrants"}
+
+
+def _rows(path: Path, problems: list[str]) -> list[dict]:
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            problems.append(f"{path.name}:{n}: not JSON ({e})")
+    return rows
+
+
+def _need(row: dict, fields: dict[str, type], where: str, problems: list[str]) -> bool:
+    ok = True
+    for name, kind in fields.items():
+        if not isinstance(row.get(name), kind) or (kind is str and not row[name].strip()):
+            problems.append(f"{where}: field {name!r} missing or not a non-empty {kind.__name__}")
+            ok = False
+    return ok
+
+
+def _date_ok(value: str, where: str, problems: list[str]) -> None:
+    if not (len(value) >= 10 and value[4] == "-" and value[7] == "-"):
+        problems.append(f"{where}: date {value!r} is not ISO")
+    elif value[:10] >= CUTOFF:
+        problems.append(f"{where}: date {value!r} is not before {CUTOFF}")
+
+
+def check_near_miss(path: Path, problems: list[str]) -> dict[str, str]:
+    rows = _rows(path, problems)
+    ids: set[str] = set()
+    family_stories: dict[str, set[str]] = defaultdict(set)
+    story_family: dict[str, str] = {}
+    fields = {"id": str, "date": str, "source": str, "title": str, "summary": str, "story": str, "family": str}
+    for n, r in enumerate(rows, 1):
+        where = f"{path.name}:{n}"
+        if not _need(r, {k: v for k, v in fields.items() if k != "summary"}, where, problems):
+            continue
+        if not isinstance(r.get("summary"), str):
+            problems.append(f"{where}: field 'summary' missing")
+        if r["id"] in ids:
+            problems.append(f"{where}: duplicate id {r['id']}")
+        ids.add(r["id"])
+        _date_ok(r["date"], where, problems)
+        if story_family.setdefault(r["story"], r["family"]) != r["family"]:
+            problems.append(f"{where}: story {r['story']} appears in two families")
+        family_stories[r["family"]].add(r["story"])
+    for fam, stories in family_stories.items():
+        if len(stories) < 2:
+            problems.append(f"{path.name}: family {fam} has only one story")
+    return {r["id"]: r["date"] for r in rows if isinstance(r.get("id"), str)}
+
+
+def check_timelines(path: Path, problems: list[str]) -> set[str]:
+    rows = _rows(path, problems)
+    seen: set[tuple[str, str]] = set()
+    last: dict[str, str] = {}
+    fields = {"timeline": str, "topic": str, "id": str, "date": str, "source": str, "title": str, "label": str}
+    for n, r in enumerate(rows, 1):
+        where = f"{path.name}:{n}"
+        if not _need(r, fields, where, problems):
+            continue
+        if not isinstance(r.get("summary"), str):
+            problems.append(f"{where}: field 'summary' missing")
+        key = (r["timeline"], r["id"])
+        if key in seen:
+            problems.append(f"{where}: id {r['id']} twice in timeline {r['timeline']}")
+        seen.add(key)
+        _date_ok(r["date"], where, problems)
+        if r["topic"] not in TOPICS:
+            problems.append(f"{where}: topic {r['topic']!r} unknown")
+        if r["label"] not in ("development", "repeat"):
+            problems.append(f"{where}: label {r['label']!r} not development|repeat")
+        elif r["label"] == "development" and not str(r.get("development", "")).strip():
+            problems.append(f"{where}: development without a 'development' line")
+        if r["date"] < last.get(r["timeline"], ""):
+            problems.append(f"{where}: timeline {r['timeline']} not in time order")
+        last[r["timeline"]] = r["date"]
+    for tl in last:
+        first = next(r for r in rows if r.get("timeline") == tl)
+        if first.get("label") != "development":
+            problems.append(f"{path.name}: timeline {tl} does not start with a development")
+    return {r["id"] for r in rows if isinstance(r.get("id"), str)}
+
+
+def check_key_developments(path: Path, problems: list[str], known_ids: set[str]) -> None:
+    rows = _rows(path, problems)
+    kds: set[str] = set()
+    fields = {"kd": str, "first_seen": str, "topics": list, "what": str, "evidence_ids": list}
+    for n, r in enumerate(rows, 1):
+        where = f"{path.name}:{n}"
+        if not _need(r, fields, where, problems):
+            continue
+        if r["kd"] in kds:
+            problems.append(f"{where}: duplicate kd {r['kd']}")
+        kds.add(r["kd"])
+        _date_ok(r["first_seen"], where, problems)
+        if not r["topics"] or not set(r["topics"]) <= TOPICS:
+            problems.append(f"{where}: topics {r['topics']} not a non-empty subset of {sorted(TOPICS)}")
+        if not r["evidence_ids"]:
+            problems.append(f"{where}: no evidence ids")
+        if known_ids:
+            for i in r["evidence_ids"]:
+                if i not in known_ids:
+                    problems.append(f"{where}: evidence id {i} is in neither the stream sample nor dev_items")
+
+
+def main(argv: list[str]) -> int:
+    folder = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parent
+    problems: list[str] = []
+    known: set[str] = set()
+    counts = {}
+    if (folder / "near_miss.jsonl").exists():
+        known |= set(check_near_miss(folder / "near_miss.jsonl", problems))
+        counts["near_miss"] = len(_rows(folder / "near_miss.jsonl", []))
+    if (folder / "timelines.jsonl").exists():
+        known |= check_timelines(folder / "timelines.jsonl", problems)
+        counts["timelines"] = len(_rows(folder / "timelines.jsonl", []))
+    dev_items = folder.parents[3] / "shared" / "data" / "topics" / "dev_items.jsonl" if len(folder.parents) > 3 else None
+    if dev_items is not None and dev_items.exists():
+        known |= {json.loads(x)["id"] for x in dev_items.read_text(encoding="utf-8").splitlines() if x.strip()}
+    if (folder / "key_developments.jsonl").exists():
+        check_key_developments(folder / "key_developments.jsonl", problems, known)
+        counts["key_developments"] = len(_rows(folder / "key_developments.jsonl", []))
+    for p in problems:
+        sys.stderr.write(p + "\n")
+    sys.stdout.write(json.dumps({"counts": counts, "problems": len(problems)}) + "\n")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
