@@ -82,6 +82,8 @@ class Settings(_Strict):
     secret_key_env: str = Field("MONITOR_SECRET_KEY", description="Environment variable holding the key that signs unsubscribe tokens.")
     host: str = Field("127.0.0.1", description="Address the HTTP endpoints listen on.")
     port: int = Field(8080, ge=0, le=65535, description=f"Port of the HTTP endpoints; {PORT_ENV} overrides it.")
+    metrics_host: str = Field("127.0.0.1", description="Address of the Prometheus `/metrics` listener (loopback by default: metrics name feeds and outbox state, so keep them off the public port).")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Port of the `/metrics` listener; 0 turns the listener off.")
     timezone: str = Field("UTC", description="Default timezone for daily digests.")
 
     @field_validator("timezone")

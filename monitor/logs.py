@@ -10,7 +10,9 @@ from datetime import UTC, datetime
 from typing import IO
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is a structured field.
-_STANDARD = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime", "taskName"}
+# uvicorn adds `color_message` (its message with ANSI colours) to every record: not a field of ours.
+_STANDARD = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime", "taskName",
+                                                                                  "color_message"}
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:

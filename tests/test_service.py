@@ -7,6 +7,7 @@ from __future__ import annotations
 import email
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import create_engine, select
@@ -76,11 +78,12 @@ def default_topics_toml(ids: set[str]) -> str:
 
 
 def write_config(path: Path, tmp: Path, *, feed_urls: list[str], topics: set[str], smtp_port: int,
-                 extra: str = "", database_url: str) -> None:
+                 extra: str = "", database_url: str, metrics_port: int = 0) -> None:
     feeds = "".join(f'[[feeds]]\nurl = "{u}"\ninterval = 300\n\n' for u in feed_urls)
     path.write_text(f"""
 [settings]
 database_url = "{database_url}"
+metrics_port = {metrics_port}
 allow_private_networks = true
 outbox_dir = "{tmp / 'outbox'}"
 min_interval_s = 60
@@ -101,21 +104,24 @@ timeout_s = 5
 class Running:
     proc: subprocess.Popen[bytes]
     log_path: Path
+    port: int
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
 
-def start_service(config: Path, tmp: Path, env_extra: dict[str, str]) -> Running:
-    log_path = tmp / "service.log"
+def start_service(config: Path, tmp: Path, env_extra: dict[str, str], port: int | None = None,
+                  log_name: str = "service.log") -> Running:
+    log_path = tmp / log_name
+    port = port or free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MONITOR_SECRET_KEY": "test-key", **env_extra}
     proc = subprocess.Popen(
         [sys.executable, "-m", "monitor", "--config", str(config), "--log-format", "json", "run",
-         "--port", str(free_port()), "--tick", "0.5", "--clock-start", CLOCK_START.strftime("%Y-%m-%dT%H:%M:%S"),
+         "--port", str(port), "--tick", "0.5", "--clock-start", CLOCK_START.strftime("%Y-%m-%dT%H:%M:%S"),
          "--clock-speed", str(SPEED)],
         cwd=tmp, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
     )
-    return Running(proc, log_path)
+    return Running(proc, log_path, port)
 
 
 def wait_for(cond: Callable[[], object], timeout: float, what: str, running: Running) -> None:
@@ -229,6 +235,51 @@ def test_hot_reload_applies_feeds_and_topics_and_rejects_invalid_edits(tmp_path:
         wait_for(lambda: fs.requests.count("two") > polled, 20, "polling to go on with the old config", running)
         with Session(engine) as s:
             assert s.scalar(select(Feed.enabled).where(Feed.url == f"{base}/two.xml")) is True
+    finally:
+        running.proc.send_signal(signal.SIGTERM)
+        assert running.proc.wait(timeout=30) == 0, running.log()[-4000:]
+
+
+def _status(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def test_ports_metrics_listener_and_readiness_of_a_locked_database(tmp_path: Path, smtp, feeds) -> None:
+    """SQLite: /metrics answers only on its own (loopback) listener; /readyz says 503 while another process
+    holds the database's write lock and 200 once it lets go; a second `monitor run` on the same port stops
+    at once with "port N is in use" (before loading the model)."""
+    _sink, smtp_port = smtp
+    _fs, base = feeds
+    config = tmp_path / "feeds.toml"
+    db_file = tmp_path / "monitor.db"
+    metrics_port = free_port()
+    write_config(config, tmp_path, feed_urls=[f"{base}/one.xml"], topics={"prisoner-exchange"}, smtp_port=smtp_port,
+                 database_url=f"sqlite:///{db_file}", metrics_port=metrics_port)
+    running = start_service(config, tmp_path, {})
+    public = f"http://127.0.0.1:{running.port}"
+    try:
+        wait_ready(running)
+        assert _status(f"{public}/readyz") == 200
+        assert _status(f"{public}/metrics") == 404
+        scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        assert scrape.status_code == 200 and "monitor_polls_total" in scrape.text
+
+        locker = sqlite3.connect(db_file, timeout=5, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            wait_for(lambda: _status(f"{public}/readyz") == 503, 30, "/readyz to report the locked database", running)
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        wait_for(lambda: _status(f"{public}/readyz") == 200, 30, "/readyz to recover", running)
+
+        second = start_service(config, tmp_path, {}, port=running.port, log_name="second.log")
+        assert second.proc.wait(timeout=60) == 2, second.log()[-4000:]
+        assert f"port {running.port} on 127.0.0.1 is in use" in second.log()
+        assert "service starting" not in second.log()
     finally:
         running.proc.send_signal(signal.SIGTERM)
         assert running.proc.wait(timeout=30) == 0, running.log()[-4000:]

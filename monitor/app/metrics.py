@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -16,6 +17,20 @@ from sqlalchemy.orm import Session
 
 from monitor.storage.db import aware_utc
 from monitor.storage.tables import Delivery, Feed
+
+
+def label_url(url: str) -> str:
+    """A feed URL as a metrics label: no user name or password, no query string, no fragment, since a
+    feed URL may carry credentials or tokens and metrics travel to other systems."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    except ValueError:
+        return "invalid-url"
 
 
 @dataclass(frozen=True)
@@ -43,10 +58,18 @@ class _DatabaseCollector(Collector):
                     select(func.min(Delivery.created_at)).where(Delivery.status.in_(("pending", "sending")))
                 ).scalar()
                 oldest.add_metric([], (now - aware_utc(first)).total_seconds() if first else 0.0)
+                # Two feeds that differ only in what the label drops share a series: newest success, most errors.
+                ok_by: dict[str, float] = {}
+                err_by: dict[str, int] = {}
                 for url, ok_at, n_err in s.execute(select(Feed.url, Feed.last_success_at, Feed.error_count).where(Feed.enabled)):
+                    label = label_url(url)
                     if ok_at is not None:
-                        last_ok.add_metric([url], aware_utc(ok_at).timestamp())
-                    errors.add_metric([url], n_err or 0)
+                        ok_by[label] = max(ok_by.get(label, 0.0), aware_utc(ok_at).timestamp())
+                    err_by[label] = max(err_by.get(label, 0), n_err or 0)
+                for label, ts in ok_by.items():
+                    last_ok.add_metric([label], ts)
+                for label, n in err_by.items():
+                    errors.add_metric([label], n)
         except Exception:  # a scrape must never take the process down; the gauges are simply absent
             return []
         return [depth, oldest, last_ok, errors]

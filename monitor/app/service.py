@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,12 +32,13 @@ from typing import Any
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from monitor.app import pipeline
 from monitor.app.metrics import Metrics
-from monitor.app.web import create_app
+from monitor.app.web import create_app, create_metrics_app
 from monitor.clock import Clock, SimulatedClock
-from monitor.config import Config, load_config
+from monitor.config import PORT_ENV, Config, load_config
 from monitor.delivery import unsubscribe
 from monitor.delivery.outbox import open_senders
 from monitor.errors import MonitorError
@@ -46,6 +49,7 @@ from monitor.storage import db
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 8.0  # under `docker stop`'s 10 s
+READINESS_WRITE_WAIT_S = 1.0  # /readyz: a database that cannot take a write lock this fast is not ready
 PROCESS_PER_TICK = 1024  # items embedded per poll tick, so polling and shutdown never wait long
 
 
@@ -80,6 +84,75 @@ class _State:
     ready: dict[str, bool] = field(default_factory=lambda: {"database": False, "model": False, "scheduler": False})
 
 
+@dataclass
+class _Failure:
+    signature: str
+    first_at: float
+    count: int = 1
+    last_report_at: float = 0.0
+
+
+class JobFailures:
+    """What the scheduled jobs' failures say, for the log and for /readyz.
+
+    The first failure of a kind is logged with its traceback and a hint for the operator; the same failure
+    repeated (a locked or broken database fails every tick) is counted and summarised at most every
+    `repeat_report_s`; a recovery is logged once with the count. A job whose last run failed on the database
+    marks the database as failing until it succeeds again."""
+
+    def __init__(self, logger: logging.Logger, now: Callable[[], float] = time.monotonic,
+                 repeat_report_s: float = 300.0) -> None:
+        self._log = logger
+        self._now = now
+        self._repeat_report_s = repeat_report_s
+        self._failures: dict[str, _Failure] = {}
+        self._database_failing: set[str] = set()
+
+    @property
+    def database_failing(self) -> bool:
+        return bool(self._database_failing)
+
+    def failed(self, job: str, exc: BaseException) -> None:
+        now = self._now()
+        if isinstance(exc, DBAPIError):
+            self._database_failing.add(job)
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        signature = f"{type(exc).__name__}: {first_line}"[:300]
+        failure = self._failures.get(job)
+        if failure is None or failure.signature != signature:
+            self._failures[job] = _Failure(signature, first_at=now, last_report_at=now)
+            self._log.error("scheduled job failed; it will run again at its next tick", exc_info=exc,
+                            extra={"job": job, "hint": _failure_hint(exc)})
+            return
+        failure.count += 1
+        if now - failure.last_report_at >= self._repeat_report_s:
+            failure.last_report_at = now
+            self._log.error("scheduled job still failing the same way", extra={
+                "job": job, "failures": failure.count, "failing_for_s": round(now - failure.first_at, 1),
+                "error": signature, "hint": _failure_hint(exc)})
+
+    def succeeded(self, job: str) -> None:
+        self._database_failing.discard(job)
+        if (failure := self._failures.pop(job, None)) is not None:
+            self._log.info("scheduled job recovered", extra={
+                "job": job, "failures": failure.count, "failing_for_s": round(self._now() - failure.first_at, 1)})
+
+
+def _failure_hint(exc: BaseException) -> str:
+    """What an operator can do about a failure, in words (the log line carries it as `hint`)."""
+    text_ = str(exc).lower()
+    if "database is locked" in text_:
+        return ("another process holds the SQLite write lock for too long: look for a stuck `monitor` or a manual "
+                "sqlite3 session on the file; several processes sharing work want PostgreSQL")
+    if "disk i/o error" in text_ or "readonly" in text_ or "read-only" in text_ or "no space" in text_:
+        return "the database file cannot be written: check free disk space, permissions and the file system"
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return "the database connection was lost: check that the database server is up and reachable"
+    if isinstance(exc, DBAPIError):
+        return "the database refused the operation: check that it is up, writable and migrated (`monitor db upgrade`)"
+    return "see the traceback logged with the first failure"
+
+
 class Service:
     def __init__(self, options: ServiceOptions, config: Config, clock: Clock) -> None:
         self.options = options
@@ -89,6 +162,7 @@ class Service:
         self.metrics = Metrics(self.engine, clock.now)
         self.worker_id = f"{socket.gethostname()[:100]}:{os.getpid()}"  # fits deliveries.lease_owner (128)
         self.state = _State(config_fingerprint=_file_digest(options.config_path))
+        self.failures = JobFailures(log)
         # Computed once: links signed by digests and the routes that check them must use the same key.
         self.signing_key = unsubscribe.signing_key(config.settings)
         self.rt: pipeline.Runtime | None = None
@@ -104,18 +178,40 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        settings = self.config.settings
+        host = self.options.host or settings.host
+        port = self.options.port if self.options.port is not None else settings.port
+        # The ports are taken first, so a second `monitor run` says "port N is in use" at once instead of
+        # loading the model and then dying.
+        try:
+            sockets = [("web", _listen(host, port, f"--port or {PORT_ENV}"))]
+            if settings.metrics_port:
+                sockets.append(("metrics", _listen(settings.metrics_host, settings.metrics_port,
+                                                   "settings.metrics_port (0 turns the metrics listener off)")))
+        except MonitorError as e:
+            log.error("service cannot start: %s", e)
+            return 2
         if self.options.migrate:
             await asyncio.to_thread(db.upgrade, self.engine)
         self.state.ready["database"] = await asyncio.to_thread(self._database_ok)
 
-        settings = self.config.settings
-        host = self.options.host or settings.host
-        port = self.options.port if self.options.port is not None else settings.port
-        server = _QuietServer(uvicorn.Config(self._app(), host=host, port=port, log_config=None,
-                                             access_log=False, lifespan="off"))
-        server_task = asyncio.create_task(server.serve(), name="web")
-        log.info("service starting", extra={"host": host, "port": port, "worker": self.worker_id,
-                                            "feeds": len(self.config.feeds), "topics": len(self.config.topics)})
+        apps = {"web": self._app(), "metrics": create_metrics_app(self.metrics)}
+        servers = [_QuietServer(uvicorn.Config(apps[name], log_config=None, access_log=False, lifespan="off"))
+                   for name, _ in sockets]
+        server_tasks = [asyncio.create_task(server.serve(sockets=[sock]), name=name)
+                        for server, (name, sock) in zip(servers, sockets, strict=True)]
+        log.info("service starting", extra={
+            "host": host, "port": sockets[0][1].getsockname()[1], "worker": self.worker_id,
+            "metrics": (f"{settings.metrics_host}:{sockets[1][1].getsockname()[1]}" if len(sockets) > 1 else "off"),
+            "feeds": len(self.config.feeds), "topics": len(self.config.topics)})
+
+        async def stop_servers() -> None:
+            for server in servers:
+                server.should_exit = True
+            await asyncio.gather(*server_tasks)
+            for _, sock in sockets:
+                sock.close()
+
         try:
             embedder = await asyncio.to_thread(embed.load_embedder, settings)
             self.state.ready["model"] = True
@@ -132,14 +228,12 @@ class Service:
                 await self._drain()
         except MonitorError as e:
             log.error("service cannot start: %s", e)
-            server.should_exit = True
-            await server_task
+            await stop_servers()
             return 2
         finally:
             if self.scheduler is not None and self.scheduler.running:
                 self.scheduler.shutdown(wait=False)
-        server.should_exit = True
-        await server_task
+        await stop_servers()
         self.engine.dispose()
         log.info("service stopped cleanly", extra={"worker": self.worker_id})
         return 0
@@ -192,9 +286,11 @@ class Service:
                 self._running.add(task)
             try:
                 await job()
-            except Exception:
+            except Exception as e:
                 self.metrics.cycle_errors.labels(job=name).inc()
-                log.exception("scheduled job failed; it will run again at its next tick", extra={"job": name})
+                self.failures.failed(name, e)
+            else:
+                self.failures.succeeded(name)
             finally:
                 if task is not None:
                     self._running.discard(task)
@@ -243,11 +339,12 @@ class Service:
 
     def _app(self):  # type: ignore[no-untyped-def]
         routes = unsubscribe.routes(self.engine, lambda: self.config, self.signing_key, clock=self.clock.now)
-        return create_app(self.metrics, self._readiness, routes)
+        return create_app(self._readiness, routes)
 
     def _readiness(self) -> dict[str, bool]:
         checks = dict(self.state.ready)
-        checks["database"] = self._database_ok()
+        # Reading is not enough: a database that answers SELECT 1 while writes fail or wait is not ready.
+        checks["database"] = self._database_ok() and not self.failures.database_failing
         checks["scheduler"] = checks["scheduler"] and not self._stopping.is_set()
         return checks
 
@@ -255,9 +352,27 @@ class Service:
         try:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1 FROM alembic_version"))
-            return True
         except Exception:
             return False
+        return db.probe_writable(self.engine, wait_s=READINESS_WRITE_WAIT_S) is None
+
+
+def _listen(host: str, port: int, how_to_change: str) -> socket.socket:
+    """A listening socket on host:port, or a MonitorError that names the port and what to do."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise MonitorError(f"port {port} on {host} is in use (another `monitor run`?): stop that process or "
+                               f"choose another port with {how_to_change}") from None
+        raise MonitorError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(False)
+    return sock
 
 
 def _file_digest(path: Path) -> str:

@@ -1,5 +1,7 @@
-"""The HTTP endpoints of the service (one port): health, readiness, Prometheus metrics and the unsubscribe
-pages. Built by the composition root; holds no state of its own beyond what it is handed."""
+"""The HTTP endpoints of the service. The public listener serves health, readiness and the pages (unsubscribe,
+admin); Prometheus metrics have a listener of their own (`metrics_host`/`metrics_port`, loopback by default),
+so operational data never sits on the public port. Built by the composition root; holds no state of its own
+beyond what it is handed."""
 
 from __future__ import annotations
 
@@ -16,11 +18,11 @@ PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def create_app(
-    metrics: Metrics,
     readiness: Callable[[], dict[str, bool]],
     extra_routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
-    """`readiness()` returns named checks (database, model, scheduler...); all must be true for /readyz."""
+    """The public app. `readiness()` returns named checks (database, model, scheduler...); all must be true
+    for /readyz."""
 
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -32,13 +34,18 @@ def create_app(
         ok = all(checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
-    def metrics_endpoint(_: Request) -> Response:
-        return Response(metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
-
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
-        Route("/metrics", metrics_endpoint),
         *extra_routes,
     ]
     return Starlette(routes=routes)
+
+
+def create_metrics_app(metrics: Metrics) -> Starlette:
+    """The metrics listener: /metrics only (it reads the database, so it runs in Starlette's thread pool)."""
+
+    def metrics_endpoint(_: Request) -> Response:
+        return Response(metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+    return Starlette(routes=[Route("/metrics", metrics_endpoint)])

@@ -123,6 +123,33 @@ def serialize(session: Session, name: str) -> None:
         session.execute(select(func.pg_advisory_xact_lock(key)))
 
 
+def probe_writable(engine: Engine, wait_s: float) -> str | None:
+    """None when the database would take a write now, else why not (for /readyz). SQLite: take the write
+    lock (BEGIN IMMEDIATE), waiting at most `wait_s`, and give it back; PostgreSQL: the server answers and
+    is not read-only (a standby, or default_transaction_read_only). Nothing is written."""
+    try:
+        with engine.connect() as conn:
+            if is_sqlite(engine):
+                raw = conn.connection.dbapi_connection
+                assert raw is not None
+                raw.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
+                try:
+                    raw.execute("BEGIN IMMEDIATE")
+                    raw.execute("ROLLBACK")
+                finally:
+                    raw.execute("PRAGMA busy_timeout=30000")
+            else:
+                with conn.begin():
+                    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(wait_s * 1000)}")
+                    read_only = conn.exec_driver_sql(
+                        "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'").scalar()
+                    if read_only:
+                        return "the PostgreSQL server accepts no writes (a standby, or read-only transactions)"
+    except Exception as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None
+
+
 def alembic_config(url: str):  # type: ignore[no-untyped-def]
     from alembic.config import Config as AlembicConfig
 
