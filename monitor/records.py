@@ -76,6 +76,9 @@ class AlertView:
     what_is_new: str | None
     sources_count: int
     first_seen: datetime
+    item_id: int | None = None  # None once retention removed the item
+    match_reason: str | None = None  # the matcher's reason for (item, topic), for "why you got this"
+    story_link: str | None = None  # the link of the article the story's title names
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +174,8 @@ class DigestStory:
     sources_count: int
     is_new: bool  # the story itself first appeared in this digest
     alerts: tuple[AlertView, ...]
+    topics: tuple[str, ...] = ()  # names of every topic the story matched in this digest (it is shown once)
+    reason: str | None = None  # for a new story: why it matched, in a line
 
     @property
     def updates(self) -> tuple[AlertView, ...]:
@@ -196,6 +201,7 @@ class DigestContent:
     first_alert_id: int
     last_alert_id: int
     topics: tuple[DigestTopic, ...]
+    subscribed_topics: tuple[str, ...] = ()  # names of the recipient's topics (the footer says them)
 
     @property
     def alert_count(self) -> int:

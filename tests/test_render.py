@@ -53,7 +53,7 @@ def fixed_digest() -> DigestContent:
             av(1, DOHA, 1, s1, sources=3),
             av(3, DOHA, 1, s1, "update", title="Hamas delegation lands in Doha", what="Hamas delegation arrived; Israeli team due Tuesday",
                outlet="aljazeera.com", sources=4, link="https://news.example/doha/3"),
-        )),
+        ), topics=("Doha talks", "ICC"), reason="score 0.710 >= threshold 0.550; nearest example 'Qatar hosts talks' (0.71)"),
         DigestStory(2, "Égypte et Qatar: « trêve » proposée", None, T - timedelta(hours=2), 2, False, (
             av(4, DOHA, 2, "Égypte et Qatar: « trêve » proposée", "update", what="Egypt joins as co-mediator",
                outlet="france24.com", sources=2, link="javascript:alert(1)"),
@@ -63,13 +63,24 @@ def fixed_digest() -> DigestContent:
         DigestStory(3, s2, "https://news.example/icc", T - timedelta(hours=3), 7, True, (av(2, ICC, 3, s2, sources=7),)),
     ))
     return DigestContent(recipient="ana@example.org", recipient_name="Ana <Reader>", kind="email", timezone="Europe/London",
-                         generated_at=T, first_alert_id=1, last_alert_id=4, topics=(doha, icc))
+                         generated_at=T, first_alert_id=1, last_alert_id=4, topics=(doha, icc),
+                         subscribed_topics=("Doha talks", "ICC"))
+
+
+def fixed_links() -> render.DigestLinks:
+    base = "https://monitor.example.org"
+    return render.DigestLinks(
+        prefs_url=f"{base}/preferences/PREFS",
+        story_urls={i: f"{base}/story/S{i}" for i in (1, 2, 3)},
+        feedback_urls={a: {k: f"{base}/feedback/{k}-{a}" for k in ("not_relevant", "known", "more_like_this")}
+                       for a in (1, 2, 3, 4)})
 
 
 def email_message(content: DigestContent | None = None) -> bytes:
     return render.Renderer().email(content or fixed_digest(), mail_from="Monitor <alerts@monitor.example.org>",
                                    message_id="<golden.1@monitor.example.org>", now=T, cadence="daily",
-                                   unsubscribe_url="https://monitor.example.org/unsubscribe/TOKEN").message
+                                   unsubscribe_url="https://monitor.example.org/unsubscribe/TOKEN",
+                                   links=fixed_links()).message
 
 
 def test_email_golden_html_and_text() -> None:
@@ -97,11 +108,24 @@ def test_email_reads_well_and_escapes_feed_text() -> None:
     parser = HTMLParser()
     parser.feed(html)
     assert "<style" not in html and 'style="' in html
-    assert msg["Subject"] == "Doha talks: Qatar hosts new round of ceasefire talks (+2 more)"
+    # The subject names the biggest development (the story most outlets carried), not the first story.
+    assert msg["Subject"] == 'ICC: ICC prosecutor seeks warrants & says <!channel> "evidence is clear" (+2 more)'
+    # Why you got this (every topic, the match reason of a new story), the story page, feedback per alert,
+    # and a footer naming the topics with the preferences link.
+    assert "Why you got this: Doha talks, ICC (score 0.710 >= threshold 0.550" in text
+    assert "Story timeline: https://monitor.example.org/story/S1" in text
+    for kind in ("not_relevant", "known", "more_like_this"):
+        for alert in (1, 2, 3, 4):
+            assert f'href="https://monitor.example.org/feedback/{kind}-{alert}"' in html
+    assert "follows Doha talks, ICC." in text and 'href="https://monitor.example.org/preferences/PREFS"' in html
 
 
 def test_slack_golden_payload() -> None:
-    messages = render.Renderer().slack_messages(fixed_digest(), digest_id=7)
+    messages = render.Renderer().slack_messages(fixed_digest(), digest_id=7, links=fixed_links())
+    # Feedback buttons (link buttons: they work without an interactivity URL) on each story's latest alert.
+    actions = [b for b in messages[0]["blocks"] if b["type"] == "actions"]
+    assert [[e["url"].rsplit("/", 1)[1] for e in a["elements"]] for a in actions] == [
+        [f"{k}-{alert}" for k in ("not_relevant", "known", "more_like_this")] for alert in (3, 4, 2)]
     check_golden("digest_slack.json", json.dumps(messages, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -128,7 +152,9 @@ def big_digest(n: int, title_len: int = 200) -> DigestContent:
 @pytest.mark.parametrize("n", [80, 200])
 def test_a_large_digest_splits_into_valid_slack_messages(n: int) -> None:
     content = big_digest(n)
-    messages = render.Renderer().slack_messages(content, digest_id=1)
+    links = render.DigestLinks(feedback_urls={a.alert_id: {"not_relevant": "https://m.example/f", "known": "https://m.example/k"}
+                                              for t in content.topics for s in t.stories for a in s.alerts})
+    messages = render.Renderer().slack_messages(content, digest_id=1, links=links)
     assert len(messages) > 1
     for m in messages:
         assert render.validate_slack_message(m) == []

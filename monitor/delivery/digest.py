@@ -3,9 +3,13 @@
 * `sync_subscriptions` mirrors `[[subscribers]]` and `[[channels]]` of feeds.toml into the subscriptions
   table. The database owns the cursor, the schedule and unsubscribes: a subscriber who unsubscribed stays
   unsubscribed even while still listed in the file.
+* `effective_specs` is what is in force: feeds.toml, overridden by what a subscriber chose on the preferences
+  page (topics, cadence, time, timezone, pause; table subscriber_prefs), plus confirmed self-sign-ups;
+  suppressed addresses (bounces, complaints) receive nothing.
 * `next_due` computes the cadence's next digest time (hourly on the hour; daily at a local time in a named
   timezone, DST-aware). `immediate` is due whenever there are new alerts.
-* `group_alerts` (pure) turns alerts into topic -> story groups.
+* `group_alerts` (pure) turns alerts into topic -> story groups; a story that several topics matched (the
+  same items) is shown once, under its first topic, tagged with every topic.
 * `build_due_digests` writes, per due subscription and in ONE transaction, the digest row, its rendered
   delivery rows (the outbox) and the advanced cursor. The cursor is an alert id: a digest holds exactly the
   alerts with cursor < id <= new cursor of the subscription's topics, so nothing is sent twice and nothing
@@ -21,15 +25,24 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, and_, func, select, text
 from sqlalchemy.orm import Session
 
 from monitor.config import ChannelConfig, Config, SubscriberConfig
-from monitor.delivery import render, unsubscribe
+from monitor.delivery import links, render, unsubscribe
 from monitor.errors import MonitorError
 from monitor.records import ALERT_DECISIONS, AlertView, DigestContent, DigestStory, DigestTopic
 from monitor.storage.db import aware_utc, is_sqlite, naive_utc, serialize, write_transaction
-from monitor.storage.tables import Alert, Delivery, Digest, Story, Subscription
+from monitor.storage.tables import (
+    Alert,
+    Delivery,
+    Digest,
+    Match,
+    Story,
+    SubscriberPrefs,
+    Subscription,
+    Suppression,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +63,8 @@ class SubscriptionSpec:
     cadence: str
     daily_at: time
     timezone: str
+    paused_until: datetime | None = None  # aware UTC; nothing is sent before, and what came meanwhile is skipped
+    source: str = "config"  # config (feeds.toml) | signup (self sign-up, confirmed)
 
     @property
     def schedule(self) -> str:
@@ -73,6 +88,46 @@ def _spec(kind: str, target: str, name: str | None, s: SubscriberConfig | Channe
           all_topics: tuple[str, ...], default_tz: str) -> SubscriptionSpec:
     return SubscriptionSpec(kind=kind, target=target, name=name, topics=tuple(s.topics) or all_topics,
                             cadence=s.cadence, daily_at=s.daily_at, timezone=s.timezone or default_tz)
+
+
+def effective_specs(session: Session, config: Config) -> list[SubscriptionSpec]:
+    """The subscriptions in force: feeds.toml's, each overridden by its subscriber's own preferences, plus the
+    confirmed self-sign-ups; minus suppressed e-mail addresses. Channels stay as feeds.toml says."""
+    known = {t.id for t in config.topics}
+    all_topics = tuple(t.id for t in config.topics)
+    default_tz = config.settings.timezone
+    prefs = {(sub.kind, sub.target): (sub, p) for sub, p in session.execute(
+        select(Subscription, SubscriberPrefs).join(SubscriberPrefs, SubscriberPrefs.subscription_id == Subscription.id))}
+    suppressed = set(session.scalars(select(Suppression.address)))
+    out = []
+    seen = set()
+    for spec in subscription_specs(config):
+        seen.add((spec.kind, spec.target))
+        if spec.kind == "email" and spec.target in suppressed:
+            continue
+        found = prefs.get((spec.kind, spec.target))
+        out.append(_with_prefs(spec, found[1], known) if found and spec.kind == "email" else spec)
+    for (kind, target), (_sub, p) in sorted(prefs.items()):
+        if (kind, target) in seen or p.source != "signup" or p.confirmed_at is None or target in suppressed:
+            continue
+        base = SubscriptionSpec(kind=kind, target=target, name=None, topics=all_topics, cadence="daily",
+                                daily_at=time(8, 0), timezone=default_tz, source="signup")
+        out.append(_with_prefs(base, p, known))
+    return out
+
+
+def _with_prefs(spec: SubscriptionSpec, p: SubscriberPrefs, known: set[str]) -> SubscriptionSpec:
+    topics = spec.topics
+    if p.topics is not None:
+        topics = tuple(t for t in p.topics if t in known)
+    daily_at = spec.daily_at
+    if p.daily_at:
+        hh, _, mm = p.daily_at.partition(":")
+        daily_at = time(int(hh), int(mm or 0))
+    return SubscriptionSpec(kind=spec.kind, target=spec.target, name=spec.name, topics=topics,
+                            cadence=p.cadence or spec.cadence, daily_at=daily_at,
+                            timezone=p.timezone or spec.timezone, paused_until=aware_utc(p.paused_until),
+                            source=spec.source)
 
 
 def find_spec(config: Config, *, subscriber: str | None = None, channel: str | None = None) -> SubscriptionSpec:
@@ -109,6 +164,8 @@ def next_due(spec: SubscriptionSpec, after: datetime) -> datetime | None:
 def is_due(row: Subscription, spec: SubscriptionSpec, now: datetime) -> bool:
     if row.unsubscribed_at is not None or row.disabled_at is not None:
         return False
+    if spec.paused_until is not None and spec.paused_until > now:
+        return False
     if spec.cadence == "immediate":
         return True
     due_at = aware_utc(row.next_digest_at)
@@ -120,9 +177,10 @@ def is_due(row: Subscription, spec: SubscriptionSpec, now: datetime) -> bool:
 
 def sync_subscriptions(session: Session, config: Config, now: datetime) -> list[Subscription]:
     """Create the rows of subscriptions new in feeds.toml and recompute the schedule of those whose cadence
-    changed. Never touches cursors or unsubscribes. Returns the rows of the configured subscriptions."""
-    specs = subscription_specs(config)
-    serialize(session, "sync_subscriptions")  # another process may be adding the same rows right now
+    changed (in feeds.toml or on the preferences page). Never touches cursors or unsubscribes. Returns the
+    rows of the subscriptions in force."""
+    serialize(session, "sync_subscriptions")
+    specs = effective_specs(session, config)  # another process may be adding the same rows right now
     existing = {(r.kind, r.target): r for r in session.scalars(select(Subscription))}
     rows = []
     backfill_from: int | None = None
@@ -156,8 +214,9 @@ def pending_alerts(session: Session, config: Config, spec: SubscriptionSpec, cur
     """The alerts (new stories and updates) after `cursor` for the subscription's topics, oldest first."""
     names = {t.id: t.name for t in config.topics}
     rows = session.execute(
-        select(Alert, Story)
+        select(Alert, Story, Match.reason)
         .join(Story, Story.id == Alert.story_id)
+        .outerjoin(Match, and_(Match.item_id == Alert.item_id, Match.topic_id == Alert.topic_id))
         .where(Alert.id > cursor, Alert.topic_id.in_(spec.topics), Alert.decision.in_(ALERT_DECISIONS))
         .order_by(Alert.id)
         .limit(limit)
@@ -177,37 +236,89 @@ def pending_alerts(session: Session, config: Config, spec: SubscriptionSpec, cur
             what_is_new=a.what_is_new,
             sources_count=max(len(st.sources or []), 1),
             first_seen=aware_utc(st.first_seen),  # type: ignore[arg-type]
+            item_id=a.item_id,
+            match_reason=reason,
+            story_link=st.link,
         )
-        for a, st in rows
+        for a, st, reason in rows
     ]
 
 
 def group_alerts(alerts: Iterable[AlertView], topic_order: Sequence[str] = ()) -> tuple[DigestTopic, ...]:
     """Topic -> story -> alerts. Topics follow `topic_order` (then first appearance), stories and alerts
-    their first alert id. A story is `is_new` when its new_story alert is part of these alerts."""
-    by_topic: dict[str, dict[int, list[AlertView]]] = {}
+    their first alert id. A story is `is_new` when its new_story alert is part of these alerts.
+
+    Each topic keeps its own stories, so one event matched by two topics is two story rows holding the same
+    items: those are shown once (stories that share an item are one), under the first topic in
+    `topic_order`, tagged with every topic's name, each item once."""
+    ordered_alerts = sorted(alerts, key=lambda a: a.alert_id)
     names: dict[str, str] = {}
-    for a in sorted(alerts, key=lambda a: a.alert_id):
-        by_topic.setdefault(a.topic_id, {}).setdefault(a.story_id, []).append(a)
+    first_seen_topic: dict[str, int] = {}
+    groups: dict[tuple[str, int], list[AlertView]] = {}
+    parent: dict[tuple[str, int], tuple[str, int]] = {}
+    owner: dict[int, tuple[str, int]] = {}
+
+    def root(k: tuple[str, int]) -> tuple[str, int]:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for a in ordered_alerts:
+        key = (a.topic_id, a.story_id)
         names[a.topic_id] = a.topic_name
+        first_seen_topic.setdefault(a.topic_id, len(first_seen_topic))
+        groups.setdefault(key, []).append(a)
+        parent.setdefault(key, key)
+        if a.item_id is not None:
+            if a.item_id in owner:
+                r1, r2 = root(key), root(owner[a.item_id])
+                if r1 != r2:
+                    parent[max(r1, r2)] = min(r1, r2)
+            else:
+                owner[a.item_id] = key
     rank = {t: i for i, t in enumerate(topic_order)}
-    ordered = sorted(by_topic, key=lambda t: (rank.get(t, len(rank)), min(min(x.alert_id for x in v) for v in by_topic[t].values())))
+
+    def topic_rank(topic_id: str) -> tuple[int, int]:
+        return (rank.get(topic_id, len(rank)), first_seen_topic[topic_id])
+
+    clusters: dict[tuple[str, int], list[tuple[str, int]]] = {}
+    for key in groups:
+        clusters.setdefault(root(key), []).append(key)
+    by_topic: dict[str, list[DigestStory]] = {}
+    for keys in clusters.values():
+        keys.sort(key=lambda k: (topic_rank(k[0]), groups[k][0].alert_id))
+        primary = groups[keys[0]]
+        seen_items: set[int] = set()
+        merged: list[AlertView] = []
+        for k in keys:  # the primary topic's alert wins for an item that several topics alerted on
+            for a in groups[k]:
+                if a.item_id is not None and a.item_id in seen_items:
+                    continue
+                if a.item_id is not None:
+                    seen_items.add(a.item_id)
+                merged.append(a)
+        merged.sort(key=lambda a: a.alert_id)
+        first = primary[0]
+        new = next((a for a in primary if a.decision == "new_story"), None)
+        lead = new or first
+        topic_ids = list(dict.fromkeys(k[0] for k in keys))
+        story = DigestStory(
+            story_id=first.story_id,
+            title=first.story_title,
+            # The title is the story's first headline: link to that article, not to whichever item came later.
+            link=first.story_link or lead.link,
+            first_seen=min(a.first_seen for a in merged),
+            sources_count=max(a.sources_count for a in merged),
+            is_new=new is not None,
+            alerts=tuple(merged),
+            topics=tuple(names[t] for t in topic_ids),
+            reason=new.match_reason if new is not None else None,
+        )
+        by_topic.setdefault(keys[0][0], []).append(story)
     topics = []
-    for topic_id in ordered:
-        stories = []
-        for story_alerts in by_topic[topic_id].values():
-            first = story_alerts[0]
-            new = next((a for a in story_alerts if a.decision == "new_story"), None)
-            lead = new or first
-            stories.append(DigestStory(
-                story_id=first.story_id,
-                title=first.story_title,
-                link=lead.link,
-                first_seen=first.first_seen,
-                sources_count=max(a.sources_count for a in story_alerts),
-                is_new=new is not None,
-                alerts=tuple(story_alerts),
-            ))
+    for topic_id in sorted(by_topic, key=topic_rank):
+        stories = sorted(by_topic[topic_id], key=lambda st: st.alerts[0].alert_id)
         topics.append(DigestTopic(topic_id=topic_id, name=names[topic_id], stories=tuple(stories)))
     return tuple(topics)
 
@@ -222,6 +333,7 @@ def digest_content(spec: SubscriptionSpec, alerts: Sequence[AlertView], config: 
         first_alert_id=alerts[0].alert_id if alerts else 0,
         last_alert_id=alerts[-1].alert_id if alerts else 0,
         topics=group_alerts(alerts, [t.id for t in config.topics]),
+        subscribed_topics=tuple(t.name for t in config.topics if t.id in spec.topics),
     )
 
 
@@ -241,8 +353,7 @@ def build_due_digests(engine: Engine, config: Config, now: datetime, *, secret_k
     """Build every due, non-empty digest. Per subscription, one transaction writes the digest, its delivery
     rows and the advanced cursor (a crash leaves either all of it or none). Returns the new digest ids.
     One subscription's failure is logged and does not stop the others."""
-    specs = subscription_specs(config)
-    due = _due_specs(engine, config, specs, now)
+    due = _due_specs(engine, config, now)
     if not due:
         return []
     renderer = renderer or render.Renderer()
@@ -260,11 +371,13 @@ def build_due_digests(engine: Engine, config: Config, now: datetime, *, secret_k
     return built
 
 
-def _due_specs(engine: Engine, config: Config, specs: list[SubscriptionSpec], now: datetime) -> list[SubscriptionSpec]:
+def _due_specs(engine: Engine, config: Config, now: datetime) -> list[SubscriptionSpec]:
     """A read-only pass (no write lock on every tick): the subscriptions that are due and, for `immediate`,
-    have something new. Syncs the subscriptions table first when feeds.toml has changed."""
+    have something new. Syncs the subscriptions table first when feeds.toml (or a subscriber's preferences)
+    changed."""
     with Session(engine) as s:
         rows = {(r.kind, r.target): r for r in s.scalars(select(Subscription))}
+        specs = effective_specs(s, config)
     if any(rows.get((sp.kind, sp.target)) is None or rows[(sp.kind, sp.target)].schedule != sp.schedule for sp in specs):
         with write_transaction(engine) as s:
             sync_subscriptions(s, config, now)
@@ -295,6 +408,8 @@ def _build_one(engine: Engine, config: Config, spec: SubscriptionSpec, now: date
                        .with_for_update())
         if row is None or not is_due(row, spec, now):
             return None
+        if spec.paused_until is not None:
+            _end_pause(s, row, spec.paused_until)
         if not is_sqlite(engine):
             # Alert ids come from a sequence and may commit out of order on PostgreSQL: wait for in-flight
             # alert writers so no lower id can appear behind the cursor (SQLite serialises writers anyway).
@@ -323,6 +438,29 @@ def _build_one(engine: Engine, config: Config, spec: SubscriptionSpec, now: date
         return digest.id
 
 
+def _end_pause(s: Session, row: Subscription, paused_until: datetime) -> None:
+    """A pause is over: what was alerted during it is skipped (the subscriber asked not to get it), and the
+    pause is cleared so this happens once."""
+    during = s.scalar(select(func.max(Alert.id)).where(Alert.created_at < naive_utc(paused_until))) or 0
+    row.cursor_alert_id = max(row.cursor_alert_id, during)
+    prefs = s.get(SubscriberPrefs, row.id)
+    if prefs is not None:
+        prefs.paused_until = None
+
+
+def digest_links(settings_base_url: str, key: str, subscription_id: int, content: DigestContent,
+                 now: datetime) -> render.DigestLinks:
+    """The signed links one digest carries: preferences, a story page per story, feedback per alert."""
+    base = settings_base_url.rstrip("/")
+    stories = {s.story_id: f"{base}/story/{links.story_token(key, s.story_id, now)}"
+               for t in content.topics for s in t.stories}
+    feedback = {a.alert_id: {kind: f"{base}/feedback/{links.feedback_token(key, subscription_id, a.alert_id, kind, now)}"
+                             for kind in links.FEEDBACK_KINDS}
+                for t in content.topics for s in t.stories for a in s.alerts}
+    return render.DigestLinks(prefs_url=f"{base}/preferences/{links.prefs_token(key, subscription_id, now)}",
+                              story_urls=stories, feedback_urls=feedback)
+
+
 def _payloads(renderer: render.Renderer, config: Config, spec: SubscriptionSpec, row: Subscription,
               content: DigestContent, digest_id: int, now: datetime, key: str) -> list[tuple[str, bytes]]:
     settings = config.settings
@@ -330,11 +468,13 @@ def _payloads(renderer: render.Renderer, config: Config, spec: SubscriptionSpec,
         message_id = f"<{uuid.uuid4().hex}.{digest_id}@{render.message_id_domain(settings.mail_from)}>"
         url = unsubscribe.unsubscribe_url(settings.base_url, key, row.id, spec.target, now)
         mail = renderer.email(content, mail_from=settings.mail_from, message_id=message_id, now=now,
-                              cadence=spec.cadence, unsubscribe_url=url)
+                              cadence=spec.cadence, unsubscribe_url=url,
+                              links=digest_links(settings.base_url, key, row.id, content, now))
         return [(message_id, mail.message)]
     if spec.kind == "slack":
         return [(f"slack_{uuid.uuid4().hex}", render.json_bytes(m))
-                for m in renderer.slack_messages(content, digest_id=digest_id)]
+                for m in renderer.slack_messages(content, digest_id=digest_id,
+                                                 links=digest_links(settings.base_url, key, row.id, content, now))]
     if spec.kind == "webhook":
         body = renderer.webhook_payload(content, digest_id=digest_id, now=now, cadence=spec.cadence)
         return [(f"msg_{uuid.uuid4().hex}", render.json_bytes(body))]

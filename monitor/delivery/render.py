@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -106,6 +106,23 @@ class EmailParts:
 
 
 @dataclass(frozen=True, slots=True)
+class DigestLinks:
+    """The signed links of one digest (made by the digest stage for its recipient): the preferences page, a
+    page per story (by story id) and the three feedback links per alert (by alert id, then kind)."""
+
+    prefs_url: str | None = None
+    story_urls: Mapping[int, str] = field(default_factory=dict)
+    feedback_urls: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
+
+    def feedback(self, alert_id: int) -> Mapping[str, str]:
+        return self.feedback_urls.get(alert_id, {})
+
+
+FEEDBACK_LABELS = (("not_relevant", "Not relevant"), ("known", "Already knew this"),
+                   ("more_like_this", "More like this"))
+
+
+@dataclass(frozen=True, slots=True)
 class RenderedEmail:
     message: bytes  # the complete RFC 5322 message (CRLF line ends), sent as is on every retry
     message_id: str
@@ -139,7 +156,8 @@ class Renderer:
 
     # --- e-mail ------------------------------------------------------------------------------------------
 
-    def email_parts(self, content: DigestContent, *, cadence: str, unsubscribe_url: str | None) -> EmailParts:
+    def email_parts(self, content: DigestContent, *, cadence: str, unsubscribe_url: str | None,
+                    links: DigestLinks | None = None) -> EmailParts:
         subject = email_subject(content)
         ctx = {
             "content": content,
@@ -147,6 +165,8 @@ class Renderer:
             "headline": digest_headline(content),
             "cadence_text": _CADENCE_TEXT.get(cadence, cadence),
             "unsubscribe_url": unsubscribe_url,
+            "links": links or DigestLinks(),
+            "feedback_labels": FEEDBACK_LABELS,
         }
         text = _tidy_text(self.render("email/digest.txt", **ctx))
         html = self.render("email/digest.html", **ctx)
@@ -161,8 +181,9 @@ class Renderer:
         now: datetime,
         cadence: str,
         unsubscribe_url: str,
+        links: DigestLinks | None = None,
     ) -> RenderedEmail:
-        parts = self.email_parts(content, cadence=cadence, unsubscribe_url=unsubscribe_url)
+        parts = self.email_parts(content, cadence=cadence, unsubscribe_url=unsubscribe_url, links=links)
         msg = EmailMessage(policy=_MAIL_POLICY)
         msg["Message-ID"] = message_id
         msg["Date"] = format_datetime(now)
@@ -179,10 +200,10 @@ class Renderer:
 
     # --- Slack -------------------------------------------------------------------------------------------
 
-    def slack_story(self, story: DigestStory, tz: str) -> str:
+    def slack_story(self, story: DigestStory, tz: str, story_url: str | None = None) -> str:
         updates = story.updates
         shown = updates[-SLACK_MAX_UPDATES_PER_STORY:]
-        text = self.render("slack/story.mrkdwn", story=story, tz=tz, updates=shown,
+        text = self.render("slack/story.mrkdwn", story=story, tz=tz, updates=shown, story_url=story_url,
                            more_updates=len(updates) - len(shown)).strip()
         if len(text) > SLACK_MAX_SECTION_CHARS:
             # Cut on a line boundary so no escape sequence or link is split, then mark the cut.
@@ -190,25 +211,33 @@ class Renderer:
             text = cut + "\n…"
         return text
 
-    def slack_messages(self, content: DigestContent, *, digest_id: int | None = None) -> list[dict[str, Any]]:
+    def slack_messages(self, content: DigestContent, *, digest_id: int | None = None,
+                       links: DigestLinks | None = None) -> list[dict[str, Any]]:
         """Block Kit messages for an incoming webhook: <= 50 blocks each, every section <= 3,000 characters;
-        a digest that does not fit is split across several messages (each a delivery 'part')."""
+        a digest that does not fit is split across several messages (each a delivery 'part'). With `links`,
+        each story has feedback buttons on its latest alert: link buttons, which open the confirmation page
+        in the browser whether or not the Slack app has an interactivity URL (the link is the fallback)."""
         title = digest_headline(content)
-        units: list[tuple[DigestTopic, dict[str, Any]]] = []
+        links = links or DigestLinks()
+        units: list[tuple[DigestTopic, list[dict[str, Any]]]] = []
         for topic in content.topics:
             for story in topic.stories:
-                block = {"type": "section", "text": {"type": "mrkdwn", "text": self.slack_story(story, content.timezone)}}
-                units.append((topic, block))
+                text = self.slack_story(story, content.timezone, links.story_urls.get(story.story_id))
+                blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+                buttons = _slack_feedback_buttons(links.feedback(story.alerts[-1].alert_id), story.alerts[-1].alert_id)
+                if buttons:
+                    blocks.append({"type": "actions", "elements": buttons})
+                units.append((topic, blocks))
 
         bodies: list[list[dict[str, Any]]] = []
         body: list[dict[str, Any]] = []
         chars = 0
         current_topic: str | None = None
         budget = SLACK_MAX_BLOCKS - 2  # the title header and the closing context block
-        for topic, block in units:
+        for topic, story_blocks in units:
             needs_header = topic.topic_id != current_topic or not body
-            cost = 1 + (1 if needs_header else 0) + (1 if needs_header and body else 0)
-            size = len(block["text"]["text"])
+            cost = len(story_blocks) + (1 if needs_header else 0) + (1 if needs_header and body else 0)
+            size = len(story_blocks[0]["text"]["text"])
             if body and (len(body) + cost > budget or chars + size > SLACK_MAX_MESSAGE_CHARS):
                 bodies.append(body)
                 body, chars, needs_header = [], 0, True
@@ -218,7 +247,7 @@ class Renderer:
                 continued = topic.topic_id == current_topic
                 body.append(_slack_header(topic.name + (" (continued)" if continued else "")))
                 current_topic = topic.topic_id
-            body.append(block)
+            body.extend(story_blocks)
             chars += size
         if body:
             bodies.append(body)
@@ -292,6 +321,12 @@ class Renderer:
         }
 
 
+def _slack_feedback_buttons(urls: Mapping[str, str], alert_id: int) -> list[dict[str, Any]]:
+    return [{"type": "button", "text": {"type": "plain_text", "text": label, "emoji": False},
+             "url": urls[kind], "action_id": f"feedback_{kind}_{alert_id}"}
+            for kind, label in FEEDBACK_LABELS if kind in urls]
+
+
 def digest_headline(content: DigestContent) -> str:
     n = content.story_count
     new = sum(s.is_new for t in content.topics for s in t.stories)
@@ -304,14 +339,31 @@ def digest_headline(content: DigestContent) -> str:
     return "Monitor digest: " + (", ".join(bits) or "no news")
 
 
+def biggest_development(content: DigestContent) -> tuple[DigestTopic, DigestStory, str] | None:
+    """The digest's biggest development: the story carried by the most outlets (then the one with the most
+    developments, then the latest), and what it is: the newest update's headline, or the title of a new story."""
+    best: tuple[tuple[int, int, int], DigestTopic, DigestStory] | None = None
+    for topic in content.topics:
+        for story in topic.stories:
+            rank = (story.sources_count, len(story.alerts), story.alerts[-1].alert_id if story.alerts else 0)
+            if best is None or rank > best[0]:
+                best = (rank, topic, story)
+    if best is None:
+        return None
+    _, topic, story = best
+    updates = story.updates
+    what = updates[-1].title if updates and not story.is_new else story.title
+    return topic, story, what
+
+
 def email_subject(content: DigestContent) -> str:
-    """`<topic>: <first headline> (+N more)`; feed text sanitised for the header."""
-    first_topic = content.topics[0] if content.topics else None
-    if first_topic is None or not first_topic.stories:
+    """`<topic>: <the biggest development> (+N more)`; feed text sanitised for the header."""
+    found = biggest_development(content)
+    if found is None:
         return "Monitor digest"
-    lead = first_topic.stories[0]
+    topic, _story, what = found
     more = content.story_count - 1
-    head = header_text(f"{first_topic.name}: {lead.title}", 140)
+    head = header_text(f"{topic.name}: {what}", 140)
     return head + (f" (+{more} more)" if more else "")
 
 
