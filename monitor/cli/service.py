@@ -51,6 +51,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         """Offline tour: replay 9 days of real headlines through the whole pipeline in about a minute."""
         import asyncio
         import logging
+        from collections import Counter
 
         from monitor.lab.demo import BUNDLED, run_demo
 
@@ -61,9 +62,12 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         click.echo(f"monitor demo: replaying {data or BUNDLED.name} with topics {', '.join(t.id for t in topics)}")
         s = asyncio.run(run_demo(topics, out_dir, data or BUNDLED, progress=click.echo))
         click.echo("")
-        click.echo(f"Replayed {s.items} real headlines (2023-11-20 .. 11-28) in {s.seconds:.0f} s.")
+        span = (f"published {s.first_item:%Y-%m-%d} .. {s.last_item:%Y-%m-%d}, digests until "
+                f"{s.replayed_until:%Y-%m-%d %H:%M} UTC" if s.first_item and s.last_item else "no items")
+        click.echo(f"Replayed {s.items} real headlines ({span}) in {s.seconds:.0f} s.")
         click.echo("Per topic: matched items -> stories -> alerts (new stories + updates) and repeats not alerted:")
-        for topic, c in sorted(s.topics.items()):
+        for topic in [t.id for t in topics]:  # every topic, those with nothing to report too
+            c = s.topics.get(topic, Counter())
             total = sum(c.values())
             click.echo(f"  {topic:<18} {total:>4} matched   {c['new_story']:>3} new stories   "
                        f"{c['update']:>3} updates   {c['repeat']:>4} repeats (no alert)")
@@ -80,3 +84,12 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                    "messages to #newsroom (hourly).")
         click.echo(f"  e-mail (.eml + .html): {out_dir / 'email'}")
         click.echo(f"  Slack payloads:        {out_dir / 'slack'}")
+        if s.config_file is not None:
+            cfg = s.config_file
+            example = topics[0].id
+            click.echo("")
+            click.echo("Explore what the demo stored (its database, its embedding backend and its topics):")
+            click.echo(f"  monitor --config {cfg} stories list {example} --since 3d")
+            click.echo(f"  monitor --config {cfg} backtest {example} --since 7d")
+            click.echo(f"  monitor --config {cfg} topics test \"Qatar says the truce is extended by two days\"")
+            click.echo("  (--since windows count back from the newest stored item, so they work on replayed news.)")

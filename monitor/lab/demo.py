@@ -20,6 +20,7 @@ from email import policy
 from email.parser import BytesParser
 from pathlib import Path
 
+import tomlkit
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -47,6 +48,10 @@ SUBSCRIBER = "analyst@example.org"
 class DemoSummary:
     out_dir: Path
     items: int = 0
+    first_item: datetime | None = None  # published range of the replayed items
+    last_item: datetime | None = None
+    replayed_until: datetime = DEMO_END  # the simulated clock runs past the last item, to the last digest
+    config_file: Path | None = None  # a feeds.toml to explore the demo's database with the CLI
     topics: dict[str, Counter[str]] = field(default_factory=dict)
     emails: list[Path] = field(default_factory=list)
     slack_messages: int = 0
@@ -95,14 +100,16 @@ async def run_demo(topics: list[TopicConfig], out_dir: Path, data: Path = BUNDLE
         progress(f"loading the embedding model ({config.settings.embedding_model}) ...")
         embedder = embed.load_embedder(config.settings)
         rt = pipeline.build_runtime(engine, config, embedder, clock)
-        summary = DemoSummary(out_dir=out_dir, items=len(items))
+        summary = DemoSummary(out_dir=out_dir, items=len(items), first_item=min(i.published for i in items),
+                              last_item=max(i.published for i in items))
         async with Fetcher(config.settings) as fetcher, outbox.open_senders(config) as senders:
             day = None
             while clock.now() < DEMO_END:
                 clock.advance(timedelta(hours=1))
                 if clock.now().date() != day:
                     day = clock.now().date()
-                    progress(f"{day}: replaying ...")
+                    progress(f"{day}: replaying ..." if summary.last_item is None or day <= summary.last_item.date()
+                             else f"{day}: no more items; delivering the last digests ...")
                 await pipeline.poll_feeds(rt, fetcher=fetcher)
                 pipeline.process_pending(rt)
                 pipeline.build_digests(rt)
@@ -111,8 +118,32 @@ async def run_demo(topics: list[TopicConfig], out_dir: Path, data: Path = BUNDLE
         summary.slack_messages = len(receiver.snapshot())
         engine.dispose()
     summary.emails = _html_copies(out_dir / "email")
+    summary.config_file = write_explore_config(config, out_dir)
     summary.seconds = (datetime.now(UTC) - started).total_seconds()
     return summary
+
+
+def write_explore_config(config: Config, out_dir: Path) -> Path:
+    """`out_dir/feeds.toml`: the demo's database, embedding backend and topics, and no feeds, so that
+    `monitor --config out_dir/feeds.toml stories list ...` (or `backtest`, `topics test`) explores what the
+    demo stored without environment variables or a backend switch."""
+    s = config.settings
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment("Written by `monitor demo`: explore its database with --config pointing here."))
+    settings = tomlkit.table()
+    settings["database_url"] = f"sqlite:///{(out_dir / 'demo.db').resolve()}"
+    settings["embedding_backend"] = s.embedding_backend
+    settings["model_cache_dir"] = str(Path(s.model_cache_dir).resolve())
+    settings["outbox_dir"] = str((out_dir / "email").resolve())
+    settings["metrics_port"] = 0
+    doc["settings"] = settings
+    topics = tomlkit.aot()
+    for topic in config.topics:
+        topics.append(tomlkit.item(topic.model_dump(mode="json", exclude_none=True, exclude_defaults=True)))
+    doc["topics"] = topics
+    path = out_dir / "feeds.toml"
+    path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    return path
 
 
 def _collect(engine, summary: DemoSummary) -> None:  # type: ignore[no-untyped-def]
