@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 15:34:27.423276
+Create Date: 2026-12-04 15:38:09.589895
 """
 from alembic import op
 import sqlalchemy as sa
@@ -59,6 +59,7 @@ def upgrade() -> None:
     sa.Column('body_hash', sa.String(length=64), nullable=True),
     sa.Column('next_check_at', sa.DateTime(), nullable=True),
     sa.Column('lease_until', sa.DateTime(), nullable=True),
+    sa.Column('lease_owner', sa.String(length=128), nullable=True),
     sa.Column('error_count', sa.Integer(), nullable=False),
     sa.Column('last_status', sa.String(length=64), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
@@ -121,6 +122,20 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_topic_changes_at'), ['at'], unique=False)
         batch_op.create_index(batch_op.f('ix_topic_changes_topic_id'), ['topic_id'], unique=False)
 
+    op.create_table('workers',
+    sa.Column('id', sa.String(length=128), nullable=False),
+    sa.Column('roles', sa.String(length=64), nullable=False),
+    sa.Column('host', sa.String(length=255), nullable=False),
+    sa.Column('pid', sa.Integer(), nullable=False),
+    sa.Column('started_at', sa.DateTime(), nullable=False),
+    sa.Column('heartbeat_at', sa.DateTime(), nullable=False),
+    sa.Column('dead_after_s', sa.Float(), nullable=False),
+    sa.Column('stats', sa.JSON(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('workers', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_workers_heartbeat_at'), ['heartbeat_at'], unique=False)
+
     op.create_table('digests',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('subscription_id', sa.Integer(), nullable=False),
@@ -149,6 +164,7 @@ def upgrade() -> None:
     sa.Column('content_hash', sa.String(length=64), nullable=False),
     sa.Column('processed_at', sa.DateTime(), nullable=True),
     sa.Column('claimed_until', sa.DateTime(), nullable=True),
+    sa.Column('claimed_by', sa.String(length=128), nullable=True),
     sa.ForeignKeyConstraint(['feed_id'], ['feeds.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('outlet', 'key', name='uq_items_outlet_key')
@@ -389,6 +405,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_digests_subscription_id'))
 
     op.drop_table('digests')
+    with op.batch_alter_table('workers', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_workers_heartbeat_at'))
+
+    op.drop_table('workers')
     with op.batch_alter_table('topic_changes', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_topic_changes_topic_id'))
         batch_op.drop_index(batch_op.f('ix_topic_changes_at'))

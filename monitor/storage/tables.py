@@ -49,6 +49,8 @@ class Feed(Base):
     body_hash: Mapped[str | None] = mapped_column(String(64))  # sha256 of the last body parsed
     next_check_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime)  # a worker holds this feed until then
+    # Who holds the lease (a worker id): a fetch is recorded only while its worker still holds the feed (fencing).
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
     error_count: Mapped[int] = mapped_column(Integer, default=0)
     last_status: Mapped[str | None] = mapped_column(String(64))  # ok | not_modified | unchanged | error:<kind>
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -79,6 +81,7 @@ class Item(Base):
     processed_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)  # embed+match+novelty done
     # A process encoding this item holds it until then (real time), so others take the next batch instead.
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))  # the worker holding the claim (fencing)
 
 
 class ItemVector(Base):
@@ -214,6 +217,26 @@ class DeliveryAttempt(Base):
 
 
 Index("ix_deliveries_due", Delivery.status, Delivery.next_attempt_at)
+
+
+# --- scale-out: the processes sharing the work (monitor.storage.workers) --------------------------------
+
+
+class Worker(Base):
+    """A running `monitor run` process and its heartbeat. A worker whose heartbeat is older than its own
+    `dead_after_s` is presumed dead: its leases on feeds, items and deliveries are taken back at once (instead
+    of waiting for them to lapse) and any late write it attempts is refused (the lease owner no longer matches)."""
+
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # host:pid, the lease owner it writes
+    roles: Mapped[str] = mapped_column(String(64))  # e.g. "scheduler,web" or "worker"
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    dead_after_s: Mapped[float] = mapped_column(Float)
+    # Work done since the start (feeds fetched, items processed, deliveries sent), written with each beat.
+    stats: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
 
 
 # --- subscribers in control: preferences, feedback, sign-up, suppression (monitor.app.subscriber) -------
