@@ -85,6 +85,11 @@ class Settings(_Strict):
     metrics_host: str = Field("127.0.0.1", description="Address of the Prometheus `/metrics` listener (loopback by default: metrics name feeds and outbox state, so keep them off the public port).")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Port of the `/metrics` listener; 0 turns the listener off.")
     timezone: str = Field("UTC", description="Default timezone for daily digests.")
+    story_pages: Literal["signed", "admin"] = Field("signed", description="Who may open a story page: `signed` (anyone with the signed link a digest carries) or `admin` (signed-in admins only).")
+    alert_feeds: Literal["token", "public", "off"] = Field("token", description="Per-topic Atom / JSON Feed of alerts: `token` (a secret token in the URL, from `monitor subscribers feed-urls`), `public`, or `off`.")
+    self_signup: bool = Field(False, description="Offer a public sign-up page (/signup) with double opt-in; unconfirmed addresses receive nothing.")
+    signup_limit_per_hour: int = Field(5, ge=1, le=1000, description="Sign-up requests accepted per client address and per e-mail address per hour.")
+    bounce_address: str | None = Field(None, max_length=254, description="Mailbox that receives bounces (delivery status notifications) for digests; each DSN piped to `monitor subscribers bounce` suppresses the failed address.")
 
     @field_validator("timezone")
     @classmethod
