@@ -271,3 +271,52 @@ async def test_a_redirect_to_a_malformed_url_is_that_feeds_error_not_the_pass(en
         assert by_url["good.xml"].status in ("ok", "unchanged") and len(report.rows) == 3
         for bad in ("octal.xml", "ports.xml"):
             assert by_url[bad].status == "error" and "invalid URL" in (by_url[bad].error or "")
+
+
+def test_poll_once_finishes_every_feed_of_a_large_configuration(tmp_path, engine: Engine,  # type: ignore[no-untyped-def]
+                                                                 feed_server: FeedServer) -> None:
+    """`monitor poll --once` over 2,500 feeds polls 2,500 (a pass used to stop at max_concurrency x 32)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    n = 2500
+    for i in range(n):
+        feed_server.route(f"/f{i}.xml", body=feed([str(i)]))
+    url = engine.url.render_as_string(hide_password=False)
+    cfg = tmp_path / "feeds.toml"
+    cfg.write_text(f'[settings]\ndatabase_url = "{url}"\nallow_private_networks = true\nper_host_concurrency = 64\n'
+                   + "".join(f'[[feeds]]\nurl = "{feed_server.url(f"/f{i}.xml")}"\n' for i in range(n)))
+    r = CliRunner().invoke(main, ["--config", str(cfg), "poll", "--once", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output[-2000:]
+    lines = [json.loads(line) for line in r.stdout.strip().splitlines()]
+    assert lines[-1]["polled"] == n and lines[-1]["errors"] == 0
+    assert sorted(row["url"] for row in lines[:-1]) == sorted(feed_server.url(f"/f{i}.xml") for i in range(n))
+    assert {q.path for q in feed_server.requests} == {f"/f{i}.xml" for i in range(n)}
+    assert len(feed_server.requests) == n  # each feed once
+    with db.session_factory(engine)() as s:
+        assert s.scalar(select(func.count()).select_from(Feed).where(Feed.last_checked_at.is_(None))) == 0
+        assert s.scalar(select(func.count()).select_from(Feed).where(Feed.lease_until.is_not(None))) == 0
+
+
+@pytest.mark.parametrize("mode", ["due", "all_feeds", "feeds_filter"])
+async def test_a_pass_claims_round_after_round_and_polls_each_feed_once(engine: Engine, feed_server: FeedServer,
+                                                                        mode: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from monitor.ingest import poll
+
+    monkeypatch.setattr(poll, "_CLAIM_ROUND_PER_SLOT", 4)  # rounds of 8 x 4 = 32 feeds: 80 feeds take three
+    settings = Settings(allow_private_networks=True, fetch_timeout_s=3.0, max_concurrency=8, per_host_concurrency=8)
+    urls = []
+    for i in range(80):
+        feed_server.route(f"/r{i}.xml", body=feed([str(i)]))
+        urls.append(feed_server.url(f"/r{i}.xml"))
+    sync(engine, urls)
+    kwargs = {"due": {}, "all_feeds": {"all_feeds": True}, "feeds_filter": {"feeds_filter": urls[:50]}}[mode]
+    r = await poll_once(engine, settings, now=NOW, **kwargs)  # type: ignore[arg-type]
+    expected = 50 if mode == "feeds_filter" else 80
+    assert sorted(row.url for row in r.rows) == sorted(urls[:expected])
+    assert len(feed_server.requests) == expected
+    capped = await poll_once(engine, settings, now=NOW + timedelta(days=1), limit=10)
+    assert capped.totals["polled"] == 10

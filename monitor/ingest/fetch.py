@@ -34,10 +34,10 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -210,35 +210,36 @@ class Fetcher:
     ) -> FetchResult:
         status = response.status_code
         h = response.headers
-        common: dict[str, Any] = {
-            "feed_id": req.feed_id, "url": req.url, "fetched_at": fetched_at, "http_status": status,
-            "final_url": final_url, "permanent_url": final_url if permanent else None,
-            "max_age_s": cache_lifetime(h.get("cache-control"), h.get("expires"), h.get("date"), fetched_at),
-        }
+        # What every outcome of this response shares; each branch below completes it.
+        answered = FetchResult(
+            feed_id=req.feed_id, url=req.url, status="ok", fetched_at=fetched_at, http_status=status,
+            final_url=final_url, permanent_url=final_url if permanent else None,
+            max_age_s=cache_lifetime(h.get("cache-control"), h.get("expires"), h.get("date"), fetched_at),
+        )
         if status == 304:
-            return FetchResult(
-                status="not_modified", elapsed_s=time.perf_counter() - t0,
+            return replace(
+                answered, status="not_modified", elapsed_s=time.perf_counter() - t0,
                 etag=h.get("etag") or req.etag, last_modified=h.get("last-modified") or req.last_modified,
-                body_hash=req.body_hash, **common,
+                body_hash=req.body_hash,
             )
         if status in (429, 503):
             retry_after = parse_retry_after(h.get("retry-after"), fetched_at)
             if status == 429 or retry_after is not None:
                 when = f"after {retry_after.isoformat()}" if retry_after else "later (backing off)"
-                return FetchResult(
-                    status="deferred", elapsed_s=time.perf_counter() - t0, retry_after=retry_after,
-                    error=f"{req.url}: HTTP {status}, the server asks to come back {when}", error_kind="http", **common,
+                return replace(
+                    answered, status="deferred", elapsed_s=time.perf_counter() - t0, retry_after=retry_after,
+                    error=f"{req.url}: HTTP {status}, the server asks to come back {when}", error_kind="http",
                 )
         if not 200 <= status < 300:
             raise _FetchFailed("http", f"{req.url}: HTTP {status} {response.reason_phrase}; {_advice(status)}", status)
         body = await self._read_capped(req, response)
         digest = hashlib.sha256(body).hexdigest()
         unchanged = req.body_hash is not None and digest == req.body_hash
-        return FetchResult(
-            status="unchanged" if unchanged else "ok", elapsed_s=time.perf_counter() - t0,
+        return replace(
+            answered, status="unchanged" if unchanged else "ok", elapsed_s=time.perf_counter() - t0,
             body=b"" if unchanged else body,
             headers=tuple((k, h[k]) for k in _PARSE_HEADERS if k in h),
-            etag=h.get("etag"), last_modified=h.get("last-modified"), body_hash=digest, **common,
+            etag=h.get("etag"), last_modified=h.get("last-modified"), body_hash=digest,
         )
 
     async def _read_capped(self, req: FetchRequest, response: httpx.Response) -> bytes:

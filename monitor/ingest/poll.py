@@ -4,6 +4,12 @@ items and schedules each feed's next check. One feed's failure never stops the o
 This is the orchestration of fetch -> parse -> store -> schedule for the feed side; the service calls
 `poll_once` on its poll tick and hands `report.new_items` to the processing pipeline.
 
+A pass finishes every due feed: feeds are claimed in rounds of `max_concurrency * 32` (each round leased for
+as long as its share of the pass can take), the next round is claimed while the last fetches of the
+previous one are still running, and the pass ends when nothing due is left. Feeds polled in this pass are
+not claimed again by it (their next check lies after the pass's start; with `all_feeds` or a URL filter,
+rounds follow the feed id).
+
 Threads: parsing and the database writes run on the event loop itself (or parsing in a process pool passed
 as `parse_executor`), not in worker threads. A CPU-bound thread holds the GIL for its whole switch interval
 every time the loop releases it for a socket send or a hash, which made a 304 pass ~2x slower in
@@ -40,6 +46,20 @@ log = logging.getLogger(__name__)
 
 _WRITE_BATCH = 256
 _WRITE_GATHER_S = 0.2
+
+
+_CLAIM_ROUND_PER_SLOT = 32  # feeds claimed per round, per concurrent fetch
+_REFILL_PER_SLOT = 2  # claim the next round when fewer than this many feeds per slot are still in flight
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One feed fetched (and parsed, if it changed) in this pass, waiting to be recorded."""
+
+    request: FetchRequest
+    result: FetchResult
+    parsed: ParsedFeed | None
+    seconds: float  # wall time of fetch + parse
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,25 +104,53 @@ async def poll_once(
     rng: random.Random | None = None,
     parse_executor: Executor | None = None,
 ) -> PollReport:
-    """Poll once: the due feeds (default), every enabled feed (`all_feeds`), or the feeds whose URL is in
-    `feeds_filter`. `now` fixes the time (simulated clocks); otherwise the real clock. `fetcher`, if given,
-    must already be entered (`async with`); the service keeps one open across passes to reuse connections.
+    """Poll once: every due feed (default), every enabled feed (`all_feeds`), or the feeds whose URL is in
+    `feeds_filter`; `limit` caps the number of feeds (default: no cap, the pass finishes every one). `now`
+    fixes the time (simulated clocks); otherwise the real clock. `fetcher`, if given, must already be
+    entered (`async with`); the service keeps one open across passes to reuse connections.
     `parse_executor`: where feedparser runs (default: inline on the loop; a ProcessPoolExecutor uses more
     cores)."""
     t0 = time.perf_counter()
     fixed_now = now
     started_at = now or db.utcnow()
-    limit = limit or settings.max_concurrency * 32
-    lease_s = settings.fetch_timeout_s * math.ceil(limit / settings.max_concurrency) + 60
-    requests = await asyncio.to_thread(_claim, engine, started_at, limit, feeds_filter, all_feeds, lease_s)
+    slots = settings.max_concurrency
+    by_id = bool(all_feeds or feeds_filter)  # no schedule to exclude what this pass polled: follow the ids
+    claimed = 0
+    after_id = 0
+    seen: set[int] = set()
+    pending: set[int] = set()
+
+    async def claim(in_flight: int) -> list[FetchRequest]:
+        """The next round of feeds, leased until this pass can have fetched them (plus a minute)."""
+        nonlocal claimed, after_id
+        n = slots * _CLAIM_ROUND_PER_SLOT
+        if limit is not None:
+            n = min(n, limit - claimed)
+        if n <= 0:
+            return []
+        lease_s = (time.perf_counter() - t0 + settings.fetch_timeout_s * math.ceil((in_flight + n) / slots) + 60)
+        got = await asyncio.to_thread(_claim, engine, started_at, n, feeds_filter, all_feeds, lease_s,
+                                      after_id if by_id else None)
+        fresh = [r for r in got if r.feed_id not in seen]
+        if len(fresh) != len(got):  # cannot happen by the rules above; never poll a feed twice in a pass
+            await asyncio.to_thread(db.try_write, engine, partial(
+                store.release_feeds, feed_ids=[r.feed_id for r in got if r.feed_id in seen]),
+                "could not release feed leases (they expire by themselves)")
+        if got:
+            after_id = max(after_id, max(r.feed_id for r in got))
+        seen.update(r.feed_id for r in fresh)
+        pending.update(r.feed_id for r in fresh)
+        claimed += len(fresh)
+        return fresh
+
+    requests = await claim(0)
     if not requests:
         return PollReport(rows=(), new_items=(), started_at=started_at, elapsed_s=time.perf_counter() - t0)
     rng = rng or random.Random()
     not_before = started_at - timedelta(days=settings.retention_days)
-    pending = {r.feed_id for r in requests}
     rows: list[PollRow] = []
     new_items: list[ItemRecord] = []
-    queue: asyncio.Queue[tuple[FetchRequest, FetchResult, ParsedFeed | None, float] | None] = asyncio.Queue()
+    queue: asyncio.Queue[Fetched | None] = asyncio.Queue()
 
     async def one(f: Fetcher, req: FetchRequest) -> None:
         t = time.perf_counter()
@@ -123,7 +171,7 @@ async def poll_once(
                 log.exception("parser crashed", extra={"feed_id": req.feed_id, "feed_url": req.url})
                 result = dataclasses.replace(result, status="error", error=f"{req.url}: parser crashed: {e!r}",
                                              error_kind="parse", body=b"")
-        await queue.put((req, result, parsed, time.perf_counter() - t))
+        await queue.put(Fetched(req, result, parsed, time.perf_counter() - t))
 
     async def writer() -> None:
         done = False
@@ -148,15 +196,34 @@ async def poll_once(
                 new_items.extend(items)
                 pending.discard(row.feed_id)
 
+    async def fetch_all(f: Fetcher, first: list[FetchRequest]) -> None:
+        """Fetch round after round until nothing is left to claim; the next round is claimed while the
+        previous one's last fetches still run, so the connections stay busy."""
+        in_flight: set[asyncio.Task[None]] = set()
+        batch = first
+        try:
+            while batch:
+                in_flight.update(asyncio.create_task(one(f, r)) for r in batch)
+                while len(in_flight) > slots * _REFILL_PER_SLOT:
+                    done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()
+                batch = await claim(len(in_flight))
+            if in_flight:
+                await asyncio.gather(*in_flight)
+        finally:
+            for task in in_flight:
+                task.cancel()
+
     loop = asyncio.get_running_loop()
     fetched = asyncio.Event()
     writer_task = asyncio.create_task(writer())
     try:
         if fetcher is None:
             async with Fetcher(settings, clock=(lambda: fixed_now) if fixed_now else db.utcnow) as own:
-                await asyncio.gather(*(one(own, r) for r in requests))
+                await fetch_all(own, requests)
         else:
-            await asyncio.gather(*(one(fetcher, r) for r in requests))
+            await fetch_all(fetcher, requests)
         fetched.set()
         await queue.put(None)
         await writer_task
@@ -191,13 +258,14 @@ def parse_pool(workers: int | None = None) -> ProcessPoolExecutor:
 
 
 def _claim(engine: Engine, now: datetime, limit: int, urls: Sequence[str] | None, all_feeds: bool,
-           lease_s: float) -> list[FetchRequest]:
+           lease_s: float, after_id: int | None) -> list[FetchRequest]:
     with db.write_transaction(engine) as session:
-        return store.due_feeds(session, now, limit, urls=urls, ignore_schedule=all_feeds, lease_s=lease_s)
+        return store.due_feeds(session, now, limit, urls=urls, ignore_schedule=all_feeds, lease_s=lease_s,
+                               after_id=after_id)
 
 
-def _write(engine: Engine, settings: Settings, batch: list[tuple[FetchRequest, FetchResult, ParsedFeed | None, float]],
-           fixed_now: datetime | None, not_before: datetime, rng: random.Random) -> list[tuple[PollRow, list[ItemRecord]]]:
+def _write(engine: Engine, settings: Settings, batch: list[Fetched], fixed_now: datetime | None,
+           not_before: datetime, rng: random.Random) -> list[tuple[PollRow, list[ItemRecord]]]:
     """Record a batch of fetches in one transaction; if that fails, one transaction per feed so that one bad
     feed cannot lose the others' results."""
     try:
@@ -206,9 +274,9 @@ def _write(engine: Engine, settings: Settings, batch: list[tuple[FetchRequest, F
             news = store.record_fetches(session, outcomes)
     except Exception:
         if len(batch) == 1:
-            req, result = batch[0][0], batch[0][1]
+            req, result = batch[0].request, batch[0].result
             log.exception("could not record fetch", extra={"feed_id": req.feed_id, "feed_url": req.url})
-            return [(PollRow(req.feed_id, req.url, req.name, "error", result.http_status, 0, batch[0][3],
+            return [(PollRow(req.feed_id, req.url, req.name, "error", result.http_status, 0, batch[0].seconds,
                              f"{req.url}: could not save the result: see the log"), [])]
         out = []
         for entry in batch:
@@ -217,9 +285,9 @@ def _write(engine: Engine, settings: Settings, batch: list[tuple[FetchRequest, F
     return [_row(entry, new) for entry, new in zip(batch, news, strict=True)]
 
 
-def _outcome(settings: Settings, entry: tuple[FetchRequest, FetchResult, ParsedFeed | None, float],
-             fixed_now: datetime | None, not_before: datetime, rng: random.Random) -> store.FetchOutcome:
-    req, result, parsed, _ = entry
+def _outcome(settings: Settings, entry: Fetched, fixed_now: datetime | None, not_before: datetime,
+             rng: random.Random) -> store.FetchOutcome:
+    req, result, parsed = entry.request, entry.result, entry.parsed
     at = fixed_now or result.fetched_at
     # Retry-After was resolved against the fetcher's clock; on a simulated clock keep the same distance.
     retry_after = result.retry_after + (at - result.fetched_at) if result.retry_after else None
@@ -234,9 +302,8 @@ def _outcome(settings: Settings, entry: tuple[FetchRequest, FetchResult, ParsedF
     return store.FetchOutcome(result, parsed, when, at, request=req, not_before=not_before)
 
 
-def _row(entry: tuple[FetchRequest, FetchResult, ParsedFeed | None, float],
-         new: list[ItemRecord]) -> tuple[PollRow, list[ItemRecord]]:
-    req, result, parsed, seconds = entry
+def _row(entry: Fetched, new: list[ItemRecord]) -> tuple[PollRow, list[ItemRecord]]:
+    req, result, parsed, seconds = entry.request, entry.result, entry.parsed, entry.seconds
     extra = {"feed_id": req.feed_id, "feed_url": req.url}
     if result.status in ("error", "deferred"):
         log.warning("feed %s: %s", result.status, result.error, extra={**extra, "error_kind": result.error_kind,

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from monitor.config import FeedConfig
 from monitor.records import FetchRequest, FetchResult, ItemRecord, ParsedFeed, ParsedItem
+from monitor.storage import workers
 from monitor.storage.db import aware_utc, naive_utc, serialize, storable_text
 from monitor.storage.tables import Alert, Feed, Item, ItemVector, Match, Story
 
@@ -120,10 +121,14 @@ def due_feeds(
     urls: Sequence[str] | None = None,
     ignore_schedule: bool = False,
     lease_s: float = DEFAULT_LEASE_S,
+    lease_owner: str | None = None,
+    after_id: int | None = None,
 ) -> list[FetchRequest]:
     """Claim up to `limit` enabled feeds whose next check is due (or, with `ignore_schedule`, any enabled
     feed; with `urls`, only those feeds, matched on the current or the configured URL, enabled or not) and
-    lease them for `lease_s`. Call inside `db.write_transaction(engine)`."""
+    lease them for `lease_s`. With `after_id`, only feeds with a larger id, in id order (a pass that claims
+    in rounds and has no schedule to tell it what it already polled). Call inside
+    `db.write_transaction(engine)`."""
     n_now = naive_utc(now)
     free = or_(Feed.lease_until.is_(None), Feed.lease_until < n_now)
     q: Select[tuple[Feed]] = select(Feed).where(free)
@@ -133,7 +138,10 @@ def due_feeds(
         q = q.where(Feed.enabled.is_(True))
         if not ignore_schedule:
             q = q.where(or_(Feed.next_check_at.is_(None), Feed.next_check_at <= n_now))
-    q = q.order_by(Feed.next_check_at.is_not(None), Feed.next_check_at, Feed.id).limit(limit)
+    if after_id is not None:
+        q = q.where(Feed.id > after_id).order_by(Feed.id).limit(limit)
+    else:
+        q = q.order_by(Feed.next_check_at.is_not(None), Feed.next_check_at, Feed.id).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     rows = session.execute(q.with_only_columns(
@@ -146,7 +154,9 @@ def due_feeds(
     claimed: set[int] = set()
     for chunk in _chunks(ids, 500):
         res = session.execute(
-            update(Feed).where(Feed.id.in_(chunk), free).values(lease_until=naive_utc(now + timedelta(seconds=lease_s)))
+            # `lease_owner` (a worker id) is what record_fetches checks before writing (fencing).
+            update(Feed).where(Feed.id.in_(chunk), free)
+            .values(lease_until=naive_utc(now + timedelta(seconds=lease_s)), lease_owner=lease_owner)
             .returning(Feed.id)
         )
         claimed.update(res.scalars())
@@ -204,11 +214,27 @@ def record_fetch(
     return record_fetches(session, [FetchOutcome(result, parsed, next_check_at, now, request, not_before)])[0]
 
 
-def record_fetches(session: Session, outcomes: Sequence[FetchOutcome]) -> list[list[ItemRecord]]:
+def record_fetches(session: Session, outcomes: Sequence[FetchOutcome], *,
+                   lease_owner: str | None = None) -> list[list[ItemRecord]]:
     """record_fetch for many feeds at once: one multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING for all
-    their items and one executemany UPDATE for the feeds. Returns the new items of each outcome, in order."""
+    their items and one executemany UPDATE for the feeds. Returns the new items of each outcome, in order.
+
+    With `lease_owner` (the worker that claimed the feeds), a fetch is recorded only if that worker still
+    holds its feed (fencing, see monitor.storage.workers): a worker that stalled past its lease, was presumed
+    dead and lost the feed to another worker cannot overwrite the newer result; its outcome is dropped
+    (logged, and answered with no new items)."""
     if not outcomes:
         return []
+    if lease_owner is not None:
+        held = workers.fence_feeds(session, [o.result.feed_id for o in outcomes], lease_owner)
+        if len(held) < len(outcomes):
+            for o in outcomes:
+                if o.result.feed_id not in held:
+                    log.warning("fetch result dropped: this worker no longer holds the feed's lease (it stalled "
+                                "past it and another worker took the feed over)",
+                                extra={"feed_id": o.result.feed_id, "feed_url": o.result.url, "worker": lease_owner})
+            kept = iter(record_fetches(session, [o for o in outcomes if o.result.feed_id in held]))
+            return [next(kept) if o.result.feed_id in held else [] for o in outcomes]
     states = _states(session, outcomes)
     new_by_feed = _insert_items(session, outcomes)
     updates: list[dict[str, object]] = []
@@ -384,10 +410,12 @@ def _items_by_id(session: Session, ids: list[int]) -> list[ItemRecord]:
     return sorted((_record(r) for r in rows), key=lambda r: r.id)
 
 
-def claim_unprocessed(session: Session, limit: int, *, now: datetime, lease_s: float) -> list[ItemRecord]:
+def claim_unprocessed(session: Session, limit: int, *, now: datetime, lease_s: float,
+                      owner: str | None = None) -> list[ItemRecord]:
     """Inside a write transaction: the oldest unprocessed items nobody else holds, held by this process for
     `lease_s` seconds (then another process may take them: the holder died). On PostgreSQL rows another
-    process is claiming right now are skipped, not waited for."""
+    process is claiming right now are skipped, not waited for. `owner` (a worker id) is recorded with the
+    claim, for `mark_processed(owner=...)` (fencing) and for the status page."""
     n = naive_utc(now)
     q = (select(Item.id).where(Item.processed_at.is_(None), or_(Item.claimed_until.is_(None), Item.claimed_until < n))
          .order_by(Item.id).limit(limit))
@@ -398,7 +426,7 @@ def claim_unprocessed(session: Session, limit: int, *, now: datetime, lease_s: f
         return []
     until = n + timedelta(seconds=lease_s)
     for chunk in _chunks(ids, 500):
-        session.execute(update(Item).where(Item.id.in_(chunk)).values(claimed_until=until))
+        session.execute(update(Item).where(Item.id.in_(chunk)).values(claimed_until=until, claimed_by=owner))
     return _items_by_id(session, ids)
 
 
@@ -408,14 +436,16 @@ def release_items(session: Session, item_ids: Iterable[int]) -> None:
         session.execute(update(Item).where(Item.id.in_(chunk)).values(claimed_until=None))
 
 
-def mark_processed(session: Session, item_ids: Iterable[int], now: datetime) -> set[int]:
+def mark_processed(session: Session, item_ids: Iterable[int], now: datetime, *, owner: str | None = None) -> set[int]:
     """Mark the items processed; returns those this transaction marked, i.e. that no other process had
     finished meanwhile (on PostgreSQL a concurrent marker of the same rows waits for this one to commit
-    and then finds them marked)."""
+    and then finds them marked). With `owner`, only items whose claim that worker still holds (fencing: a
+    worker presumed dead, or overtaken after its claim lapsed, marks nothing and so writes nothing)."""
     ids = list(item_ids)
     mine: set[int] = set()
+    held = Item.claimed_by == owner if owner is not None else Item.processed_at.is_(None)
     for chunk in _chunks(ids, 500):
-        mine.update(session.scalars(update(Item).where(Item.id.in_(chunk), Item.processed_at.is_(None))
+        mine.update(session.scalars(update(Item).where(Item.id.in_(chunk), Item.processed_at.is_(None), held)
                                     .values(processed_at=naive_utc(now)).returning(Item.id)))
     return mine
 
