@@ -1,0 +1,191 @@
+"""The admin JSON API under /api/v1 (FastAPI; its OpenAPI document at /openapi.json), for scripting what the
+pages do. Auth: `Authorization: Bearer $MONITOR_ADMIN_TOKEN`, or a logged-in admin session whose requests
+that change something carry the `X-CSRF-Token` header. Invalid input answers 422 naming the field; no or a
+wrong token answers 401. Bodies are the same pydantic models as feeds.toml (`TopicConfig`, `FeedConfig`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.routing import BaseRoute, Route
+
+from monitor.app.admin import AdminContext, backtest, configfile, forms
+from monitor.app.admin.auth import CSRF_HEADER, token_matches
+from monitor.config import FeedConfig, TopicConfig
+from monitor.errors import ConfigError
+
+API_PREFIX = "/api/v1"
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class SavedOut(BaseModel):
+    revision: int = Field(description="The config revision written (services on other hosts apply it).")
+    diff: str = Field(description="What changed, field by field.")
+
+
+class HitOut(BaseModel):
+    item_id: int
+    title: str
+    outlet: str
+    link: str | None
+    published_at: str
+    score: float
+    reason: str
+    story: int
+    decision: str
+    why: str
+
+
+class BacktestIn(BaseModel):
+    topic: TopicConfig
+    days: int = Field(backtest.DEFAULT_DAYS, ge=1, le=90, description="How many days back.")
+
+
+class BacktestOut(BaseModel):
+    topic_id: str
+    days: int
+    scanned: int = Field(description="Stored items in the window (with a vector).")
+    threshold: float
+    matches: int
+    alerts: int
+    stories: int
+    saved_matches: int | None = Field(description="What the saved version matches (None for a new topic).")
+    saved_alerts: int | None
+    items_gained: list[HitOut]
+    items_lost: list[HitOut]
+    alerts_gained: list[int]
+    alerts_lost: list[int]
+    hits: list[HitOut]
+    seconds: float
+
+
+def _hit(h: backtest.Hit) -> HitOut:
+    return HitOut(item_id=h.item.id, title=h.item.title, outlet=h.item.outlet, link=h.item.link,
+                  published_at=h.item.published_at.isoformat(), score=h.score, reason=h.reason, story=h.story_key,
+                  decision=h.decision, why=h.why)
+
+
+def create_api(ctx: AdminContext) -> FastAPI:
+    # No Swagger UI or ReDoc pages: they load their assets from a CDN, and the service runs offline.
+    api = FastAPI(title="monitor admin API", version="1", openapi_url="/openapi.json", docs_url=None,
+                  redoc_url=None, swagger_ui_oauth2_redirect_url=None,
+                  description="Script what the admin pages do. Authenticate with `Authorization: Bearer <token>` "
+                              "(the MONITOR_ADMIN_TOKEN environment variable of the service).")
+
+    def actor(request: Request) -> str:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token and token_matches(token.strip(), ctx.env):
+            return "api-token"
+        session = ctx.sessions.read(request)
+        safe = request.method in ("GET", "HEAD")
+        if session.user and not session.fresh and (safe or ctx.sessions.csrf_ok(session, request.headers.get(CSRF_HEADER))):
+            return session.user
+        raise HTTPException(401, "a valid `Authorization: Bearer <token>` header is needed",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+    def config_error(e: ConfigError) -> HTTPException:
+        if isinstance(e, configfile.FieldErrors):
+            return HTTPException(422, [{"loc": ["body", k] if k else ["body"], "msg": v, "type": "value_error"}
+                                       for k, v in e.errors.items()])
+        if isinstance(e, configfile.StaleEdit):
+            return HTTPException(409, str(e))
+        return HTTPException(422, [{"loc": ["body"], "msg": str(e), "type": "value_error"}])
+
+    def load() -> Any:
+        return configfile.current_config(ctx.config_path)[0]
+
+    @api.get(f"{API_PREFIX}/topics", response_model=list[TopicConfig], tags=["topics"])
+    async def list_topics(who: str = Depends(actor)) -> Any:
+        return (await run_in_threadpool(load)).topics
+
+    @api.get(f"{API_PREFIX}/topics/{{topic_id}}", response_model=TopicConfig, tags=["topics"],
+             responses={404: {"model": Problem}})
+    async def get_topic(topic_id: str, who: str = Depends(actor)) -> Any:
+        topic = forms.find_topic(await run_in_threadpool(load), topic_id)
+        if topic is None:
+            raise HTTPException(404, f"no topic {topic_id!r}")
+        return topic
+
+    @api.post(f"{API_PREFIX}/topics", response_model=SavedOut, status_code=201, tags=["topics"])
+    async def create_topic(topic: TopicConfig, who: str = Depends(actor)) -> Any:
+        try:
+            saved = await run_in_threadpool(forms.save_topic, ctx.engine, ctx.config_path, topic, original_id=None,
+                                            actor=who)
+        except ConfigError as e:
+            raise config_error(e) from None
+        return SavedOut(revision=saved.revision_id, diff=saved.diff)
+
+    @api.put(f"{API_PREFIX}/topics/{{topic_id}}", response_model=SavedOut, tags=["topics"],
+             responses={404: {"model": Problem}})
+    async def replace_topic(topic_id: str, topic: TopicConfig, who: str = Depends(actor)) -> Any:
+        if forms.find_topic(await run_in_threadpool(load), topic_id) is None:
+            raise HTTPException(404, f"no topic {topic_id!r}")
+        try:
+            saved = await run_in_threadpool(forms.save_topic, ctx.engine, ctx.config_path, topic,
+                                            original_id=topic_id, actor=who)
+        except ConfigError as e:
+            raise config_error(e) from None
+        return SavedOut(revision=saved.revision_id, diff=saved.diff)
+
+    @api.delete(f"{API_PREFIX}/topics/{{topic_id}}", status_code=204, tags=["topics"],
+                responses={404: {"model": Problem}})
+    async def delete_topic(topic_id: str, who: str = Depends(actor)) -> Response:
+        if forms.find_topic(await run_in_threadpool(load), topic_id) is None:
+            raise HTTPException(404, f"no topic {topic_id!r}")
+        try:
+            await run_in_threadpool(forms.delete_topic, ctx.engine, ctx.config_path, topic_id, actor=who)
+        except ConfigError as e:
+            raise config_error(e) from None
+        return Response(status_code=204)
+
+    @api.post(f"{API_PREFIX}/topics/{{topic_id}}/backtest", response_model=BacktestOut, tags=["topics"])
+    async def backtest_topic(topic_id: str, body: BacktestIn, who: str = Depends(actor)) -> Any:
+        """What `body.topic` would have matched over the last `days` days, against the saved `topic_id`
+        (use an id that does not exist, e.g. `new`, for a new topic)."""
+        tester = ctx.backtester()
+        if tester is None:
+            raise HTTPException(503, "the embedding model is still loading; try again in a moment")
+        saved_topic = forms.find_topic(await run_in_threadpool(load), topic_id)
+        result, saved, d = await run_in_threadpool(
+            lambda: tester.compare(body.topic, saved_topic, days=body.days, now=ctx.clock()))
+        return BacktestOut(
+            topic_id=result.topic_id, days=result.days, scanned=result.scanned, threshold=result.threshold,
+            matches=len(result.hits), alerts=result.alerts, stories=len(result.stories),
+            saved_matches=len(saved.hits) if saved else None, saved_alerts=saved.alerts if saved else None,
+            items_gained=[_hit(h) for h in d.gained], items_lost=[_hit(h) for h in d.lost],
+            alerts_gained=[h.item.id for h in d.alerts_gained], alerts_lost=[h.item.id for h in d.alerts_lost],
+            hits=[_hit(h) for h in result.hits], seconds=round(result.seconds, 4))
+
+    @api.get(f"{API_PREFIX}/feeds", response_model=list[FeedConfig], tags=["feeds"])
+    async def list_feeds(who: str = Depends(actor)) -> Any:
+        return (await run_in_threadpool(load)).feeds
+
+    @api.get(f"{API_PREFIX}/audit", tags=["audit"])
+    async def audit(who: str = Depends(actor), limit: int = Query(100, ge=1, le=1000)) -> Any:
+        rows = await run_in_threadpool(configfile.audit_log, ctx.engine, limit)
+        return [{"id": r.id, "at": r.at.isoformat(), "actor": r.actor, "action": r.action, "target": r.target,
+                 "diff": r.diff} for r in rows]
+
+    @api.exception_handler(404)
+    async def not_found(request: Request, exc: Exception) -> JSONResponse:
+        detail = exc.detail if isinstance(exc, HTTPException) else "not found"
+        return JSONResponse({"detail": detail}, status_code=404)
+
+    return api
+
+
+def routes(ctx: AdminContext) -> list[BaseRoute]:
+    """/openapi.json and everything under /api/v1, handed to the FastAPI app as is."""
+    api = create_api(ctx)
+    return [Route("/openapi.json", api, methods=["GET", "HEAD"]),
+            Route(API_PREFIX + "/{rest:path}", api, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])]

@@ -1,0 +1,192 @@
+"""Admin authentication for the web pages and the JSON API (reusable by any page that needs an admin).
+
+* Accounts: `monitor admin create-user` stores an argon2id hash in `admin_users`; nothing else is kept.
+* API: `Authorization: Bearer <token>` where the token is the value of the environment variable
+  `MONITOR_ADMIN_TOKEN` (compared in constant time), or a logged-in browser session plus its CSRF header.
+* Sessions: a signed, timestamped cookie (itsdangerous; HttpOnly, SameSite=Lax, Secure when the public
+  `base_url` is https) naming the session id and the user; it expires after `SESSION_MAX_AGE`. Every visitor
+  gets a session id (anonymous until login), so the login form is CSRF-protected too.
+* CSRF: the token is an HMAC of the session id; every state-changing request must carry it (form field
+  `csrf_token` or header `X-CSRF-Token`). A new session id is issued at login (no session fixation).
+* Login attempts are rate-limited per client address and per user name (`LoginLimiter`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+from starlette.requests import Request
+from starlette.responses import Response
+
+from monitor.errors import MonitorError
+from monitor.storage.db import naive_utc, utcnow
+from monitor.storage.tables import AdminUser
+
+ADMIN_TOKEN_ENV = "MONITOR_ADMIN_TOKEN"
+SESSION_COOKIE = "monitor_session"
+SESSION_MAX_AGE = 12 * 3600
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+_SALT = "monitor.app.admin.session.v1"
+_HASHER = PasswordHasher()  # argon2id with the library's current defaults (a constant, not state)
+_USERNAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@-")
+
+
+class AuthError(MonitorError):
+    """A user could not be created or authenticated (the message says why)."""
+
+
+# --- accounts ---------------------------------------------------------------------------------------------
+
+
+def create_user(engine: Engine, username: str, password: str, *, replace: bool = False) -> None:
+    """Store an admin account with an argon2id hash of `password` (`replace` resets an existing one)."""
+    username = username.strip()
+    if not username or len(username) > 128 or set(username) - _USERNAME_CHARS:
+        raise AuthError("a user name is 1-128 letters, digits or . _ @ -")
+    if len(password) < 10:
+        raise AuthError("the password must be at least 10 characters long")
+    hashed = _HASHER.hash(password)
+    with Session(engine) as s, s.begin():
+        row = s.scalar(select(AdminUser).where(AdminUser.username == username))
+        if row is not None and not replace:
+            raise AuthError(f"admin user {username!r} already exists (use --replace to set a new password)")
+        if row is None:
+            s.add(AdminUser(username=username, password_hash=hashed, disabled=False,
+                            created_at=naive_utc(utcnow())))
+        else:
+            row.password_hash, row.disabled = hashed, False
+
+
+def verify_user(engine: Engine, username: str, password: str) -> bool:
+    """True when the account exists, is enabled and the password is right. Takes the same time whether the
+    user exists or not (a dummy hash is verified), so user names cannot be probed by timing."""
+    with Session(engine) as s, s.begin():
+        row = s.scalar(select(AdminUser).where(AdminUser.username == username.strip()))
+        stored = row.password_hash if row is not None and not row.disabled else _DUMMY_HASH
+        try:
+            ok = _HASHER.verify(stored, password) and row is not None and not row.disabled
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            ok = False
+        if ok and row is not None:
+            row.last_login_at = naive_utc(utcnow())
+            if _HASHER.check_needs_rehash(row.password_hash):
+                row.password_hash = _HASHER.hash(password)
+        return ok
+
+
+_DUMMY_HASH = _HASHER.hash("not a password anyone has")
+
+
+def token_matches(presented: str, env: Mapping[str, str]) -> bool:
+    """The API token from the environment (no token configured: token auth is off)."""
+    expected = env.get(ADMIN_TOKEN_ENV) or ""
+    return bool(expected) and hmac.compare_digest(presented.encode(), expected.encode())
+
+
+# --- sessions and CSRF ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WebSession:
+    sid: str
+    user: str | None  # None: not logged in
+    csrf: str
+    fresh: bool  # made for this request: the response must set the cookie
+
+
+@dataclass
+class SessionKeeper:
+    """Reads and writes the session cookie; computes and checks CSRF tokens. Built once by the composition
+    root with the service's secret key."""
+
+    secret_key: str
+    secure: bool = False  # Secure cookies (the public base_url is https)
+    max_age: int = SESSION_MAX_AGE
+    _serializer: URLSafeTimedSerializer = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._serializer = URLSafeTimedSerializer(self.secret_key, salt=_SALT)
+
+    def csrf_for(self, sid: str) -> str:
+        return hmac.new(self.secret_key.encode(), f"csrf:{sid}".encode(), hashlib.sha256).hexdigest()
+
+    def _make(self, user: str | None) -> WebSession:
+        sid = secrets.token_urlsafe(24)
+        return WebSession(sid=sid, user=user, csrf=self.csrf_for(sid), fresh=True)
+
+    def read(self, request: Request) -> WebSession:
+        """The request's session (a new anonymous one when the cookie is missing, forged or expired)."""
+        raw = request.cookies.get(SESSION_COOKIE)
+        if raw:
+            try:
+                data = self._serializer.loads(raw, max_age=self.max_age)
+                sid, user = str(data["sid"]), data.get("user")
+                return WebSession(sid=sid, user=str(user) if user else None, csrf=self.csrf_for(sid), fresh=False)
+            except (BadSignature, KeyError, TypeError):
+                pass
+        return self._make(None)
+
+    def login(self, user: str) -> WebSession:
+        return self._make(user)
+
+    def logout(self) -> WebSession:
+        return self._make(None)
+
+    def write(self, response: Response, session: WebSession) -> None:
+        value = self._serializer.dumps({"sid": session.sid, "user": session.user})
+        response.set_cookie(SESSION_COOKIE, value, max_age=self.max_age, path="/", httponly=True,
+                            samesite="lax", secure=self.secure)
+
+    def csrf_ok(self, session: WebSession, presented: str | None) -> bool:
+        return bool(presented) and hmac.compare_digest(str(presented), session.csrf)
+
+
+# --- login rate limit -------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoginLimiter:
+    """At most `max_failures` failed logins per client address and per user name within `window_s`; after
+    that, login answers 429 until the window has passed. Kept per process (a restart forgets it)."""
+
+    max_failures: int = 5
+    window_s: float = 300.0
+    now: Callable[[], float] = time.monotonic
+    _failures: dict[str, deque[float]] = field(default_factory=dict)
+
+    def _recent(self, key: str) -> deque[float]:
+        q = self._failures.setdefault(key, deque())
+        cutoff = self.now() - self.window_s
+        while q and q[0] < cutoff:
+            q.popleft()
+        return q
+
+    def retry_after(self, client: str, username: str) -> int:
+        """Seconds to wait before another attempt is allowed (0: allowed now)."""
+        waits = []
+        for key in (f"ip:{client}", f"user:{username.lower()}"):
+            q = self._recent(key)
+            if len(q) >= self.max_failures:
+                waits.append(int(q[0] + self.window_s - self.now()) + 1)
+        return max(waits, default=0)
+
+    def failed(self, client: str, username: str) -> None:
+        for key in (f"ip:{client}", f"user:{username.lower()}"):
+            self._recent(key).append(self.now())
+        if len(self._failures) > 10_000:  # bound the memory an attacker can make us hold
+            self._failures = {k: v for k, v in self._failures.items() if v}
+
+    def succeeded(self, client: str, username: str) -> None:
+        self._failures.pop(f"user:{username.lower()}", None)

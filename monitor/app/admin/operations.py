@@ -1,0 +1,290 @@
+"""The operations pages: feeds (health, add with a test fetch, disable, OPML), deliveries (recent digests and
+attempts, retry, re-enable a channel, test message) and subscribers (list, add, edit, resubscribe). Changes
+to feeds.toml go through `configfile` (validated, comments kept, audited); database-only changes are
+audited with `configfile.record_audit`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from monitor.app.admin import AdminContext, configfile, forms
+from monitor.app.admin.auth import WebSession
+from monitor.config import FeedConfig, SubscriberConfig
+from monitor.errors import ConfigError, MonitorError
+from monitor.ingest import opml
+from monitor.ingest.fetch import Fetcher
+from monitor.ingest.parse import parse_feed
+from monitor.records import FetchRequest
+from monitor.storage import db, store
+from monitor.storage.tables import Delivery, DeliveryAttempt, Digest, Item, Subscription
+
+FEED_FIELDS = [f for f in forms.form_fields(FeedConfig) if f.name != "enabled"]
+SUBSCRIBER_FIELDS = forms.form_fields(SubscriberConfig)
+
+
+def _str(form: dict[str, Any], key: str) -> str:
+    v = form.get(key, "")
+    return v if isinstance(v, str) else ""
+
+
+def test_fetch(settings: Any, url: str, now: datetime) -> dict[str, Any]:
+    """Fetch and parse a feed once, as the poller would (same client, same guards); what it returns, in words."""
+
+    async def go() -> Any:
+        async with Fetcher(settings) as f:
+            return await f.fetch(FetchRequest(feed_id=0, url=url))
+
+    result = asyncio.run(go())
+    out: dict[str, Any] = {"status": result.status, "http_status": result.http_status, "error": result.error,
+                           "title": None, "items": [], "warnings": []}
+    if result.status == "ok":
+        try:
+            parsed = parse_feed(result.body, result.headers, feed_url=url, now=now,
+                                fast_path=settings.fast_feed_reader)
+        except MonitorError as e:
+            out["error"] = str(e)
+            out["status"] = "error"
+            return out
+        out["title"] = parsed.title
+        out["items"] = [{"title": it.title, "published_at": it.published_at, "link": it.link}
+                        for it in parsed.items[:10]]
+        out["count"] = len(parsed.items)
+        out["warnings"] = list(parsed.warnings)
+    return out
+
+
+def routes(ctx: AdminContext, pages: Any, page: Callable[..., Any]) -> list[BaseRoute]:
+    # --- feeds ------------------------------------------------------------------------------------------
+
+    def feeds_view(session: WebSession, *, status: int = 200, values: dict[str, str] | None = None,
+                   errors: dict[str, str] | None = None, probe: dict[str, Any] | None = None,
+                   notice: str = "") -> Response:
+        config, sha = configfile.current_config(ctx.config_path)
+        now = ctx.clock()
+        with Session(ctx.engine) as s:
+            health = {h.url: h for h in store.feed_health(s)}
+            day_ago = db.naive_utc(now - timedelta(days=7))
+            per_feed = dict(s.execute(select(Item.feed_id, func.count()).where(Item.fetched_at >= day_ago)
+                                      .group_by(Item.feed_id)).all())
+        rows = []
+        for f in config.feeds:
+            h = health.get(f.url)
+            rows.append({"feed": f, "health": h, "per_day": (per_feed.get(h.feed_id, 0) / 7.0) if h else 0.0})
+        return pages.render("admin/feeds.html", session, status, title="Feeds", nav="feeds", rows=rows,
+                            fields=FEED_FIELDS, values=values or {}, errors=errors or {}, probe=probe,
+                            base_sha=sha, notice=notice)
+
+    def feeds_page(request: Request, session: WebSession, form: dict[str, Any]) -> Response:
+        return feeds_view(session, notice=request.query_params.get("notice", ""))
+
+    def feed_add(request: Request, session: WebSession, form: dict[str, Any]) -> Response:
+        values = {f.name: _str(form, f.name) for f in FEED_FIELDS}
+        try:
+            feed = FeedConfig.model_validate(forms.parse_form(form, FEED_FIELDS))
+        except Exception as e:  # pydantic ValidationError
+            from pydantic import ValidationError
+
+            if isinstance(e, ValidationError):
+                return feeds_view(session, status=422, values=values, errors=configfile.field_errors(e))
+            raise
+        settings = ctx.config().settings
+        probe = test_fetch(settings, feed.url, ctx.clock())
+        if _str(form, "action") != "add":  # "Test fetch": show what the feed returns, change nothing
+            return feeds_view(session, values=values, probe=probe)
+        text = configfile.read_text(ctx.config_path)
+        try:
+            new_text = configfile.upsert_entry(text, "feeds", "url", feed.url, feed)
+            configfile.save_config_text(ctx.engine, ctx.config_path, new_text, actor=session.user or "?",
+                                        action="feed.add", target=feed.url,
+                                        diff=configfile.entry_diff(None, feed), expected_sha=_str(form, "base_sha"))
+        except ConfigError as e:
+            return feeds_view(session, status=422, values=values, errors={"": str(e)}, probe=probe)
+        return RedirectResponse("/admin/feeds?notice=" + quote(f"Added {feed.url}"), status_code=303)
+
+    def feed_enable(request: Request, session: WebSession, form: dict[str, Any]) -> Response:
+        url, enabled = _str(form, "url"), _str(form, "enabled") == "true"
+        config, _sha = configfile.current_config(ctx.config_path)
+        old = next((f for f in config.feeds if f.url == url), None)
+        if old is None:
+            return feeds_view(session, status=404, errors={"": f"no feed {url!r} in {ctx.config_path.name}"})
+        new = old.model_copy(update={"enabled": enabled})
+        text = configfile.read_text(ctx.config_path)
+        new_text = configfile.upsert_entry(text, "feeds", "url", url, new)
+        configfile.save_config_text(ctx.engine, ctx.config_path, new_text, actor=session.user or "?",
+                                    action="feed.enable" if enabled else "feed.disable", target=url,
+                                    diff=configfile.entry_diff(old, new), expected_sha=None)
+        return RedirectResponse("/admin/feeds?notice=" + quote(f"{'Enabled' if enabled else 'Disabled'} {url}"),
+                                status_code=303)
+
+    def opml_export(request: Request, session: WebSession, form: dict[str, Any]) -> Response:
+        config, _sha = configfile.current_config(ctx.config_path)
+        with Session(ctx.engine) as s:
+            titles = {h.url: h.title for h in store.feed_health(s) if h.title}
+        data = opml.write_opml([opml.OpmlFeed(url=f.url, title=f.name or titles.get(f.url)) for f in config.feeds],
+                               now=ctx.clock())
+        return Response(data, media_type="text/x-opml; charset=utf-8",
+                        headers={"Content-Disposition": 'attachment; filename="monitor-feeds.opml"'})
+
+    def opml_import(request: Request, session: WebSession, form: dict[str, Any]) -> Response:
+        data = form.get("opml")
+        if not isinstance(data, bytes) or not data.strip():
+            return feeds_view(session, status=422, errors={"opml": "choose an OPML file to import"})
+        try:
+            imported = opml.read_opml(data, "uploaded OPML")
+        except MonitorError as e:
+            return feeds_view(session, status=422, errors={"opml": str(e)})
+        config, _sha = configfile.current_config(ctx.config_path)
+        fresh = opml.new_feeds(imported, [f.url for f in config.feeds])
+        if not fresh:
+            return feeds_view(session, notice=f"All {len(imported)} feeds of the file are configured already.")
+        text = configfile.read_text(ctx.config_path)
+        for f in fresh:
+            text = configfile.upsert_entry(text, "feeds", "url", f.url,
+                                           FeedConfig(url=f.url, name=f.title or None))
+        try:
+            configfile.save_config_text(ctx.engine, ctx.config_path, text, actor=session.user or "?",
+                                        action="feed.import", target=f"{len(fresh)} feeds from OPML",
+                                        diff="\n".join(f"+ {f.url}" for f in fresh), expected_sha=None)
+        except ConfigError as e:
+            return feeds_view(session, status=422, errors={"opml": str(e)})
+        return RedirectResponse("/admin/feeds?notice=" + quote(f"Imported {len(fresh)} new feeds "
+                                                                f"({len(imported) - len(fresh)} already there)"),
+                                status_code=303)
+
+    # --- deliveries -------------------------------------------------------------------------------------
+
+    def deliveries_view(session: WebSession, *, notice: str = "", answer: str = "", status: int = 200) -> Response:
+        with Session(ctx.engine) as s:
+            rows = s.execute(select(Delivery, Digest.alert_count).join(Digest, Digest.id == Delivery.digest_id)
+                             .order_by(Delivery.id.desc()).limit(100)).all()
+            ids = [d.id for d, _n in rows]
+            attempts: dict[int, list[DeliveryAttempt]] = {}
+            if ids:
+                for a in s.scalars(select(DeliveryAttempt).where(DeliveryAttempt.delivery_id.in_(ids))
+                                   .order_by(DeliveryAttempt.id)):
+                    attempts.setdefault(a.delivery_id, []).append(a)
+            subs = s.scalars(select(Subscription).order_by(Subscription.kind, Subscription.target)).all()
+        channels = [c.name for c in ctx.config().channels]
+        return pages.render("admin/deliveries.html", session, status, title="Deliveries", nav="deliveries",
+                            rows=[(d, n, attempts.get(d.id, [])) for d, n in rows], subs=subs,
+                            channels=channels, notice=notice, answer=answer, utc=_utc)
+
+    def deliveries_page(request: Request, session: WebSession, form: dict[str, Any]) -> Response:
+        return deliveries_view(session, notice=request.query_params.get("notice", ""))
+
+    def delivery_retry(request: Request, session: WebSession, form: dict[str, Any]) -> Response:
+        delivery_id = int(request.path_params["delivery_id"])
+        now = db.naive_utc(ctx.clock())
+        with db.write_transaction(ctx.engine) as s:
+            n = s.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.status.in_(("failed", "cancelled")))
+                          .values(status="pending", next_attempt_at=now, lease_owner=None, lease_until=None)).rowcount
+        if n:
+            configfile.record_audit(ctx.engine, actor=session.user or "?", action="delivery.retry",
+                                    target=f"delivery {delivery_id}", now=ctx.clock())
+        return RedirectResponse("/admin/deliveries?notice=" + quote(
+            f"Delivery {delivery_id} will be sent again at the next outbox tick" if n
+            else f"Delivery {delivery_id} is not failed; nothing to retry"), status_code=303)
+
+    def subscription_enable(request: Request, session: WebSession, form: dict[str, Any]) -> Response:
+        sub_id = int(request.path_params["sub_id"])
+        with db.write_transaction(ctx.engine) as s:
+            row = s.get(Subscription, sub_id)
+            if row is None:
+                return deliveries_view(session, status=404, notice=f"No subscription {sub_id}")
+            what = "re-enabled" if row.disabled_at else "resubscribed" if row.unsubscribed_at else "unchanged"
+            row.disabled_at, row.disabled_reason = None, None
+            if _str(form, "resubscribe"):
+                row.unsubscribed_at = None
+            target = f"{row.kind} {row.target}"
+        configfile.record_audit(ctx.engine, actor=session.user or "?", action=f"subscription.{what}", target=target,
+                                now=ctx.clock())
+        back = "/admin/subscribers" if _str(form, "back") == "subscribers" else "/admin/deliveries"
+        return RedirectResponse(back + "?notice=" + quote(f"{target}: {what}"), status_code=303)
+
+    def channel_test(request: Request, session: WebSession, form: dict[str, Any]) -> Response:
+        name = _str(form, "channel")
+        if ctx.test_sender is None:
+            return deliveries_view(session, status=503, notice="Test messages need the running service.")
+        try:
+            answer = str(ctx.test_sender(name))
+        except MonitorError as e:
+            answer = f"failed: {e}"
+        configfile.record_audit(ctx.engine, actor=session.user or "?", action="channel.test", target=name,
+                                diff=answer[:2000], now=ctx.clock())
+        return deliveries_view(session, notice=f"Test message to {name}", answer=answer)
+
+    # --- subscribers ------------------------------------------------------------------------------------
+
+    def subscribers_view(session: WebSession, *, status: int = 200, values: dict[str, str] | None = None,
+                         errors: dict[str, str] | None = None, notice: str = "", editing: str = "") -> Response:
+        config, sha = configfile.current_config(ctx.config_path)
+        with Session(ctx.engine) as s:
+            state = {r.target: r for r in s.scalars(select(Subscription).where(Subscription.kind == "email"))}
+        if editing and values is None:
+            sub = next((x for x in config.subscribers if x.email.lower() == editing.lower()), None)
+            values = forms.form_values(sub, SUBSCRIBER_FIELDS)
+        return pages.render("admin/subscribers.html", session, status, title="Subscribers", nav="subscribers",
+                            subscribers=config.subscribers, state=state, fields=SUBSCRIBER_FIELDS,
+                            values=values or forms.form_values(None, SUBSCRIBER_FIELDS), errors=errors or {},
+                            notice=notice, editing=editing, base_sha=sha, settings=config.settings)
+
+    def subscribers_page(request: Request, session: WebSession, form: dict[str, Any]) -> Response:
+        return subscribers_view(session, notice=request.query_params.get("notice", ""),
+                                editing=request.query_params.get("edit", ""))
+
+    def subscriber_save(request: Request, session: WebSession, form: dict[str, Any]) -> Response:
+        from pydantic import ValidationError
+
+        editing = _str(form, "editing")
+        values = {f.name: _str(form, f.name) for f in SUBSCRIBER_FIELDS}
+        data = forms.parse_form(form, SUBSCRIBER_FIELDS)
+        if data.get("daily_at") == "":
+            data.pop("daily_at")
+        try:
+            sub = SubscriberConfig.model_validate(data)
+        except ValidationError as e:
+            return subscribers_view(session, status=422, values=values, errors=configfile.field_errors(e),
+                                    editing=editing)
+        config, _sha = configfile.current_config(ctx.config_path)
+        old = next((x for x in config.subscribers if x.email.lower() == (editing or sub.email).lower()), None)
+        if editing and old is None:
+            return subscribers_view(session, status=404, errors={"": f"no subscriber {editing!r}"})
+        if not editing and old is not None:
+            return subscribers_view(session, status=422, values=values, errors={"email": "this address is already subscribed"})
+        text = configfile.read_text(ctx.config_path)
+        try:
+            new_text = configfile.upsert_entry(text, "subscribers", "email", old.email if old else sub.email, sub)
+            configfile.save_config_text(ctx.engine, ctx.config_path, new_text, actor=session.user or "?",
+                                        action="subscriber.update" if old else "subscriber.add", target=sub.email,
+                                        diff=configfile.entry_diff(old, sub), expected_sha=_str(form, "base_sha"))
+        except ConfigError as e:
+            return subscribers_view(session, status=422, values=values, errors={"": str(e)}, editing=editing)
+        return RedirectResponse("/admin/subscribers?notice=" + quote(f"Saved {sub.email}"), status_code=303)
+
+    return [
+        Route("/admin/feeds", page(feeds_page), methods=["GET"]),
+        Route("/admin/feeds", page(feed_add), methods=["POST"]),
+        Route("/admin/feeds/enabled", page(feed_enable), methods=["POST"]),
+        Route("/admin/feeds/opml", page(opml_export), methods=["GET"]),
+        Route("/admin/feeds/opml", page(opml_import), methods=["POST"]),
+        Route("/admin/deliveries", page(deliveries_page), methods=["GET"]),
+        Route("/admin/deliveries/{delivery_id:int}/retry", page(delivery_retry), methods=["POST"]),
+        Route("/admin/subscriptions/{sub_id:int}/enable", page(subscription_enable), methods=["POST"]),
+        Route("/admin/channels/test", page(channel_test), methods=["POST"]),
+        Route("/admin/subscribers", page(subscribers_page), methods=["GET"]),
+        Route("/admin/subscribers", page(subscriber_save), methods=["POST"]),
+    ]
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt

@@ -1,0 +1,51 @@
+// monitor admin: the live backtest of the topic editor. Plain JS, no dependencies, shipped with the package.
+// As the admin types, the form (with its CSRF token) is posted to the backtest URL, debounced; the server
+// answers with an HTML fragment (stories, scores, reasons, the diff against the saved version).
+(function () {
+  "use strict";
+  var form = document.getElementById("topic-form");
+  var target = document.getElementById("backtest");
+  if (!form || !target) return;
+  var state = document.getElementById("backtest-state");
+  var url = form.getAttribute("data-backtest");
+  var timer = null;
+  var seq = 0;
+  var DEBOUNCE_MS = 450;
+
+  function setState(text) { if (state) state.textContent = text; }
+
+  function run() {
+    var mine = ++seq;
+    var body = new URLSearchParams(new FormData(form));
+    var token = form.querySelector("input[name=csrf_token]");
+    setState("updating…");
+    target.setAttribute("aria-busy", "true");
+    fetch(url, {
+      method: "POST",
+      body: body,
+      credentials: "same-origin",
+      headers: { "X-CSRF-Token": token ? token.value : "" }
+    }).then(function (r) {
+      return r.text().then(function (html) { return { ok: r.ok, status: r.status, html: html }; });
+    }).then(function (res) {
+      if (mine !== seq) return;  // a newer request is on its way
+      if (!res.ok) { setState("failed (HTTP " + res.status + ")"); return; }
+      target.innerHTML = res.html;
+      target.setAttribute("aria-busy", "false");
+      target.setAttribute("data-seq", String(mine));
+      setState("");
+    }).catch(function () {
+      if (mine === seq) setState("failed: is the service running?");
+    });
+  }
+
+  function schedule() {
+    if (timer) clearTimeout(timer);
+    setState("waiting…");
+    timer = setTimeout(run, DEBOUNCE_MS);
+  }
+
+  form.addEventListener("input", schedule);
+  form.addEventListener("change", schedule);
+  run();
+})();
