@@ -34,7 +34,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from monitor.app import pipeline
+from monitor.app import admin, pipeline
 from monitor.app.metrics import Metrics
 from monitor.app.web import create_app, create_metrics_app
 from monitor.clock import Clock, SimulatedClock
@@ -81,6 +81,7 @@ class ServiceOptions:
 @dataclass
 class _State:
     config_fingerprint: str = ""
+    config_revision: int | None = None  # newest feeds.toml revision saved by the admin pages, seen here
     ready: dict[str, bool] = field(default_factory=lambda: {"database": False, "model": False, "scheduler": False})
 
 
@@ -315,6 +316,9 @@ class Service:
         await asyncio.to_thread(pipeline.housekeeping, self.rt)
 
     async def _config_job(self) -> None:
+        # An admin save on another host is written to this host's file first, then reloaded like any edit.
+        self.state.config_revision = await asyncio.to_thread(admin.pull_revision, self.engine,
+                                                             self.options.config_path, self.state.config_revision)
         fp = _file_digest(self.options.config_path)
         if fp == self.state.config_fingerprint:
             return
@@ -339,6 +343,8 @@ class Service:
 
     def _app(self):  # type: ignore[no-untyped-def]
         routes = unsubscribe.routes(self.engine, lambda: self.config, self.signing_key, clock=self.clock.now)
+        routes += admin.service_routes(self.engine, self.options.config_path, lambda: self.config, self.signing_key,
+                                       lambda: self.rt.embedder if self.rt else None, self.clock.now)
         return create_app(self._readiness, routes)
 
     def _readiness(self) -> dict[str, bool]:
