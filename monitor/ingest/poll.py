@@ -103,13 +103,15 @@ async def poll_once(
     limit: int | None = None,
     rng: random.Random | None = None,
     parse_executor: Executor | None = None,
+    lease_owner: str | None = None,
 ) -> PollReport:
     """Poll once: every due feed (default), every enabled feed (`all_feeds`), or the feeds whose URL is in
     `feeds_filter`; `limit` caps the number of feeds (default: no cap, the pass finishes every one). `now`
     fixes the time (simulated clocks); otherwise the real clock. `fetcher`, if given, must already be
     entered (`async with`); the service keeps one open across passes to reuse connections.
     `parse_executor`: where feedparser runs (default: inline on the loop; a ProcessPoolExecutor uses more
-    cores)."""
+    cores). `lease_owner`: the worker id written on the feed leases; a fetch is then recorded only while
+    this worker still holds its feed (fencing: see monitor.storage.workers)."""
     t0 = time.perf_counter()
     fixed_now = now
     started_at = now or db.utcnow()
@@ -130,7 +132,7 @@ async def poll_once(
             return []
         lease_s = (time.perf_counter() - t0 + settings.fetch_timeout_s * math.ceil((in_flight + n) / slots) + 60)
         got = await asyncio.to_thread(_claim, engine, started_at, n, feeds_filter, all_feeds, lease_s,
-                                      after_id if by_id else None)
+                                      after_id if by_id else None, lease_owner)
         fresh = [r for r in got if r.feed_id not in seen]
         if len(fresh) != len(got):  # cannot happen by the rules above; never poll a feed twice in a pass
             await asyncio.to_thread(db.try_write, engine, partial(
@@ -190,7 +192,8 @@ async def poll_once(
                     done = True
                     break
                 batch.append(nxt)
-            out = _write(engine, settings, batch, fixed_now, not_before, rng)  # inline: see module docstring
+            out = _write(engine, settings, batch, fixed_now, not_before, rng,  # inline: see module docstring
+                         lease_owner=lease_owner)
             for row, items in out:
                 rows.append(row)
                 new_items.extend(items)
@@ -258,20 +261,21 @@ def parse_pool(workers: int | None = None) -> ProcessPoolExecutor:
 
 
 def _claim(engine: Engine, now: datetime, limit: int, urls: Sequence[str] | None, all_feeds: bool,
-           lease_s: float, after_id: int | None) -> list[FetchRequest]:
+           lease_s: float, after_id: int | None, lease_owner: str | None) -> list[FetchRequest]:
     with db.write_transaction(engine) as session:
         return store.due_feeds(session, now, limit, urls=urls, ignore_schedule=all_feeds, lease_s=lease_s,
-                               after_id=after_id)
+                               after_id=after_id, lease_owner=lease_owner)
 
 
 def _write(engine: Engine, settings: Settings, batch: list[Fetched], fixed_now: datetime | None,
-           not_before: datetime, rng: random.Random) -> list[tuple[PollRow, list[ItemRecord]]]:
+           not_before: datetime, rng: random.Random, *,
+           lease_owner: str | None = None) -> list[tuple[PollRow, list[ItemRecord]]]:
     """Record a batch of fetches in one transaction; if that fails, one transaction per feed so that one bad
     feed cannot lose the others' results."""
     try:
         with db.write_transaction(engine) as session:
             outcomes = [_outcome(settings, entry, fixed_now, not_before, rng) for entry in batch]
-            news = store.record_fetches(session, outcomes)
+            news = store.record_fetches(session, outcomes, lease_owner=lease_owner)
     except Exception:
         if len(batch) == 1:
             req, result = batch[0].request, batch[0].result
@@ -280,7 +284,7 @@ def _write(engine: Engine, settings: Settings, batch: list[Fetched], fixed_now: 
                              f"{req.url}: could not save the result: see the log"), [])]
         out = []
         for entry in batch:
-            out.extend(_write(engine, settings, [entry], fixed_now, not_before, rng))
+            out.extend(_write(engine, settings, [entry], fixed_now, not_before, rng, lease_owner=lease_owner))
         return out
     return [_row(entry, new) for entry, new in zip(batch, news, strict=True)]
 
