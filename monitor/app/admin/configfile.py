@@ -93,19 +93,27 @@ def _default(f: Any) -> Any:
 
 
 def _toml_value(value: Any, like: Any = None) -> Any:
-    """A tomlkit item for `value`; lists of strings one per line (as feeds.toml writes them) unless the
-    value it replaces was written on one line."""
-    if isinstance(value, list):
-        arr = tomlkit.array()
-        for v in value:
-            arr.append(_toml_value(v))
-        multiline = len(value) > 1 and all(isinstance(v, str) for v in value)
-        if isinstance(like, Array) and "\n" not in like.as_string():
-            multiline = False
-        if value and all(isinstance(v, list) for v in value):
-            multiline = True
-        arr.multiline(multiline)
+    """A tomlkit item for `value`. Lists of several strings (and lists of lists) are written one element per
+    line, indented by two spaces as feeds.toml writes them, unless the value they replace was on one line."""
+    if not isinstance(value, list):
+        return value
+    arr = tomlkit.array()
+    one_line = isinstance(like, Array) and "\n" not in like.as_string()
+    nested = bool(value) and all(isinstance(v, list) for v in value)
+    if one_line or (len(value) < 2 and not nested):
+        arr.extend([_inline(v) for v in value])
         return arr
+    for v in value:
+        arr.add_line(_inline(v), indent="  ")
+    arr.add_line(indent="")
+    return arr
+
+
+def _inline(value: Any) -> Any:
+    if isinstance(value, list):
+        inner = tomlkit.array()
+        inner.extend([_inline(v) for v in value])
+        return inner
     return value
 
 
@@ -157,6 +165,7 @@ def upsert_entry(text: str, section: str, key: str, value: str, model: BaseModel
     for k in order:
         if k in new:
             table[k] = _toml_value(new[k])
+    table.add(tomlkit.nl())  # a blank line before whatever section follows
     if aot is None:
         aot = tomlkit.aot()
         aot.append(table)

@@ -1,0 +1,84 @@
+"""Helpers for the admin UI/API tests: a feeds.toml with comments, an app with the admin routes on a real
+database, and a logged-in client."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from starlette.applications import Starlette
+
+from monitor.app.admin import AdminContext, auth, make_context, routes
+from monitor.app.admin.backtest import Backtester
+from monitor.config import load_config
+
+TOKEN = "test-admin-token-0123456789"
+PASSWORD = "correct horse battery staple"
+
+CONFIG = """\
+# Test configuration. This comment must survive every save.
+[settings]
+timezone = "UTC"   # an inline comment that must survive too
+
+[[feeds]]
+name = "Wire"
+url = "https://wire.example.org/rss.xml"
+
+# Topics follow. A comment between sections.
+[[topics]]
+id = "hostage-talks"
+name = "Hostage talks"
+description = "Negotiations mediated by Qatar over a truce and the release of hostages held in Gaza"
+examples = [
+  "Qatar says talks on a hostage deal have made progress",  # the first example
+  "Negotiators meet in Doha on a Gaza truce",
+]
+counterexamples = [
+  "Qatar signs long-term gas supply deal",
+]
+threshold = 0.45
+
+[[topics]]
+id = "weather"
+name = "Weather"
+description = "Storms, floods and heat waves"
+examples = ["Storm floods coastal towns"]
+
+[[subscribers]]
+email = "analyst@example.org"
+topics = ["hostage-talks"]
+cadence = "daily"
+"""
+
+
+def write_config(tmp: Path, text: str = CONFIG) -> Path:
+    path = tmp / "feeds.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def admin_app(engine, config_path: Path, backtester: Callable[[], Backtester | None] = lambda: None,  # type: ignore[no-untyped-def]
+              clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> tuple[Starlette, AdminContext]:
+    config = load_config(config_path)
+    ctx = make_context(engine, config_path, lambda: config, "test-secret-key-" + "x" * 20, backtester, clock)
+    ctx.env = {auth.ADMIN_TOKEN_ENV: TOKEN}
+    return Starlette(routes=routes(ctx)), ctx
+
+
+def client(app: Starlette) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+def csrf_of(html: str) -> str:
+    m = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert m, "no CSRF token in the page"
+    return m.group(1)
+
+
+async def login(c: httpx.AsyncClient, user: str = "alice", password: str = PASSWORD) -> httpx.Response:
+    page = await c.get("/admin/login")
+    return await c.post("/admin/login", data={"username": user, "password": password, "csrf_token": csrf_of(page.text),
+                                               "next": "/admin/topics"})

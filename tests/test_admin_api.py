@@ -1,0 +1,117 @@
+"""The admin JSON API (/api/v1) through an in-process ASGI client, on a real database and a real feeds.toml."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from adminfixtures import TOKEN, admin_app, client, write_config
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from monitor.storage.tables import AuditEntry, ConfigRevision
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+NEW_TOPIC = {"id": "icc-warrants", "name": "ICC warrants", "description": "The International Criminal Court",
+             "examples": ["ICC prosecutor seeks arrest warrants"], "threshold": 0.5}
+
+
+def _topics(path: Path) -> dict[str, dict]:  # type: ignore[type-arg]
+    return {t["id"]: t for t in tomllib.loads(path.read_text())["topics"]}
+
+
+async def test_create_edit_delete_a_topic_writes_feeds_toml_with_comments_and_audits(engine: Engine,
+                                                                                     tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    app, _ctx = admin_app(engine, path)
+    async with client(app) as c:
+        r = await c.post("/api/v1/topics", json=NEW_TOPIC, headers=AUTH)
+        assert r.status_code == 201, r.text
+        assert _topics(path)["icc-warrants"]["examples"] == ["ICC prosecutor seeks arrest warrants"]
+
+        r = await c.get("/api/v1/topics/icc-warrants", headers=AUTH)
+        assert r.status_code == 200 and r.json()["name"] == "ICC warrants"
+
+        edited = {**NEW_TOPIC, "counterexamples": ["ICC judges elect a new president"], "threshold": 0.55}
+        r = await c.put("/api/v1/topics/icc-warrants", json=edited, headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert 'counterexamples: + "ICC judges elect a new president"' in r.json()["diff"]
+        assert "threshold: 0.5 -> 0.55" in r.json()["diff"]
+        t = _topics(path)["icc-warrants"]
+        assert t["counterexamples"] == ["ICC judges elect a new president"] and t["threshold"] == 0.55
+
+        r = await c.delete("/api/v1/topics/icc-warrants", headers=AUTH)
+        assert r.status_code == 204
+        assert "icc-warrants" not in _topics(path)
+        assert (await c.get("/api/v1/topics/icc-warrants", headers=AUTH)).status_code == 404
+
+    text = path.read_text()
+    assert "# Test configuration. This comment must survive every save." in text
+    assert "# an inline comment that must survive too" in text
+    assert "# the first example" in text  # untouched topics keep even their comments inside arrays
+    with Session(engine) as s:
+        actions = [(a.actor, a.action, a.target) for a in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
+        revisions = s.scalars(select(ConfigRevision).order_by(ConfigRevision.id)).all()
+    assert actions == [("api-token", "topic.create", "icc-warrants"), ("api-token", "topic.update", "icc-warrants"),
+                       ("api-token", "topic.delete", "icc-warrants")]
+    assert len(revisions) == 3 and revisions[-1].text == text
+
+
+async def test_invalid_input_is_422_naming_the_field(engine: Engine, tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    before = path.read_text()
+    app, _ctx = admin_app(engine, path)
+    async with client(app) as c:
+        r = await c.post("/api/v1/topics", json={**NEW_TOPIC, "threshold": 1.7}, headers=AUTH)
+        assert r.status_code == 422
+        assert ["body", "threshold"] in [e["loc"] for e in r.json()["detail"]]
+
+        r = await c.post("/api/v1/topics", json={**NEW_TOPIC, "examples": ["  "]}, headers=AUTH)
+        assert r.status_code == 422
+        assert any(e["loc"] == ["body", "examples"] and "at least one example" in e["msg"] for e in r.json()["detail"])
+
+        r = await c.post("/api/v1/topics", json={**NEW_TOPIC, "id": "Not A Slug"}, headers=AUTH)
+        assert r.status_code == 422 and ["body", "id"] in [e["loc"] for e in r.json()["detail"]]
+
+        r = await c.post("/api/v1/topics", json={**NEW_TOPIC, "colour": "red"}, headers=AUTH)
+        assert r.status_code == 422 and ["body", "colour"] in [e["loc"] for e in r.json()["detail"]]
+
+        # Valid on its own, invalid in the whole configuration: a subscriber still names the topic.
+        r = await c.delete("/api/v1/topics/hostage-talks", headers=AUTH)
+        assert r.status_code == 422 and "unknown topic" in r.json()["detail"][0]["msg"]
+
+        # The id of an existing topic cannot be taken twice, nor changed.
+        r = await c.post("/api/v1/topics", json={**NEW_TOPIC, "id": "weather"}, headers=AUTH)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "id"]
+        r = await c.put("/api/v1/topics/weather", json={**NEW_TOPIC, "id": "weather-2"}, headers=AUTH)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "id"]
+    assert path.read_text() == before
+
+
+async def test_401_without_a_valid_token(engine: Engine, tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    before = path.read_text()
+    app, _ctx = admin_app(engine, path)
+    async with client(app) as c:
+        for method, url, body in (("GET", "/api/v1/topics", None), ("POST", "/api/v1/topics", NEW_TOPIC),
+                                  ("DELETE", "/api/v1/topics/weather", None)):
+            for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": TOKEN}):
+                r = await c.request(method, url, json=body, headers=headers)
+                assert r.status_code == 401, (method, url, headers)
+                assert r.headers["www-authenticate"] == "Bearer"
+        # The OpenAPI document is public and names the operations; no CDN-backed docs pages are served.
+        doc = (await c.get("/openapi.json")).json()
+        assert {"/api/v1/topics", "/api/v1/topics/{topic_id}", "/api/v1/topics/{topic_id}/backtest"} <= set(doc["paths"])
+        assert (await c.get("/docs")).status_code == 404
+    assert path.read_text() == before
+
+
+async def test_no_token_configured_means_no_token_works(engine: Engine, tmp_path: Path) -> None:
+    app, ctx = admin_app(engine, write_config(tmp_path))
+    ctx.env = {}
+    async with client(app) as c:
+        assert (await c.get("/api/v1/topics", headers={"Authorization": "Bearer "})).status_code == 401
+        assert (await c.get("/api/v1/topics", headers={"Authorization": "Bearer x"})).status_code == 401
