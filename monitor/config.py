@@ -109,6 +109,7 @@ class FeedConfig(_Strict):
     name: str | None = Field(None, max_length=512, description="Display name; defaults to the feed's own title.")
     interval: int | None = Field(None, ge=1, description="Fixed polling interval in seconds (otherwise adaptive).")
     enabled: bool = Field(True, description="Disabled feeds are kept but not polled.")
+    aggregator: bool = Field(False, description="The feed carries other outlets' items (Google News and the like): each item counts for the outlet of its own link. Otherwise every item belongs to the feed's own outlet (the domain of its URL), so a feed cannot publish as another outlet or pre-empt its articles.")
 
     @field_validator("url")
     @classmethod

@@ -111,6 +111,7 @@ class FetchRequest:
     publish_interval_s: float | None = None
     last_new_item_at: datetime | None = None  # aware UTC
     error_count: int = 0
+    aggregator: bool = False  # items count for the outlet of their own link, not the feed's (feeds.toml)
 
 
 @dataclass(frozen=True, slots=True)

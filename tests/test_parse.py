@@ -92,8 +92,51 @@ def test_identity_fallback_chain() -> None:
     assert a.key == "guid:abc"
     assert b.key == "link:https://www.bbc.co.uk/news/2" and b.link == "https://www.bbc.co.uk/news/2"
     assert c.key.startswith("hash:") and c.key[5:] == c.content_hash
-    # outlet from the item link (else the channel link), reduced to the registrable domain
-    assert {a.outlet, b.outlet, c.outlet} == {"bbc.co.uk"}
+    # the outlet is the feed's own (its URL's registrable domain), whatever the items and the channel claim
+    assert {a.outlet, b.outlet, c.outlet} == {"bbci.co.uk"}
+
+
+def test_outlet_comes_from_the_feed_unless_it_is_an_aggregator() -> None:
+    body = rss([
+        {"title": "Reuters story", "guid": "https://www.reuters.com/world/a-1", "link": "https://www.reuters.com/world/a-1"},
+        {"title": "AP story", "link": "https://apnews.com/article/b-2"},
+        {"title": "no link", "description": "text"},
+    ], link="https://www.reuters.com/")
+    spoof = parse_feed(body, HDRS, feed_url="https://cheap-news.example.net/rss", now=NOW)
+    assert {i.outlet for i in spoof.items} == {"example.net"}
+    agg = parse_feed(body, HDRS, feed_url="https://news.google.com/rss/search?q=gaza", now=NOW, aggregator=True)
+    assert [i.outlet for i in agg.items] == ["reuters.com", "apnews.com", "reuters.com"]  # last: the channel link
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_a_guid_that_is_the_items_own_link_is_the_link() -> None:
+    body = rss([
+        {"title": "fragment", "guid": "https://www.bbc.co.uk/news/world-1#0",
+         "link": "https://www.bbc.co.uk/news/world-1?at_medium=RSS&at_campaign=KARANGA"},
+        {"title": "same as link", "guid": "https://www.example.com/a", "link": "https://www.example.com/a"},
+        {"title": "tracking only", "guid": "https://www.example.com/b?utm_source=rss", "link": "https://www.example.com/b"},
+        {"title": "another page", "guid": "https://www.example.com/c#0", "link": "https://www.example.com/d"},
+        {"title": "opaque", "guid": "tag:example.com,2024:1", "link": "https://www.example.com/e"},
+    ])
+    keys = [i.key for i in parse(body).items]
+    assert keys == ["link:https://www.bbc.co.uk/news/world-1", "link:https://www.example.com/a",
+                    "link:https://www.example.com/b", "guid:https://www.example.com/c#0", "guid:tag:example.com,2024:1"]
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_bbc_republished_items_keep_their_identity(fast_path: bool) -> None:
+    # Real BBC News items in the feed's real shape; the second snapshot republished four as `#1`/`#2`.
+    snaps = [parse_feed((FIXTURES / f"bbc_news_snapshot_{n}.xml").read_bytes(), HDRS,
+                        feed_url="https://feeds.bbci.co.uk/news/rss.xml", now=NOW, fast_path=fast_path)
+             for n in (1, 2)]
+    guids = [{i.guid for i in s.items} for s in snaps]
+    assert any(g.endswith("#1") for g in guids[1]) and len(guids[0] | guids[1]) == 17
+    by_link = [{i.link: i.key for i in s.items} for s in snaps]
+    common = by_link[0].keys() & by_link[1].keys()
+    assert len(common) == 11 and all(by_link[0][k] == by_link[1][k] for k in common)
+    assert len(by_link[0].keys() | by_link[1].keys()) == 13
 
 
 def test_duplicate_guids_in_one_document_kept_once() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from feedserver import FeedServer, rss
@@ -201,6 +202,79 @@ async def test_items_without_guids_are_stored_once_across_polls(engine: Engine, 
     ]))
     again = await poll_once(engine, S, now=NOW + timedelta(hours=3))
     assert again.rows[0].status == "ok" and again.totals["new_items"] == 0
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+async def test_bbc_republishing_with_a_new_guid_suffix_stores_one_item_per_article(engine: Engine,
+                                                                                  feed_server: FeedServer) -> None:
+    # Two real BBC News snapshots (tests/fixtures): between them one article arrived, one dropped out, and
+    # four were republished with their guid's `#0` turned into `#1` or `#2`: 13 articles in all.
+    snap1, snap2 = ((FIXTURES / f"bbc_news_snapshot_{n}.xml").read_bytes() for n in (1, 2))
+    feed_server.route("/news/rss.xml", body=snap1, headers={"Content-Type": "application/xml"})
+    sync(engine, [feed_server.url("/news/rss.xml")])
+    now = datetime(2023, 11, 24, 22, 0, tzinfo=UTC)
+    first = await poll_once(engine, S, now=now, all_feeds=True)
+    assert first.totals["new_items"] == 12, first.rows
+    feed_server.route("/news/rss.xml", body=snap2, headers={"Content-Type": "application/xml"})
+    second = await poll_once(engine, S, now=now + timedelta(hours=2), all_feeds=True)
+    assert [i.title for i in second.new_items] == ["Rotherham United 1-1 Leeds United: Millers hold Daniel Farke's side "
+                                                  "to Championship draw"]
+    with db.session_factory(engine)() as s:
+        links = list(s.scalars(select(Item.link)))
+    assert len(links) == len(set(links)) == 13
+
+
+def _loopback_fetcher(settings: Settings):  # type: ignore[no-untyped-def]
+    """A Fetcher whose every host name resolves to 127.0.0.1, so feeds can have real outlet names."""
+    import socket
+
+    import aiohttp
+    from aiohttp.abc import AbstractResolver
+    from httpx_aiohttp import AiohttpTransport
+
+    from monitor.ingest.fetch import Fetcher
+
+    class Loopback(AbstractResolver):
+        async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET):  # type: ignore[no-untyped-def, override]
+            return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET, "proto": 0,
+                     "flags": socket.AI_NUMERICHOST}]
+
+        async def close(self) -> None:
+            pass
+
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=Loopback()), auto_decompress=False)
+    return Fetcher(settings, transport=AiohttpTransport(client=session)), session
+
+
+async def test_a_feed_cannot_publish_as_another_outlet(engine: Engine, feed_server: FeedServer) -> None:
+    article = {"title": "Qatar says truce extended by two days", "guid": "https://www.reuters.com/world/truce-1",
+               "link": "https://www.reuters.com/world/truce-1", "pubDate": "Wed, 01 May 2024 10:00:00 GMT"}
+    spoof = {**article, "title": "Truce collapses, officials say"}  # the genuine URL, a made-up story
+    feed_server.route("/spoof.xml", body=rss([spoof], link="https://www.reuters.com/"))
+    feed_server.route("/world.xml", body=rss([article], link="https://www.reuters.com/"))
+    feed_server.route("/gnews.xml", body=rss([{k: v for k, v in article.items() if k != "guid"},
+                                              {"title": "AP: talks resume", "link": "https://apnews.com/article/x"}]))
+    port = feed_server.port
+    spoofer, genuine = f"http://cheap-news.example.net:{port}/spoof.xml", f"http://feeds.reuters.com:{port}/world.xml"
+    google = f"http://news.google.com:{port}/gnews.xml"
+    with db.write_transaction(engine) as s:
+        store.sync_feeds(s, [FeedConfig(url=spoofer), FeedConfig(url=genuine),
+                             FeedConfig(url=google, aggregator=True)], NOW)
+    fetcher, session = _loopback_fetcher(S)
+    try:
+        async with fetcher:
+            got_in_first = await poll_once(engine, S, now=NOW, fetcher=fetcher, feeds_filter=[spoofer])
+            then = await poll_once(engine, S, now=NOW, fetcher=fetcher, feeds_filter=[genuine])
+            agg = await poll_once(engine, S, now=NOW, fetcher=fetcher, feeds_filter=[google])
+    finally:
+        await session.close()
+    assert [(i.outlet, i.title) for i in got_in_first.new_items] == [("example.net", "Truce collapses, officials say")]
+    # The genuine article is not taken for a duplicate of the spoof.
+    assert [(i.outlet, i.title) for i in then.new_items] == [("reuters.com", article["title"])]
+    # An aggregator's items count for the outlet of their own links (the Reuters one is already stored).
+    assert [(i.outlet, i.title) for i in agg.new_items] == [("apnews.com", "AP: talks resume")]
 
 
 async def test_parsing_in_a_process_pool(engine: Engine, feed_server: FeedServer) -> None:

@@ -76,7 +76,8 @@ async def test_poll_against_the_replay_server(tmp_path: Path, engine: Engine) ->
     server = ReplayServer(load_items(write_jsonl(tmp_path / "items.jsonl")), clock=lambda: now[0])
     with server.run_in_thread():
         with db.write_transaction(engine) as s:
-            store.sync_feeds(s, [FeedConfig(url=u) for u in server.feed_urls()], now[0])
+            # the replay server stands in for many outlets: each item counts for its own link's outlet
+            store.sync_feeds(s, [FeedConfig(url=u, aggregator=True) for u in server.feed_urls()], now[0])
         settings = Settings(allow_private_networks=True)
         r1 = await poll_once(engine, settings, now=now[0])
         assert r1.totals["new_items"] == 4  # two items per feed have been published by 01:30

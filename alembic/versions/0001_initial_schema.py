@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 15:38:09.589895
+Create Date: 2026-12-04 15:41:49.927360
 """
 from alembic import op
 import sqlalchemy as sa
@@ -53,6 +53,7 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=512), nullable=True),
     sa.Column('title', sa.String(length=1024), nullable=True),
     sa.Column('enabled', sa.Boolean(), nullable=False),
+    sa.Column('aggregator', sa.Boolean(), nullable=False),
     sa.Column('interval_s', sa.Integer(), nullable=True),
     sa.Column('etag', sa.String(length=1024), nullable=True),
     sa.Column('last_modified', sa.String(length=128), nullable=True),

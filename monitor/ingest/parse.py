@@ -16,14 +16,21 @@ and refuses the feed with a ParseError before feedparser sees it. Feeds have no 
 
 Item identity is (outlet, key):
 * key, an explicit fallback chain (first that exists wins):
-    1. "guid:" + the entry's guid / Atom id (as given; hashed if very long),
+    1. "guid:" + the entry's guid / Atom id (as given; hashed if very long), unless the guid is a URL of the
+       item's own page: a guid whose canonical form (see `canonical_url`: fragment and tracking parameters
+       dropped) equals the canonical link *is* the link and falls through to 2. The BBC republishes an
+       article as `<guid>https://www.bbc.co.uk/news/x#0</guid>`, then `...#1`, with the same link and
+       title: one article, one key.
     2. "link:" + the canonical link (see `canonical_url`),
     3. "hash:" + sha256 of the normalized title + summary.
-* outlet: the registrable-ish domain of the item's link (else of the feed's link, else of the feed URL):
-  the last two host labels, or three when the last two are a known second-level suffix such as co.uk or
-  com.au. So feeds.bbci.co.uk and www.bbc.co.uk are different outlets (bbci.co.uk vs bbc.co.uk) but the BBC's
-  items, whose links all point at www.bbc.co.uk, share the outlet bbc.co.uk whichever BBC feed carried them:
-  the same article arriving via two feeds of one outlet is stored once.
+* outlet: the registrable-ish domain of the *feed's* URL: the last two host labels, or three when the last
+  two are a known second-level suffix such as co.uk or com.au (so every feed on feeds.bbci.co.uk is the
+  outlet bbci.co.uk, and the same article arriving via two of its feeds is stored once). It never comes
+  from what the feed says about itself or its items: a feed could otherwise publish items as
+  "reuters.com", get in first with a real article's URL so that the genuine item is dropped as a
+  duplicate, and inflate a story's outlet count. A feed marked `aggregator = true` in feeds.toml (Google
+  News and the like) carries other outlets' items: there each item's outlet is the domain of its own link
+  (else of the feed's link, else of the feed URL).
 """
 
 from __future__ import annotations
@@ -83,10 +90,11 @@ _DOCTYPE_MARKERS = (b"<!DOCTYPE", b"<!doctype", "<!DOCTYPE".encode("utf-16-le"),
 
 
 def parse_feed(body: bytes, headers: Mapping[str, str] | Iterable[tuple[str, str]], *, feed_url: str,
-               now: datetime, fast_path: bool = True) -> ParsedFeed:
+               now: datetime, fast_path: bool = True, aggregator: bool = False) -> ParsedFeed:
     """Parse one feed body. Raises ParseError when the body cannot be read as RSS/Atom at all; a malformed
     but readable feed yields its items plus a warning. `fast_path=False` always uses feedparser (the
-    reference fastfeed is tested against)."""
+    reference fastfeed is tested against). Items belong to the outlet of `feed_url`, or, for an
+    `aggregator` feed, each to the outlet of its own link (see the module docstring)."""
     if not isinstance(body, bytes | bytearray | memoryview):
         raise TypeError("parse_feed needs the body as bytes")
     body = bytes(body)
@@ -106,12 +114,13 @@ def parse_feed(body: bytes, headers: Mapping[str, str] | Iterable[tuple[str, str
     else:
         feed, entries = _feedparser(body, response_headers, feed_url, warnings)
     feed_link = _str(feed.get("link")) or None
-    fallback_outlet = outlet_of(feed_link or feed_url) or outlet_of(feed_url) or "unknown"
+    own_outlet = outlet_of(feed_url) or "unknown"
+    fallback_outlet = (outlet_of(feed_link or feed_url) or own_outlet) if aggregator else None
     items: list[ParsedItem] = []
     seen: set[str] = set()
     skipped = 0
     for entry in entries:
-        item = _item(entry, feed_link or feed_url, fallback_outlet, now)
+        item = _item(entry, feed_link or feed_url, fallback_outlet or own_outlet, now, by_link=aggregator)
         if item is None:
             skipped += 1
             continue
@@ -143,7 +152,9 @@ def _feedparser(body: bytes, response_headers: dict[str, str], feed_url: str,
     return d.get("feed", {}), d.entries
 
 
-def _item(entry: Any, base_url: str, fallback_outlet: str, now: datetime) -> ParsedItem | None:
+def _item(entry: Any, base_url: str, outlet: str, now: datetime, *, by_link: bool) -> ParsedItem | None:
+    """One entry -> ParsedItem (None without title and summary). The item belongs to `outlet`, or with
+    `by_link` (an aggregator feed) to its own link's outlet, `outlet` being the fallback."""
     title = clean_text(_str(entry.get("title")), MAX_TITLE_CHARS)
     summary = clean_text(_str(entry.get("summary") or entry.get("description")), MAX_SUMMARY_CHARS)
     if not title and not summary:
@@ -160,19 +171,26 @@ def _item(entry: Any, base_url: str, fallback_outlet: str, now: datetime) -> Par
     guid = _CONTROL.sub("", _str(entry.get("id"))).strip() or None
     content_hash = text_hash(title, summary)
     # Identity: the fallback chain guid -> canonical link -> hash of title+summary (see module docstring).
-    if guid:
+    if guid and not (link and _same_page(guid, link)):
         key = "guid:" + (guid if len(guid) <= MAX_KEY_CHARS else hashlib.sha256(guid.encode()).hexdigest())
     elif link:
         key = "link:" + (link if len(link) <= MAX_KEY_CHARS else hashlib.sha256(link.encode()).hexdigest())
     else:
         key = "hash:" + content_hash
-    outlet = (outlet_of(link) if link else None) or fallback_outlet
+    if by_link:
+        outlet = (outlet_of(link) if link else None) or outlet
     author = clean_text(_str(entry.get("author")), 200) or None
     return ParsedItem(
         key=key, outlet=outlet, guid=guid[:2048] if guid else None, link=link[:2048] if link else None,
         title=title, summary=summary, author=author, published_at=_published(entry, now),
         content_hash=content_hash,
     )
+
+
+def _same_page(guid: str, canonical_link: str) -> bool:
+    """True when the guid is a URL of the item's own page (the link plus a fragment such as the BBC's `#0`,
+    `#1`, or with tracking parameters): such a guid identifies nothing the link does not."""
+    return guid.startswith(("http://", "https://")) and canonical_url(guid) == canonical_link
 
 
 def _published(entry: Any, now: datetime) -> datetime:

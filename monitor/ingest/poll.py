@@ -162,7 +162,7 @@ async def poll_once(
             at = fixed_now or result.fetched_at
             try:
                 parse = partial(parse_feed, result.body, result.headers, feed_url=req.url, now=at,
-                                fast_path=settings.fast_feed_reader)
+                                fast_path=settings.fast_feed_reader, aggregator=req.aggregator)
                 if parse_executor is None:  # inline: parser threads would starve the loop's I/O of the GIL
                     parsed = parse()
                 else:

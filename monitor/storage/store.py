@@ -80,7 +80,7 @@ class FeedHealth:
 
 
 def sync_feeds(session: Session, feeds: Sequence[FeedConfig], now: datetime) -> SyncReport:
-    """Make the feeds table follow feeds.toml: insert new feeds (due at once), update name/enabled/interval,
+    """Make the feeds table follow feeds.toml: insert new feeds (due at once), update name/enabled/interval/aggregator,
     disable feeds no longer in the file (their items and history are kept; re-adding re-enables them)."""
     serialize(session, "sync_feeds")  # another process may be adding the same feeds right now
     existing = {f.config_url: f for f in session.scalars(select(Feed))}
@@ -92,10 +92,12 @@ def sync_feeds(session: Session, feeds: Sequence[FeedConfig], now: datetime) -> 
         feed = existing.get(fc.url) or by_url.get(fc.url)
         if feed is None:
             session.add(Feed(url=fc.url, config_url=fc.url, name=fc.name, enabled=fc.enabled, interval_s=fc.interval,
-                             next_check_at=naive_utc(now), error_count=0, created_at=naive_utc(now)))
+                             aggregator=fc.aggregator, next_check_at=naive_utc(now), error_count=0,
+                             created_at=naive_utc(now)))
             added += 1
             continue
-        changes = {"config_url": fc.url, "name": fc.name, "enabled": fc.enabled, "interval_s": fc.interval}
+        changes = {"config_url": fc.url, "name": fc.name, "enabled": fc.enabled, "interval_s": fc.interval,
+                   "aggregator": fc.aggregator}
         if any(getattr(feed, k) != v for k, v in changes.items()):
             if fc.enabled and not feed.enabled:
                 feed.next_check_at = naive_utc(now)
@@ -146,7 +148,7 @@ def due_feeds(
         q = q.with_for_update(skip_locked=True)
     rows = session.execute(q.with_only_columns(
         Feed.id, Feed.url, Feed.etag, Feed.last_modified, Feed.body_hash, Feed.name, Feed.title, Feed.interval_s,
-        Feed.publish_interval_s, Feed.last_new_item_at, Feed.error_count,
+        Feed.publish_interval_s, Feed.last_new_item_at, Feed.error_count, Feed.aggregator,
     )).all()
     if not rows:
         return []
@@ -166,6 +168,7 @@ def due_feeds(
             name=r.name or r.title,  # for display: the configured name, else the feed's own title
             interval_s=r.interval_s, publish_interval_s=r.publish_interval_s,
             last_new_item_at=aware_utc(r.last_new_item_at), error_count=r.error_count or 0,
+            aggregator=bool(r.aggregator),
         )
         for r in rows
         if r.id in claimed

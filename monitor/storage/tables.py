@@ -43,6 +43,8 @@ class Feed(Base):
     name: Mapped[str | None] = mapped_column(String(512))
     title: Mapped[str | None] = mapped_column(String(1024))  # the feed's own title
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # From feeds.toml: the feed carries other outlets' items (each item's outlet comes from its own link).
+    aggregator: Mapped[bool] = mapped_column(Boolean, default=False)
     interval_s: Mapped[int | None] = mapped_column(Integer)  # fixed interval from config, None = adaptive
     etag: Mapped[str | None] = mapped_column(String(1024))
     last_modified: Mapped[str | None] = mapped_column(String(128))
