@@ -93,9 +93,9 @@ def eval_group() -> None:
 
 def _register() -> None:
     # Imported here so each module can import `main`, `eval_group` and `pass_ctx` from this one.
-    from monitor.cli import admin, delivery, feeds, service, status, stories, topics, webadmin
+    from monitor.cli import admin, delivery, feeds, service, status, stories, subscribers, topics, webadmin
 
-    for module in (admin, feeds, topics, stories, delivery, service, status, webadmin):
+    for module in (admin, feeds, topics, stories, delivery, service, status, webadmin, subscribers):
         module.register(main, eval_group)
 
 

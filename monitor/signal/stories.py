@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from monitor.config import Settings
 from monitor.records import MatchedItem, NoveltyDecision
-from monitor.signal.novelty import OpenStory, StoryParams, cluster_step, is_open, novelty_item
+from monitor.signal.novelty import Assignment, OpenStory, StoryParams, cluster_step, is_open, novelty_item
 from monitor.storage.db import aware_utc, naive_utc, serialize
 from monitor.storage.tables import Alert, Story
 
@@ -123,7 +123,7 @@ def assign(session: Session, matched: Sequence[MatchedItem], now: datetime, sett
             stories[idx] = story
             row = rows[m.topic_id][story.key]
         _write(row, story)
-        a = step.assignment
+        a = raise_bar_if_known(step.assignment, row.known_marks or 0)
         session.add(Alert(
             item_id=m.item.id, topic_id=m.topic_id, story_id=row.id, decision=a.decision, reason=a.reason,
             what_is_new=a.what_is_new, similarity=a.similarity, title=m.item.title, link=m.item.link,
@@ -135,6 +135,18 @@ def assign(session: Session, matched: Sequence[MatchedItem], now: datetime, sett
                                              "decision": a.decision})
     session.flush()
     return out
+
+
+def raise_bar_if_known(a: Assignment, known_marks: int) -> Assignment:
+    """Readers said "already knew this" about this story's alerts `known_marks` times: every two marks ask one
+    more new fact of an update (at most 3, what novelty reports); an update below the bar becomes a repeat."""
+    need = min(1 + known_marks // 2, 3)
+    facts = len(a.what_is_new.split("; ")) if a.what_is_new else 0
+    if a.decision != "update" or facts >= need:
+        return a
+    return replace(a, decision="repeat", what_is_new=None,
+                   reason=f"{a.reason}; not enough for this story: readers already knew it ({known_marks} marks), "
+                          f"so an update needs {need} new facts")
 
 
 def close_expired(session: Session, now: datetime, window_h: float) -> int:

@@ -1,0 +1,47 @@
+"""Subscribers in control (issue 14): pages reached from the signed links of a digest, with no login.
+
+* `/preferences/{token}`  topics, cadence, daily time, timezone, pause, unsubscribe / resubscribe (`prefs`)
+* `/feedback/{token}`     not relevant / already knew this / more like this on one alert (`feedback`)
+* `/story/{token}`        a story's timeline (`storypage`); admins-only by the `story_pages` setting
+* `/feeds/{topic}.atom|.json?token=`  a topic's alerts for feed readers (`alertfeeds`)
+* `/signup`               self sign-up with double opt-in, when `self_signup` is on (`signup`)
+
+Every GET only shows; every change is a POST carrying the form token of the page it came from (a CSRF token
+bound to the signed link). The composition root builds one `SubscriberContext` and adds `routes(ctx)`.
+Turning feedback into topic changes is `suggest` (the CLI `monitor topics suggest`)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine
+from starlette.requests import Request
+from starlette.routing import BaseRoute
+
+from monitor.config import Config
+
+
+def _nobody(_: Request) -> bool:
+    return False
+
+
+@dataclass
+class SubscriberContext:
+    """What the subscriber pages need, handed in by the composition root."""
+
+    engine: Engine
+    config: Callable[[], Config]  # the configuration in force (hot reload)
+    secret_key: str  # the service's signing key (monitor.delivery.unsubscribe.signing_key)
+    clock: Callable[[], datetime]
+    # story_pages = "admin": whether this request comes from a signed-in admin (the admin UI's session check).
+    is_admin: Callable[[Request], bool] = _nobody
+    # Sends one RFC 5322 message to one address (the sign-up confirmation); None: sign-up answers 503.
+    send_mail: Callable[[str, bytes], Awaitable[None]] | None = None
+
+
+def routes(ctx: SubscriberContext) -> list[BaseRoute]:
+    from monitor.app.subscriber import web
+
+    return web.routes(ctx)
