@@ -36,9 +36,11 @@ from monitor.storage.db import aware_utc, is_sqlite, naive_utc, serialize, write
 from monitor.storage.tables import (
     Alert,
     Delivery,
+    DeliveryAttempt,
     Digest,
     Match,
     Story,
+    SubscriberEvent,
     SubscriberPrefs,
     Subscription,
     Suppression,
@@ -353,6 +355,7 @@ def build_due_digests(engine: Engine, config: Config, now: datetime, *, secret_k
     """Build every due, non-empty digest. Per subscription, one transaction writes the digest, its delivery
     rows and the advanced cursor (a crash leaves either all of it or none). Returns the new digest ids.
     One subscription's failure is logged and does not stop the others."""
+    suppress_refused_recipients(engine, now)
     due = _due_specs(engine, config, now)
     if not due:
         return []
@@ -369,6 +372,34 @@ def build_due_digests(engine: Engine, config: Config, now: datetime, *, secret_k
         if digest_id is not None:
             built.append(digest_id)
     return built
+
+
+def suppress_refused_recipients(engine: Engine, now: datetime) -> list[str]:
+    """Addresses whose mail server refused them permanently at send (an SMTP 5xx to RCPT TO, recorded by the
+    outbox as a failed attempt) are suppressed: no more digests, and admins see why (table suppressions).
+    A read on every tick; a write only when there is a new one. Returns the addresses suppressed now."""
+    query = (select(Delivery.target, DeliveryAttempt.code, DeliveryAttempt.error)
+             .join(DeliveryAttempt, DeliveryAttempt.delivery_id == Delivery.id)
+             .where(Delivery.channel == "email", Delivery.status == "failed", DeliveryAttempt.outcome == "failed",
+                    DeliveryAttempt.code.like("5%"), DeliveryAttempt.error.like("%recipient refused%"),
+                    Delivery.target.not_in(select(Suppression.address))))
+    with Session(engine) as s:
+        found = {target: f"{code} {error}" for target, code, error in s.execute(query)}
+    if not found:
+        return []
+    with write_transaction(engine) as s:
+        done = set(s.scalars(select(Suppression.address).where(Suppression.address.in_(found))))
+        for address, why in found.items():
+            if address in done:
+                continue
+            s.add(Suppression(address=address, reason="bounce", detail=why[:2000], created_at=naive_utc(now)))
+            for sub_id in s.scalars(select(Subscription.id).where(Subscription.kind == "email",
+                                                                  Subscription.target == address)):
+                s.add(SubscriberEvent(subscription_id=sub_id, at=naive_utc(now), action="suppressed",
+                                      detail={"reason": "bounce", "detail": why[:500]}))
+            log.warning("address suppressed: the mail server refused it permanently",
+                        extra={"channel": "email", "target": address})
+    return sorted(set(found) - done)
 
 
 def _due_specs(engine: Engine, config: Config, now: datetime) -> list[SubscriptionSpec]:

@@ -12,15 +12,18 @@ Turning feedback into topic changes is `suggest` (the CLI `monitor topics sugges
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 
 from monitor.config import Config
+from monitor.errors import MonitorError
 
 
 def _nobody(_: Request) -> bool:
@@ -45,3 +48,27 @@ def routes(ctx: SubscriberContext) -> list[BaseRoute]:
     from monitor.app.subscriber import web
 
     return web.routes(ctx)
+
+
+def service_routes(engine: Engine, config: Callable[[], Config], secret_key: str, clock: Callable[[], datetime],
+                   email_sender: Callable[[], Any]) -> list[BaseRoute]:
+    """Everything the subscriber pages add to the service's web app (one call for the composition root).
+    Admins are recognised by the admin UI's session cookie (story_pages = "admin"); `email_sender()` is the
+    service's e-mail sender once it runs (None before), used for the sign-up confirmation."""
+    from monitor.app.admin.auth import SessionKeeper
+    from monitor.delivery import Outgoing
+
+    sessions = SessionKeeper(secret_key, secure=config().settings.base_url.lower().startswith("https://"))
+
+    def is_admin(request: Request) -> bool:
+        return sessions.read(request).user is not None
+
+    async def send_mail(address: str, message: bytes) -> None:
+        sender = email_sender()
+        if sender is None:
+            raise MonitorError("the e-mail sender is not running yet")
+        await sender.send(Outgoing(delivery_id=0, kind="email", target=address,
+                                   idempotency_key=f"signup-{uuid.uuid4().hex}", payload=message, attempt=1))
+
+    return routes(SubscriberContext(engine=engine, config=config, secret_key=secret_key, clock=clock,
+                                    is_admin=is_admin, send_mail=send_mail))
