@@ -34,7 +34,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from monitor.app import admin, pipeline
+from monitor.app import admin, pipeline, subscriber
 from monitor.app.metrics import Metrics
 from monitor.app.web import create_app, create_metrics_app
 from monitor.clock import Clock, SimulatedClock
@@ -345,6 +345,8 @@ class Service:
         routes = unsubscribe.routes(self.engine, lambda: self.config, self.signing_key, clock=self.clock.now)
         routes += admin.service_routes(self.engine, self.options.config_path, lambda: self.config, self.signing_key,
                                        lambda: self.rt.embedder if self.rt else None, self.clock.now)
+        routes += subscriber.service_routes(self.engine, lambda: self.config, self.signing_key, self.clock.now,
+                                            lambda: (self.senders or {}).get("email"))
         return create_app(self._readiness, routes)
 
     def _readiness(self) -> dict[str, bool]:
