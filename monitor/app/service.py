@@ -8,8 +8,18 @@ and several processes can share the work. Jobs:
 * deliver   every `tick_s`: build the digests that are due, then drain the outbox (retries included)
 * config    every 2 s: hot reload of feeds.toml (an invalid edit is logged and the last good config stays)
 * housekeeping hourly: close stories past their window, prune old items and vectors
+* heartbeat every `heartbeat_s`: this process's row in `workers`; workers presumed dead are reaped (their
+  leases given back at once, see monitor.storage.workers)
 
-SIGTERM/SIGINT: stop claiming new work, let running jobs finish (bounded), stop the web server, exit 0.
+Roles (`monitor run --role`, default all three in one process): the *scheduler* owns the configuration
+(syncs feeds.toml into the database), builds the digests that are due (their outbox rows) and runs the
+housekeeping; *workers* claim what is due in the database (feeds to fetch, items to encode and match,
+outbox rows to send), any number of them, on any hosts; *web* serves the HTTP endpoints (health, readiness,
+pages) and the metrics listener. Roles can share a process or a host; only processes with the web role
+listen on a port.
+
+SIGTERM/SIGINT: stop claiming new work, let running jobs finish (bounded), give back the leases still
+held, stop the web server, exit 0.
 """
 
 from __future__ import annotations
@@ -23,9 +33,10 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +49,20 @@ from monitor.app import admin, pipeline, subscriber
 from monitor.app.metrics import Metrics
 from monitor.app.web import create_app, create_metrics_app
 from monitor.clock import Clock, SimulatedClock
-from monitor.config import PORT_ENV, Config, load_config
+from monitor.config import PORT_ENV, Config, Settings, load_config, secret
 from monitor.delivery import unsubscribe
 from monitor.delivery.outbox import open_senders
 from monitor.errors import MonitorError
 from monitor.ingest.fetch import Fetcher
 from monitor.signal import embed, match
-from monitor.storage import db
+from monitor.storage import db, workers
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 8.0  # under `docker stop`'s 10 s
 READINESS_WRITE_WAIT_S = 1.0  # /readyz: a database that cannot take a write lock this fast is not ready
 PROCESS_PER_TICK = 1024  # items embedded per poll tick, so polling and shutdown never wait long
+ALL_ROLES = frozenset(workers.ROLES)
 
 
 # Settings read once at start-up (the HTTP client, the senders, the model, the listening socket): a reload
@@ -76,6 +88,17 @@ class ServiceOptions:
     tick_s: float = 1.0
     config_watch_s: float = 2.0
     migrate: bool = True
+    roles: frozenset[str] = ALL_ROLES  # any of scheduler, worker, web
+    heartbeat_s: float = 2.0  # how often this process says it is alive
+    dead_after_s: float = 20.0  # a process silent this long is presumed dead: its leases are taken back
+    process_batch: int = pipeline.PROCESS_BATCH  # items per encode claim (smaller: spread over more workers)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.roles) - ALL_ROLES
+        if unknown or not self.roles:
+            raise MonitorError(f"unknown role(s) {sorted(unknown)}: use all, or any of {', '.join(workers.ROLES)}")
+        if self.dead_after_s < 2 * self.heartbeat_s:
+            raise MonitorError("dead_after_s must be at least twice heartbeat_s, or live workers get reaped")
 
 
 @dataclass
@@ -159,6 +182,8 @@ class Service:
         self.options = options
         self.config = config
         self.clock = clock
+        self.roles = options.roles
+        _require_shared_secret(config.settings)
         self.engine = db.make_engine(config.settings.database_url)
         self.metrics = Metrics(self.engine, clock.now)
         self.worker_id = f"{socket.gethostname()[:100]}:{os.getpid()}"  # fits deliveries.lease_owner (128)
@@ -172,6 +197,7 @@ class Service:
         self.scheduler: AsyncIOScheduler | None = None
         self._stopping = asyncio.Event()
         self._running: set[asyncio.Task[object]] = set()
+        self.work_done: dict[str, int] = {"feeds": 0, "items": 0, "alerts": 0, "digests": 0, "deliveries": 0}
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -184,9 +210,11 @@ class Service:
         port = self.options.port if self.options.port is not None else settings.port
         # The ports are taken first, so a second `monitor run` says "port N is in use" at once instead of
         # loading the model and then dying.
+        sockets: list[tuple[str, socket.socket]] = []
         try:
-            sockets = [("web", _listen(host, port, f"--port or {PORT_ENV}"))]
-            if settings.metrics_port:
+            if "web" in self.roles:
+                sockets.append(("web", _listen(host, port, f"--port or {PORT_ENV}")))
+            if "web" in self.roles and settings.metrics_port:
                 sockets.append(("metrics", _listen(settings.metrics_host, settings.metrics_port,
                                                    "settings.metrics_port (0 turns the metrics listener off)")))
         except MonitorError as e:
@@ -201,9 +229,10 @@ class Service:
                    for name, _ in sockets]
         server_tasks = [asyncio.create_task(server.serve(sockets=[sock]), name=name)
                         for server, (name, sock) in zip(servers, sockets, strict=True)]
+        ports = {name: sock.getsockname()[1] for name, sock in sockets}
         log.info("service starting", extra={
-            "host": host, "port": sockets[0][1].getsockname()[1], "worker": self.worker_id,
-            "metrics": (f"{settings.metrics_host}:{sockets[1][1].getsockname()[1]}" if len(sockets) > 1 else "off"),
+            "host": host, "port": ports.get("web", "off"), "worker": self.worker_id, "roles": sorted(self.roles),
+            "metrics": f"{settings.metrics_host}:{ports['metrics']}" if "metrics" in ports else "off",
             "feeds": len(self.config.feeds), "topics": len(self.config.topics)})
 
         async def stop_servers() -> None:
@@ -219,10 +248,13 @@ class Service:
             topics = await asyncio.to_thread(match.compile_topics, self.config.topics, embedder)
             if isinstance(self.clock, SimulatedClock):
                 self.clock.restart()
+            # Only the scheduler writes the configuration into the database (the others read it).
             self.rt = await asyncio.to_thread(pipeline.build_runtime, self.engine, self.config, embedder,
-                                              self.clock, self.metrics, self.worker_id, topics, self.signing_key)
+                                              self.clock, self.metrics, self.worker_id, topics, self.signing_key,
+                                              sync="scheduler" in self.roles)
             async with Fetcher(settings) as fetcher, open_senders(lambda: self.config) as senders:
                 self.fetcher, self.senders = fetcher, senders
+                await asyncio.to_thread(self._register)  # once it can work: loading the model takes a while
                 self._start_scheduler()
                 log.info("service ready", extra={"worker": self.worker_id, "clock": self.clock.now().isoformat()})
                 await self._stopping.wait()
@@ -234,6 +266,8 @@ class Service:
         finally:
             if self.scheduler is not None and self.scheduler.running:
                 self.scheduler.shutdown(wait=False)
+            await asyncio.to_thread(db.try_write, self.engine, partial(workers.unregister, worker_id=self.worker_id),
+                                    "could not unregister this worker (it is reaped once its heartbeat is old)")
         await stop_servers()
         self.engine.dispose()
         log.info("service stopped cleanly", extra={"worker": self.worker_id})
@@ -263,11 +297,16 @@ class Service:
         sched = AsyncIOScheduler(timezone="UTC", job_defaults={"max_instances": 1, "coalesce": True,
                                                                "misfire_grace_time": None})
         tick = self.options.tick_s
-        sched.add_job(self._guard("poll", self._poll_job), "interval", seconds=tick, id="poll")
-        sched.add_job(self._guard("deliver", self._deliver_job), "interval", seconds=tick, id="deliver")
+        if "worker" in self.roles:
+            sched.add_job(self._guard("poll", self._poll_job), "interval", seconds=tick, id="poll")
+        if self.roles & {"worker", "scheduler"}:  # the scheduler builds digests, workers send them
+            sched.add_job(self._guard("deliver", self._deliver_job), "interval", seconds=tick, id="deliver")
         sched.add_job(self._guard("config", self._config_job), "interval", seconds=self.options.config_watch_s,
                       id="config")
-        sched.add_job(self._guard("retention", self._retention_job), "interval", hours=1, id="retention")
+        if "scheduler" in self.roles:
+            sched.add_job(self._guard("retention", self._retention_job), "interval", hours=1, id="retention")
+        sched.add_job(self._guard("heartbeat", self._heartbeat_job), "interval", seconds=self.options.heartbeat_s,
+                      id="heartbeat")
         sched.start()
         for job in sched.get_jobs():
             if job.id in ("poll", "deliver"):
@@ -300,16 +339,47 @@ class Service:
 
     async def _poll_job(self) -> None:
         assert self.rt is not None
-        await pipeline.poll_feeds(self.rt, fetcher=self.fetcher)
+        polled = await pipeline.poll_feeds(self.rt, fetcher=self.fetcher)
+        self.work_done["feeds"] += len(polled.rows)
         report = await asyncio.to_thread(pipeline.process_pending, self.rt, limit=PROCESS_PER_TICK,
-                                         should_stop=self._stopping.is_set)
+                                         should_stop=self._stopping.is_set, batch=self.options.process_batch)
+        self.work_done["items"] += report.items
+        self.work_done["alerts"] += report.alerts
         if report.alerts and self.scheduler is not None and not self._stopping.is_set():
             self.scheduler.get_job("deliver").modify(next_run_time=_now_local())  # immediate cadence: no wait
 
     async def _deliver_job(self) -> None:
         assert self.rt is not None
-        await asyncio.to_thread(pipeline.build_digests, self.rt)
-        await pipeline.deliver(self.rt, senders=self.senders)
+        if "scheduler" in self.roles:
+            self.work_done["digests"] += len(await asyncio.to_thread(pipeline.build_digests, self.rt))
+        if "worker" in self.roles:
+            report = await pipeline.deliver(self.rt, senders=self.senders)
+            self.work_done["deliveries"] += report.claimed
+
+    async def _heartbeat_job(self) -> None:
+        await asyncio.to_thread(self._beat_and_reap)
+
+    # --- this process in the `workers` table -------------------------------------------------------------
+
+    def _register(self) -> None:
+        with db.write_transaction(self.engine) as s:
+            workers.register(s, self.worker_id, roles=sorted(self.roles), host=socket.gethostname(), pid=os.getpid(),
+                             now=db.utcnow(), dead_after_s=self.options.dead_after_s)
+
+    def _beat_and_reap(self) -> None:
+        """Say this process is alive (with what it has done), and reap the processes that stopped saying so."""
+        with db.write_transaction(self.engine) as s:
+            alive = workers.beat(s, self.worker_id, db.utcnow(), stats=self.work_done)
+        if not alive:
+            log.warning("this worker was presumed dead (no heartbeat for dead_after_s) and its leases were taken "
+                        "back; results it held were refused; registering again",
+                        extra={"worker": self.worker_id, "dead_after_s": self.options.dead_after_s})
+            self._register()
+        with db.write_transaction(self.engine) as s:
+            dead = workers.reap(s, db.utcnow())
+        if dead:
+            log.warning("workers presumed dead (no heartbeat): their leases were taken back",
+                        extra={"workers": dead})
 
     async def _retention_job(self) -> None:
         assert self.rt is not None
@@ -333,7 +403,8 @@ class Service:
         if restart_needed:
             log.warning("these settings change only after a restart", extra={"settings": restart_needed})
         assert self.rt is not None
-        await asyncio.to_thread(self.rt.reload, new)  # if this fails, the fingerprint is unchanged: retried
+        # If this fails, the fingerprint is unchanged: retried. Only the scheduler writes it to the database.
+        await asyncio.to_thread(partial(self.rt.reload, new, sync="scheduler" in self.roles))
         self.config = new
         self.state.config_fingerprint = fp
         log.info("configuration reloaded", extra={"feeds": len(new.feeds), "topics": len(new.topics),
@@ -381,6 +452,17 @@ def _listen(host: str, port: int, how_to_change: str) -> socket.socket:
         raise MonitorError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.set_inheritable(False)
     return sock
+
+
+def _require_shared_secret(settings: Settings, env: Mapping[str, str] | None = None) -> None:
+    """Several processes (any database but SQLite) must sign and check unsubscribe links with one key, so it
+    must come from the environment: a key made locally would differ from host to host."""
+    if settings.database_url.startswith("sqlite"):
+        return
+    if not secret(settings.secret_key_env, env):
+        raise MonitorError(f"${settings.secret_key_env} is not set: with a shared database ({settings.database_url.split(':')[0]}) "
+                           "every process must sign unsubscribe links with the same key; set it to the same random "
+                           "value on every host (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
 
 
 def _file_digest(path: Path) -> str:

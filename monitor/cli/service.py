@@ -26,19 +26,37 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @click.option("--tick", "tick_s", type=float, default=1.0, show_default=True,
                   help="Seconds between scheduler ticks (due feeds and deliveries are checked each tick).")
     @click.option("--no-migrate", is_flag=True, help="Do not upgrade the database schema at start-up.")
+    @click.option("--role", "roles", multiple=True, default=("all",), show_default=True,
+                  help="What this process does: all, or any of scheduler (config sync, digests, housekeeping), "
+                       "worker (fetch, encode and match, send; run as many as you like) and web (HTTP endpoints). "
+                       "Repeat the option or separate with commas, e.g. --role scheduler,web.")
+    @click.option("--heartbeat", "heartbeat_s", type=float, default=2.0, show_default=True,
+                  help="Seconds between this process's heartbeats in the database (`monitor status`).")
+    @click.option("--dead-after", "dead_after_s", type=float, default=20.0, show_default=True,
+                  help="A process silent this many seconds is presumed dead and its leases are given to others.")
+    @click.option("--batch", "process_batch", type=click.IntRange(1, 4096), default=None,
+                  help="Items claimed per encode batch (default 1024; smaller spreads encoding over more workers).")
     @click.option("--clock-start", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]),
                   default=None, help="Run on a simulated clock starting at this UTC time (demos, tests).")
     @click.option("--clock-speed", type=float, default=1.0, show_default=True,
                   help="Simulated seconds per real second (with --clock-start).")
     @pass_ctx
     def run(ctx: CliContext, host: str | None, port: int | None, tick_s: float, no_migrate: bool,
+            roles: tuple[str, ...], heartbeat_s: float, dead_after_s: float, process_batch: int | None,
             clock_start: datetime | None, clock_speed: float) -> None:
-        """Run the service: poll feeds, match, build and deliver digests, serve /healthz, /metrics."""
-        from monitor.app.service import ServiceOptions, run_service
+        """Run the service: poll feeds, match, build and deliver digests, serve /healthz, /metrics.
+
+        With --role, one part of it: e.g. one `--role scheduler,web` and any number of `--role worker`
+        processes sharing a PostgreSQL database (README: "Running on several machines")."""
+        from monitor.app.pipeline import PROCESS_BATCH
+        from monitor.app.service import ALL_ROLES, ServiceOptions, run_service
 
         ctx.config  # noqa: B018 - validate before anything starts; errors exit 2 with the message
+        wanted = {r.strip().lower() for spec in roles for r in spec.split(",") if r.strip()}
+        chosen = ALL_ROLES if "all" in wanted else frozenset(wanted)
         options = ServiceOptions(config_path=ctx.config_file, host=host, port=port, tick_s=tick_s,
-                                 migrate=not no_migrate)
+                                 migrate=not no_migrate, roles=chosen, heartbeat_s=heartbeat_s,
+                                 dead_after_s=dead_after_s, process_batch=process_batch or PROCESS_BATCH)
         sys.exit(run_service(options, _clock(clock_start, clock_speed)))
 
     @main.command(name="demo")
