@@ -53,14 +53,21 @@ class Runtime:
     signing_key: str  # signs unsubscribe links; fixed for the process so links and routes always agree
     worker_id: str = "main"
 
-    def reload(self, config: Config, topics: match.TopicSet | None = None) -> None:
-        """Apply a new, validated configuration: feeds and subscriptions in the database, topics recompiled."""
+    def reload(self, config: Config, topics: match.TopicSet | None = None, *, sync: bool = True) -> None:
+        """Apply a new, validated configuration: topics recompiled and, with `sync` (the process that owns
+        the configuration: the scheduler role), feeds and subscriptions in the database."""
         topics = topics if topics is not None else match.compile_topics(config.topics, self.embedder)
-        now = self.clock.now()
-        with db.write_transaction(self.engine) as s:
-            store.sync_feeds(s, config.feeds, now)
-            digest.sync_subscriptions(s, config, now)
+        if sync:
+            sync_config(self.engine, config, self.clock.now())
         self.config, self.topics = config, topics
+
+
+def sync_config(engine: Engine, config: Config, now: datetime) -> None:
+    """Bring feeds and subscriptions in the database in line with the configuration (the scheduler's job;
+    safe to run from several processes at once)."""
+    with db.write_transaction(engine) as s:
+        store.sync_feeds(s, config.feeds, now)
+        digest.sync_subscriptions(s, config, now)
 
 
 @dataclass(frozen=True)
@@ -76,21 +83,22 @@ class ProcessReport:
 
 def build_runtime(engine: Engine, config: Config, embedder: embed.Embedder, clock: Clock,
                   metrics: Metrics | None = None, worker_id: str = "main",
-                  topics: match.TopicSet | None = None, signing_key: str | None = None) -> Runtime:
-    """Compile the topics (unless given) and bring feeds and subscriptions in the database in line with
-    the configuration."""
+                  topics: match.TopicSet | None = None, signing_key: str | None = None, *,
+                  sync: bool = True) -> Runtime:
+    """Compile the topics (unless given) and, with `sync`, bring feeds and subscriptions in the database in
+    line with the configuration."""
     topics = topics if topics is not None else match.compile_topics(config.topics, embedder)
     rt = Runtime(engine=engine, config=config, embedder=embedder, topics=topics, clock=clock,
                  metrics=metrics or Metrics(), worker_id=worker_id,
                  signing_key=signing_key or unsubscribe.signing_key(config.settings))
-    rt.reload(config, topics)
+    rt.reload(config, topics, sync=sync)
     return rt
 
 
 async def poll_feeds(rt: Runtime, *, fetcher: Any = None, all_feeds: bool = False) -> poll.PollReport:
     """Fetch the feeds that are due (or every enabled one), store what is new."""
     report = await poll.poll_once(rt.engine, rt.config.settings, now=rt.clock.now(), fetcher=fetcher,
-                                  all_feeds=all_feeds)
+                                  all_feeds=all_feeds, lease_owner=rt.worker_id)
     for row in report.rows:
         rt.metrics.polls.labels(status=row.status).inc()
         rt.metrics.fetch_seconds.observe(row.seconds)
@@ -99,7 +107,7 @@ async def poll_feeds(rt: Runtime, *, fetcher: Any = None, all_feeds: bool = Fals
 
 
 def process_pending(rt: Runtime, *, limit: int | None = None, should_stop: Callable[[], bool] = lambda: False,
-                    lease_s: float = PROCESS_LEASE_S) -> ProcessReport:
+                    lease_s: float = PROCESS_LEASE_S, batch: int = PROCESS_BATCH) -> ProcessReport:
     """Embed, match and decide novelty for stored items not processed yet, batch by batch.
 
     Each batch is first claimed for `lease_s` seconds of real time (another process takes the next batch
@@ -107,13 +115,14 @@ def process_pending(rt: Runtime, *, limit: int | None = None, should_stop: Calla
     batch's writes (vectors, matches, stories, alerts, processed marks) then go in one short write
     transaction (BEGIN IMMEDIATE on SQLite, which waits for other writers instead of failing), so a crash
     redoes at most one batch, once its claim lapses. Should a claim lapse while its holder still encodes,
-    the first writer takes the batch and the other skips it. `should_stop` is checked between batches
-    (graceful shutdown)."""
+    the newer holder's write stands and the overtaken one writes nothing (its claim is fenced by
+    `rt.worker_id`; so is a worker presumed dead and reaped). `batch`: items per claim (smaller batches
+    spread the encoding over more workers). `should_stop` is checked between batches (graceful shutdown)."""
     total_items = total_matches = stale = 0
     decisions: Counter[str] = Counter()
     while (limit is None or total_items < limit) and not should_stop():
         with db.write_transaction(rt.engine) as s:
-            items = store.claim_unprocessed(s, PROCESS_BATCH, now=db.utcnow(), lease_s=lease_s)
+            items = store.claim_unprocessed(s, batch, now=db.utcnow(), lease_s=lease_s, owner=rt.worker_id)
         if not items:
             break
         try:
@@ -167,13 +176,13 @@ def _process_batch(rt: Runtime, items: list[ItemRecord]) -> _BatchReport:
     with db.write_transaction(rt.engine) as s:
         # Marking first claims the batch: items another process finished while we encoded are left to
         # its writes (no duplicate matches or alerts, no unique-constraint failure).
-        mine = store.mark_processed(s, [it.id for it in items], now)
+        mine = store.mark_processed(s, [it.id for it in items], now, owner=rt.worker_id)
         if len(mine) < len(items):
             keep = [i for i, it in enumerate(missing) if it.id in mine]
             fresh, missing = fresh[keep], [missing[i] for i in keep]
             matched = [m for m in matched if m.item_id in mine]
             todo = [t for t in todo if t.item.id in mine]
-            log.info("items processed meanwhile by another process were skipped",
+            log.info("items processed meanwhile by another process (or no longer ours) were skipped",
                      extra={"skipped": len(items) - len(mine)})
         embed.store_vectors(s, rt.embedder, [it.id for it in missing], fresh)
         match.save_matches(s, matched, now)
