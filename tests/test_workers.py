@@ -1,0 +1,155 @@
+"""Workers sharing the work: heartbeats, reaping a dead worker's leases at once, fencing a stalled worker's
+late writes, and what `monitor status` shows (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from deliveryfixtures import World, config_text, make_config
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from monitor.cli import main
+from monitor.config import FeedConfig
+from monitor.delivery import digest, outbox
+from monitor.records import FetchResult, ParsedFeed, ParsedItem
+from monitor.storage import db, store, workers
+from monitor.storage.tables import DeliveryAttempt, Feed, Item, Worker
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
+NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+
+def register(engine: Engine, worker_id: str, at: datetime = NOW, dead_after_s: float = 10.0) -> None:
+    with db.write_transaction(engine) as s:
+        workers.register(s, worker_id, roles=["worker"], host="h", pid=1, now=at, dead_after_s=dead_after_s)
+
+
+def claim_feeds(engine: Engine, owner: str, at: datetime = NOW, lease_s: float = 300) -> list[int]:
+    with db.write_transaction(engine) as s:
+        return [r.feed_id for r in store.due_feeds(s, at, 10, lease_s=lease_s, lease_owner=owner)]
+
+
+def reap(engine: Engine, at: datetime) -> list[str]:
+    with db.write_transaction(engine) as s:
+        return workers.reap(s, at)
+
+
+def fetched(feed_id: int, key: str) -> store.FetchOutcome:
+    item = ParsedItem(key=key, outlet="example.com", guid=key, link=f"https://www.example.com/{key}", title=key,
+                      summary="", author=None, published_at=NOW, content_hash="h" + key)
+    result = FetchResult(feed_id=feed_id, url="https://feeds.example.com/a", status="ok", fetched_at=NOW,
+                         http_status=200, body_hash="b-" + key, etag=f'"{key}"')
+    return store.FetchOutcome(result, ParsedFeed(title="A feed", link=None, items=(item,)), NOW + timedelta(minutes=5), NOW)
+
+
+def test_a_dead_workers_feed_leases_are_taken_back_at_once_and_its_late_write_is_refused(engine: Engine) -> None:
+    with db.write_transaction(engine) as s:
+        store.sync_feeds(s, [FeedConfig(url="https://feeds.example.com/a")], NOW)
+    register(engine, "a")
+    register(engine, "b")
+    [feed_id] = claim_feeds(engine, "a")
+    assert claim_feeds(engine, "b") == []  # leased for 300 s
+    # b keeps beating, a falls silent: 11 s later a is presumed dead and its lease goes back at once.
+    with db.write_transaction(engine) as s:
+        assert workers.beat(s, "b", NOW + timedelta(seconds=9))
+    assert reap(engine, NOW + timedelta(seconds=11)) == ["a"]
+    assert claim_feeds(engine, "b", NOW + timedelta(seconds=11)) == [feed_id]
+    # a was only stalled: it comes back with its stale fetch. Refused; b's result stands.
+    with db.write_transaction(engine) as s:
+        assert store.record_fetches(s, [fetched(feed_id, "stale")], lease_owner="a") == [[]]
+    with db.write_transaction(engine) as s:
+        [new] = store.record_fetches(s, [fetched(feed_id, "fresh")], lease_owner="b")
+    assert [i.title for i in new] == ["fresh"]
+    with Session(engine) as s:
+        assert list(s.scalars(select(Item.title))) == ["fresh"]
+        assert s.get_one(Feed, feed_id).etag == '"fresh"'
+        # a's own heartbeat now says it was reaped (the service then registers again).
+        assert not workers.beat(s, "a", NOW + timedelta(seconds=12))
+
+
+def test_a_lease_taken_over_after_it_lapsed_fences_the_first_holder(engine: Engine) -> None:
+    """No reaper involved: a's lease simply lapsed while a was slow, b took the feed; a's write is refused."""
+    with db.write_transaction(engine) as s:
+        store.sync_feeds(s, [FeedConfig(url="https://feeds.example.com/a")], NOW)
+    [feed_id] = claim_feeds(engine, "a", lease_s=30)
+    assert claim_feeds(engine, "b", NOW + timedelta(seconds=31)) == [feed_id]
+    with db.write_transaction(engine) as s:
+        assert store.record_fetches(s, [fetched(feed_id, "late")], lease_owner="a") == [[]]
+        assert store.record_fetches(s, [fetched(feed_id, "b")], lease_owner="b")[0][0].title == "b"
+
+
+def test_items_claimed_by_a_dead_worker_go_to_another_and_the_dead_one_marks_nothing(engine: Engine) -> None:
+    with db.write_transaction(engine) as s:
+        store.sync_feeds(s, [FeedConfig(url="https://feeds.example.com/a")], NOW)
+        [feed_id] = [r.feed_id for r in store.due_feeds(s, NOW, 10)]
+        store.record_fetches(s, [fetched(feed_id, k) for k in ("x",)])
+    register(engine, "a")
+    register(engine, "b", at=NOW + timedelta(seconds=15))
+    with db.write_transaction(engine) as s:
+        a_items = store.claim_unprocessed(s, 10, now=NOW, lease_s=120, owner="a")
+    assert len(a_items) == 1
+    with db.write_transaction(engine) as s:
+        assert store.claim_unprocessed(s, 10, now=NOW + timedelta(seconds=5), lease_s=120, owner="b") == []
+    assert reap(engine, NOW + timedelta(seconds=15)) == ["a"]
+    with db.write_transaction(engine) as s:  # long before the 120 s claim would have lapsed
+        b_items = store.claim_unprocessed(s, 10, now=NOW + timedelta(seconds=15), lease_s=120, owner="b")
+    assert [i.id for i in b_items] == [i.id for i in a_items]
+    with db.write_transaction(engine) as s:
+        assert store.mark_processed(s, [a_items[0].id], NOW, owner="a") == set()
+        assert store.mark_processed(s, [a_items[0].id], NOW, owner="b") == {a_items[0].id}
+
+
+def test_a_delivery_a_dead_worker_was_sending_is_sent_by_another_with_the_same_id(tmp_path: Path, engine: Engine) -> None:
+    config = make_config(tmp_path, '[[subscribers]]\nemail = "r@example.org"\ncadence = "immediate"\n', engine=engine)
+    World(engine).new_story("s1", "icc", "ICC ruling", at=NOW - timedelta(minutes=1))
+    assert digest.build_due_digests(engine, config, NOW, secret_key="k")
+    register(engine, "a")
+    claim = outbox.claim_one(engine, NOW, "a", lease_s=300)
+    assert claim is not None
+    assert outbox.claim_one(engine, NOW + timedelta(seconds=20), "b", lease_s=300) is None  # a holds it
+    assert reap(engine, NOW + timedelta(seconds=20)) == ["a"]
+    again = outbox.claim_one(engine, NOW + timedelta(seconds=20), "b", lease_s=300)
+    assert again is not None and again.message.idempotency_key == claim.message.idempotency_key
+    with Session(engine) as s:
+        outcomes = sorted(a.outcome for a in s.scalars(select(DeliveryAttempt)))
+    assert outcomes == ["lost", "sending"]
+
+
+def test_status_shows_live_and_dead_workers_their_leases_and_the_queues(tmp_path: Path, engine: Engine) -> None:
+    now = db.utcnow()  # real time: `monitor status` below reads the real clock
+    with db.write_transaction(engine) as s:
+        store.sync_feeds(s, [FeedConfig(url=f"https://feeds.example.com/{i}") for i in range(5)], now)
+    register(engine, "host1:11", at=now, dead_after_s=600)
+    register(engine, "host2:22", at=now - timedelta(seconds=30))  # silent for 30 s: presumed dead
+    claim_feeds(engine, "host1:11", at=now)
+    with db.write_transaction(engine) as s:
+        store.sync_feeds(s, [FeedConfig(url=f"https://feeds.example.com/{i}") for i in range(8)], now)
+    with Session(engine) as s:
+        st = workers.cluster_status(s, now + timedelta(seconds=1))
+    by_id = {w.id: w for w in st.workers}
+    assert by_id["host1:11"].alive and not by_id["host2:22"].alive
+    assert by_id["host1:11"].leases == workers.Leases(feeds=5)
+    assert st.queues.due_feeds == 3 and st.queues.leased_feeds == 5
+    assert [w.id for w in st.live_workers] == ["host1:11"]
+
+    cfg = tmp_path / "feeds.toml"
+    cfg.write_text(config_text(tmp_path, engine=engine))
+    runner = CliRunner()
+    out = runner.invoke(main, ["--config", str(cfg), "status", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert {w["id"] for w in data["workers"]} == {"host1:11", "host2:22"}
+    assert data["queues"]["due_feeds"] == 3
+    table = runner.invoke(main, ["--config", str(cfg), "status"])
+    assert table.exit_code == 0, table.output
+    assert "host1:11" in table.output and "DEAD" in table.output and "feeds due now" in table.output
+    # Once reaped, the dead worker is gone from the table.
+    assert reap(engine, db.utcnow()) == ["host2:22"]
+    with Session(engine) as s:
+        assert list(s.scalars(select(Worker.id))) == ["host1:11"]
