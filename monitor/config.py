@@ -131,13 +131,15 @@ class TopicConfig(_Strict):
     description: str = Field(description="What the topic is about, in a sentence or two.")
     examples: list[str] = Field(description="Headlines that should match.")
     counterexamples: list[str] = Field(default_factory=list, description="Near misses that must not match.")
-    require_any: list[str] = Field(default_factory=list, description="Keyword gate: at least one must occur (case-insensitive).")
+    require_any: list[str] = Field(default_factory=list, description="Keywords: at least one should occur (case-insensitive; evidence or a gate, see keyword_mode).")
     require_all: list[list[str]] = Field(
         default_factory=list,
-        description="Keyword gate in groups: every group needs at least one hit (e.g. [[\"ICC\"], [\"Israel\", \"Gaza\"]]).",
+        description="Keywords in groups: each group should have a hit (e.g. [[\"ICC\"], [\"Israel\", \"Gaza\"]]; evidence or a gate, see keyword_mode).",
     )
-    exclude: list[str] = Field(default_factory=list, description="Keyword gate: none may occur.")
-    threshold: float | None = Field(None, ge=0.0, le=1.0, description="Match score needed (0..1); default is the calibrated one.")
+    exclude: list[str] = Field(default_factory=list, description="Keyword veto: an item with any of these never matches.")
+    keyword_mode: Literal["evidence", "gate"] = Field(
+        "evidence", description="`evidence`: keyword hits raise the score, misses lower it; `gate`: every keyword group must have a hit.")
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="Match probability needed (0..1); default is the label-free one computed from the topic's examples.")
 
     @field_validator("id")
     @classmethod

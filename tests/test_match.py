@@ -82,14 +82,37 @@ def test_counterexample_pushes_a_near_miss_out(embedder) -> None:  # type: ignor
 
 def test_keyword_gates(embedder) -> None:  # type: ignore[no-untyped-def]
     topics = _topics(embedder, threshold=0.0, require_all=[["ICC", "International Criminal Court"], ["Gaza", "Israel"]],
-                     exclude=["cricket"])
+                     exclude=["cricket"], keyword_mode="gate")
     texts = ["ICC prosecutor visits Gaza", "ICC prosecutor visits Kyiv", "ICC cricket final in Gaza?"]
     got = match.match_texts([1, 2, 3], texts, embedder.encode(texts), topics)
     assert [m.matched for m in got] == [True, False, False]
-    assert "keywords: ICC, Gaza" in got[0].reason
-    assert "no keyword of require_all group 2" in got[1].reason
+    assert "keywords 2/2 groups: ICC, Gaza" in got[0].reason
+    assert "not every keyword group has a hit" in got[1].reason
     assert "excluded keyword 'cricket'" in got[2].reason
     assert match.keyword_pattern(["ICC"]).search("ICCs") is None  # whole words only
+
+
+def test_keywords_as_evidence_raise_or_lower_the_score_but_do_not_veto(embedder) -> None:  # type: ignore[no-untyped-def]
+    with_kw = _topics(embedder, threshold=0.0, require_all=[["ICC"], ["Gaza", "Israel"]], exclude=["cricket"])
+    without = _topics(embedder, threshold=0.0)
+    texts = ["ICC prosecutor visits Gaza", "ICC prosecutor visits Kyiv", "ICC cricket final in Gaza?"]
+    v = embedder.encode(texts)
+    a, b = match.match_texts([1, 2, 3], texts, v, with_kw), match.match_texts([1, 2, 3], texts, v, without)
+    assert a[0].score > b[0].score  # every group hit: evidence for
+    assert a[1].score < a[0].score and a[1].matched  # a group missed: weaker, not refused
+    assert not a[2].matched and "excluded keyword 'cricket'" in a[2].reason  # exclude stays a veto
+    assert "evidence " in a[0].reason and "keywords +" in a[0].reason
+
+
+def test_raw_scores_bound_the_final_score(embedder) -> None:  # type: ignore[no-untyped-def]
+    topics = _topics(embedder, threshold=0.0, require_all=[["ICC"], ["Gaza"]])
+    t = topics.topics[0]
+    texts = ["ICC prosecutor visits Gaza", "ICC prosecutor visits Kyiv", "Storm hits the coast"]
+    v = embedder.encode(texts)
+    bound = match.raw_scores(v, t.prototypes, t.counters)[0]
+    final = [m.score for m in match.match_texts([1, 2, 3], texts, v, topics)]
+    assert all(b >= f - 1e-4 for b, f in zip(bound, final, strict=True))
+    assert final[0] == pytest.approx(bound[0], abs=1e-4)  # every keyword group hit: the bound is reached
 
 
 def test_label_free_threshold_without_configured_one(embedder) -> None:  # type: ignore[no-untyped-def]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from datetime import UTC, datetime
@@ -12,11 +13,11 @@ import numpy as np
 from sqlalchemy import delete, func, select
 
 from monitor.cli import parse_since
-from monitor.config import TopicConfig, load_config
+from monitor.config import load_config
 from monitor.errors import ConfigError, MonitorError
 from monitor.lab import topic_eval
 from monitor.records import ItemRecord
-from monitor.signal import embed, match
+from monitor.signal import embed, match, relevance
 from monitor.storage import db
 from monitor.storage.tables import Feed, Item, ItemVector
 
@@ -26,25 +27,6 @@ def _record(item: Item) -> ItemRecord:
                       summary=item.summary or "", link=item.link,
                       published_at=db.aware_utc(item.published_at) or datetime.now(UTC),
                       content_hash=item.content_hash)
-
-
-def _without_threshold(topics: list[TopicConfig]) -> list[TopicConfig]:
-    return [t.model_copy(update={"threshold": None}) for t in topics]
-
-
-def _eval_scores(items: list[topic_eval.EvalItem], vectors: np.ndarray, topic_set: match.TopicSet,
-                 use_gates: bool) -> dict[str, dict[str, float]]:
-    """Effective score per topic per item id: the semantic score, or -1 where a gate refuses the item."""
-    out: dict[str, dict[str, float]] = {t.id: {} for t in topic_set.topics}
-    verdicts = match.match_texts(list(range(len(items))), [it.text for it in items], vectors, topic_set,
-                                 use_gates=use_gates)
-    for v in verdicts:
-        out[v.topic_id][items[v.item_id].id] = v.score if "; gate: " not in v.reason else -1.0
-    return out
-
-
-def _predict(eff: dict[str, dict[str, float]], thresholds: dict[str, float], ids: set[str]) -> dict[str, set[str]]:
-    return {tid: {i for i in ids if s[i] >= thresholds[tid]} for tid, s in eff.items()}
 
 
 def _print_table(title: str, result: dict[str, object]) -> None:
@@ -151,78 +133,115 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         click.echo(f"encoded {done} items with {embedder.model_id}")
 
     @eval_group.command(name="topics")
-    @click.option("--items", "items_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                  help="Items JSONL (id, date, feed, title, summary, link).")
-    @click.option("--labels", "labels_path", required=True,
+    @click.option("--items", "items_paths", required=True, multiple=True,
                   type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                  help="Labels JSONL (id, labels: {topic: 0|1}).")
+                  help="Items JSONL (id, date, feed, title, summary, link); repeat for several files.")
+    @click.option("--labels", "labels_paths", required=True, multiple=True,
+                  type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="Labels JSONL (id, labels: {topic: 0|1}); one per --items, in the same order.")
     @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                   default=None, help="Topics from this file (default: the main configuration).")
     @click.option("--json", "as_json", is_flag=True, help="Last line of output: one JSON object.")
     @click.option("--calibrate", is_flag=True,
-                  help="Also report F1-maximising thresholds (with and without gates) and the time split.")
-    @click.option("--split-date", default="2023-11-01", show_default=True,
-                  help="With --calibrate: calibrate on items before this day, measure on the rest.")
+                  help="Also report the three honest figures: dev, time split, new topic with no labels.")
+    @click.option("--split-date", default=topic_eval.SPLIT_DAY, show_default=True,
+                  help="Time split: fit and calibrate before this day, measure from it.")
+    @click.option("--features", default=",".join(match.SHIPPED_COMBINER.names), show_default=True,
+                  help="With --calibrate: the combiner's features (among " + ", ".join(relevance.FEATURES) + ").")
+    @click.option("--l2", default=10.0, show_default=True, help="With --calibrate: the combiner's L2 penalty.")
+    @click.option("--fit", "show_fit", is_flag=True,
+                  help="With --calibrate: print the combiner fitted on every labelled item before 2023-11-16.")
+    @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help="Keep the items' vectors here (npy, keyed by model and texts) instead of re-encoding.")
     @pass_ctx
-    def eval_topics(ctx: CliContext, items_path: Path, labels_path: Path, config_path: Path | None,
-                    as_json: bool, calibrate: bool, split_date: str) -> None:
-        """Per-topic precision, recall, F1 and macro-F1 of the matcher and of a keyword baseline."""
+    def eval_topics(ctx: CliContext, items_paths: tuple[Path, ...], labels_paths: tuple[Path, ...],
+                    config_path: Path | None, as_json: bool, calibrate: bool, split_date: str, features: str,
+                    l2: float, show_fit: bool, cache_dir: Path | None) -> None:
+        """Per-topic precision, recall, F1 and macro-F1 of the matcher and of a keyword baseline.
+
+        Labels dated from 2023-11-16 on are never used to fit or calibrate: such items are reported
+        separately, with the shipped configuration only."""
         config = load_config(config_path) if config_path else ctx.config
         if not config.topics:
             raise ConfigError("the configuration defines no [[topics]] to evaluate")
-        with items_path.open(encoding="utf-8") as f:
-            items = topic_eval.parse_items(f, str(items_path))
-        with labels_path.open(encoding="utf-8") as f:
-            labels = topic_eval.parse_labels(f, str(labels_path))
-        items = [it for it in items if it.id in labels]
+        if len(items_paths) != len(labels_paths):
+            raise click.UsageError("give one --labels file per --items file, in the same order")
+        parts = []
+        for ip, lp in zip(items_paths, labels_paths, strict=True):
+            with ip.open(encoding="utf-8") as f:
+                its = topic_eval.parse_items(f, str(ip))
+            with lp.open(encoding="utf-8") as f:
+                parts.append((its, topic_eval.parse_labels(f, str(lp))))
+        items, labels = topic_eval.merge(parts)
         if not items:
-            raise MonitorError(f"no item of {items_path} has a label in {labels_path}")
+            raise MonitorError("no item of the --items files has a label in the --labels files")
         ids = {it.id for it in items}
         topic_ids = [t.id for t in config.topics]
         embedder = embed.load_embedder(config.settings)
         topic_set = match.compile_topics(config.topics, embedder)
-        vectors = embed.encode_items(embedder, [it.title for it in items], [it.text for it in items])
-        thresholds = {t.id: t.threshold for t in topic_set.topics}
-        eff = _eval_scores(items, vectors, topic_set, use_gates=True)
-        result = topic_eval.evaluate(_predict(eff, thresholds, ids), labels, topic_ids, ids)
-        baseline = topic_eval.evaluate(topic_eval.keyword_baseline(items, config.topics), labels, topic_ids, ids)
+        vectors = _item_vectors(embedder, items, cache_dir)
+        verdicts = match.match_texts(list(range(len(items))), [it.text for it in items], vectors, topic_set)
+        predicted: dict[str, set[str]] = {t: set() for t in topic_ids}
+        for v in verdicts:
+            if v.matched:
+                predicted[v.topic_id].add(items[v.item_id].id)
+        result = topic_eval.evaluate(predicted, labels, topic_ids, ids)
+        keyword = topic_eval.keyword_baseline(items, config.topics)
+        baseline = topic_eval.evaluate(keyword, labels, topic_ids, ids)
         result["baseline"] = baseline
-        result["thresholds"] = thresholds
-        _print_table(f"semantic matcher ({len(items)} items, configured thresholds, with gates)", result)
-        _print_table("keyword baseline (each topic's keyword gates)", baseline)
+        result["thresholds"] = {t.id: t.threshold for t in topic_set.topics}
+        result["threshold_sources"] = {t.id: t.threshold_source for t in topic_set.topics}
+        _print_table(f"matcher as configured ({len(items)} items, thresholds "
+                     f"{ {t.id: round(t.threshold, 4) for t in topic_set.topics} })", result)
+        _print_table("keyword baseline (each topic's keywords as hard gates)", baseline)
         if calibrate:
-            result["calibration"] = _calibration(items, labels, vectors, config, embedder, topic_ids, split_date)
+            names = [n.strip() for n in features.split(",") if n.strip()]
+            pairs = topic_eval.topic_pairs(items, labels, vectors, topic_set)
+            try:
+                out = topic_eval.protocols(items, pairs, keyword, names=names, l2=l2, split_day=split_date)
+            except ValueError as e:
+                raise click.UsageError(str(e)) from None
+            fitted = out.pop("fitted")
+            late = np.array([it.date[:10] >= topic_eval.FIT_CUTOFF for it in items])
+            if late.any():
+                out["reporting_only"] = topic_eval.shipped(items, pairs, keyword, late)
+            _print_protocols(out, names, l2, split_date)
+            if show_fit:
+                click.echo("combiner fitted on every labelled item before "
+                           f"{topic_eval.FIT_CUTOFF} (paste into match.SHIPPED_COMBINER):")
+                click.echo(repr(fitted))
+            result["protocols"] = out
+            result["fitted"] = {"names": fitted.names, "mean": fitted.mean, "scale": fitted.scale,
+                                "weights": fitted.weights, "bias": fitted.bias}
         if as_json:
             click.echo(json.dumps(result, sort_keys=False))
 
-    def _calibration(items, labels, vectors, config, embedder, topic_ids, split_date):  # type: ignore[no-untyped-def]
-        ids = {it.id for it in items}
-        early = {it.id for it in items if it.date[:10] < split_date}
-        late = ids - early
-        label_free_set = match.compile_topics(_without_threshold(config.topics), embedder)
-        out: dict[str, object] = {}
-        for use_gates in (True, False):
-            eff = _eval_scores(items, vectors, label_free_set, use_gates)
-            tag = "gates" if use_gates else "no_gates"
-            full_th = {t: topic_eval.calibrate_threshold([(eff[t][i], labels[i].get(t, 0)) for i in ids])
-                       for t in topic_ids}
-            split_th = {t: topic_eval.calibrate_threshold([(eff[t][i], labels[i].get(t, 0)) for i in early])
-                        for t in topic_ids}
-            lf_th = {t.id: t.threshold for t in label_free_set.topics}
-            runs = {
-                "calibrated_full": (topic_eval.evaluate(_predict(eff, full_th, ids), labels, topic_ids, ids), full_th),
-                "time_split": (topic_eval.evaluate(_predict(eff, split_th, late), labels, topic_ids, late), split_th),
-                "label_free": (topic_eval.evaluate(_predict(eff, lf_th, ids), labels, topic_ids, ids), lf_th),
-            }
-            for name, (res, th) in runs.items():
-                res["thresholds"] = {k: round(v, 5) for k, v in th.items()}
-                out[f"{tag}.{name}"] = res
-                where = {"calibrated_full": "thresholds calibrated and measured on all items",
-                         "time_split": f"calibrated before {split_date}, measured on {len(late)} items from then",
-                         "label_free": "label-free thresholds (no labels used)"}[name]
-                _print_table(f"[{tag}] {where}; thresholds {res['thresholds']}", res)
-        base_late = topic_eval.evaluate(topic_eval.keyword_baseline([i for i in items if i.id in late], config.topics),
-                                        labels, topic_ids, late)
-        out["baseline.time_split"] = base_late
-        _print_table(f"keyword baseline on the {len(late)} items from {split_date}", base_late)
-        return out
+    def _print_protocols(out: dict, names: list[str], l2: float, split_date: str) -> None:  # type: ignore[type-arg]
+        click.echo(f"\ncombiner features {names}, l2 {l2}; labels used only before {topic_eval.FIT_CUTOFF}")
+        for key, title in (("dev", "dev: fitted and calibrated on all labelled items"),
+                           ("time_split", f"time split: fitted before {split_date}, measured from it"),
+                           ("no_label", "new topic, no labels: combiner fitted on the other topics, "
+                                        "label-free threshold")):
+            block = out[key]
+            click.echo(f"\n{title} ({block['items']} items)")
+            for variant in ("calibrated", "label_free"):
+                if variant in block:
+                    _print_table(f" [{variant}] thresholds {block[variant]['thresholds']}", block[variant])
+            _print_table(" [keyword baseline]", block["baseline"])
+        if "reporting_only" in out:
+            r = out["reporting_only"]
+            _print_table(f"\nreporting only: items from {topic_eval.FIT_CUTOFF} ({r['items']}), as configured", r)
+            _print_table(" [keyword baseline]", r["baseline"])
+
+    def _item_vectors(embedder: embed.Embedder, items: list[topic_eval.EvalItem], cache_dir: Path | None) -> np.ndarray:
+        titles, texts = [it.title for it in items], [it.text for it in items]
+        if cache_dir is None:
+            return embed.encode_items(embedder, titles, texts)
+        key = hashlib.sha1("\n".join([embedder.model_id, *titles, *texts]).encode()).hexdigest()[:20]
+        path = cache_dir / f"eval-items-{key}.npy"
+        if path.exists():
+            return np.load(path)
+        vectors = embed.encode_items(embedder, titles, texts)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.save(path, vectors)
+        return vectors

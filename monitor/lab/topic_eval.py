@@ -10,6 +10,16 @@ uses a default query: every word of its `name` must occur (e.g. "Doha talks" -> 
 Threshold calibration (`calibrate_threshold`): on a calibration set, take the cut-off that maximises F1;
 among equal F1 the highest one; the stored value is the midpoint between that score and the next lower
 distinct score, so an unseen item scoring in between is treated like the admitted one.
+
+Honest protocol (`protocols`). Labels are used to fit or calibrate ONLY when the item is dated before
+FIT_CUTOFF (2023-11-16); anything later is for final reporting with the shipped configuration only. Every
+figure is given three ways, each beside the keyword baseline on the same items:
+
+    dev         the combiner fitted and each topic's threshold calibrated on all labelled items (optimistic)
+    time_split  fitted and calibrated on items before the split day (2023-11-01), measured from that day on
+    no_label    leave-one-topic-out: the combiner fitted on the OTHER topics only; the measured topic's
+                threshold from the label-free rule (its own examples); measured on all its items: what an
+                admin's new topic, written from its definition alone, gets
 """
 
 from __future__ import annotations
@@ -20,11 +30,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
+
 from monitor.config import TopicConfig
 from monitor.errors import MonitorError
 from monitor.ingest.parse import MAX_SUMMARY_CHARS, MAX_TITLE_CHARS, clean_text
 from monitor.records import item_text
+from monitor.signal import match, relevance
 from monitor.signal.match import KeywordGate, compile_gate, keyword_pattern
+
+FIT_CUTOFF = "2023-11-16"
+SPLIT_DAY = "2023-11-01"
 
 
 class EvalDataError(MonitorError):
@@ -152,3 +168,128 @@ def calibrate_threshold(scored: Sequence[tuple[float, int]]) -> float:
 
 def before(item: EvalItem, day: datetime) -> bool:
     return item.date[:10] < day.strftime("%Y-%m-%d")
+
+
+def merge(parts: Sequence[tuple[list[EvalItem], dict[str, dict[str, int]]]]
+          ) -> tuple[list[EvalItem], dict[str, dict[str, int]]]:
+    """Items and labels of several (items, labels) files: labelled items only, first occurrence of an id
+    wins; an id labelled in two files must agree."""
+    items: list[EvalItem] = []
+    labels: dict[str, dict[str, int]] = {}
+    for its, labs in parts:
+        for it in its:
+            if it.id not in labs:
+                continue
+            if it.id in labels:
+                if labels[it.id] != labs[it.id]:
+                    raise EvalDataError(f"item {it.id} has different labels in two label files")
+                continue
+            labels[it.id] = labs[it.id]
+            items.append(it)
+    return items, labels
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPairs:
+    """Features of every item for one compiled topic, with the gold labels and keyword verdicts."""
+
+    topic: match.CompiledTopic
+    x: np.ndarray  # (n, len(relevance.FEATURES))
+    gold: np.ndarray  # (n,) 0|1
+    allowed: np.ndarray  # (n,) bool: no exclude veto (and every group hit when keyword_mode = "gate")
+
+
+def topic_pairs(items: Sequence[EvalItem], labels: Mapping[str, Mapping[str, int]], vectors: np.ndarray,
+                topic_set: match.TopicSet) -> list[TopicPairs]:
+    texts = [it.text for it in items]
+    out = []
+    for t in topic_set.topics:
+        _prob, sc, ev = match.score_topic(t, texts, vectors)
+        n_groups = len(t.gate.groups)
+        allowed = np.array([e[2] is None and (t.keyword_mode != "gate" or e[0] == n_groups) for e in ev])
+        gold = np.array([labels[it.id].get(t.id, 0) for it in items])
+        out.append(TopicPairs(t, sc.x, gold, allowed))
+    return out
+
+
+def _f1(pred: np.ndarray, gold: np.ndarray) -> Scores:
+    tp = int((pred & (gold == 1)).sum())
+    p = tp / int(pred.sum()) if pred.sum() else 0.0
+    r = tp / int(gold.sum()) if gold.sum() else 0.0
+    return Scores(p, r, 2 * p * r / (p + r) if p + r else 0.0, int(gold.sum()))
+
+
+def _table(per_topic: Mapping[str, Scores]) -> dict[str, object]:
+    f1s = [s.f1 for s in per_topic.values()]
+    return {"topics": {k: v.as_dict() for k, v in per_topic.items()},
+            "macro_f1": round(sum(f1s) / len(f1s), 4) if f1s else 0.0}
+
+
+def _fit(pairs: Sequence[TopicPairs], mask: np.ndarray, names: Sequence[str], l2: float) -> relevance.Combiner:
+    x = np.vstack([p.x[mask & p.allowed] for p in pairs])
+    y = np.concatenate([p.gold[mask & p.allowed] for p in pairs])
+    return relevance.fit(x, y, names, l2=l2)
+
+
+def _label_free(p: TopicPairs, combiner: relevance.Combiner) -> float:
+    t = p.topic
+    th = relevance.example_threshold(combiner, t.prototypes, t.counters,
+                                     match.keyword_features(t.gate, t.prototype_texts[1:]))
+    return 0.5 if th is None else th
+
+
+def protocols(items: Sequence[EvalItem], pairs: Sequence[TopicPairs], baseline: Mapping[str, set[str]], *,
+              names: Sequence[str], l2: float, split_day: str = SPLIT_DAY,
+              cutoff: str = FIT_CUTOFF) -> dict[str, object]:
+    """The three honest figures (module docstring), each with the keyword baseline on the same items, and
+    the combiner fitted on every labelled item before `cutoff` (what `--fit` ships)."""
+    dates = np.array([it.date[:10] for it in items])
+    ids = np.array([it.id for it in items])
+    usable = dates < cutoff
+    early, late = usable & (dates < split_day), usable & (dates >= split_day)
+    if not early.any() or not late.any():
+        raise EvalDataError(f"the time split needs labelled items both before and from {split_day} "
+                            f"(and before {cutoff})")
+
+    def base(mask: np.ndarray) -> dict[str, object]:
+        return _table({p.topic.id: _f1(np.isin(ids, list(baseline[p.topic.id])) & mask, p.gold * mask)
+                       for p in pairs})
+
+    def measure(combiner: relevance.Combiner, ths: Mapping[str, float], mask: np.ndarray) -> dict[str, object]:
+        res = _table({p.topic.id: _f1((combiner.probability(p.x) >= ths[p.topic.id]) & p.allowed & mask,
+                                      p.gold * mask) for p in pairs})
+        res["thresholds"] = {k: round(v, 4) for k, v in ths.items()}
+        return res
+
+    out: dict[str, object] = {}
+    for name, fit_mask, eval_mask in (("dev", usable, usable), ("time_split", early, late)):
+        c = _fit(pairs, fit_mask, names, l2)
+        calibrated = {p.topic.id: relevance.best_cut(np.where(p.allowed, c.probability(p.x), -1.0)[fit_mask],
+                                                     p.gold[fit_mask]) for p in pairs}
+        free = {p.topic.id: _label_free(p, c) for p in pairs}
+        out[name] = {"calibrated": measure(c, calibrated, eval_mask), "label_free": measure(c, free, eval_mask),
+                     "baseline": base(eval_mask), "items": int(eval_mask.sum())}
+    loto: dict[str, Scores] = {}
+    ths = {}
+    for p in pairs:
+        c = _fit([q for q in pairs if q is not p], usable, names, l2)
+        ths[p.topic.id] = _label_free(p, c)
+        loto[p.topic.id] = _f1((c.probability(p.x) >= ths[p.topic.id]) & p.allowed & usable, p.gold * usable)
+    nl = _table(loto)
+    nl["thresholds"] = {k: round(v, 4) for k, v in ths.items()}
+    out["no_label"] = {"label_free": nl, "baseline": base(usable), "items": int(usable.sum())}
+    out["fitted"] = _fit(pairs, usable, names, l2)
+    return out
+
+
+def shipped(items: Sequence[EvalItem], pairs: Sequence[TopicPairs], baseline: Mapping[str, set[str]],
+            mask: np.ndarray) -> dict[str, object]:
+    """The compiled topics as configured (their combiner and thresholds) on the items in `mask`."""
+    ids = np.array([it.id for it in items])
+    res = _table({p.topic.id: _f1((p.topic.combiner.probability(p.x) >= p.topic.threshold) & p.allowed & mask,
+                                  p.gold * mask) for p in pairs})
+    res["thresholds"] = {p.topic.id: p.topic.threshold for p in pairs}
+    res["baseline"] = _table({p.topic.id: _f1(np.isin(ids, list(baseline[p.topic.id])) & mask, p.gold * mask)
+                              for p in pairs})
+    res["items"] = int(mask.sum())
+    return res

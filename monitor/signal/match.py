@@ -1,33 +1,22 @@
-"""Matching stage (pure): item vectors x topic prototypes (+ keyword gates) -> scored matches with a reason.
+"""Matching stage (pure): item vectors x topic prototypes + keyword evidence -> scored matches with a reason.
 
 A topic is compiled once (`compile_topics`, again on hot reload): its description and example headlines
-are encoded into *prototypes*, its counterexamples into *anti-prototypes*, its keyword gates into regexes.
+are encoded into *prototypes*, its counterexamples into *anti-prototypes*, its keywords into regexes, and
+its label-free reference points (`relevance.profile`) are taken from those texts.
 
-Score of an item for a topic (cosine similarities of L2-normalised vectors):
+Score of an item for a topic: the probability given by a small topic-agnostic combiner
+(`monitor.signal.relevance`) over features relative to the topic: similarity to the nearest example, how
+much closer a counterexample is, and the share of keyword groups with a hit. Keywords are *evidence* by
+default (`keyword_mode = "evidence"`): a hit raises the score, a miss lowers it; `keyword_mode = "gate"`
+restores hard gates (every `require_any` / `require_all` group must have a hit). `exclude` is always a veto.
+The combiner's weights are `SHIPPED_COMBINER` (how they were fitted and measured: docs/topic-relevance.md).
 
-    pos   = mean of the TOP_K highest similarities to the prototypes (description + examples)
-    best  = the highest similarity to a prototype
-    anti  = the highest similarity to a counterexample
-    score = clip(pos - COUNTER_WEIGHT * max(0, anti - best), 0, 1)
+Thresholds. `TopicConfig.threshold` (a probability) wins when set. Otherwise the label-free rule of
+`relevance.example_threshold`: the 10th percentile of the probabilities of the topic's own examples, each
+scored leave-one-out, so an admin's new topic gets a threshold from its definition alone.
 
-so an item that is closer to a near miss (a counterexample) than to any example is pushed out in proportion
-to how much closer it is (five times the gap), while items far from every counterexample are scored by their
-nearest example alone. TOP_K = 1 was chosen on the dev set among TOP_K in {1, 2, 3, 5}. COUNTER_WEIGHT was
-chosen among {0, 0.5, 1, 2, 3, 4, 5, 6, 8} once the topics carried counterexamples for every ruling of
-GUIDE.md (R1-R6): with gates, macro-F1 full dev / time split (calibrated on October, measured on November)
-is 0.840/0.865 at 1, 0.845/0.884 at 2, 0.858/0.878 at 3, then a plateau 0.860-0.864/0.896-0.910 from 4 to 8;
-5 is the middle of the plateau. Global constants, not per-item tuning.
-Item vectors come from `monitor.signal.embed.encode_items` (headline and headline + teaser).
-
-An item matches when every keyword gate passes (`require_any`: at least one term; `require_all`: at least
-one term of every group; `exclude`: no term; whole-word, case-insensitive) and score >= threshold.
-
-Thresholds. `TopicConfig.threshold` wins when set. Otherwise a label-free rule computed at compile time
-from the topic's own texts: each example is scored against the *other* prototypes (leave-one-out) and each
-counterexample against the prototypes; the threshold is the midpoint between the median example score and
-the median counterexample score (`label_free_threshold`). The shipped topics carry a threshold in
-feeds.toml calibrated on the labelled dev set by `monitor eval topics --calibrate` (the F1-maximising
-cut-off, procedure in `monitor.lab.topic_eval.calibrate_threshold`).
+Every verdict carries a reason: score and threshold (and where the threshold came from), the nearest
+example, a closer counterexample if any, the keyword evidence, and the features that weighed most.
 """
 
 from __future__ import annotations
@@ -43,23 +32,52 @@ from sqlalchemy.orm import Session
 
 from monitor.config import TopicConfig
 from monitor.records import ItemRecord, TopicMatch
+from monitor.signal import relevance
+from monitor.signal.relevance import Combiner
 from monitor.storage.db import naive_utc
 from monitor.storage.tables import Match
 
-TOP_K = 1
-COUNTER_WEIGHT = 5.0
+# Fitted by `monitor eval topics --fit` (see docs/topic-relevance.md): pooled over the three default
+# topics, labelled items dated before 2023-11-16 only. Nothing in it names a topic.
+SHIPPED_COMBINER = Combiner(
+    names=("best", "hinge", "kw"),
+    mean=(0.45, 0.02, -0.2),
+    scale=(0.12, 0.05, 0.35),
+    weights=(1.5, -0.6, 1.5),
+    bias=-4.0,
+)
+
+_EVIDENCE_LABELS = {"best": "similarity", "top3": "agreeing examples", "desc": "description",
+                    "anti": "counterexample", "hinge": "counterexample", "margin": "similarity",
+                    "rel": "similarity", "kw": "keywords"}
 
 
 @dataclass(frozen=True, slots=True)
 class KeywordGate:
-    """Compiled keyword gates of one topic. Each pattern matches whole words, case-insensitively."""
+    """Compiled keywords of one topic. Each pattern matches whole words, case-insensitively."""
 
     require_any: re.Pattern[str] | None
     require_all: tuple[re.Pattern[str], ...]
     exclude: re.Pattern[str] | None
 
+    @property
+    def groups(self) -> tuple[re.Pattern[str], ...]:
+        """Keyword groups as evidence: `require_any` as one group, then each `require_all` group."""
+        return ((self.require_any,) if self.require_any is not None else ()) + self.require_all
+
+    def evidence(self, text: str) -> tuple[int, list[str], str | None]:
+        """(groups with a hit, keyword hits, the excluded keyword found or None)."""
+        veto = m.group(0) if self.exclude is not None and (m := self.exclude.search(text)) else None
+        hits: list[str] = []
+        hit_groups = 0
+        for pattern in self.groups:
+            found = _found(pattern, text)
+            hit_groups += bool(found)
+            hits += found
+        return hit_groups, list(dict.fromkeys(hits)), veto
+
     def check(self, text: str) -> tuple[bool, list[str], str]:
-        """(passes, keyword hits, why it failed or '')."""
+        """As a hard gate: (passes, keyword hits, why it failed or '')."""
         hits: list[str] = []
         if self.exclude is not None and (m := self.exclude.search(text)):
             return False, hits, f"excluded keyword {m.group(0)!r}"
@@ -87,6 +105,9 @@ class CompiledTopic:
     counters: np.ndarray  # (n_counterexamples, dim)
     counter_texts: tuple[str, ...]
     gate: KeywordGate
+    keyword_mode: str = "evidence"  # "evidence" | "gate"
+    profile: relevance.TopicProfile = relevance.TopicProfile(1.0, 0.75)
+    combiner: Combiner = SHIPPED_COMBINER
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,42 +140,40 @@ def compile_gate(topic: TopicConfig) -> KeywordGate:
     return KeywordGate(keyword_pattern(topic.require_any), groups, keyword_pattern(topic.exclude))
 
 
-def raw_scores(vectors: np.ndarray, prototypes: np.ndarray, counters: np.ndarray
+def keyword_features(gate: KeywordGate, texts: Sequence[str]) -> np.ndarray:
+    """The `kw` feature of each text (share of keyword groups with a hit, centred; see relevance)."""
+    n = len(gate.groups)
+    return np.array([relevance.keyword_feature(gate.evidence(t)[0], n) for t in texts], dtype=np.float64)
+
+
+def raw_scores(vectors: np.ndarray, prototypes: np.ndarray, counters: np.ndarray,
+               combiner: Combiner = SHIPPED_COMBINER
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(score, best prototype index, best prototype similarity, best counterexample index, its similarity)
-    for each row of `vectors`. Pure numpy; deterministic."""
-    n = vectors.shape[0]
-    sims = vectors @ prototypes.T  # (n, p)
-    k = min(TOP_K, sims.shape[1])
-    top = -np.sort(-sims, axis=1)[:, :k]
-    pos = top.mean(axis=1)
-    best_idx = np.argmax(sims, axis=1)
-    best = sims[np.arange(n), best_idx]
-    if counters.shape[0]:
-        csims = vectors @ counters.T
-        c_idx = np.argmax(csims, axis=1)
-        anti = csims[np.arange(n), c_idx]
-    else:
-        c_idx = np.zeros(n, dtype=np.int64)
-        anti = np.full(n, -1.0, dtype=np.float32)
-    score = np.clip(pos - COUNTER_WEIGHT * np.maximum(0.0, anti - best), 0.0, 1.0)
-    return score.astype(np.float64), best_idx, best, c_idx, anti
+    """(score bound, best prototype index, best prototype similarity, best counterexample index, its
+    similarity) for each row of `vectors`, from the vectors alone. The score is the combiner's
+    probability with the keyword evidence at its most favourable (every group hit), so it is an upper
+    bound of the final score when the keyword weight is positive: a cheap prefilter (one matrix product)
+    before `match_texts` gives exact verdicts. Pure numpy; deterministic."""
+    prof = relevance.profile(prototypes, counters)
+    kw = np.full(vectors.shape[0], 0.5 if combiner.weights[list(combiner.names).index("kw")] >= 0 else -0.5) \
+        if "kw" in combiner.names else np.zeros(vectors.shape[0])
+    sc = relevance.features(vectors, prototypes, counters, prof, kw)
+    best = sc.column("best")
+    anti = sc.column("anti") + best if counters.shape[0] else np.full(vectors.shape[0], -1.0)
+    return (combiner.probability(sc.x), sc.best_idx, best, np.maximum(sc.counter_idx, 0), anti)
 
 
-def label_free_threshold(prototypes: np.ndarray, counters: np.ndarray) -> float:
-    """Midpoint between the median leave-one-out score of the examples and the median score of the
-    counterexamples (see module docstring). Falls back to 0.5 when there is nothing to compare."""
-    ex_scores = []
-    for i in range(1, prototypes.shape[0]):  # examples only; the description stays in every pool
-        others = np.delete(prototypes, i, axis=0)
-        ex_scores.append(raw_scores(prototypes[i:i + 1], others, counters)[0][0])
-    if not ex_scores or counters.shape[0] == 0:
-        return 0.5
-    co_scores = raw_scores(counters, prototypes, counters[:0])[0]
-    return float(round((np.median(ex_scores) + np.median(co_scores)) / 2, 4))
+def label_free_threshold(prototypes: np.ndarray, counters: np.ndarray, example_kw: Sequence[float] | None = None,
+                         combiner: Combiner = SHIPPED_COMBINER) -> float:
+    """The label-free threshold of `relevance.example_threshold` (example keyword features default to
+    neutral); 0.5 when the topic has fewer than two examples."""
+    kw = list(example_kw) if example_kw is not None else [0.0] * (prototypes.shape[0] - 1)
+    th = relevance.example_threshold(combiner, prototypes, counters, kw)
+    return 0.5 if th is None else float(round(th, 4))
 
 
-def compile_topics(topics: Sequence[TopicConfig], embedder) -> TopicSet:  # type: ignore[no-untyped-def]
+def compile_topics(topics: Sequence[TopicConfig], embedder, *,  # type: ignore[no-untyped-def]
+                   combiner: Combiner = SHIPPED_COMBINER) -> TopicSet:
     """Encode every topic's description, examples and counterexamples once (one batch for all topics)."""
     texts: list[str] = []
     spans = []
@@ -165,47 +184,82 @@ def compile_topics(topics: Sequence[TopicConfig], embedder) -> TopicSet:  # type
         texts += list(t.counterexamples)
         spans.append((start, mid, len(texts)))
     vecs = embedder.encode(texts) if texts else np.zeros((0, embedder.dim), dtype=np.float32)
-    compiled = []
-    for t, (start, mid, end) in zip(topics, spans, strict=True):
-        protos, counters = vecs[start:mid], vecs[mid:end]
-        if t.threshold is not None:
-            threshold, source = float(t.threshold), "config"
-        else:
-            threshold, source = label_free_threshold(protos, counters), "label-free"
-        compiled.append(CompiledTopic(
-            id=t.id, name=t.name, threshold=threshold, threshold_source=source,
-            prototypes=protos, prototype_texts=(t.description, *t.examples),
-            counters=counters, counter_texts=tuple(t.counterexamples), gate=compile_gate(t)))
-    return TopicSet(model_id=embedder.model_id, topics=tuple(compiled))
+    return TopicSet(model_id=embedder.model_id, topics=tuple(
+        compile_topic(t, vecs[start:mid], vecs[mid:end], combiner=combiner)
+        for t, (start, mid, end) in zip(topics, spans, strict=True)))
+
+
+def compile_topic(t: TopicConfig, prototypes: np.ndarray, counters: np.ndarray, *,
+                  combiner: Combiner = SHIPPED_COMBINER) -> CompiledTopic:
+    """One topic from its already encoded texts (`prototypes`: description then examples)."""
+    gate = compile_gate(t)
+    if t.threshold is not None:
+        threshold, source = float(t.threshold), "config"
+    else:
+        threshold = label_free_threshold(prototypes, counters, keyword_features(gate, t.examples), combiner)
+        source = "label-free"
+    return CompiledTopic(
+        id=t.id, name=t.name, threshold=threshold, threshold_source=source,
+        prototypes=prototypes, prototype_texts=(t.description, *t.examples),
+        counters=counters, counter_texts=tuple(t.counterexamples), gate=gate, keyword_mode=t.keyword_mode,
+        profile=relevance.profile(prototypes, counters), combiner=combiner)
+
+
+def score_topic(t: CompiledTopic, texts: Sequence[str], vectors: np.ndarray
+                ) -> tuple[np.ndarray, relevance.Scored, list[tuple[int, list[str], str | None]]]:
+    """(probabilities, features, keyword evidence per text) of `texts` for one compiled topic, before the
+    keyword gate / veto is applied."""
+    ev = [t.gate.evidence(x) for x in texts]
+    n_groups = len(t.gate.groups)
+    kw = np.array([relevance.keyword_feature(e[0], n_groups) for e in ev], dtype=np.float64)
+    sc = relevance.features(vectors, t.prototypes, t.counters, t.profile, kw)
+    return t.combiner.probability(sc.x), sc, ev
 
 
 def match_texts(ids: Sequence[int], texts: Sequence[str], vectors: np.ndarray, topics: TopicSet,
                 *, use_gates: bool = True) -> list[TopicMatch]:
-    """One TopicMatch per (text, topic), in input order then topic order. `use_gates=False` scores the
-    semantic part alone (for evaluation)."""
+    """One TopicMatch per (text, topic), in input order then topic order. `use_gates=False` ignores the
+    keyword veto and gates (for evaluation); keyword evidence still counts."""
     out: list[TopicMatch] = []
     if len(ids) == 0:
         return out
-    per_topic = []
-    for t in topics.topics:
-        per_topic.append(raw_scores(vectors, t.prototypes, t.counters))
-    for row, (item_id, text) in enumerate(zip(ids, texts, strict=True)):
-        for t, (score, b_idx, best, c_idx, anti) in zip(topics.topics, per_topic, strict=True):
-            s = round(float(score[row]), 4)
-            ok, hits, why = t.gate.check(text) if use_gates else (True, [], "")
-            parts = [f"nearest example {_short(t.prototype_texts[b_idx[row]])!r} ({best[row]:.2f})"]
-            if t.counters.shape[0] and anti[row] > best[row]:
-                parts.append(f"closer to counterexample {_short(t.counter_texts[c_idx[row]])!r} "
-                             f"({anti[row]:.2f})")
-            if hits:
-                parts.append("keywords: " + ", ".join(hits))
-            if not ok:
-                parts.append(f"gate: {why}")
-            matched = ok and s >= t.threshold
-            parts.insert(0, f"score {s:.3f} {'>=' if s >= t.threshold else '<'} threshold {t.threshold:.3f}")
+    per_topic = [score_topic(t, texts, vectors) for t in topics.topics]
+    for row, item_id in enumerate(ids):
+        for t, (prob, sc, ev) in zip(topics.topics, per_topic, strict=True):
+            s = round(float(prob[row]), 4)
+            hit_groups, hits, veto = ev[row]
+            n_groups = len(t.gate.groups)
+            why = ""
+            if use_gates and veto is not None:
+                why = f"excluded keyword {veto!r}"
+            elif use_gates and t.keyword_mode == "gate" and hit_groups < n_groups:
+                why = "not every keyword group has a hit"
+            matched = not why and s >= t.threshold
             out.append(TopicMatch(item_id=item_id, topic_id=t.id, score=s, matched=matched,
-                                  reason="; ".join(parts)))
+                                  reason=_reason(t, sc, row, s, hits, hit_groups, why)))
     return out
+
+
+def _reason(t: CompiledTopic, sc: relevance.Scored, row: int, s: float, hits: list[str], hit_groups: int,
+            why: str) -> str:
+    best = sc.column("best")[row]
+    parts = [f"score {s:.3f} {'>=' if s >= t.threshold else '<'} threshold {t.threshold:.3f} ({t.threshold_source})",
+             f"nearest example {_short(t.prototype_texts[sc.best_idx[row]])!r} ({best:.2f})"]
+    c = sc.counter_idx[row]
+    if c >= 0 and sc.column("hinge")[row] > 0:
+        parts.append(f"closer to counterexample {_short(t.counter_texts[c])!r} ({best + sc.column('anti')[row]:.2f})")
+    n_groups = len(t.gate.groups)
+    if n_groups:
+        parts.append(f"keywords {hit_groups}/{n_groups} groups" + (": " + ", ".join(hits) if hits else ""))
+    contrib = t.combiner.contributions(sc.x[row:row + 1])[0]
+    merged: dict[str, float] = {}
+    for name, v in zip(t.combiner.names, contrib, strict=True):
+        label = _EVIDENCE_LABELS.get(name, name)
+        merged[label] = merged.get(label, 0.0) + float(v)
+    parts.append("evidence " + ", ".join(f"{k} {v:+.1f}" for k, v in sorted(merged.items(), key=lambda kv: -abs(kv[1]))))
+    if why:
+        parts.append(f"gate: {why}")
+    return "; ".join(parts)
 
 
 def match_items(items: Sequence[ItemRecord], vectors: np.ndarray, topics: TopicSet) -> list[TopicMatch]:
