@@ -6,21 +6,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from monitor.cli import main
-from monitor.config import load_config
+from monitor.config import TopicConfig, load_config
 from monitor.lab.topic_eval import (
+    FIT_CUTOFF,
     EvalDataError,
+    EvalItem,
     calibrate_threshold,
     evaluate,
     keyword_baseline,
+    merge,
     parse_items,
     parse_labels,
+    protocols,
     scores,
+    topic_pairs,
 )
-from monitor.signal import embed
+from monitor.signal import embed, match
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 
@@ -77,3 +83,73 @@ def test_eval_topics_command_gives_the_hand_computed_figures(embedder, monkeypat
     assert out["baseline"]["topics"]["doha-talks"]["f1"] == 1.0
     assert out["baseline"]["macro_f1"] == 0.9
     assert "macro-F1" in result.output
+
+
+def test_merge_keeps_labelled_items_once_and_refuses_conflicts() -> None:
+    a = parse_items(['{"id": "1", "title": "x"}', '{"id": "2", "title": "y"}'])
+    b = parse_items(['{"id": "2", "title": "y"}', '{"id": "3", "title": "z"}'])
+    la, lb = {"1": {"t": 1}, "2": {"t": 0}}, {"2": {"t": 0}, "3": {"t": 1}}
+    items, labels = merge([(a, la), (b, lb), (b[:1], {})])
+    assert [it.id for it in items] == ["1", "2", "3"] and labels["3"] == {"t": 1}
+    with pytest.raises(EvalDataError, match="different labels"):
+        merge([(a, la), (b, {"2": {"t": 1}})])
+
+
+def _synthetic(n: int = 240, seed: int = 1):  # type: ignore[no-untyped-def]
+    """Two topics on 3-d unit vectors: items near a topic's examples are (mostly) its positives."""
+    rng = np.random.default_rng(seed)
+    axes = np.eye(3)
+    topics = []
+    for i, tid in enumerate(("alpha", "beta")):
+        cfg = TopicConfig(id=tid, name=tid, description=tid, examples=[f"{tid} one", f"{tid} two", f"{tid} three"])
+        protos = axes[[i, i, i, i]] + rng.normal(0, 0.1, (4, 3))
+        topics.append(match.compile_topic(cfg, protos / np.linalg.norm(protos, axis=1, keepdims=True), np.zeros((0, 3))))
+    topic_set = match.TopicSet("synthetic", tuple(topics))
+    vecs = rng.normal(0, 0.6, (n, 3)) + axes[rng.integers(0, 3, n)]
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    days = ["2023-10-20", "2023-11-05", "2023-11-20"]  # before the split, after it, after the cut-off
+    items = [EvalItem(id=str(k), date=days[k % 3], feed="f", title=f"item {k}", summary="") for k in range(n)]
+    labels = {str(k): {"alpha": int(vecs[k, 0] > 0.7), "beta": int(vecs[k, 1] > 0.7)} for k in range(n)}
+    return items, labels, vecs, topic_set
+
+
+def test_protocols_never_use_labels_from_the_cutoff_on() -> None:
+    items, labels, vecs, topic_set = _synthetic()
+    flipped = {k: ({t: 1 - v for t, v in lab.items()} if items[int(k)].date >= FIT_CUTOFF else lab)
+               for k, lab in labels.items()}
+    none: dict[str, set[str]] = {"alpha": set(), "beta": set()}
+    runs = [protocols(items, topic_pairs(items, lab, vecs, topic_set), none, names=("best", "hinge", "kw"), l2=1.0)
+            for lab in (labels, flipped)]
+    assert runs[0] == runs[1]
+    assert set(runs[0]) == {"dev", "time_split", "no_label", "fitted"}
+    # the split measures only the later weeks: a third of the items here
+    assert runs[0]["time_split"]["items"] == len(items) // 3
+    assert runs[0]["dev"]["calibrated"]["macro_f1"] > 0.5  # the informative direction was found
+
+
+def test_protocols_need_both_sides_of_the_split() -> None:
+    items, labels, vecs, topic_set = _synthetic()
+    early = [it for it in items if it.date < "2023-11-01"]
+    pairs = topic_pairs(early, labels, vecs[[int(it.id) for it in early]], topic_set)
+    with pytest.raises(EvalDataError, match="time split needs"):
+        protocols(early, pairs, {"alpha": set(), "beta": set()}, names=("best",), l2=1.0)
+
+
+def test_eval_topics_accepts_several_files(embedder, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(embed, "load_embedder", lambda settings: embedder)
+    lines = (FIX / "topics_items.jsonl").read_text().splitlines()
+    (tmp_path / "a.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    (tmp_path / "b.jsonl").write_text("\n".join(lines[3:]) + "\n")
+    labels = str(FIX / "topics_labels.jsonl")
+    args = ["eval", "topics", "--items", str(tmp_path / "a.jsonl"), "--labels", labels,
+            "--items", str(tmp_path / "b.jsonl"), "--labels", labels, "--config", str(FIX / "topics_config.toml"),
+            "--json", "--cache-dir", str(tmp_path / "cache")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output.strip().splitlines()[-1])
+    assert out["topics"]["icc-warrants"]["f1"] == 0.8 and out["macro_f1"] == 0.4  # as with one file
+    assert list((tmp_path / "cache").glob("eval-items-*.npy"))
+    again = CliRunner().invoke(main, args)  # from the cache: same figures
+    assert json.loads(again.output.strip().splitlines()[-1])["macro_f1"] == 0.4
+    odd = CliRunner().invoke(main, args[:6] + ["--items", str(tmp_path / "b.jsonl")])
+    assert odd.exit_code == 2 and "one --labels file per --items file" in odd.output
