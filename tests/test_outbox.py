@@ -20,7 +20,7 @@ from email import message_from_bytes, policy
 import pytest
 from aiosmtpd.controller import Controller
 from deliveryfixtures import ROOT_DIR, T0, World, config_text, http_receiver, make_config
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from test_email import SmtpHandler, free_port
 
@@ -199,14 +199,15 @@ class Flaky:
         raise DeliveryError("connection reset", code="reset")
 
 
-async def test_retries_back_off_exponentially_then_give_up_visibly(tmp_path, engine) -> None:
+async def test_transient_failures_retry_on_a_schedule_spanning_days_then_give_up_visibly(tmp_path, engine,
+                                                                                         caplog) -> None:
     config = make_config(tmp_path, '[[subscribers]]\nemail = "a@example.org"\ncadence = "immediate"\n', engine=engine)
     World(engine).new_story("s1", "icc", "ICC ruling")
     digest.build_due_digests(engine, config, T0, secret_key="k")
     flaky = Flaky()
     now = T0
     waits = []
-    for _ in range(outbox.MAX_ATTEMPTS + 3):
+    for _ in range(40):
         await outbox.deliver_due(engine, config, now, worker_id="w", senders={"email": flaky}, rng=random.Random(1))
         with Session(engine) as s:
             d = s.scalars(select(Delivery)).one()
@@ -214,13 +215,63 @@ async def test_retries_back_off_exponentially_then_give_up_visibly(tmp_path, eng
             break
         waits.append((d.next_attempt_at - now.replace(tzinfo=None)).total_seconds())
         now = now + timedelta(seconds=waits[-1])
-    assert flaky.calls == outbox.MAX_ATTEMPTS
-    assert d.status == "failed" and "gave up after 10 attempts" in (d.last_error or "")
-    assert all(b > a for a, b in zip(waits[:5], waits[1:6], strict=False))  # growing while below the cap
-    assert max(waits) <= outbox.BACKOFF_MAX_S
+    # 5 s, 5 min, 30 min, 2 h, 5 h, then every 10 h (+-10%), until the row is 5 days old.
+    for wait, planned in zip(waits, [5, 300, 1800, 7200, 18000] + [36000] * 30, strict=False):
+        assert planned * 0.9 <= wait <= planned * 1.1
+    assert d.status == "failed" and "gave up after" in (d.last_error or "") and "connection reset" in d.last_error
+    assert outbox.GIVE_UP_AFTER <= now - T0 < outbox.GIVE_UP_AFTER + timedelta(hours=11)
+    assert flaky.calls == len(waits) + 1 >= 14
     with Session(engine) as s:
         outcomes = list(s.scalars(select(DeliveryAttempt.outcome).order_by(DeliveryAttempt.id)))
-    assert outcomes == ["retry"] * (outbox.MAX_ATTEMPTS - 1) + ["failed"]
+    assert outcomes == ["retry"] * len(waits) + ["failed"]
+    failed_lines = [r for r in caplog.records if r.levelname == "ERROR" and "failed for good" in r.getMessage()]
+    assert len(failed_lines) == 1 and getattr(failed_lines[0], "delivery_id", None) == d.id
+    assert "monitor deliveries retry" in failed_lines[0].getMessage()
+
+
+async def test_a_six_hour_smtp_outage_loses_no_digest(tmp_path, engine) -> None:
+    """A real SMTP server (aiosmtpd) is down for 6 simulated hours while a story arrives every hour for four
+    immediate subscribers; the outbox runs every 5 minutes throughout. Once the server is back, every
+    digest reaches it exactly once, and none is left failed."""
+    port = free_port()
+    subscribers = "".join(f'[[subscribers]]\nemail = "r{i}@example.org"\ncadence = "immediate"\n' for i in range(4))
+    smtp = f'[settings.smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\ntimeout_s = 5\n'
+    config = make_config(tmp_path, subscribers + smtp, engine=engine)
+    world = World(engine)
+    handler = SmtpHandler()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    back_at = T0 + timedelta(hours=6)
+    now, step = T0, timedelta(minutes=5)
+    accepted_at: list = []
+    try:
+        async with outbox.open_senders(config) as senders:  # one set for the whole run, as the service keeps
+            while now < T0 + timedelta(days=2):
+                if now < back_at and (now - T0) % timedelta(hours=1) == timedelta(0):
+                    world.new_story(f"s{now.hour}", "icc", f"Story at {now:%H:%M}", at=now)
+                digest.build_due_digests(engine, config, now, secret_key="k")
+                if now == back_at:
+                    controller.start()
+                before = len(handler.messages)
+                await outbox.deliver_due(engine, config, now, worker_id="w", senders=senders, limit=100,
+                                         rng=random.Random(3))
+                if len(handler.messages) > before:
+                    accepted_at.append(now)
+                with Session(engine) as s:
+                    if now >= back_at and not s.scalar(select(Delivery.id).where(Delivery.status != "sent").limit(1)):
+                        break
+                now += step
+    finally:
+        controller.stop()
+    with Session(engine) as s:
+        rows = list(s.scalars(select(Delivery)))
+        refused = s.scalar(select(func.count()).select_from(DeliveryAttempt).where(DeliveryAttempt.outcome == "retry"))
+    assert len(rows) == 6 * 4 and {d.status for d in rows} == {"sent"}
+    received = Counter(message_from_bytes(raw, policy=policy.default)["Message-ID"] for _, raw in handler.messages)
+    assert set(received) == {d.idempotency_key for d in rows} and set(received.values()) == {1}
+    assert refused >= 24  # every digest did meet the outage
+    # The backlog went out together, as soon as the first retry found the server back (within the 2 h slot).
+    assert accepted_at[0] > back_at and accepted_at[-1] - accepted_at[0] <= step
+    assert accepted_at[0] - back_at <= timedelta(hours=2, minutes=15)
 
 
 async def test_a_receiver_error_body_with_nul_characters_is_recorded(tmp_path, engine) -> None:
@@ -246,10 +297,9 @@ async def test_a_receiver_error_body_with_nul_characters_is_recorded(tmp_path, e
 
 def test_backoff_has_jitter_within_bounds() -> None:
     rng = random.Random(7)
-    for attempt in (1, 3, 8, 20):
+    for attempt, planned in ((1, 5), (3, 1800), (6, 36000), (20, 36000)):
         values = [outbox.backoff_s(attempt, rng) for _ in range(200)]
-        cap = min(outbox.BACKOFF_MAX_S, outbox.BACKOFF_BASE_S * 2 ** (attempt - 1))
-        assert all(cap / 2 <= v <= cap for v in values) and len(set(values)) > 150
+        assert all(planned * 0.9 <= v <= planned * 1.1 for v in values) and len(set(values)) > 150
 
 
 async def test_stats_report_depth_age_and_status_counts(tmp_path, engine) -> None:
@@ -307,7 +357,7 @@ async def test_a_row_whose_workers_keep_dying_is_given_up_visibly(tmp_path, engi
     World(engine).new_story("s1", "icc", "ICC ruling")
     digest.build_due_digests(engine, config, T0, secret_key="k")
     now = T0
-    for _ in range(outbox.MAX_ATTEMPTS):  # claimed, then the worker "dies": the lease simply expires
+    for _ in range(outbox.MAX_LOST_ATTEMPTS):  # claimed, then the worker "dies": the lease simply expires
         assert outbox.claim_one(engine, now, "doomed", lease_s=60) is not None
         now += timedelta(seconds=61)
     report = await outbox.deliver_due(engine, config, now, worker_id="w", senders={"email": Flaky()})
@@ -316,4 +366,4 @@ async def test_a_row_whose_workers_keep_dying_is_given_up_visibly(tmp_path, engi
         d = s.scalars(select(Delivery)).one()
         outcomes = Counter(s.scalars(select(DeliveryAttempt.outcome)))
     assert d.status == "failed" and "without an outcome" in (d.last_error or "")
-    assert outcomes == {"lost": outbox.MAX_ATTEMPTS, "failed": 1}
+    assert outcomes == {"lost": outbox.MAX_LOST_ATTEMPTS, "failed": 1}

@@ -8,8 +8,15 @@ rows under a lease, send them, and record the outcome.
 * Every attempt is a delivery_attempts row, written when the row is claimed (outcome `sending`) and
   completed after the send (`sent`, `retry`, `failed`); an attempt whose worker died stays `sending` until
   the row is reclaimed, then reads `lost`.
-* Retries: exponential backoff with jitter (or the receiver's Retry-After), up to MAX_ATTEMPTS or MAX_AGE;
-  permanent failures and give-ups are `failed` with the error (`monitor deliveries list --failed`).
+* Retries: a transient failure (connection refused, timeout, SMTP 4xx, HTTP 5xx/429...) is retried on
+  a schedule that spans days, like the Standard Webhooks schedule and a mail server's queue: 5 s, 5 min,
+  30 min, 2 h, 5 h, then every 10 h (each with +-10% jitter; a receiver's Retry-After wins), until the
+  row is GIVE_UP_AFTER (5 days) old. An outage of hours therefore loses nothing. When a send succeeds, the
+  rows waiting for the same receiver (the SMTP server; a webhook's channel) are pulled forward to now, so
+  a backlog goes out as soon as the receiver is back instead of at each row's next slot.
+* Only a permanent failure (SMTP 5xx, HTTP 4xx, a channel gone) or the end of that span ends a row as
+  `failed`, with the error (`monitor deliveries list --failed`), an ERROR log line "delivery failed for
+  good" and the `monitor_deliveries_failed` gauge; `monitor deliveries retry ID|--failed` sends it again.
 * The lease is longer than any send can take (senders have their own, shorter, wall-clock timeouts).
 """
 
@@ -41,11 +48,12 @@ log = logging.getLogger(__name__)
 
 LEASE_S = 300.0
 HTTP_TIMEOUT_S = 20.0
-BACKOFF_BASE_S = 30.0
-BACKOFF_MAX_S = 3600.0
+# Delay after the 1st, 2nd, ... failed attempt (the last one repeats): Standard Webhooks' schedule.
+RETRY_SCHEDULE_S = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
+RETRY_JITTER = 0.1
+GIVE_UP_AFTER = timedelta(days=5)  # like a mail server's queue lifetime (Postfix: 5 days)
 MAX_RETRY_AFTER_S = 6 * 3600.0
-MAX_ATTEMPTS = 10
-MAX_AGE = timedelta(days=2)
+MAX_LOST_ATTEMPTS = 10  # attempts in a row whose worker died before recording an outcome
 
 
 @dataclass
@@ -84,9 +92,9 @@ def stats(session: Session, now: datetime) -> OutboxStats:
 
 
 def backoff_s(attempt: int, rng: random.Random) -> float:
-    """Delay before retry number `attempt` (1-based): exponential, capped, with jitter in [50%, 100%]."""
-    base = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(attempt - 1, 0))
-    return base * (0.5 + rng.random() / 2)
+    """Delay after failed attempt number `attempt` (1-based): RETRY_SCHEDULE_S, +-RETRY_JITTER."""
+    base = RETRY_SCHEDULE_S[min(max(attempt, 1), len(RETRY_SCHEDULE_S)) - 1]
+    return base * (1 - RETRY_JITTER + 2 * RETRY_JITTER * rng.random())
 
 
 # --- senders ---------------------------------------------------------------------------------------------
@@ -148,6 +156,7 @@ class _Claim:
     subscription_id: int
     created_at: datetime
     blocked: str | None  # why the subscription no longer receives (unsubscribed / disabled)
+    lost: int = 0  # attempts in a row whose worker died before recording an outcome
 
 
 def claim_one(engine: Engine, now: datetime, worker_id: str, lease_s: float) -> _Claim | None:
@@ -175,6 +184,12 @@ def claim_one(engine: Engine, now: datetime, worker_id: str, lease_s: float) -> 
                       .where(DeliveryAttempt.delivery_id == delivery_id, DeliveryAttempt.outcome == "sending")
                       .values(outcome="lost", error="the worker stopped before recording an outcome (lease expired)")
                       .execution_options(synchronize_session=False))
+            lost = 0
+            for outcome in s.scalars(select(DeliveryAttempt.outcome).where(DeliveryAttempt.delivery_id == delivery_id)
+                                     .order_by(DeliveryAttempt.id.desc())):
+                if outcome != "lost":
+                    break
+                lost += 1
             d = s.get_one(Delivery, delivery_id)
             sub = s.get_one(Subscription, d.subscription_id)
             attempt = DeliveryAttempt(delivery_id=d.id, at=n, outcome="sending")
@@ -189,7 +204,7 @@ def claim_one(engine: Engine, now: datetime, worker_id: str, lease_s: float) -> 
                 message=Outgoing(delivery_id=d.id, kind=d.channel, target=d.target, idempotency_key=d.idempotency_key,
                                  payload=d.payload, attempt=d.attempts),
                 attempt_id=attempt.id, subscription_id=d.subscription_id, created_at=aware_utc(d.created_at),  # type: ignore[arg-type]
-                blocked=blocked,
+                blocked=blocked, lost=lost,
             )
     return None
 
@@ -207,6 +222,14 @@ def _record(engine: Engine, claim: _Claim, worker_id: str, now: datetime, *, out
         if status == "sent":
             values["sent_at"] = n
             guard = Delivery.status != "sent"  # a success is the truth even if our lease lapsed meanwhile
+            # The receiver is up: what waits for it after a transient failure goes now, not at its next slot.
+            same_receiver = Delivery.channel == claim.message.kind
+            if claim.message.kind != "email":  # every e-mail goes through the one SMTP server
+                same_receiver = and_(same_receiver, Delivery.target == claim.message.target)
+            s.execute(update(Delivery)
+                      .where(Delivery.status == "pending", same_receiver, Delivery.attempts > 0,
+                             Delivery.next_attempt_at > n)
+                      .values(next_attempt_at=n).execution_options(synchronize_session=False))
         else:
             guard = and_(Delivery.status == "sending", Delivery.lease_owner == worker_id)
         if next_attempt_at is not None:
@@ -270,12 +293,12 @@ async def _send_one(engine: Engine, claim: _Claim, senders: Mapping[str, Sender]
         report.cancelled += 1
         log.info("delivery cancelled: %s", claim.blocked, extra=extra)
         return
-    if msg.attempt > MAX_ATTEMPTS:  # its workers kept dying mid-send (leases expired): stop trying
-        reason = f"gave up after {msg.attempt - 1} attempts without an outcome (the worker stopped each time)"
+    if claim.lost >= MAX_LOST_ATTEMPTS:  # its workers kept dying mid-send (leases expired): stop trying
+        reason = f"gave up after {claim.lost} attempts without an outcome (the worker stopped each time)"
         await asyncio.to_thread(_record, engine, claim, worker_id, now, outcome="failed", status="failed",
                                 code=None, error=reason, duration_ms=None)
         report.failed += 1
-        log.error("delivery failed: %s", reason, extra=extra)
+        _log_failed(reason, extra)
         return
     sender = senders.get(msg.kind)
     t0 = time.perf_counter()
@@ -302,15 +325,16 @@ async def _send_one(engine: Engine, claim: _Claim, senders: Mapping[str, Sender]
         await asyncio.to_thread(_record, engine, claim, worker_id, now, outcome="failed", status="failed",
                                 code=error.code, error=str(error), duration_ms=ms, disable_reason=str(error))
         report.failed += 1
-        log.error("channel disabled: %s", error, extra=extra)
+        _log_failed(f"channel disabled: {error}", extra, hint=f"fix the channel, then `monitor digest enable {msg.target}`")
         return
-    give_up = error.permanent or msg.attempt >= MAX_ATTEMPTS or now - claim.created_at >= MAX_AGE
-    if give_up:
-        reason = str(error) if error.permanent else f"gave up after {msg.attempt} attempts: {error}"
+    if error.permanent or now - claim.created_at >= GIVE_UP_AFTER:
+        age = now - claim.created_at
+        reason = str(error) if error.permanent else (
+            f"gave up after {msg.attempt} attempts over {age.days} d {age.seconds // 3600} h: {error}")
         await asyncio.to_thread(_record, engine, claim, worker_id, now, outcome="failed", status="failed",
                                 code=error.code, error=reason, duration_ms=ms)
         report.failed += 1
-        log.error("delivery failed: %s", reason, extra=extra)
+        _log_failed(reason, extra)
         return
     if error.retry_after_s is not None:
         delay = min(max(error.retry_after_s, 1.0), MAX_RETRY_AFTER_S)
@@ -321,6 +345,14 @@ async def _send_one(engine: Engine, claim: _Claim, senders: Mapping[str, Sender]
                             next_attempt_at=now + timedelta(seconds=delay))
     report.retried += 1
     log.warning("delivery will be retried in %.0f s: %s", delay, error, extra=extra)
+
+
+def _log_failed(reason: str, extra: Mapping[str, object], hint: str | None = None) -> None:
+    """The line an operator alerts on: one per delivery that ended `failed` (also the gauge
+    `monitor_deliveries_failed`)."""
+    what_to_do = hint or f"fix the cause, then `monitor deliveries retry {extra['delivery_id']}` (or --failed)"
+    log.error("delivery failed for good: %s; %s", reason, what_to_do,
+              extra={**extra, "event": "delivery_failed", "reason": reason})
 
 
 def list_deliveries(session: Session, *, failed_only: bool = False, limit: int = 50) -> list[tuple[Delivery, list[DeliveryAttempt]]]:
