@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
 
 from monitor.errors import MonitorError
-from monitor.storage.db import naive_utc, utcnow
+from monitor.storage.db import naive_utc, utcnow, write_transaction
 from monitor.storage.tables import AdminUser
 
 ADMIN_TOKEN_ENV = "MONITOR_ADMIN_TOKEN"
@@ -58,7 +58,7 @@ def create_user(engine: Engine, username: str, password: str, *, replace: bool =
     if len(password) < 10:
         raise AuthError("the password must be at least 10 characters long")
     hashed = _HASHER.hash(password)
-    with Session(engine) as s, s.begin():
+    with write_transaction(engine) as s:
         row = s.scalar(select(AdminUser).where(AdminUser.username == username))
         if row is not None and not replace:
             raise AuthError(f"admin user {username!r} already exists (use --replace to set a new password)")
@@ -72,18 +72,21 @@ def create_user(engine: Engine, username: str, password: str, *, replace: bool =
 def verify_user(engine: Engine, username: str, password: str) -> bool:
     """True when the account exists, is enabled and the password is right. Takes the same time whether the
     user exists or not (a dummy hash is verified), so user names cannot be probed by timing."""
-    with Session(engine) as s, s.begin():
+    with Session(engine) as s:
         row = s.scalar(select(AdminUser).where(AdminUser.username == username.strip()))
-        stored = row.password_hash if row is not None and not row.disabled else _DUMMY_HASH
-        try:
-            ok = _HASHER.verify(stored, password) and row is not None and not row.disabled
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            ok = False
-        if ok and row is not None:
-            row.last_login_at = naive_utc(utcnow())
-            if _HASHER.check_needs_rehash(row.password_hash):
-                row.password_hash = _HASHER.hash(password)
-        return ok
+    stored = row.password_hash if row is not None and not row.disabled else _DUMMY_HASH
+    try:
+        ok = _HASHER.verify(stored, password) and row is not None and not row.disabled
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        ok = False
+    if ok and row is not None:
+        rehash = _HASHER.hash(password) if _HASHER.check_needs_rehash(row.password_hash) else None
+        with write_transaction(engine) as s:  # BEGIN IMMEDIATE: waits for the pipeline's writers on SQLite
+            values: dict[str, object] = {"last_login_at": naive_utc(utcnow())}
+            if rehash:
+                values["password_hash"] = rehash
+            s.execute(update(AdminUser).where(AdminUser.id == row.id).values(**values))
+    return ok
 
 
 _DUMMY_HASH = _HASHER.hash("not a password anyone has")

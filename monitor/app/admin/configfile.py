@@ -26,7 +26,7 @@ from tomlkit.items import AoT, Array, Table
 
 from monitor.config import Config, TopicConfig, format_validation_error, parse_config
 from monitor.errors import ConfigError
-from monitor.storage.db import aware_utc, naive_utc, utcnow
+from monitor.storage.db import aware_utc, naive_utc, utcnow, write_transaction
 from monitor.storage.tables import AuditEntry, ConfigRevision
 
 
@@ -128,7 +128,30 @@ def _update_table(table: Table | Any, new: dict[str, Any], key_order: list[str])
             continue
         if k in table and _plain(table[k]) == new[k]:
             continue
+        if k in table and _edit_in_place(table[k], new[k]):
+            continue
         table[k] = _toml_value(new[k], table.get(k))
+
+
+def _edit_in_place(arr: Any, new: Any) -> bool:
+    """Turn the array `arr` into `new` by deleting and appending elements, when that is all the edit did: the
+    comments beside the elements that stay are kept. False when it cannot (elements reordered or nested)."""
+    if not isinstance(arr, Array) or not isinstance(new, list) or any(isinstance(v, list) for v in new):
+        return False
+    old = [_plain(v) for v in arr]
+    if any(isinstance(v, list) for v in old) or len(set(old)) != len(old):
+        return False
+    kept = [v for v in old if v in new]
+    if kept != new[:len(kept)]:
+        return False
+    for i in reversed(range(len(old))):
+        if old[i] not in new:
+            del arr[i]
+    if len(arr) == 0 and len(new) > 1:
+        return False  # nothing left to take the layout from: written afresh
+    for v in new[len(kept):]:
+        arr.append(v)
+    return True
 
 
 def _plain(item: Any) -> Any:
@@ -222,7 +245,7 @@ def save_config_text(engine: Engine, path: Path, new_text: str, *, actor: str, a
     parse_config(new_text, str(path), base_dir=path.resolve().parent)  # raises ConfigError naming the key
     now = now or utcnow()
     digest = sha256(new_text)
-    with Session(engine) as s, s.begin():
+    with write_transaction(engine) as s:
         rev = ConfigRevision(created_at=naive_utc(now), actor=actor, sha256=digest, text=new_text)
         s.add(rev)
         s.add(AuditEntry(at=naive_utc(now), actor=actor, action=action, target=target,
@@ -251,7 +274,7 @@ def _write_atomically(path: Path, text: str) -> None:
 def record_audit(engine: Engine, *, actor: str, action: str, target: str, diff: str = "",
                  now: datetime | None = None) -> None:
     """An audit entry for a change that is not a feeds.toml edit (a retry, a resubscribe...)."""
-    with Session(engine) as s, s.begin():
+    with write_transaction(engine) as s:
         s.add(AuditEntry(at=naive_utc(now or utcnow()), actor=actor, action=action, target=target[:2048],
                          diff=diff))
 
