@@ -367,3 +367,98 @@ async def test_a_row_whose_workers_keep_dying_is_given_up_visibly(tmp_path, engi
         outcomes = Counter(s.scalars(select(DeliveryAttempt.outcome)))
     assert d.status == "failed" and "without an outcome" in (d.last_error or "")
     assert outcomes == {"lost": outbox.MAX_LOST_ATTEMPTS, "failed": 1}
+
+
+async def test_a_failed_delivery_is_visible_then_retried_from_the_cli(tmp_path, engine, caplog) -> None:
+    """A permanent SMTP refusal ends the row `failed`: an ERROR line and the monitor_deliveries_failed gauge say
+    so; `monitor deliveries retry ID` (recorded: who, when) sends the same message again."""
+    from click.testing import CliRunner
+
+    from monitor.app.metrics import Metrics
+    from monitor.cli import main
+    from monitor.storage.tables import AuditEntry
+
+    handler = SmtpHandler(data_replies=["550 5.2.1 mailbox disabled"])
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    extra = ('[[subscribers]]\nemail = "a@example.org"\ncadence = "immediate"\n'
+             f'[settings.smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\ntimeout_s = 5\n')
+    cfg = tmp_path / "feeds.toml"
+    cfg.write_text(config_text(tmp_path, extra, engine=engine))
+    config = make_config(tmp_path, extra, engine=engine)
+    metrics = Metrics(engine, now=utcnow)
+    try:
+        World(engine).new_story("s1", "icc", "ICC ruling")
+        digest.build_due_digests(engine, config, T0, secret_key="k")
+        report = await outbox.deliver_due(engine, config, T0, worker_id="w")
+        assert report.failed == 1
+        with Session(engine) as s:
+            d = s.scalars(select(Delivery)).one()
+        assert d.status == "failed" and "550" in (d.last_error or "")
+        line = next(r for r in caplog.records if r.levelname == "ERROR" and "failed for good" in r.getMessage())
+        assert getattr(line, "delivery_id", None) == d.id and f"monitor deliveries retry {d.id}" in line.getMessage()
+        assert 'monitor_deliveries_failed{channel="email"} 1.0' in metrics.render().decode()
+
+        runner = CliRunner()
+        listed = runner.invoke(main, ["--config", str(cfg), "deliveries", "list", "--failed"])
+        assert str(d.id) in listed.output and "550" in listed.output
+        bad = runner.invoke(main, ["--config", str(cfg), "deliveries", "retry"])
+        assert bad.exit_code != 0 and "--failed" in bad.output
+        retried = runner.invoke(main, ["--config", str(cfg), "deliveries", "retry", str(d.id), "--by", "alice"])
+        assert retried.exit_code == 0 and "1 delivery queued again" in retried.output, retried.output
+        again = runner.invoke(main, ["--config", str(cfg), "deliveries", "retry", str(d.id)])
+        assert again.exit_code != 0 and "is pending, not failed" in again.output
+        assert 'monitor_deliveries_failed{channel="email"} 0.0' in metrics.render().decode()
+        report = await outbox.deliver_due(engine, config, utcnow() + timedelta(seconds=1), worker_id="w")
+        assert report.sent == 1
+    finally:
+        controller.stop()
+    sent_ids = {message_from_bytes(raw, policy=policy.default)["Message-ID"] for _, raw in handler.messages}
+    assert sent_ids == {d.idempotency_key}  # the same message, the same Message-ID
+    with Session(engine) as s:
+        assert s.scalars(select(Delivery)).one().status == "sent"
+        audit = s.scalars(select(AuditEntry)).one()
+    assert (audit.actor, audit.action, audit.target) == ("alice", "delivery.retry", f"delivery {d.id}")
+
+
+async def test_retry_failed_queues_every_failed_delivery_with_a_fresh_retry_span(tmp_path, engine) -> None:
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    extra = "".join(f'[[subscribers]]\nemail = "r{i}@example.org"\ncadence = "immediate"\n' for i in range(3))
+    cfg = tmp_path / "feeds.toml"
+    cfg.write_text(config_text(tmp_path, extra, engine=engine))
+    config = make_config(tmp_path, extra, engine=engine)
+    World(engine).new_story("s1", "icc", "ICC ruling")
+    digest.build_due_digests(engine, config, T0, secret_key="k")
+    late = T0 + outbox.GIVE_UP_AFTER
+    report = await outbox.deliver_due(engine, config, late, worker_id="w", senders={"email": Flaky()})
+    assert report.failed == 3  # 5 days old: given up at the first transient failure
+    result = CliRunner().invoke(main, ["--config", str(cfg), "deliveries", "retry", "--failed"])
+    assert result.exit_code == 0 and "3 deliveries queued again" in result.output, result.output
+    # The span restarts: a transient failure now retries instead of giving up at once.
+    report = await outbox.deliver_due(engine, config, utcnow() + timedelta(seconds=1), worker_id="w",
+                                      senders={"email": Flaky()})
+    assert report.retried == 3 and report.failed == 0
+    with Session(engine) as s:
+        assert {d.status for d in s.scalars(select(Delivery))} == {"pending"}
+
+
+def test_deliveries_list_says_when_it_shows_only_some(tmp_path, engine) -> None:
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    extra = "".join(f'[[subscribers]]\nemail = "r{i}@example.org"\ncadence = "immediate"\n' for i in range(7))
+    cfg = tmp_path / "feeds.toml"
+    cfg.write_text(config_text(tmp_path, extra, engine=engine))
+    World(engine).new_story("s1", "icc", "ICC ruling")
+    digest.build_due_digests(engine, make_config(tmp_path, extra, engine=engine), T0, secret_key="k")
+    runner = CliRunner()
+    some = runner.invoke(main, ["--config", str(cfg), "deliveries", "list", "--limit", "5"])
+    assert some.exit_code == 0 and "showing the newest 5 of 7 deliveries; use --limit N or --all" in some.output
+    assert sum("@example.org" in line for line in some.output.splitlines()) == 5
+    every = runner.invoke(main, ["--config", str(cfg), "deliveries", "list", "--all"])
+    assert "showing" not in every.output and sum("@example.org" in line for line in every.output.splitlines()) == 7

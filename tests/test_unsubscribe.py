@@ -124,3 +124,40 @@ def test_without_a_key_in_the_environment_one_local_key_is_made_and_kept(tmp_pat
     assert key_file.exists() and oct(key_file.stat().st_mode & 0o777) == "0o600"
     assert unsubscribe.signing_key(config.settings, env={}) == first and len(first) >= 32
     assert unsubscribe.signing_key(config.settings, env={"MONITOR_SECRET_KEY": "from-env"}) == "from-env"
+
+
+def test_an_unsubscribed_address_can_be_resubscribed_from_the_cli(setup, tmp_path, engine) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+    from deliveryfixtures import config_text
+
+    from monitor.cli import main
+    from monitor.storage.tables import AuditEntry, Digest, SubscriberEvent
+
+    config, client, clock, path = setup
+    assert client.post(path).status_code == 200  # ana unsubscribes with the one-click link
+    world = World(engine)
+    world.new_story("while-away", "icc", "Sent while unsubscribed", at=T0 + timedelta(hours=2))
+    cfg = tmp_path / "feeds.toml"
+    cfg.write_text(config_text(tmp_path, SUBSCRIBERS, engine=engine))
+    runner = CliRunner()
+    r = runner.invoke(main, ["--config", str(cfg), "subscribers", "resubscribe", "Ana@Example.org", "--by", "ops-bob"])
+    assert r.exit_code == 0 and "ana@example.org subscribed again" in r.output, r.output
+    assert state(engine)["ana@example.org"] is None
+    with Session(engine) as s:
+        sub_id = s.scalar(select(Subscription.id).where(Subscription.target == "ana@example.org"))
+        event = s.scalars(select(SubscriberEvent).where(SubscriberEvent.subscription_id == sub_id)).one()
+        audit = s.scalars(select(AuditEntry)).one()
+    assert event.action == "resubscribe" and event.detail == {"by": "ops-bob"} and event.at is not None
+    assert (audit.actor, audit.action, audit.target) == ("ops-bob", "subscription.resubscribed", "email ana@example.org")
+    again = runner.invoke(main, ["--config", str(cfg), "subscribers", "resubscribe", "ana@example.org"])
+    assert again.exit_code == 0 and "is subscribed (nothing to do)" in again.output
+    unknown = runner.invoke(main, ["--config", str(cfg), "subscribers", "resubscribe", "nobody@example.org"])
+    assert unknown.exit_code == 2 and "no subscription for nobody@example.org" in unknown.output
+    # Digests resume from now on: the next alert is sent, the one from while she was away is not.
+    world.new_story("after", "icc", "Sent after resubscribing", at=T0 + timedelta(hours=3))
+    digest.build_due_digests(engine, config, T0 + timedelta(hours=3), secret_key="secret-1")
+    with Session(engine) as s:
+        payloads = [d.payload for d in s.scalars(select(Delivery).join(Digest).where(
+            Delivery.target == "ana@example.org").order_by(Delivery.id))]
+    assert len(payloads) == 2
+    assert b"Sent after resubscribing" in payloads[-1] and b"Sent while unsubscribed" not in payloads[-1]

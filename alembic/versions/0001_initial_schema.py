@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 15:41:49.927360
+Create Date: 2026-12-04 15:52:48.485261
 """
 from alembic import op
 import sqlalchemy as sa
@@ -220,6 +220,7 @@ def upgrade() -> None:
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.Column('sent_at', sa.DateTime(), nullable=True),
+    sa.Column('requeued_at', sa.DateTime(), nullable=True),
     sa.ForeignKeyConstraint(['digest_id'], ['digests.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['subscription_id'], ['subscriptions.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),

@@ -50,10 +50,19 @@ class _DatabaseCollector(Collector):
         oldest = GaugeMetricFamily("monitor_outbox_oldest_age_seconds", "Age of the oldest pending delivery")
         last_ok = GaugeMetricFamily("monitor_feed_last_success_timestamp_seconds", "Last successful fetch of a feed", labels=["feed"])
         errors = GaugeMetricFamily("monitor_feed_consecutive_errors", "Consecutive failed fetches of a feed", labels=["feed"])
+        failed = GaugeMetricFamily(
+            "monitor_deliveries_failed", "Deliveries that failed for good and wait for `monitor deliveries retry` "
+            "(alert when above 0)", labels=["channel"])
         try:
             with Session(self._engine) as s:
                 for status, n in s.execute(select(Delivery.status, func.count()).group_by(Delivery.status)):
                     depth.add_metric([status], n)
+                failed_by = dict(s.execute(select(Delivery.channel, func.count()).where(Delivery.status == "failed")
+                                           .group_by(Delivery.channel)).all())
+                for channel in ("email", "slack", "webhook"):  # present at 0, so an alert rule has a series
+                    failed.add_metric([channel], failed_by.pop(channel, 0))
+                for channel, n in failed_by.items():
+                    failed.add_metric([channel], n)
                 first = s.execute(
                     select(func.min(Delivery.created_at)).where(Delivery.status.in_(("pending", "sending")))
                 ).scalar()
@@ -72,7 +81,7 @@ class _DatabaseCollector(Collector):
                     errors.add_metric([label], n)
         except Exception:  # a scrape must never take the process down; the gauges are simply absent
             return []
-        return [depth, oldest, last_ok, errors]
+        return [depth, oldest, last_ok, errors, failed]
 
 
 class Metrics:

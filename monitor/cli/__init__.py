@@ -95,7 +95,8 @@ def _register() -> None:
     # Imported here so each module can import `main`, `eval_group` and `pass_ctx` from this one.
     from monitor.cli import admin, delivery, feeds, service, status, stories, subscribers, topics, webadmin
 
-    for module in (admin, feeds, topics, stories, delivery, service, status, webadmin, subscribers):
+    # delivery after subscribers: it adds `subscribers resubscribe` to the group subscribers defines.
+    for module in (admin, feeds, topics, stories, service, status, webadmin, subscribers, delivery):
         module.register(main, eval_group)
 
 

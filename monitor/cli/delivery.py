@@ -1,19 +1,37 @@
-"""CLI commands: `digest preview`, `deliveries list`, `deliver --once`."""
+"""CLI commands: `digest preview|status|enable`, `deliveries list|retry`, `deliver --once`,
+`subscribers resubscribe`. Changes an operator makes here are recorded in the audit log (who, when)."""
 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 from pathlib import Path
 
 import click
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from monitor.delivery import digest, render, unsubscribe
+from monitor.delivery import digest, outbox, render, unsubscribe
+from monitor.errors import MonitorError
 from monitor.storage import db
-from monitor.storage.tables import Delivery, Subscription
+from monitor.storage.tables import AuditEntry, Delivery, Subscription, Suppression
+
+
+def _operator(by: str | None) -> str:
+    """Who is acting, for the audit log: --by, else the login name."""
+    if by:
+        return by[:128]
+    try:
+        return f"cli:{getpass.getuser()}"[:128]
+    except Exception:  # no login name (a container without a passwd entry)
+        return "cli"
+
+
+def _audit(session: Session, actor: str, action: str, target: str, detail: str = "") -> None:
+    session.add(AuditEntry(at=db.naive_utc(db.utcnow()), actor=actor, action=action, target=target[:2048],
+                           diff=detail))
 
 
 def register(main: click.Group, eval_group: click.Group) -> None:
@@ -108,12 +126,11 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             reason = row.disabled_reason
             row.disabled_at, row.disabled_reason = None, None
             # What was held back when the channel went away goes out again (same webhook-ids).
-            requeued = s.execute(
-                update(Delivery)
-                .where(Delivery.subscription_id == row.id, Delivery.status.in_(("failed", "cancelled")),
-                       or_(Delivery.last_error == reason, Delivery.last_error == f"channel disabled: {reason}"))
-                .values(status="pending", next_attempt_at=db.naive_utc(db.utcnow()), last_error=None)
-            ).rowcount
+            requeued = len(outbox.requeue(s, db.utcnow(), where=and_(
+                Delivery.subscription_id == row.id, Delivery.status.in_(("failed", "cancelled")),
+                or_(Delivery.last_error == reason, Delivery.last_error == f"channel disabled: {reason}"))))
+            _audit(s, _operator(None), "subscription.re-enabled", f"{spec.kind} {spec.target}",
+                   f"was disabled: {reason}; {requeued} deliveries queued again")
         click.echo(f"channel {channel} enabled again (it was disabled: {reason}); {requeued} held-back "
                    "deliveries queued again; later alerts follow with its next digest")
 
@@ -124,16 +141,19 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @deliveries_group.command(name="list")
     @click.option("--failed", is_flag=True, help="Only deliveries that failed for good (or were cancelled).")
     @click.option("--limit", default=50, show_default=True, help="Newest N deliveries.")
+    @click.option("--all", "show_all", is_flag=True, help="Every delivery (no limit).")
     @pass_ctx
-    def deliveries_list(ctx: CliContext, failed: bool, limit: int) -> None:
+    def deliveries_list(ctx: CliContext, failed: bool, limit: int, show_all: bool) -> None:
         """List deliveries, newest first, with attempts and the last error."""
-        from monitor.delivery import outbox
-
         with Session(ctx.engine()) as s:
-            rows = outbox.list_deliveries(s, failed_only=failed, limit=limit)
+            total = outbox.count_deliveries(s, failed_only=failed)
+            rows = outbox.list_deliveries(s, failed_only=failed, limit=None if show_all else limit)
         if not rows:
             click.echo("no failed deliveries" if failed else "no deliveries")
             return
+        if len(rows) < total:
+            click.echo(f"showing the newest {len(rows)} of {total} {'failed or cancelled ' if failed else ''}"
+                       "deliveries; use --limit N or --all for more")
         click.echo(f"{'ID':>6}  {'STATUS':<9} {'CHANNEL':<7} {'TARGET':<32} {'PART':>4} {'TRIES':>5}  LAST ATTEMPT / ERROR")
         for d, attempts in rows:
             last = attempts[-1] if attempts else None
@@ -142,6 +162,76 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             click.echo(f"{d.id:>6}  {d.status:<9} {d.channel:<7} {d.target[:32]:<32} {d.part:>4} {d.attempts:>5}  {when}{code}")
             if d.last_error:
                 click.echo(f"{'':>8}error: {d.last_error}")
+        if len(rows) < total:
+            click.echo(f"(showing {len(rows)} of {total}; use --limit N or --all)")
+
+    @deliveries_group.command(name="retry")
+    @click.argument("delivery_ids", nargs=-1, type=int, metavar="[ID]...")
+    @click.option("--failed", "all_failed", is_flag=True, help="Every delivery that failed for good.")
+    @click.option("--by", metavar="NAME", help="Who asks, for the audit log (default: cli:<login name>).")
+    @pass_ctx
+    def deliveries_retry(ctx: CliContext, delivery_ids: tuple[int, ...], all_failed: bool, by: str | None) -> None:
+        """Send failed deliveries again (same Message-ID / webhook-id), at the next outbox pass of
+        `monitor run` or `monitor deliver --once`, with a fresh retry span."""
+        if bool(delivery_ids) == all_failed:
+            raise click.UsageError("give delivery ids (see `monitor deliveries list --failed`) or --failed")
+        with db.write_transaction(ctx.engine()) as s:
+            wanted = list(delivery_ids) if delivery_ids else None
+            queued = outbox.requeue(s, db.utcnow(), delivery_ids=wanted)
+            others = {} if wanted is None else dict(s.execute(
+                select(Delivery.id, Delivery.status).where(Delivery.id.in_(wanted), Delivery.id.not_in(queued))).all())
+            blocked = s.scalar(select(func.count()).select_from(Delivery).join(Subscription).where(
+                Delivery.id.in_(queued), or_(Subscription.unsubscribed_at.is_not(None),
+                                             Subscription.disabled_at.is_not(None))))
+            if queued:
+                _audit(s, _operator(by), "delivery.retry", ", ".join(f"delivery {i}" for i in sorted(queued)))
+        click.echo(f"{len(queued)} deliver{'y' if len(queued) == 1 else 'ies'} queued again"
+                   + (f": {', '.join(map(str, sorted(queued)))}" if queued and len(queued) <= 20 else ""))
+        for i in delivery_ids:
+            if i in others:
+                click.echo(f"delivery {i} is {others[i]}, not failed: left as it is")
+            elif i not in queued:
+                click.echo(f"no delivery {i}")
+        if blocked:
+            click.echo(f"note: {blocked} of them belong to an unsubscribed or disabled subscription and will be "
+                       "cancelled, not sent (`monitor subscribers resubscribe EMAIL`, `monitor digest enable CHANNEL`)")
+        if delivery_ids and not queued:
+            raise MonitorError("nothing to retry")
+
+    subscribers_group = main.commands.get("subscribers")
+    if not isinstance(subscribers_group, click.Group):
+        @main.group(name="subscribers")
+        def subscribers_group() -> None:
+            """Subscribers."""
+
+    @subscribers_group.command(name="resubscribe")
+    @click.argument("email")
+    @click.option("--by", metavar="NAME", help="Who asks, for the audit log (default: cli:<login name>).")
+    @pass_ctx
+    def subscribers_resubscribe(ctx: CliContext, email: str, by: str | None) -> None:
+        """Subscribe EMAIL again after it unsubscribed (from now on: what was alerted meanwhile is not
+        sent). Recorded with who and when."""
+        address = email.strip().lower()
+        now = db.utcnow()
+        with db.write_transaction(ctx.engine()) as s:
+            row = s.scalar(select(Subscription).where(Subscription.kind == "email",
+                                                      func.lower(Subscription.target) == address))
+            if row is None:
+                raise MonitorError(f"no subscription for {email}; subscribers come from [[subscribers]] in "
+                                   f"{ctx.config_file} (or the sign-up page)")
+            if row.unsubscribed_at is None:
+                click.echo(f"{row.target} is subscribed (nothing to do)")
+                return
+            left = db.aware_utc(row.unsubscribed_at)
+            unsubscribe.resubscribe(s, row.id, now, by=_operator(by))
+            _audit(s, _operator(by), "subscription.resubscribed", f"email {row.target}",
+                   f"unsubscribed since {left:%Y-%m-%d %H:%M}Z")
+            suppressed = s.get(Suppression, row.target) is not None
+        click.echo(f"{row.target} subscribed again (had unsubscribed {left:%Y-%m-%d %H:%M} UTC); digests resume "
+                   "with the alerts from now on")
+        if suppressed:
+            click.echo(f"note: {row.target} is also suppressed after a bounce or complaint: nothing is sent to it "
+                       f"until `monitor subscribers unsuppress {row.target}`")
 
     @main.command(name="deliver")
     @click.option("--once", is_flag=True, required=True, help="Build due digests, drain the outbox once, exit.")
@@ -150,8 +240,6 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @pass_ctx
     def deliver_once(ctx: CliContext, once: bool, limit: int, no_build: bool) -> None:
         """Build the digests that are due, then send due deliveries once (retries included)."""
-        from monitor.delivery import outbox
-
         config = ctx.config
         engine = ctx.engine()
         now = db.utcnow()

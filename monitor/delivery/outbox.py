@@ -30,6 +30,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
 from sqlalchemy import Engine, and_, func, or_, select, update
@@ -154,7 +155,7 @@ class _Claim:
     message: Outgoing
     attempt_id: int
     subscription_id: int
-    created_at: datetime
+    created_at: datetime  # when the retry span started: built, or last queued again by a person
     blocked: str | None  # why the subscription no longer receives (unsubscribed / disabled)
     lost: int = 0  # attempts in a row whose worker died before recording an outcome
 
@@ -203,7 +204,8 @@ def claim_one(engine: Engine, now: datetime, worker_id: str, lease_s: float) -> 
             return _Claim(
                 message=Outgoing(delivery_id=d.id, kind=d.channel, target=d.target, idempotency_key=d.idempotency_key,
                                  payload=d.payload, attempt=d.attempts),
-                attempt_id=attempt.id, subscription_id=d.subscription_id, created_at=aware_utc(d.created_at),  # type: ignore[arg-type]
+                attempt_id=attempt.id, subscription_id=d.subscription_id,
+                created_at=aware_utc(d.requeued_at or d.created_at),  # type: ignore[arg-type]
                 blocked=blocked, lost=lost,
             )
     return None
@@ -347,6 +349,21 @@ async def _send_one(engine: Engine, claim: _Claim, senders: Mapping[str, Sender]
     log.warning("delivery will be retried in %.0f s: %s", delay, error, extra=extra)
 
 
+def requeue(session: Session, now: datetime, *, delivery_ids: list[int] | None = None,
+            where: Any = None) -> list[int]:
+    """Queue deliveries that ended `failed` (or, with `where`, any rows it selects) for sending again now, with
+    a fresh retry span; same row, same Message-ID / webhook-id. `delivery_ids=None` and `where=None`: every
+    failed row. Returns the ids queued (rows that are not failed, e.g. already sent, are left alone)."""
+    n = naive_utc(now)
+    cond = Delivery.status == "failed" if where is None else where
+    if delivery_ids is not None:
+        cond = and_(cond, Delivery.id.in_(delivery_ids))
+    return list(session.scalars(
+        update(Delivery).where(cond)
+        .values(status="pending", next_attempt_at=n, requeued_at=n, lease_owner=None, lease_until=None)
+        .returning(Delivery.id).execution_options(synchronize_session=False)))
+
+
 def _log_failed(reason: str, extra: Mapping[str, object], hint: str | None = None) -> None:
     """The line an operator alerts on: one per delivery that ended `failed` (also the gauge
     `monitor_deliveries_failed`)."""
@@ -355,15 +372,24 @@ def _log_failed(reason: str, extra: Mapping[str, object], hint: str | None = Non
               extra={**extra, "event": "delivery_failed", "reason": reason})
 
 
-def list_deliveries(session: Session, *, failed_only: bool = False, limit: int = 50) -> list[tuple[Delivery, list[DeliveryAttempt]]]:
-    """Newest deliveries first, with their attempts (for `monitor deliveries list`)."""
+def count_deliveries(session: Session, *, failed_only: bool = False) -> int:
+    q = select(func.count()).select_from(Delivery)
+    if failed_only:
+        q = q.where(Delivery.status.in_(("failed", "cancelled")))
+    return session.scalar(q) or 0
+
+
+def list_deliveries(session: Session, *, failed_only: bool = False,
+                    limit: int | None = 50) -> list[tuple[Delivery, list[DeliveryAttempt]]]:
+    """Newest deliveries first, with their attempts (for `monitor deliveries list`); `limit=None`: all."""
     q = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
     if failed_only:
         q = q.where(Delivery.status.in_(("failed", "cancelled")))
     rows = list(session.scalars(q))
     attempts: dict[int, list[DeliveryAttempt]] = {}
-    if rows:
-        for a in session.scalars(select(DeliveryAttempt).where(DeliveryAttempt.delivery_id.in_([d.id for d in rows]))
+    for i in range(0, len(rows), 500):  # bound parameters per statement (--all may list thousands)
+        ids = [d.id for d in rows[i : i + 500]]
+        for a in session.scalars(select(DeliveryAttempt).where(DeliveryAttempt.delivery_id.in_(ids))
                                  .order_by(DeliveryAttempt.id)):
             attempts.setdefault(a.delivery_id, []).append(a)
     return [(d, attempts.get(d.id, [])) for d in rows]

@@ -21,7 +21,7 @@ from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from itsdangerous.timed import TimestampSigner
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -31,7 +31,7 @@ from starlette.routing import Route
 from monitor.config import Config, Settings, secret
 from monitor.delivery import render
 from monitor.storage.db import naive_utc, utcnow
-from monitor.storage.tables import Subscription
+from monitor.storage.tables import Alert, SubscriberEvent, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,20 @@ def unsubscribe(session: Session, subscription_id: int, address: str, now: datet
     if row.unsubscribed_at is not None:
         return False
     row.unsubscribed_at = naive_utc(now)
+    return True
+
+
+def resubscribe(session: Session, subscription_id: int, now: datetime, *, by: str) -> bool:
+    """Undo an unsubscribe (an operator's `monitor subscribers resubscribe`): from now on, so what was alerted
+    meanwhile is not sent. Recorded as the subscription's `resubscribe` event with who (`by`) and when.
+    False if it was not unsubscribed."""
+    row = session.get(Subscription, subscription_id)
+    if row is None or row.unsubscribed_at is None:
+        return False
+    row.unsubscribed_at = None
+    row.cursor_alert_id = max(row.cursor_alert_id or 0, session.scalar(select(func.coalesce(func.max(Alert.id), 0))) or 0)
+    session.add(SubscriberEvent(subscription_id=row.id, at=naive_utc(now), action="resubscribe", detail={"by": by}))
+    log.info("resubscribed", extra={"subscription_id": row.id, "channel": "email", "by": by})
     return True
 
 

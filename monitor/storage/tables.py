@@ -205,6 +205,8 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # When a person last queued it again (`monitor deliveries retry`, `digest enable`): the retry span restarts.
+    requeued_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class DeliveryAttempt(Base):
