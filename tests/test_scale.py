@@ -1,0 +1,172 @@
+"""Scale-out acceptance, on PostgreSQL: one `monitor run --role scheduler` and three `--role worker`
+processes share 200 replayed feeds and an immediate webhook; one worker is killed with SIGKILL while it holds
+work. Afterwards: no feed was fetched twice for one due time, every item was processed once, every delivery
+reached the receiver exactly once, nothing is left pending or leased. The compose file is validated too."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from monitor.config import Settings
+from monitor.lab.cluster import (
+    WEBHOOK_SECRET,
+    Cluster,
+    RecordingReplayServer,
+    cluster_config,
+    now_utc,
+    spread_items,
+)
+from monitor.lab.demo import BUNDLED
+from monitor.lab.receiver import CaptureReceiver
+from monitor.lab.replay import feed_slug, load_items
+from monitor.signal import embed
+from monitor.storage import db, workers
+from monitor.storage.tables import Delivery, Feed, Item, ItemVector, Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_CACHE = Path("/tmp/monitor-cache/onnx-models")
+N_FEEDS = 200
+INTERVAL_S = 6
+DEAD_AFTER_S = 6.0  # generous: on a loaded 2-core machine a live worker's beat can be late by seconds
+
+
+@pytest.fixture(scope="module")
+def onnx_model() -> str:
+    """The int8 export, made once (the worker processes then load it in a fraction of a second)."""
+    embed.load_embedder(Settings(embedding_backend="onnx-int8", model_cache_dir=str(MODEL_CACHE)))
+    return str(MODEL_CACHE)
+
+
+def _wait(cond, timeout: float, what: str, cluster: Cluster) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.25)
+    logs = "\n".join(f"--- {p.name}\n{p.tail(1500)}" for p in cluster.procs)
+    raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+
+@pytest.mark.slow
+@pytest.mark.databases("postgresql")
+def test_three_workers_and_a_scheduler_do_the_work_once_though_one_is_killed(tmp_path: Path, engine: Engine,
+                                                                            onnx_model: str) -> None:
+    start = now_utc()
+    items = spread_items(load_items(BUNDLED), n_feeds=N_FEEDS, per_feed=1, later=1, later_feeds=50,
+                         later_within_s=12, now=start)
+    # The replay's clock stands at `start` until the cluster is ready, then runs: the `later` items appear
+    # while the workers run, whatever the start-up took.
+    ready_at: list[float] = []
+
+    def replay_clock():  # type: ignore[no-untyped-def]
+        return start + timedelta(seconds=time.time() - ready_at[0]) if ready_at else start
+
+    replay = RecordingReplayServer(items, replay_clock).run_in_thread()
+    receiver = CaptureReceiver().start()
+    config = tmp_path / "feeds.toml"
+    config.write_text(cluster_config(database_url=engine.url.render_as_string(hide_password=False),
+                                     feed_urls=replay.feed_urls(), interval_s=INTERVAL_S, channels=3,
+                                     model_cache_dir=onnx_model, outbox_dir=str(tmp_path / "outbox")))
+    cluster = Cluster(config, tmp_path, env={"CLUSTER_WEBHOOK_URL": f"{receiver.url}/hook",
+                                             "CLUSTER_WEBHOOK_SECRET": WEBHOOK_SECRET, "MONITOR_SECRET_KEY": "k"},
+                      extra_args=("--tick", "0.5", "--heartbeat", "0.5", "--dead-after", str(DEAD_AFTER_S),
+                                  "--batch", "16"))
+    try:
+        cluster.start("scheduler", "scheduler")
+        ws = [cluster.start("worker", f"worker{i}") for i in range(3)]
+        cluster.wait_ready()
+        ready_at.append(time.time())
+        ids = {p.name: p.worker_id for p in ws}
+        victim = ws[0]
+
+        def victim_holds() -> bool:
+            with Session(engine) as s:
+                st = workers.cluster_status(s, db.utcnow())
+            return any(w.id == ids[victim.name] and (w.leases.items or w.leases.feeds) for w in st.workers)
+
+        _wait(victim_holds, 60, "the victim to hold a lease", cluster)
+        cluster.kill(victim)
+        killed_at = time.time()
+        with Session(engine) as s:  # what it held when it died (its leases stay until it is reaped)
+            held_feeds = set(s.scalars(select(Feed.url).where(Feed.lease_owner == ids[victim.name],
+                                                              Feed.lease_until.is_not(None))))
+            held_items = s.scalar(select(func.count()).select_from(Item).where(
+                Item.claimed_by == ids[victim.name], Item.processed_at.is_(None)))
+        assert held_feeds or held_items
+
+        # The survivors finish: every item (including those published after the kill) processed, the
+        # outbox drained, and a few more due times passed for every feed.
+        def done() -> bool:
+            with Session(engine) as s:
+                stored = s.scalar(select(func.count()).select_from(Item))
+                left = s.scalar(select(func.count()).select_from(Item).where(Item.processed_at.is_(None)))
+                pending = s.scalar(select(func.count()).select_from(Delivery).where(
+                    Delivery.status.in_(("pending", "sending"))))
+            return stored == len(items) and left == 0 and pending == 0 and time.time() > killed_at + 2 * INTERVAL_S
+
+        _wait(done, 120, "the survivors to finish the work", cluster)
+        with Session(engine) as s:  # the victim was reaped and the others are alive
+            live = set(s.scalars(select(Worker.id)))
+        assert ids[victim.name] not in live and {ids["worker1"], ids["worker2"]} <= live
+    finally:
+        codes = cluster.stop()
+        replay.stop()
+        receiver.stop()
+    assert all(code == 0 for name, code in codes.items() if name != victim.name), codes
+
+    # Every feed fetched once per due time: consecutive requests for one feed are an interval apart, except
+    # a feed the victim was fetching when it died, which a survivor fetched again after reaping it.
+    by_slug = {slug: sorted(times) for slug, times in replay.requests_by_feed().items()}
+    held_slugs = {feed_slug(u) for u in held_feeds}
+    assert len(by_slug) == N_FEEDS
+    refetched = 0
+    for slug, times in by_slug.items():
+        for a, b in zip(times, times[1:], strict=False):
+            if b - a >= INTERVAL_S * 0.9:
+                continue
+            assert slug in held_slugs and a <= killed_at <= b, (slug, b - a, times)
+            refetched += 1
+    assert refetched <= len(held_slugs)
+    assert min(len(t) for t in by_slug.values()) >= 2  # the run spanned at least two due times per feed
+
+    # Every item stored once, encoded once (one vector) and processed by exactly one worker (the one whose
+    # claim its processed mark was fenced by), the victim included for what it finished before it died.
+    with Session(engine) as s:
+        n_items = s.scalar(select(func.count()).select_from(Item))
+        n_vectors = s.scalar(select(func.count()).select_from(ItemVector))
+        by_worker = dict(s.execute(select(Item.claimed_by, func.count()).where(Item.processed_at.is_not(None))
+                                   .group_by(Item.claimed_by)).all())
+        leased = s.scalar(select(func.count()).select_from(Feed).where(Feed.lease_until.is_not(None)))
+        deliveries = list(s.scalars(select(Delivery)))
+        workers_left = s.scalar(select(func.count()).select_from(Worker))
+    assert n_items == n_vectors == len(items)
+    assert set(by_worker) <= set(ids.values()) and sum(by_worker.values()) == n_items, by_worker
+    assert by_worker.get(ids["worker1"]) and by_worker.get(ids["worker2"])
+
+    # Every delivery sent exactly once: each idempotency key reached the receiver once, and none is pending.
+    assert deliveries and {d.status for d in deliveries} == {"sent"}
+    got = Counter(r.headers.get("webhook-id") for r in receiver.snapshot())
+    assert set(got) == {d.idempotency_key for d in deliveries}
+    assert max(got.values()) == 1, [k for k, n in got.items() if n > 1]
+    # Nothing left behind: no feed leased, no worker registered after the clean stops.
+    assert leased == 0 and workers_left == 0
+
+
+def test_compose_file_is_valid() -> None:
+    """`docker compose config` parses and validates compose.yaml with no daemon (only the client)."""
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("no `docker compose` client here (install docker-compose-plugin / docker-compose-v2)")
+    res = subprocess.run([docker, "compose", "-f", str(ROOT / "compose.yaml"), "config", "--quiet"],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "MONITOR_SECRET_KEY": "x",
+                                                              "POSTGRES_PASSWORD": "x"})
+    assert res.returncode == 0, res.stderr
