@@ -102,6 +102,9 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
         return
     server: URL = request.getfixturevalue("postgres_server")
     admin: Engine = request.getfixturevalue("postgres_admin")
+    # A shared database needs a shared signing key (monitor.delivery.unsubscribe.signing_key refuses to start
+    # without one), as every host of a PostgreSQL deployment has.
+    request.getfixturevalue("monkeypatch").setenv("MONITOR_SECRET_KEY", "test-key-shared-by-every-host")
     name = f"test_{uuid.uuid4().hex[:16]}"
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')

@@ -323,7 +323,7 @@ async def test_unsubscribing_cancels_what_is_still_in_the_outbox(tmp_path, engin
     from monitor.storage.tables import Subscription
     with Session(engine) as s, s.begin():
         sub = s.scalars(select(Subscription)).one()
-        assert unsubscribe.unsubscribe(s, sub.id, "a@example.org", T0) is True
+        assert unsubscribe.unsubscribe(s, sub.id, T0) is True
     report = await outbox.deliver_due(engine, config, T0, worker_id="w")
     assert report.cancelled == 1 and report.sent == 0
     assert not list(tmp_path.glob("outbox/*.eml"))

@@ -67,7 +67,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             with Session(engine) as s:
                 sub_id = s.scalar(select(Subscription.id).where(Subscription.kind == "email",
                                                                 Subscription.target == spec.target)) or 0
-            url = unsubscribe.unsubscribe_url(config.settings.base_url, key, sub_id, spec.target, now)
+            url = unsubscribe.unsubscribe_url(config.settings.base_url, key, sub_id, now)
             mail = renderer.email(content, mail_from=config.settings.mail_from, now=now, cadence=spec.cadence,
                                   message_id=f"<preview@{render.message_id_domain(config.settings.mail_from)}>",
                                   unsubscribe_url=url)
