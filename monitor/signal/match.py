@@ -256,7 +256,7 @@ def _reason(t: CompiledTopic, sc: relevance.Scored, row: int, s: float, hits: li
     for name, v in zip(t.combiner.names, contrib, strict=True):
         label = _EVIDENCE_LABELS.get(name, name)
         merged[label] = merged.get(label, 0.0) + float(v)
-    parts.append("evidence " + ", ".join(f"{k} {v:+.1f}" for k, v in sorted(merged.items(), key=lambda kv: -abs(kv[1]))))
+    parts.append("evidence vs an average item (log-odds) " + ", ".join(f"{k} {v:+.1f}" for k, v in sorted(merged.items(), key=lambda kv: -abs(kv[1]))))
     if why:
         parts.append(f"gate: {why}")
     return "; ".join(parts)
