@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -67,6 +67,7 @@ class SubscriptionSpec:
     timezone: str
     paused_until: datetime | None = None  # aware UTC; nothing is sent before, and what came meanwhile is skipped
     source: str = "config"  # config (feeds.toml) | signup (self sign-up, confirmed)
+    suppressed: bool = False  # the address bounced or complained: nothing is sent
 
     @property
     def schedule(self) -> str:
@@ -94,7 +95,8 @@ def _spec(kind: str, target: str, name: str | None, s: SubscriberConfig | Channe
 
 def effective_specs(session: Session, config: Config) -> list[SubscriptionSpec]:
     """The subscriptions in force: feeds.toml's, each overridden by its subscriber's own preferences, plus the
-    confirmed self-sign-ups; minus suppressed e-mail addresses. Channels stay as feeds.toml says."""
+    confirmed self-sign-ups. Suppressed e-mail addresses are marked (never due). Channels stay as feeds.toml
+    says."""
     known = {t.id for t in config.topics}
     all_topics = tuple(t.id for t in config.topics)
     default_tz = config.settings.timezone
@@ -106,14 +108,15 @@ def effective_specs(session: Session, config: Config) -> list[SubscriptionSpec]:
     for spec in subscription_specs(config):
         seen.add((spec.kind, spec.target))
         if spec.kind == "email" and spec.target in suppressed:
-            continue
+            spec = replace(spec, suppressed=True)
         found = prefs.get((spec.kind, spec.target))
         out.append(_with_prefs(spec, found[1], known) if found and spec.kind == "email" else spec)
     for (kind, target), (_sub, p) in sorted(prefs.items()):
-        if (kind, target) in seen or p.source != "signup" or p.confirmed_at is None or target in suppressed:
+        if (kind, target) in seen or p.source != "signup" or p.confirmed_at is None:
             continue
         base = SubscriptionSpec(kind=kind, target=target, name=None, topics=all_topics, cadence="daily",
-                                daily_at=time(8, 0), timezone=default_tz, source="signup")
+                                daily_at=time(8, 0), timezone=default_tz, source="signup",
+                                suppressed=target in suppressed)
         out.append(_with_prefs(base, p, known))
     return out
 
@@ -129,7 +132,7 @@ def _with_prefs(spec: SubscriptionSpec, p: SubscriberPrefs, known: set[str]) -> 
     return SubscriptionSpec(kind=spec.kind, target=spec.target, name=spec.name, topics=topics,
                             cadence=p.cadence or spec.cadence, daily_at=daily_at,
                             timezone=p.timezone or spec.timezone, paused_until=aware_utc(p.paused_until),
-                            source=spec.source)
+                            source=spec.source, suppressed=spec.suppressed)
 
 
 def find_spec(config: Config, *, subscriber: str | None = None, channel: str | None = None) -> SubscriptionSpec:
@@ -164,7 +167,7 @@ def next_due(spec: SubscriptionSpec, after: datetime) -> datetime | None:
 
 
 def is_due(row: Subscription, spec: SubscriptionSpec, now: datetime) -> bool:
-    if row.unsubscribed_at is not None or row.disabled_at is not None:
+    if row.unsubscribed_at is not None or row.disabled_at is not None or spec.suppressed:
         return False
     if spec.paused_until is not None and spec.paused_until > now:
         return False

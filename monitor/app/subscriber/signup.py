@@ -72,8 +72,8 @@ def request_signup(engine: Engine, config: Config, key: str, address: str, topic
         if by_client >= limit or by_address >= limit:
             raise SignupError("Too many sign-up requests; please try again in an hour.", 429)
         s.add(SignupAttempt(client=client[:64], address=address, at=naive_utc(now)))
-        if s.get(Suppression, address) is not None:
-            return SignupResult(address, None)
+        if s.get(Suppression, address) is not None or address in {x.email.lower() for x in config.subscribers}:
+            return SignupResult(address, None)  # suppressed, or subscribed by feeds.toml: nothing to confirm
         row = s.scalar(select(Subscription).where(Subscription.kind == "email", Subscription.target == address))
         if row is None:
             cursor = s.scalar(select(func.coalesce(func.max(Alert.id), 0))) or 0
