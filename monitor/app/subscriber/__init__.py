@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -51,10 +52,14 @@ def routes(ctx: SubscriberContext) -> list[BaseRoute]:
 
 
 def service_routes(engine: Engine, config: Callable[[], Config], secret_key: str, clock: Callable[[], datetime],
-                   email_sender: Callable[[], Any]) -> list[BaseRoute]:
+                   email_sender: Callable[[], Any], *, config_path: Path | None = None,
+                   embedder: Callable[[], Any] | None = None) -> list[BaseRoute]:
     """Everything the subscriber pages add to the service's web app (one call for the composition root).
     Admins are recognised by the admin UI's session cookie (story_pages = "admin"); `email_sender()` is the
-    service's e-mail sender once it runs (None before), used for the sign-up confirmation."""
+    service's e-mail sender once it runs (None before), used for the sign-up confirmation. With `config_path`
+    and `embedder()` (None until the model is loaded), also the admin pages of `adminpages` (suggestions with
+    their backtest, suppressed addresses)."""
+    from monitor.app.admin import lazy_backtester, make_context
     from monitor.app.admin.auth import SessionKeeper
     from monitor.delivery import Outgoing
 
@@ -70,5 +75,11 @@ def service_routes(engine: Engine, config: Callable[[], Config], secret_key: str
         await sender.send(Outgoing(delivery_id=0, kind="email", target=address,
                                    idempotency_key=f"signup-{uuid.uuid4().hex}", payload=message, attempt=1))
 
-    return routes(SubscriberContext(engine=engine, config=config, secret_key=secret_key, clock=clock,
-                                    is_admin=is_admin, send_mail=send_mail))
+    out = routes(SubscriberContext(engine=engine, config=config, secret_key=secret_key, clock=clock,
+                                   is_admin=is_admin, send_mail=send_mail))
+    if config_path is not None and embedder is not None:
+        from monitor.app.subscriber.adminpages import admin_routes
+
+        backtester = lazy_backtester(engine, embedder, lambda: config().settings)
+        out += admin_routes(make_context(engine, config_path, config, secret_key, backtester, clock))
+    return out
