@@ -417,7 +417,9 @@ class Service:
         routes += admin.service_routes(self.engine, self.options.config_path, lambda: self.config, self.signing_key,
                                        lambda: self.rt.embedder if self.rt else None, self.clock.now)
         routes += subscriber.service_routes(self.engine, lambda: self.config, self.signing_key, self.clock.now,
-                                            lambda: (self.senders or {}).get("email"))
+                                            lambda: (self.senders or {}).get("email"),
+                                            config_path=self.options.config_path,
+                                            embedder=lambda: self.rt.embedder if self.rt else None)
         return create_app(self._readiness, routes)
 
     def _readiness(self) -> dict[str, bool]:
