@@ -153,3 +153,26 @@ def test_status_shows_live_and_dead_workers_their_leases_and_the_queues(tmp_path
     assert reap(engine, db.utcnow()) == ["host2:22"]
     with Session(engine) as s:
         assert list(s.scalars(select(Worker.id))) == ["host1:11"]
+
+
+async def test_admin_workers_page_shows_heartbeats_leases_and_queues(tmp_path: Path, engine: Engine) -> None:
+    from adminfixtures import PASSWORD, admin_app, client, login, write_config
+
+    from monitor.app.admin import auth
+
+    auth.create_user(engine, "alice", PASSWORD)
+    now = db.utcnow()
+    with db.write_transaction(engine) as s:
+        store.sync_feeds(s, [FeedConfig(url=f"https://feeds.example.com/{i}") for i in range(3)], now)
+    register(engine, "web-host:7", at=now, dead_after_s=600)
+    register(engine, "worker-host:<b>", at=now - timedelta(seconds=60))  # an id is shown escaped
+    claim_feeds(engine, "web-host:7", at=now)
+    app, _ctx = admin_app(engine, write_config(tmp_path))
+    async with client(app) as c:
+        assert (await c.get("/admin/workers")).status_code in (302, 303)  # login first
+        await login(c)
+        page = await c.get("/admin/workers")
+    assert page.status_code == 200
+    assert "1 live worker" in page.text and "web-host:7" in page.text and "presumed dead" in page.text
+    assert "worker-host:&lt;b&gt;" in page.text and "worker-host:<b>" not in page.text
+    assert 'href="/admin/workers" aria-current="page"' in page.text

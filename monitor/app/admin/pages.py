@@ -269,6 +269,7 @@ def routes(ctx: AdminContext, env: jinja2.Environment | None = None) -> list[Bas
         return RedirectResponse("/admin/topics", status_code=303)
 
     from monitor.app.admin import operations  # the feeds, deliveries and subscribers pages
+    from monitor.app.admin import workers as workers_page  # the processes sharing the work
 
     return [
         Mount("/admin/static", app=StaticFiles(directory=str(STATIC_DIR)), name="admin-static"),
@@ -286,5 +287,6 @@ def routes(ctx: AdminContext, env: jinja2.Environment | None = None) -> list[Bas
         Route("/admin/topics/{topic_id}/backtest", page(topic_backtest), methods=["POST"]),
         Route("/admin/audit", page(audit_page), methods=["GET"]),
         *operations.routes(ctx, pages, page),
+        *workers_page.routes(ctx, pages, page),
     ]
 
