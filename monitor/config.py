@@ -7,13 +7,14 @@ read with :func:`secret` at the edge that needs it, so it never reaches a log li
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from datetime import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -261,7 +262,7 @@ def parse_config(text: str, source: str = DEFAULT_CONFIG, env: Mapping[str, str]
     try:
         config = Config.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(f"{source}: invalid configuration:\n{format_validation_error(e)}") from None
+        raise ConfigError(f"{source}: invalid configuration:\n{format_validation_error(e, raw)}") from None
     if base_dir is not None:
         config = _anchor_paths(config, base_dir)
     return apply_env_overrides(config, env if env is not None else os.environ)
@@ -306,27 +307,77 @@ def apply_env_overrides(config: Config, env: Mapping[str, str]) -> Config:
     return config.model_copy(update={"settings": config.settings.model_copy(update=updates)})
 
 
-def format_validation_error(e: ValidationError) -> str:
+# The key that names an entry of each list, so an error can say `topics['doha-talks'].threshold`.
+_ENTRY_KEYS = {"feeds": "url", "topics": "id", "subscribers": "email", "channels": "name"}
+
+
+def format_validation_error(e: ValidationError, raw: object = None) -> str:
+    """One line per problem: where (entries named by their id, url, email or name when `raw`, the parsed
+    TOML, is given; else by position, counted from 1) and what is wrong; an unknown key gets the nearest
+    known one ("did you mean ...?")."""
+    model = _MODELS.get(e.title, Config)
     lines = []
     for err in e.errors():
-        loc = _location(err.get("loc", ()))
+        parts = tuple(err.get("loc", ()))
+        loc = _location(parts, raw)
         msg = err.get("msg", "invalid")
         if err.get("type") == "extra_forbidden":
-            msg = "unknown key (check the spelling; see README for the keys)"
+            msg = "unknown key" + _did_you_mean(model, parts)
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         lines.append(f"  - {loc}: {msg}")
     return "\n".join(lines)
 
 
-def _location(loc: tuple[object, ...]) -> str:
+def _location(loc: tuple[object, ...], raw: object = None) -> str:
     out = ""
-    for part in loc:
+    node = raw
+    for i, part in enumerate(loc):
+        entry = node[part] if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node) else None
         if isinstance(part, int):
-            out += f"[{part + 1}]"  # people count entries from 1
+            key = _ENTRY_KEYS.get(str(loc[i - 1])) if i else None
+            name = entry.get(key) if isinstance(entry, dict) and key else None
+            about_the_name = i + 1 < len(loc) and loc[i + 1] == key  # then its position says more than its value
+            if isinstance(name, str) and name and len(name) <= 80 and not about_the_name:
+                out += f"[{name!r}]"
+            else:
+                out += f"[{part + 1}]"  # people count entries from 1
+            node = entry
         else:
             out += ("." if out else "") + str(part)
+            node = node.get(part) if isinstance(node, dict) else None
     return out or "(top level)"
+
+
+def _did_you_mean(model: type[BaseModel], loc: tuple[object, ...]) -> str:
+    """"; did you mean 'x'?" for the unknown key at the end of `loc`, else where the keys are listed."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        inner = _model_in(field.annotation) if field is not None else None
+        if inner is None:
+            return " (check the spelling; docs/configuration.md lists every key)"
+        model = inner
+    close = difflib.get_close_matches(str(loc[-1]) if loc else "", list(model.model_fields), n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f" (known keys here: {', '.join(model.model_fields)})"
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    """The model inside an annotation such as `SmtpSettings | None` or `list[TopicConfig]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+_MODELS: dict[str, type[BaseModel]] = {m.__name__: m for m in (
+    Config, Settings, SmtpSettings, FeedConfig, TopicConfig, SubscriberConfig, ChannelConfig)}
 
 
 def secret(env_name: str | None, env: Mapping[str, str] | None = None) -> str | None:

@@ -25,6 +25,11 @@ class BlockedAddressError(MonitorError):
     """The URL points at a private or otherwise non-public address."""
 
 
+class NameResolutionError(BlockedAddressError):
+    """The host name could not be resolved (DNS): often transient (a resolver outage), or a typo in the URL.
+    A BlockedAddressError for callers that only ask "may I connect?"; those that retry treat it as transient."""
+
+
 # NAT64: the well-known prefix (RFC 6052) carries an IPv4 address in its last 32 bits; the local-use prefix
 # (RFC 8215) only exists inside one operator's network, so it is never public.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -66,7 +71,7 @@ def resolve(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as e:
-        raise BlockedAddressError(f"cannot resolve host {host!r}: {e}") from e
+        raise NameResolutionError(f"cannot resolve the host name {host!r} (DNS: {_reason(e)})") from e
     return sorted({str(info[4][0]) for info in infos})
 
 
@@ -119,6 +124,23 @@ def guarded_transport(*, allow_private_networks: bool, **connector_options: obje
                                      **connector_options)  # type: ignore[arg-type]
     session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
     return AiohttpTransport(client=session)
+
+
+def connect_failure(e: BaseException, host: str | None) -> tuple[str, str] | None:  # host: "name" or "name:port"
+    """(kind, sentence) for the connection failures people must tell apart, judged by the cause (httpx-aiohttp
+    reports every aiohttp connection error as a ConnectTimeout): "dns" when the name did not resolve,
+    "refused" when nothing listens there. None for anything else."""
+    dns = find_cause(e, socket.gaierror)
+    if dns is not None:
+        return "dns", f"cannot resolve the host name {(host or '').rsplit(':', 1)[0]!r} (DNS: {_reason(dns)})"
+    refused = find_cause(e, ConnectionRefusedError)
+    if refused is not None:
+        return "refused", f"connection refused by {host} (nothing listens on that port, or the site is down)"
+    return None
+
+
+def _reason(e: BaseException) -> str:
+    return (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
 
 
 def find_cause(e: BaseException, kind: type[BaseException]) -> BaseException | None:

@@ -134,7 +134,7 @@ class FetchResult:
     retry_after: datetime | None = None
     max_age_s: float | None = None  # Cache-Control max-age (or Expires - Date)
     error: str | None = None  # a sentence naming the feed URL and what to do
-    error_kind: str | None = None  # http | network | timeout | too_large | private_address | redirects | parse
+    error_kind: str | None = None  # http | dns | network | timeout | too_large | private_address | redirects | parse
 
     @property
     def ok(self) -> bool:

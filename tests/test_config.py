@@ -95,3 +95,53 @@ def test_smtp_login_without_tls_is_refused() -> None:
     text = '[settings.smtp]\nhost = "smtp.example.org"\nsecurity = "none"\nusername = "u"\npassword_env = "P"\n'
     with pytest.raises(ConfigError, match="password in clear"):
         parse_config(text, env={})
+
+
+def test_errors_name_entries_by_their_id_and_unknown_keys_get_the_nearest_known_one() -> None:
+    text = """
+[settings]
+fetch_timeout = 3
+[settings.smtp]
+host = "smtp.example.org"
+prot = 25
+[[feeds]]
+url = "https://example.org/rss"
+interval = 0
+[[topics]]
+id = "doha-talks"
+name = "Doha talks"
+description = "Qatar-mediated talks."
+examples = ["Talks resume in Doha"]
+[[topics]]
+id = "prisoner-exchange"
+name = "Prisoner exchange"
+description = "Hostages and prisoners released."
+examples = ["Hostages freed"]
+threshold = 1.5
+tresholds = 0.5
+[[topics]]
+id = "Bad Id"
+name = "x"
+description = "x"
+examples = ["x"]
+[[subscribers]]
+email = "ana@example.org"
+cadense = "daily"
+"""
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "x.toml", env={})
+    msg = str(e.value)
+    assert "topics['prisoner-exchange'].threshold: Input should be less than or equal to 1" in msg
+    assert "topics['prisoner-exchange'].tresholds: unknown key; did you mean 'threshold'?" in msg
+    assert "topics[3].id: must be lower-case" in msg  # the id itself is wrong: its position names it
+    assert "feeds['https://example.org/rss'].interval:" in msg
+    assert "subscribers['ana@example.org'].cadense: unknown key; did you mean 'cadence'?" in msg
+    assert "settings.fetch_timeout: unknown key; did you mean 'fetch_timeout_s'?" in msg
+    assert "settings.smtp.prot: unknown key; did you mean 'port'?" in msg
+    assert "topics[2]" not in msg
+
+
+def test_an_unknown_key_with_no_near_match_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config('[[feeds]]\nurl = "https://example.org/rss"\ncolour = "red"\n', "x.toml", env={})
+    assert "colour: unknown key (known keys here: url, name, interval, enabled, aggregator)" in str(e.value)

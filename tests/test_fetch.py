@@ -198,3 +198,20 @@ def test_cache_and_retry_after_helpers() -> None:
     exp = format_datetime(NOW + timedelta(hours=1), usegmt=True)
     assert cache_lifetime(None, exp, format_datetime(NOW, usegmt=True), NOW) == 3600
     assert parse_retry_after("garbage", NOW) is None
+
+
+@pytest.mark.parametrize("allow_private", [False, True])
+async def test_a_name_that_does_not_resolve_is_a_dns_error_not_a_timeout(allow_private: bool) -> None:
+    r = await fetch(settings(allow_private_networks=allow_private), FetchRequest(1, "http://no-such-host.invalid/f.xml"))
+    assert r.status == "error" and r.error_kind == "dns", r.error
+    assert "cannot resolve the host name 'no-such-host.invalid'" in (r.error or "")
+    assert "Timeout" not in (r.error or "") and "check the host name" in (r.error or "")
+
+
+async def test_a_refused_connection_says_so() -> None:
+    closed = FeedServer()
+    port = closed.port
+    closed._httpd.server_close()
+    r = await fetch(settings(), FetchRequest(2, f"http://user:pw@127.0.0.1:{port}/f.xml"))
+    assert r.error_kind == "network" and f"connection refused by 127.0.0.1:{port}" in (r.error or "")
+    assert "Timeout" not in (r.error or "")

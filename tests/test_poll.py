@@ -394,3 +394,30 @@ async def test_a_pass_claims_round_after_round_and_polls_each_feed_once(engine: 
     assert len(feed_server.requests) == expected
     capped = await poll_once(engine, settings, now=NOW + timedelta(days=1), limit=10)
     assert capped.totals["polled"] == 10
+
+
+def test_feeds_list_state_agrees_with_the_last_status(tmp_path, engine: Engine, feed_server: FeedServer) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    feed_server.route("/good.xml", body=feed(["1"]))
+    feed_server.route("/bad.xml", status=500)
+    url = engine.url.render_as_string(hide_password=False)
+    cfg = tmp_path / "feeds.toml"
+    cfg.write_text(f'[settings]\ndatabase_url = "{url}"\nallow_private_networks = true\nfetch_timeout_s = 3\n'
+                   f'[[feeds]]\nurl = "{feed_server.url("/good.xml")}"\nname = "Good"\n'
+                   f'[[feeds]]\nurl = "{feed_server.url("/bad.xml")}"\nname = "Bad"\n'
+                   f'[[feeds]]\nurl = "{feed_server.url("/new.xml")}"\nname = "New"\nenabled = false\n')
+    runner = CliRunner()
+    assert runner.invoke(main, ["--config", str(cfg), "poll", "--once"]).exit_code == 0
+    out = runner.invoke(main, ["--config", str(cfg), "feeds", "list"]).output
+    rows = {line.split()[0]: line.split()[1:3] for line in out.splitlines()[1:] if line[:1].isalpha()}
+    assert rows["Good"] == ["ok", "ok"]
+    assert rows["Bad"] == ["failing", "error:http"]  # one failure: not "ok" beside an error
+    assert rows["New"][0] == "disabled"
+    states = {d["name"]: d["state"] for d in map(json.loads, runner.invoke(
+        main, ["--config", str(cfg), "feeds", "list", "--json"]).stdout.splitlines())}
+    assert states == {"Good": "ok", "Bad": "failing", "New": "disabled"}

@@ -314,3 +314,21 @@ async def test_a_disabled_channel_can_be_enabled_again_and_gets_what_was_held_ba
     with Session(engine) as s:
         assert {d.status for d in s.scalars(select(Delivery))} == {"sent"}
         assert s.scalars(select(Subscription).where(Subscription.target == "newsroom")).one().disabled_at is None
+
+
+@pytest.mark.parametrize("allow_private", [False, True])
+async def test_a_name_that_does_not_resolve_is_retried_and_said_to_be_dns(tmp_path, monkeypatch, engine, world,
+                                                                          allow_private: bool) -> None:
+    # Checked up front (allow_private_networks = false) or by the connection itself: either way a DNS
+    # failure is named as one (not "timed out", not "ConnectTimeout") and retried, not given up.
+    config = setup(tmp_path, monkeypatch, "http://no-such-host.invalid/hook", engine=engine)
+    config = config.model_copy(update={"settings": config.settings.model_copy(
+        update={"allow_private_networks": allow_private})})
+    world.new_story("i1", "icc", "ICC issues warrant")
+    digest.build_due_digests(engine, config, T0, secret_key="k")
+    report = await outbox.deliver_due(engine, config, T0, worker_id="w")
+    assert report.retried == 1 and report.failed == 0
+    with Session(engine) as s:
+        error = s.scalars(select(Delivery.last_error).where(Delivery.target == "ingest")).one() or ""
+    assert "cannot resolve the host name 'no-such-host.invalid' (DNS" in error, error
+    assert "timed out" not in error and "ConnectTimeout" not in error

@@ -108,7 +108,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             for h in rows:
                 click.echo(json.dumps({
                     "feed_id": h.feed_id, "url": h.url, "name": h.display_name, "enabled": h.enabled,
-                    "healthy": h.healthy, "last_status": h.last_status, "last_error": h.last_error,
+                    "state": h.state, "healthy": h.healthy, "last_status": h.last_status, "last_error": h.last_error,
                     "error_count": h.error_count, "items": h.item_count,
                     "last_success_at": h.last_success_at.isoformat() if h.last_success_at else None,
                     "next_check_at": h.next_check_at.isoformat() if h.next_check_at else None,
@@ -118,8 +118,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         click.echo(f"{'feed':<40} {'state':<9} {'last status':<18} {'last success':<13} {'errors':>6} "
                    f"{'next check':<11} {'items':>6}")
         for h in rows:
-            state = "disabled" if not h.enabled else "ok" if h.healthy else "UNHEALTHY"
-            click.echo(f"{_safe(h.display_name, 40):<40} {state:<9} {_safe(h.last_status or 'never', 18):<18} "
+            click.echo(f"{_safe(h.display_name, 40):<40} {h.state:<9} {_safe(h.last_status or 'never', 18):<18} "
                        f"{_when(h.last_success_at, now):<13} {h.error_count:>6} "
                        f"{_when(h.next_check_at, now) if h.enabled else '-':<11} {h.item_count:>6}")
             if h.last_error and (h.error_count or not h.healthy):

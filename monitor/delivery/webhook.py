@@ -20,13 +20,21 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
 
 from monitor.delivery import Outgoing
 from monitor.errors import ChannelGoneError, DeliveryError
-from monitor.netguard import BlockedAddressError, PrivateAddressError, check_url, find_cause
+from monitor.netguard import (
+    BlockedAddressError,
+    NameResolutionError,
+    PrivateAddressError,
+    check_url,
+    connect_failure,
+    find_cause,
+)
 
 SIGNATURE_TOLERANCE_S = 5 * 60
 SLACK_MIN_INTERVAL_S = 1.0
@@ -111,6 +119,8 @@ class _HttpSender:
             raise DeliveryError(f"{where}: no URL (is the channel still in feeds.toml and its url_env set?)")
         try:
             await asyncio.to_thread(check_url, url, allow_private_networks=self._allow_private)
+        except NameResolutionError as e:  # a resolver outage passes; a typo needs the URL fixed
+            raise DeliveryError(f"{where}: {e}; check the host name in the channel's URL") from e
         except BlockedAddressError as e:
             raise DeliveryError(f"{where}: {e}", permanent=True) from e
         try:
@@ -121,6 +131,9 @@ class _HttpSender:
                 raise DeliveryError(f"{where}: refused: {private} (set allow_private_networks = true in "
                                     "[settings] to allow it)", permanent=True) from e
             # Judge by the cause: httpx-aiohttp reports any aiohttp connection error as a ConnectTimeout.
+            known = connect_failure(e, urlsplit(url).hostname)  # not the port or path: the URL is a secret
+            if known is not None:
+                raise DeliveryError(f"{where}: {known[1]}") from e
             if find_cause(e, TimeoutError) is not None:
                 raise DeliveryError(f"{where}: timed out") from e
             cause = e.__cause__ or e

@@ -44,7 +44,7 @@ import aiohttp
 import httpx
 
 from monitor.config import Settings
-from monitor.netguard import PrivateAddressError, find_cause, guarded_transport, is_public_ip
+from monitor.netguard import PrivateAddressError, connect_failure, find_cause, guarded_transport, is_public_ip
 from monitor.records import FetchRequest, FetchResult
 from monitor.storage.db import utcnow
 
@@ -148,6 +148,13 @@ class Fetcher:
             if private is not None:
                 return failed("private_address", f"{req.url}: refused: {private}; set allow_private_networks = true "
                                                  "in [settings] only if this feed is meant to be on a private network")
+            known = connect_failure(e, _host_port(req.url))
+            if known is not None and known[0] == "dns":
+                return failed("dns", f"{req.url}: {known[1]}; check the host name in the URL (a typo, or a site that "
+                                     "is gone); it will be retried with backoff")
+            if known is not None:
+                return failed("network", f"{req.url}: {known[1]}; check the URL and that the site is up; it will "
+                                         "be retried with backoff")
             return failed("network", f"{req.url}: network error: {_describe(e)}; check the URL and that the site "
                                      "is up; it will be retried with backoff")
         except Exception as e:  # never let one feed abort the pass: record it, back off, keep going
@@ -303,6 +310,15 @@ def _advice(status: int) -> str:
     if status >= 500:
         return "server error; it will be retried with backoff"
     return "check the feed URL in feeds.toml"
+
+
+def _host_port(url: str) -> str | None:
+    """host:port of a URL, without userinfo (it may hold credentials)."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+    except ValueError:
+        return None
 
 
 def _describe(e: BaseException) -> str:

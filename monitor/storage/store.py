@@ -72,6 +72,23 @@ class FeedHealth:
         return self.error_count < UNHEALTHY_ERRORS
 
     @property
+    def state(self) -> str:
+        """One word that never contradicts last_status: disabled | new (never fetched) | ok | deferred (the
+        server asked to come back later) | failing (the last fetch failed) | UNHEALTHY (UNHEALTHY_ERRORS or
+        more failures in a row)."""
+        if not self.enabled:
+            return "disabled"
+        if self.last_status is None:
+            return "new"
+        if self.error_count >= UNHEALTHY_ERRORS:
+            return "UNHEALTHY"
+        if self.last_status == "deferred":
+            return "deferred"
+        if self.error_count > 0 or self.last_status.startswith("error"):
+            return "failing"
+        return "ok"
+
+    @property
     def display_name(self) -> str:
         return self.name or self.title or self.url
 
