@@ -35,8 +35,8 @@ counterexamples = ["ICC issues arrest warrant for Putin over deported Ukrainian 
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    ('colour = "red"', "topics[1].colour: unknown key"),
-    ("threshold = 1.5", "topics[1].threshold: Input should be less than or equal to 1"),
+    ('colour = "red"', "topics['icc-warrants'].colour: unknown key"),
+    ("threshold = 1.5", "topics['icc-warrants'].threshold: Input should be less than or equal to 1"),
 ])
 def test_topic_config_errors_are_clear(extra: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -47,7 +47,7 @@ def test_empty_examples_are_refused() -> None:
     text = TOPIC.replace('examples = ["ICC prosecutor seeks arrest warrants for Netanyahu and Hamas leaders",\n'
                          '            "International Criminal Court issues warrants for Israeli leaders over Gaza"]',
                          'examples = ["  "]')
-    with pytest.raises(ConfigError, match=r"topics\[1\]\.examples: needs at least one example headline"):
+    with pytest.raises(ConfigError, match=r"topics\['icc-warrants'\]\.examples: needs at least one example headline"):
         parse_config(text)
 
 
@@ -160,7 +160,7 @@ def _store(engine, titles, embedder=None):  # type: ignore[no-untyped-def]
 
 def test_save_matches_stores_matched_ones_once(engine, embedder) -> None:  # type: ignore[no-untyped-def]
     items = _store(engine, ["ICC prosecutor seeks warrants for Netanyahu", "Storm hits the coast"])
-    topics = _topics(embedder, threshold=0.6)
+    topics = _topics(embedder)  # the label-free threshold from the topic's own examples
     with db.write_transaction(engine) as s:
         vectors = embed.ensure_vectors(s, embedder, items)
         verdicts = match.match_items(items, vectors, topics)
@@ -172,10 +172,10 @@ def test_save_matches_stores_matched_ones_once(engine, embedder) -> None:  # typ
         assert (row.item_id, row.topic_id) == (items[0].id, "icc-warrants") and "nearest example" in row.reason
 
 
-def _config_file(tmp_path: Path, threshold: float = 0.5, engine=None) -> Path:  # type: ignore[no-untyped-def]
+def _config_file(tmp_path: Path, engine=None) -> Path:  # type: ignore[no-untyped-def]
     url = engine.url.render_as_string(hide_password=False) if engine is not None else f"sqlite:///{tmp_path / 'monitor.db'}"
     p = tmp_path / "feeds.toml"
-    p.write_text(f'[settings]\ndatabase_url = "{url}"\n' + TOPIC + f"threshold = {threshold}\n")
+    p.write_text(f'[settings]\ndatabase_url = "{url}"\n' + TOPIC)  # no threshold: the label-free one
     return p
 
 
@@ -186,6 +186,7 @@ def test_topics_test_command_prints_score_decision_reason(tmp_path, embedder, mo
     assert r.exit_code == 0, r.output
     line = r.output.strip().splitlines()[0]
     assert line.startswith("icc-warrants") and "MATCH" in line and "nearest example" in line
+    assert "(label-free)" in line and "evidence" in line
     r = CliRunner().invoke(main, ["--config", str(cfg), "topics", "test", "Storm hits the coast"])
     assert " no " in r.output
 
