@@ -39,8 +39,8 @@ class HitOut(BaseModel):
     published_at: str
     score: float
     reason: str
-    story: int
-    decision: str
+    story: int | None = Field(description="Story number within this backtest (None while pending).")
+    decision: str | None = Field(description="new_story, update or repeat (None while pending).")
     why: str
 
 
@@ -64,6 +64,7 @@ class BacktestOut(BaseModel):
     alerts_gained: list[int]
     alerts_lost: list[int]
     hits: list[HitOut]
+    pending: bool = Field(description="True when the stories and alerts took too long and are not included.")
     seconds: float
 
 
@@ -157,14 +158,14 @@ def create_api(ctx: AdminContext) -> FastAPI:
             raise HTTPException(503, "the embedding model is still loading; try again in a moment")
         saved_topic = forms.find_topic(await run_in_threadpool(load), topic_id)
         result, saved, d = await run_in_threadpool(
-            lambda: tester.compare(body.topic, saved_topic, days=body.days, now=ctx.clock()))
+            lambda: tester.compare(body.topic, saved_topic, days=body.days, now=ctx.clock(), wait_s=300.0))
         return BacktestOut(
             topic_id=result.topic_id, days=result.days, scanned=result.scanned, threshold=result.threshold,
             matches=len(result.hits), alerts=result.alerts, stories=len(result.stories),
             saved_matches=len(saved.hits) if saved else None, saved_alerts=saved.alerts if saved else None,
             items_gained=[_hit(h) for h in d.gained], items_lost=[_hit(h) for h in d.lost],
             alerts_gained=[h.item.id for h in d.alerts_gained], alerts_lost=[h.item.id for h in d.alerts_lost],
-            hits=[_hit(h) for h in result.hits], seconds=round(result.seconds, 4))
+            hits=[_hit(h) for h in result.hits], pending=result.pending, seconds=round(result.seconds, 4))
 
     @api.get(f"{API_PREFIX}/feeds", response_model=list[FeedConfig], tags=["feeds"])
     async def list_feeds(who: str = Depends(actor)) -> Any:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -40,6 +41,9 @@ REFRESH_S = 30.0
 # match_texts rounds a score to 4 decimals before comparing it with the threshold, so a raw score up to
 # this much below the threshold can still match: such items are candidates too.
 _ROUNDING_MARGIN = 1e-4
+# Story computations are kept going for the versions asked for most recently (several admins, or the saved
+# and the edited version of one topic); older ones are abandoned.
+WANTED_VERSIONS = 6
 
 
 class CachedEncoder:
@@ -120,10 +124,10 @@ class Hit:
     item: ItemRecord
     score: float
     reason: str
-    story_key: int
-    decision: str  # new_story | update | repeat
-    why: str  # novelty's reason
-    what_is_new: str | None
+    story_key: int | None = None  # None while the stories are still being computed
+    decision: str | None = None  # new_story | update | repeat
+    why: str = ""  # novelty's reason
+    what_is_new: str | None = None
 
     @property
     def alert(self) -> bool:
@@ -149,12 +153,16 @@ class Result:
     days: int
     scanned: int  # items in the window with a vector
     hits: tuple[Hit, ...]  # matched items, published order
-    stories: tuple[StoryGroup, ...]  # newest story first
+    stories: tuple[StoryGroup, ...]  # newest story first; empty while pending
     seconds: float
+    pending: bool = False  # matches are final; stories and alerts still being computed
 
     @property
     def alerts(self) -> int:
         return sum(h.alert for h in self.hits)
+
+    def recent(self, n: int = 60) -> tuple[Hit, ...]:
+        return tuple(reversed(self.hits[-n:]))
 
     def per_day(self, now: datetime) -> list[tuple[str, int, int]]:
         """(day, matches, alerts) for each of the `days` days up to `now`, oldest first."""
@@ -171,34 +179,64 @@ class Result:
 
 @dataclass(frozen=True, slots=True)
 class Diff:
-    """Edited topic against the saved one, over the same items."""
+    """Edited topic against the saved one, over the same items. The alert lists are empty and `alerts_known`
+    False while either side's stories are still being computed."""
 
     gained: tuple[Hit, ...]  # matched now, not before
     lost: tuple[Hit, ...]  # matched before, not now (as the saved version saw them)
     alerts_gained: tuple[Hit, ...]
     alerts_lost: tuple[Hit, ...]
+    alerts_known: bool = True
 
     @property
     def unchanged(self) -> bool:
-        return not (self.gained or self.lost or self.alerts_gained or self.alerts_lost)
+        return self.alerts_known and not (self.gained or self.lost or self.alerts_gained or self.alerts_lost)
 
 
 def diff(saved: Result | None, edited: Result) -> Diff:
     if saved is None:  # a new topic: everything is gained
-        return Diff(edited.hits, (), tuple(h for h in edited.hits if h.alert), ())
+        return Diff(edited.hits, (), tuple(h for h in edited.hits if h.alert), (), not edited.pending)
     before = {h.item.id: h for h in saved.hits}
     after = {h.item.id: h for h in edited.hits}
+    known = not (saved.pending or edited.pending)
     return Diff(
         gained=tuple(h for i, h in after.items() if i not in before),
         lost=tuple(h for i, h in before.items() if i not in after),
-        alerts_gained=tuple(h for i, h in after.items() if h.alert and not (i in before and before[i].alert)),
-        alerts_lost=tuple(h for i, h in before.items() if h.alert and not (i in after and after[i].alert)),
+        alerts_gained=tuple(h for i, h in after.items() if h.alert and not (i in before and before[i].alert))
+        if known else (),
+        alerts_lost=tuple(h for i, h in before.items() if h.alert and not (i in after and after[i].alert))
+        if known else (),
+        alerts_known=known,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Scored:
+    """Phase 1: the matcher's verdicts (exact) for one topic over one window."""
+
+    key: str
+    topic: TopicConfig
+    threshold: float
+    threshold_source: str
+    scanned: int
+    hits: tuple[Hit, ...]  # without story fields
+    vectors: np.ndarray  # (len(hits), dim)
+    seconds: float
+
+
+class _Stale(Exception):
+    """A story computation nobody waits for any more (the admin typed on)."""
 
 
 class Backtester:
     """Runs backtests for the admin pages and API. One per process, built by the composition root with the
-    service's engine and embedder; thread-safe (pages run it in the thread pool)."""
+    service's engine and embedder; thread-safe (pages run it in the thread pool).
+
+    Two phases: the matcher's verdicts over every stored item (one matrix product, then `match_texts` on
+    the candidates) come back at once; the stories and alerts (`novelty.cluster` over the matched items,
+    about 4 ms per matched item on 2 cores) are computed in one background thread and cached, so a page
+    shows matches and the item diff within the keystroke and the stories as soon as they are ready. A
+    computation for a version the admin has typed past is abandoned."""
 
     def __init__(self, engine: Engine, embedder: Embedder, settings: Settings, *, refresh_s: float = REFRESH_S,
                  monotonic=time.monotonic) -> None:  # type: ignore[no-untyped-def]
@@ -208,7 +246,11 @@ class Backtester:
         self.refresh_s = refresh_s
         self._monotonic = monotonic
         self._corpora: dict[int, Corpus] = {}
-        self._results: OrderedDict[tuple[str, int, int, int], Result] = OrderedDict()
+        self._scored: OrderedDict[str, _Scored] = OrderedDict()
+        self._clustered: OrderedDict[str, tuple[Hit, ...]] = OrderedDict()
+        self._jobs: dict[str, Future[tuple[Hit, ...]]] = {}
+        self._wanted: OrderedDict[str, None] = OrderedDict()  # the versions asked for most recently
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backtest-stories")
         self._lock = threading.Lock()
 
     def corpus(self, days: int, now: datetime) -> Corpus:
@@ -240,53 +282,122 @@ class Backtester:
             self._corpora[days] = c
             return c
 
-    def run(self, topic: TopicConfig, *, days: int = DEFAULT_DAYS, now: datetime) -> Result:
-        """What `topic` would have matched among the window's stored items, with the stories and alerts."""
+    # --- phase 1: the matcher ---------------------------------------------------------------------------
+
+    def _score(self, topic: TopicConfig, days: int, now: datetime) -> _Scored:
         corpus = self.corpus(days, now)
-        key = (topic.model_dump_json(), days, id(corpus), corpus.version)
+        key = f"{days}:{id(corpus)}:{corpus.version}:{topic.model_dump_json()}"
         with self._lock:
-            if key in self._results:
-                self._results.move_to_end(key)
-                return self._results[key]
+            if key in self._scored:
+                self._scored.move_to_end(key)
+                return self._scored[key]
         started = time.perf_counter()
         topic_set = match.compile_topics([topic], self.encoder)
         compiled = topic_set.topics[0]
         hits: list[Hit] = []
+        rows: list[int] = []
         if corpus.size:
-            scores = match.raw_scores(corpus.vectors, compiled.prototypes, compiled.counters)[0]
-            cand = np.nonzero(scores >= compiled.threshold - _ROUNDING_MARGIN)[0]
+            # raw_scores bounds match_texts' score from above: only items that can reach the threshold are
+            # given to match_texts, whose verdict (and reason) is the matcher's own.
+            bound = match.raw_scores(corpus.vectors, compiled.prototypes, compiled.counters)[0]
+            cand = np.nonzero(bound >= compiled.threshold - _ROUNDING_MARGIN)[0]
             items = [corpus.items[i] for i in cand]
             verdicts = match.match_texts([it.id for it in items], [it.text for it in items],
                                          corpus.vectors[cand], topic_set)
-            matched = [(it, v, corpus.vectors[i]) for it, v, i in zip(items, verdicts, cand, strict=True)
-                       if v.matched]
-            nitems = [novelty.NoveltyItem(it, topic.id, vec, self._facts(corpus, it)) for it, _v, vec in matched]
-            for (it, v, _vec), (story_key, a) in zip(matched, novelty.cluster(nitems, self.params), strict=True):
-                hits.append(Hit(it, v.score, v.reason, story_key, a.decision, a.reason, a.what_is_new))
+            for it, v, i in zip(items, verdicts, cand, strict=True):
+                if v.matched:
+                    hits.append(Hit(it, v.score, v.reason))
+                    rows.append(int(i))
+        scored = _Scored(key, topic, compiled.threshold, compiled.threshold_source, corpus.size, tuple(hits),
+                         corpus.vectors[rows] if rows else np.zeros((0, self.encoder.dim), np.float32),
+                         time.perf_counter() - started)
+        with self._lock:
+            self._scored[key] = scored
+            while len(self._scored) > 32:
+                self._scored.popitem(last=False)
+        return scored
+
+    # --- phase 2: stories and alerts --------------------------------------------------------------------
+
+    def _stories_job(self, scored: _Scored, corpus_facts: dict[int, novelty.Facts]) -> tuple[Hit, ...]:
+        key = scored.key
+
+        def items() -> Iterator[novelty.NoveltyItem]:
+            for h, vec in zip(scored.hits, scored.vectors, strict=True):
+                if key not in self._wanted:
+                    raise _Stale(key)
+                f = corpus_facts.get(h.item.id)
+                if f is None:
+                    f = novelty.extract_facts(h.item.title, h.item.summary, h.item.outlet)
+                    corpus_facts[h.item.id] = f
+                yield novelty.NoveltyItem(h.item, scored.topic.id, vec, f)
+
+        decided = novelty.cluster(items(), self.params)
+        out = tuple(replace(h, story_key=k, decision=a.decision, why=a.reason, what_is_new=a.what_is_new)
+                    for h, (k, a) in zip(scored.hits, decided, strict=True))
+        with self._lock:
+            self._clustered[key] = out
+            while len(self._clustered) > 32:
+                self._clustered.popitem(last=False)
+        return out
+
+    def _stories(self, scored: _Scored, days: int, now: datetime) -> Future[tuple[Hit, ...]]:
+        with self._lock:
+            done = self._clustered.get(scored.key)
+            if done is not None:
+                f: Future[tuple[Hit, ...]] = Future()
+                f.set_result(done)
+                return f
+            job = self._jobs.get(scored.key)
+            if job is None or job.cancelled() or (job.done() and job.exception() is not None):
+                job = self._pool.submit(self._stories_job, scored, self.corpus(days, now).facts)
+                self._jobs[scored.key] = job
+                job.add_done_callback(lambda _f, k=scored.key: self._forget(k))
+            return job
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            self._jobs.pop(key, None)
+
+    def _result(self, scored: _Scored, hits: tuple[Hit, ...] | None, days: int, seconds: float) -> Result:
+        if hits is None:
+            return Result(scored.topic.id, scored.threshold, scored.threshold_source, days, scored.scanned,
+                          scored.hits, (), seconds, pending=True)
         groups: dict[int, list[Hit]] = {}
         for h in hits:
-            groups.setdefault(h.story_key, []).append(h)
+            groups.setdefault(h.story_key or 0, []).append(h)
         stories = sorted((StoryGroup(k, g[0].item.title, tuple(g)) for k, g in groups.items()),
                          key=lambda sg: sg.hits[-1].item.published_at, reverse=True)
-        result = Result(topic.id, compiled.threshold, compiled.threshold_source, days, corpus.size, tuple(hits),
-                        tuple(stories), time.perf_counter() - started)
-        with self._lock:
-            self._results[key] = result
-            while len(self._results) > 64:
-                self._results.popitem(last=False)
-        return result
+        return Result(scored.topic.id, scored.threshold, scored.threshold_source, days, scored.scanned, hits,
+                      tuple(stories), seconds)
 
     def compare(self, edited: TopicConfig, saved: TopicConfig | None, *, days: int = DEFAULT_DAYS,
-                now: datetime) -> tuple[Result, Result | None, Diff]:
-        """The edited topic's backtest, the saved version's (cached: it does not change while typing) and
-        the difference."""
-        new = self.run(edited, days=days, now=now)
-        old = self.run(saved, days=days, now=now) if saved is not None else None
-        return new, old, diff(old, new)
+                now: datetime, wait_s: float = 0.5) -> tuple[Result, Result | None, Diff]:
+        """The edited topic's backtest, the saved version's, and the difference. Matches are always final;
+        stories and alerts are included when they are ready within `wait_s` (else `Result.pending`: ask
+        again, the computation goes on in the background and is cached)."""
+        started = time.perf_counter()
+        new = self._score(edited, days, now)
+        old = self._score(saved, days, now) if saved is not None else None
+        with self._lock:
+            for k in ([old.key] if old else []) + [new.key]:
+                self._wanted[k] = None
+                self._wanted.move_to_end(k)
+            while len(self._wanted) > WANTED_VERSIONS:
+                self._wanted.popitem(last=False)
+        jobs = [self._stories(new, days, now)] + ([self._stories(old, days, now)] if old else [])
+        wait(jobs, timeout=max(0.0, wait_s - (time.perf_counter() - started)))
+        clustered = [j.result() if j.done() and not j.cancelled() and j.exception() is None else None
+                     for j in jobs]
+        elapsed = time.perf_counter() - started
+        new_r = self._result(new, clustered[0], days, elapsed)
+        old_r = self._result(old, clustered[1], days, elapsed) if old else None
+        return new_r, old_r, diff(old_r, new_r)
 
-    def _facts(self, corpus: Corpus, item: ItemRecord) -> novelty.Facts:
-        f = corpus.facts.get(item.id)
-        if f is None:
-            f = novelty.extract_facts(item.title, item.summary, item.outlet)
-            corpus.facts[item.id] = f
-        return f
+    def run(self, topic: TopicConfig, *, days: int = DEFAULT_DAYS, now: datetime,
+            wait_s: float = 600.0) -> Result:
+        """One topic's complete backtest (stories and alerts included unless that takes over `wait_s`)."""
+        return self.compare(topic, None, days=days, now=now, wait_s=wait_s)[0]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 LOGIN_PATH = "/admin/login"
+# The editor's backtest answers within this (matches and the item diff are always there); stories and
+# alerts that take longer follow on the next request (the page asks again while they are pending).
+PAGE_WAIT_S = 0.6
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -252,7 +255,7 @@ def routes(ctx: AdminContext, env: jinja2.Environment | None = None) -> list[Bas
         config, _sha = configfile.current_config(ctx.config_path)
         saved_topic = forms.find_topic(config, topic_id) if topic_id else None
         now = ctx.clock()
-        result, saved, d = tester.compare(edited, saved_topic, days=days, now=now)
+        result, saved, d = tester.compare(edited, saved_topic, days=days, now=now, wait_s=PAGE_WAIT_S)
         return pages.render("admin/_backtest.html", session, result=result, saved=saved, diff=d, errors={},
                             message="", per_day=charts.bars_svg(
                                 [charts.DayCount(day, m, a) for day, m, a in result.per_day(now)],

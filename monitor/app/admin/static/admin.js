@@ -11,6 +11,7 @@
   var timer = null;
   var seq = 0;
   var DEBOUNCE_MS = 450;
+  var PENDING_POLL_MS = 800;
 
   function setState(text) { if (state) state.textContent = text; }
 
@@ -34,6 +35,11 @@
       target.setAttribute("aria-busy", "false");
       target.setAttribute("data-seq", String(mine));
       setState("");
+      // Matches are final; stories and alerts may still be computing on the server: ask again shortly.
+      if (target.querySelector("[data-pending]")) {
+        setState("grouping into stories…");
+        timer = setTimeout(run, PENDING_POLL_MS);
+      }
     }).catch(function () {
       if (mine === seq) setState("failed: is the service running?");
     });

@@ -1,0 +1,128 @@
+"""The topic editor's backtest on stored vectors, with the real model: its verdicts are the matcher's, its
+stories novelty's, its diff what changes, and new example texts are encoded once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine
+
+from monitor.app.admin.backtest import Backtester
+from monitor.config import Settings, TopicConfig
+from monitor.records import ItemRecord
+from monitor.signal import embed, match, novelty
+from monitor.signal.stories import params_for
+from monitor.storage import db
+from monitor.storage.tables import Feed, Item
+
+pytestmark = pytest.mark.slow
+
+NOW = datetime(2023, 11, 25, 12, 0, tzinfo=UTC)
+HEADLINES = [
+    "Qatar says talks between Israel and Hamas on a hostage deal have made progress",
+    "Israeli negotiators travel to Doha for talks on a truce in Gaza",
+    "Qatari mediators say Israel and Hamas are close to a deal on hostages and a pause in fighting",
+    "Hamas delegation in Cairo for ceasefire talks with Egyptian mediators",
+    "Mediators in Doha report progress on a hostage deal",
+    "Storm floods coastal towns in southern England",
+    "Stock markets rally as inflation cools in the United States",
+    "Qatar signs long-term gas supply deal with China",
+]
+TOPIC = TopicConfig(
+    id="hostage-talks", name="Hostage talks",
+    description="Negotiations between Israel and Hamas, mediated by Qatar and Egypt, over a truce and hostages",
+    examples=["Qatar says talks between Israel and Hamas on a hostage deal have made progress",
+              "Israeli negotiators travel to Doha for talks on a Gaza truce",
+              "Mediators say a deal to free hostages and pause the fighting is close"],
+    counterexamples=["Storm floods coastal towns"], threshold=0.5)
+
+
+def _store(engine: Engine, embedder, headlines: list[str], start_id: int = 1,  # type: ignore[no-untyped-def]
+           hours_ago: float = 40.0) -> list[ItemRecord]:
+    records = []
+    with db.write_transaction(engine) as s:
+        if start_id == 1:
+            s.add(Feed(id=1, url="https://wire.example/rss", config_url="https://wire.example/rss", enabled=True,
+                       error_count=0, created_at=db.naive_utc(NOW)))
+            s.flush()
+        for i, title in enumerate(headlines, start=start_id):
+            published = NOW - timedelta(hours=hours_ago - 4 * (i - start_id))
+            s.add(Item(id=i, feed_id=1, outlet="wire.example", key=f"k{i}", title=title, summary="",
+                       published_at=db.naive_utc(published), fetched_at=db.naive_utc(published),
+                       content_hash=f"h{i}", processed_at=db.naive_utc(published)))
+            records.append(ItemRecord(id=i, feed_id=1, outlet="wire.example", title=title, summary="", link=None,
+                                      published_at=published, content_hash=f"h{i}"))
+        s.flush()
+        vectors = embed.encode_items(embedder, headlines, headlines)
+        embed.store_vectors(s, embedder, [r.id for r in records], vectors)
+    return records
+
+
+def test_backtest_is_what_the_matcher_and_novelty_decide(engine: Engine, embedder) -> None:  # type: ignore[no-untyped-def]
+    records = _store(engine, embedder, HEADLINES)
+    tester = Backtester(engine, embedder, Settings())
+    try:
+        result = tester.run(TOPIC, days=7, now=NOW)
+    finally:
+        tester.close()
+    # The pipeline's own verdicts on the same items and vectors.
+    vectors = embed.encode_items(embedder, HEADLINES, HEADLINES)
+    verdicts = match.match_items(records, vectors, match.compile_topics([TOPIC], embedder))
+    expected = [v for v in verdicts if v.matched]
+    assert [h.item.id for h in result.hits] == [v.item_id for v in expected]
+    assert [h.score for h in result.hits] == [v.score for v in expected]
+    assert [h.reason for h in result.hits] == [v.reason for v in expected]
+    assert len(expected) >= 3 and 6 not in [h.item.id for h in result.hits]  # the storm is not matched
+    index = {r.id: i for i, r in enumerate(records)}
+    decided = novelty.cluster([novelty.novelty_item(records[index[v.item_id]], TOPIC.id, vectors[index[v.item_id]])
+                               for v in expected], params_for(Settings()))
+    assert [(h.story_key, h.decision) for h in result.hits] == [(k, a.decision) for k, a in decided]
+    assert not result.pending and result.alerts >= 1
+    assert sum(len(st.hits) for st in result.stories) == len(result.hits)
+
+
+def test_a_counterexample_shows_as_lost_and_new_texts_are_encoded_once(engine: Engine, embedder, counting) -> None:  # type: ignore[no-untyped-def]
+    _store(engine, embedder, HEADLINES)
+    tester = Backtester(engine, counting, Settings())
+    try:
+        saved, _none, _d = tester.compare(TOPIC, None, days=7, now=NOW, wait_s=60)
+        near_miss = HEADLINES[2]
+        assert near_miss in [h.item.title for h in saved.hits]
+        encoded = sum(len(c) for c in counting.calls)
+        edited = TOPIC.model_copy(update={"counterexamples": [*TOPIC.counterexamples, near_miss]})
+        new, old, d = tester.compare(edited, TOPIC, days=7, now=NOW, wait_s=60)
+        assert [h.item.title for h in d.lost] == [near_miss] and not d.gained
+        assert near_miss not in [h.item.title for h in new.hits]
+        assert old is not None and [h.item.id for h in old.hits] == [h.item.id for h in saved.hits]
+        assert d.alerts_known and (d.alerts_lost or not [h for h in saved.hits if h.alert and h.item.title == near_miss])
+        # Only the new counterexample was encoded; typing on (the same text again) encodes nothing.
+        assert sum(len(c) for c in counting.calls) == encoded + 1
+        tester.compare(edited, TOPIC, days=7, now=NOW, wait_s=60)
+        tester.compare(edited.model_copy(update={"name": "Renamed"}), TOPIC, days=7, now=NOW, wait_s=60)
+        assert sum(len(c) for c in counting.calls) == encoded + 1
+        # Stories not ready within the wait: the matches are final anyway, the stories follow.
+        renamed = edited.model_copy(update={"threshold": 0.55})
+        quick, _old, _d = tester.compare(renamed, TOPIC, days=7, now=NOW, wait_s=0.0)
+        full, _old, _d = tester.compare(renamed, TOPIC, days=7, now=NOW, wait_s=60)
+        assert [h.item.id for h in quick.hits] == [h.item.id for h in full.hits] and not full.pending
+    finally:
+        tester.close()
+
+
+def test_new_items_reach_the_backtest_after_the_refresh_interval(engine: Engine, embedder) -> None:  # type: ignore[no-untyped-def]
+    _store(engine, embedder, HEADLINES[:4])
+    clock = [0.0]
+    tester = Backtester(engine, embedder, Settings(), refresh_s=30.0, monotonic=lambda: clock[0])
+    try:
+        first = tester.run(TOPIC, days=7, now=NOW)
+        _store(engine, embedder, ["Mediators in Doha report progress on a hostage deal"], start_id=50, hours_ago=2)
+        assert tester.run(TOPIC, days=7, now=NOW).hits == first.hits  # cached window
+        clock[0] = 31.0
+        later = tester.run(TOPIC, days=7, now=NOW)
+        assert later.scanned == first.scanned + 1
+        assert 50 in [h.item.id for h in later.hits]
+        # Items older than the window drop out.
+        assert tester.run(TOPIC, days=1, now=NOW).scanned == 1
+    finally:
+        tester.close()
