@@ -73,9 +73,10 @@ class KeywordGate:
         hits: list[str] = []
         hit_groups = 0
         for pattern in self.groups:
-            found = _found(pattern, text)
-            hit_groups += bool(found)
-            hits += found
+            first = pattern.search(text)
+            if first is not None:  # go on from the first hit: each text is scanned once per group
+                hit_groups += 1
+                hits += [m.group(0) for m in pattern.finditer(text, first.start())]
         return hit_groups, list(dict.fromkeys(hits)), veto
 
     def check(self, text: str) -> tuple[bool, list[str], str]:
@@ -225,40 +226,43 @@ def match_texts(ids: Sequence[int], texts: Sequence[str], vectors: np.ndarray, t
     out: list[TopicMatch] = []
     if len(ids) == 0:
         return out
-    per_topic = [score_topic(t, texts, vectors) for t in topics.topics]
+    per_topic = []
+    for t in topics.topics:
+        prob, sc, ev = score_topic(t, texts, vectors)
+        labels = [_EVIDENCE_LABELS.get(n, n) for n in t.combiner.names]
+        cols = (sc.column("best").tolist(), sc.column("anti").tolist(), sc.column("hinge").tolist(),
+                sc.best_idx.tolist(), sc.counter_idx.tolist(), t.combiner.contributions(sc.x).tolist())
+        per_topic.append((prob.tolist(), ev, labels, cols))
     for row, item_id in enumerate(ids):
-        for t, (prob, sc, ev) in zip(topics.topics, per_topic, strict=True):
-            s = round(float(prob[row]), 4)
+        for t, (prob, ev, labels, cols) in zip(topics.topics, per_topic, strict=True):
+            s = round(prob[row], 4)
             hit_groups, hits, veto = ev[row]
-            n_groups = len(t.gate.groups)
             why = ""
             if use_gates and veto is not None:
                 why = f"excluded keyword {veto!r}"
-            elif use_gates and t.keyword_mode == "gate" and hit_groups < n_groups:
+            elif use_gates and t.keyword_mode == "gate" and hit_groups < len(t.gate.groups):
                 why = "not every keyword group has a hit"
             matched = not why and s >= t.threshold
             out.append(TopicMatch(item_id=item_id, topic_id=t.id, score=s, matched=matched,
-                                  reason=_reason(t, sc, row, s, hits, hit_groups, why)))
+                                  reason=_reason(t, labels, [c[row] for c in cols], s, hits, hit_groups, why)))
     return out
 
 
-def _reason(t: CompiledTopic, sc: relevance.Scored, row: int, s: float, hits: list[str], hit_groups: int,
-            why: str) -> str:
-    best = sc.column("best")[row]
+def _reason(t: CompiledTopic, labels: list[str], row: list, s: float, hits: list[str],  # type: ignore[type-arg]
+            hit_groups: int, why: str) -> str:
+    best, anti, hinge, best_idx, counter_idx, contrib = row
     parts = [f"score {s:.3f} {'>=' if s >= t.threshold else '<'} threshold {t.threshold:.3f} ({t.threshold_source})",
-             f"nearest example {_short(t.prototype_texts[sc.best_idx[row]])!r} ({best:.2f})"]
-    c = sc.counter_idx[row]
-    if c >= 0 and sc.column("hinge")[row] > 0:
-        parts.append(f"closer to counterexample {_short(t.counter_texts[c])!r} ({best + sc.column('anti')[row]:.2f})")
+             f"nearest example {_short(t.prototype_texts[best_idx])!r} ({best:.2f})"]
+    if counter_idx >= 0 and hinge > 0:
+        parts.append(f"closer to counterexample {_short(t.counter_texts[counter_idx])!r} ({best + anti:.2f})")
     n_groups = len(t.gate.groups)
     if n_groups:
         parts.append(f"keywords {hit_groups}/{n_groups} groups" + (": " + ", ".join(hits) if hits else ""))
-    contrib = t.combiner.contributions(sc.x[row:row + 1])[0]
     merged: dict[str, float] = {}
-    for name, v in zip(t.combiner.names, contrib, strict=True):
-        label = _EVIDENCE_LABELS.get(name, name)
-        merged[label] = merged.get(label, 0.0) + float(v)
-    parts.append("evidence vs an average item (log-odds) " + ", ".join(f"{k} {v:+.1f}" for k, v in sorted(merged.items(), key=lambda kv: -abs(kv[1]))))
+    for label, v in zip(labels, contrib, strict=True):
+        merged[label] = merged.get(label, 0.0) + v
+    parts.append("evidence vs an average item (log-odds) "
+                 + ", ".join(f"{k} {v:+.1f}" for k, v in sorted(merged.items(), key=lambda kv: -abs(kv[1]))))
     if why:
         parts.append(f"gate: {why}")
     return "; ".join(parts)
