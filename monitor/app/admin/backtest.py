@@ -342,6 +342,7 @@ class Backtester:
         return out
 
     def _stories(self, scored: _Scored, days: int, now: datetime) -> Future[tuple[Hit, ...]]:
+        facts = self.corpus(days, now).facts  # before taking the lock: corpus() takes it too (not reentrant)
         with self._lock:
             done = self._clustered.get(scored.key)
             if done is not None:
@@ -350,7 +351,7 @@ class Backtester:
                 return f
             job = self._jobs.get(scored.key)
             if job is None or job.cancelled() or (job.done() and job.exception() is not None):
-                job = self._pool.submit(self._stories_job, scored, self.corpus(days, now).facts)
+                job = self._pool.submit(self._stories_job, scored, facts)
                 self._jobs[scored.key] = job
                 job.add_done_callback(lambda _f, k=scored.key: self._forget(k))
             return job
