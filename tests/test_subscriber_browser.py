@@ -25,9 +25,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
 
-from monitor.app import pipeline
+from monitor.app import admin, pipeline
+from monitor.app.admin import auth, make_context
 from monitor.app.admin.backtest import Backtester
 from monitor.app.subscriber import SubscriberContext, routes, suggest
+from monitor.app.subscriber.adminpages import admin_routes
 from monitor.cli import main
 from monitor.config import load_config
 from monitor.delivery import links, unsubscribe
@@ -146,7 +148,12 @@ def test_a_reader_tunes_the_digest_and_a_topic_in_chromium(tmp_path: Path, embed
     rt = pipeline.build_runtime(engine, config, embedder, clock, signing_key=KEY)
     current = {"config": config}
     ctx = SubscriberContext(engine=engine, config=lambda: current["config"], secret_key=KEY, clock=clock.now)
-    app = Starlette(routes=[*routes(ctx), *unsubscribe.routes(engine, config, KEY, clock=clock.now)])
+    backtester = Backtester(engine, embedder, config.settings)
+    admin_ctx = make_context(engine, config_path, lambda: current["config"], KEY, lambda: backtester,
+                             lambda: datetime.now(UTC))
+    app = Starlette(routes=[*routes(ctx), *unsubscribe.routes(engine, config, KEY, clock=clock.now),
+                            *admin.routes(admin_ctx), *admin_routes(admin_ctx)])
+    auth.create_user(engine, "editor", "correct horse battery staple")
 
     def run_pipeline() -> int:
         pipeline.process_pending(rt)
@@ -169,13 +176,13 @@ def test_a_reader_tunes_the_digest_and_a_topic_in_chromium(tmp_path: Path, embed
             fp_alert, fp_title = s.execute(select(Alert.id, Alert.title).where(
                 Alert.title == FALSE_POSITIVE, Alert.topic_id == "doha-talks",
                 Alert.decision.in_(["new_story", "update"]))).one()
-        assert "Hamas and Israel agree four-day truce" in text and fp_title in text
+        assert "Hamas and Israel agree four-day truce" in text and fp_title in text, decisions(engine)
         assert "== ICC ==" not in text  # not one of Ana's topics yet (test_subscriber_pages: filtered out)
         assert "You receive this as news breaks because ana@example.org follows Doha talks." in text
         prefs_url = link_after(text, "Change topics, timing or pause")
         story_url = link_after(text, "Story timeline")
 
-        with chromium() as browser, serve(app, web_port):
+        with chromium() as browser, serve(app, web_port) as base:
             page = browser.new_page(viewport={"width": 900, "height": 1000})
             # --- preferences from the delivered e-mail: ICC too, hourly ---------------------------------
             page.goto(prefs_url)
@@ -224,33 +231,41 @@ def test_a_reader_tunes_the_digest_and_a_topic_in_chromium(tmp_path: Path, embed
             assert page.is_visible("h2:has-text('Timeline')") and page.is_visible("text=First report")
             page.screenshot(path=str(artifact("subscriber-story.png")), full_page=True)
 
-        # --- the suggestion, with its backtest effect over the last 7 days ---------------------------------
-        with Session(engine) as s:
-            found = suggest.suggestions(s, config, "doha-talks")
-        assert [(sg.field, sg.text, sg.votes) for sg in found] == [("counterexamples", fp_title, 1)]
-        [sg] = suggest.with_effects(found, config.topic("doha-talks"), Backtester(engine, embedder, config.settings),
-                                    datetime.now(UTC))
-        # The stored look-alike would no longer match (the matcher keeps the reported item itself above its
-        # threshold: a counterexample lowers look-alikes, it does not blacklist a headline).
-        assert sg.effect is not None and sg.effect.items_lost >= 1 and sg.effect.items_gained == 0
-        assert EARLIER_LOOK_ALIKE in sg.effect.lost_titles, sg.effect
-        # The look-alike would match the topic as it stands.
-        before = match.compile_topics(config.topics, embedder)
-        vec = embed.encode_items(embedder, [LOOK_ALIKE], [LOOK_ALIKE])
-        assert next(v for v in match.match_texts([0], [LOOK_ALIKE], vec, before) if v.topic_id == "doha-talks").matched
+            # --- the suggestion in the admin UI, with its backtest effect over the last 7 days ----------------
+            with Session(engine) as s:
+                [sg] = suggest.suggestions(s, config, "doha-talks")
+            assert (sg.field, sg.text, sg.votes) == ("counterexamples", fp_title, 1)
+            # The look-alike would match the topic as it stands.
+            before = match.compile_topics(config.topics, embedder)
+            vec = embed.encode_items(embedder, [LOOK_ALIKE], [LOOK_ALIKE])
+            assert next(v for v in match.match_texts([0], [LOOK_ALIKE], vec, before) if v.topic_id == "doha-talks").matched
+            runner = CliRunner()
+            listed = runner.invoke(main, ["--config", str(config_path), "topics", "suggest", "doha-talks", "--no-backtest"])
+            assert listed.exit_code == 0, listed.output
+            assert f"#{sg.id}  add counterexample: {fp_title!r}  (1 reader)" in listed.output
 
-        runner = CliRunner()
-        listed = runner.invoke(main, ["--config", str(config_path), "topics", "suggest", "doha-talks", "--no-backtest"])
-        assert listed.exit_code == 0, listed.output
-        assert f"#{sg.id}  add counterexample: {fp_title!r}  (1 reader)" in listed.output
-        applied = runner.invoke(main, ["--config", str(config_path), "topics", "suggest", "doha-talks",
-                                       "--apply", str(sg.id), "--actor", "admin@test"])
-        assert applied.exit_code == 0, applied.output
+            page.goto(f"{base}/admin/topics/doha-talks/suggestions")  # not logged in: the login page first
+            page.fill("input[name=username]", "editor")
+            page.fill("input[name=password]", "correct horse battery staple")
+            page.click("form[action='/admin/login'] button[type=submit]")
+            page.wait_for_url("**/admin/topics/doha-talks/suggestions")
+            row = page.locator("table.suggestions tbody tr").first
+            assert fp_title in row.inner_text()
+            # The stored look-alike would no longer match (the matcher keeps the reported item itself above its
+            # threshold: a counterexample lowers look-alikes, it does not blacklist a headline).
+            effect = row.locator("td.effect").first.inner_text()
+            lost = int(re.search(r"\+(\d+) / \u2212(\d+)", effect).group(2))  # type: ignore[union-attr]
+            assert lost >= 1 and effect.startswith("+0"), effect
+            assert EARLIER_LOOK_ALIKE in row.inner_text()  # "would no longer match: ..."
+            page.screenshot(path=str(artifact("subscriber-suggestions.png")), full_page=True)
+            row.locator("button[type=submit]").click()
+            page.wait_for_selector(f"text=Suggestion #{sg.id} applied")
+
         saved = config_path.read_text()
         assert "# The subscriber browser test's configuration" in saved and fp_title in saved
         with Session(engine) as s:
             audit = s.scalars(select(AuditEntry)).all()
-            assert [(a.actor, a.target) for a in audit] == [("admin@test", "topic doha-talks")]
+            assert [(a.actor, a.target) for a in audit] == [("editor", "topic doha-talks")]
             assert fp_title in audit[0].diff
             assert suggest.suggestions(s, load_config(config_path), "doha-talks") == []  # applied: no longer open
 

@@ -10,6 +10,7 @@ change up like any other edit."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +26,7 @@ from monitor.storage.tables import Feedback
 
 FIELD_FOR = {"not_relevant": "counterexamples", "more_like_this": "examples"}
 DAYS = 7
+ALERTS_WAIT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +84,11 @@ def edited_topic(topic: TopicConfig, s: Suggestion) -> TopicConfig:
 def with_effects(found: Sequence[Suggestion], topic: TopicConfig, backtester, now: datetime,  # type: ignore[no-untyped-def]
                  days: int = DAYS) -> list[Suggestion]:
     """Each proposal with its backtest effect (`backtester`: monitor.app.admin.backtest.Backtester)."""
+    # The admin backtest answers matches at once and stories/alerts when ready: wait for them here.
+    wait = {"wait_s": ALERTS_WAIT_S} if "wait_s" in inspect.signature(backtester.compare).parameters else {}
     out = []
     for s in found:
-        _new, _old, diff = backtester.compare(edited_topic(topic, s), topic, days=days, now=now)
+        _new, _old, diff = backtester.compare(edited_topic(topic, s), topic, days=days, now=now, **wait)
         out.append(Suggestion(s.id, s.topic_id, s.field, s.text, s.votes, s.first_at, Effect(
             days=days, items_gained=len(diff.gained), items_lost=len(diff.lost),
             alerts_gained=len(diff.alerts_gained), alerts_lost=len(diff.alerts_lost),
