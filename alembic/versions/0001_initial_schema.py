@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 15:52:48.485261
+Create Date: 2026-12-04 16:17:36.855099
 """
 from alembic import op
 import sqlalchemy as sa
@@ -110,19 +110,6 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.PrimaryKeyConstraint('address')
     )
-    op.create_table('topic_changes',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('topic_id', sa.String(length=64), nullable=False),
-    sa.Column('actor', sa.String(length=255), nullable=False),
-    sa.Column('at', sa.DateTime(), nullable=False),
-    sa.Column('summary', sa.Text(), nullable=False),
-    sa.Column('diff', sa.JSON(), nullable=False),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('topic_changes', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_topic_changes_at'), ['at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_topic_changes_topic_id'), ['topic_id'], unique=False)
-
     op.create_table('workers',
     sa.Column('id', sa.String(length=128), nullable=False),
     sa.Column('roles', sa.String(length=64), nullable=False),
@@ -411,11 +398,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_workers_heartbeat_at'))
 
     op.drop_table('workers')
-    with op.batch_alter_table('topic_changes', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_topic_changes_topic_id'))
-        batch_op.drop_index(batch_op.f('ix_topic_changes_at'))
-
-    op.drop_table('topic_changes')
     op.drop_table('suppressions')
     op.drop_table('subscriptions')
     with op.batch_alter_table('signup_attempts', schema=None) as batch_op:

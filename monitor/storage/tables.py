@@ -313,18 +313,6 @@ class SignupAttempt(Base):
     at: Mapped[datetime] = mapped_column(DateTime, index=True)
 
 
-class TopicChange(Base):
-    """Audit of topic edits made through the service (a suggestion applied, an admin edit): who, when, the diff."""
-
-    __tablename__ = "topic_changes"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    topic_id: Mapped[str] = mapped_column(String(64), index=True)
-    actor: Mapped[str] = mapped_column(String(255))
-    at: Mapped[datetime] = mapped_column(DateTime, index=True)
-    summary: Mapped[str] = mapped_column(Text)
-    diff: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
-
-
 # --- the admin web UI and API (monitor.app.admin) -------------------------------------------------------
 
 
