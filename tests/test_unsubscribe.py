@@ -188,7 +188,7 @@ def test_an_unsubscribed_address_can_be_resubscribed_from_the_cli(setup, tmp_pat
         sub_id = s.scalar(select(Subscription.id).where(Subscription.target == "ana@example.org"))
         event = s.scalars(select(SubscriberEvent).where(SubscriberEvent.subscription_id == sub_id)).one()
         audit = s.scalars(select(AuditEntry)).one()
-    assert event.action == "resubscribe" and event.detail == {"by": "ops-bob"} and event.at is not None
+    assert event.action == "resubscribe" and event.at is not None
     assert (audit.actor, audit.action, audit.target) == ("ops-bob", "subscription.resubscribed", "email ana@example.org")
     again = runner.invoke(main, ["--config", str(cfg), "subscribers", "resubscribe", "ana@example.org"])
     assert again.exit_code == 0 and "is subscribed (nothing to do)" in again.output

@@ -211,6 +211,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     def subscribers_resubscribe(ctx: CliContext, email: str, by: str | None) -> None:
         """Subscribe EMAIL again after it unsubscribed (from now on: what was alerted meanwhile is not
         sent). Recorded with who and when."""
+        from monitor.app.subscriber import prefs
+
         address = email.strip().lower()
         now = db.utcnow()
         with db.write_transaction(ctx.engine()) as s:
@@ -223,7 +225,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                 click.echo(f"{row.target} is subscribed (nothing to do)")
                 return
             left = db.aware_utc(row.unsubscribed_at)
-            unsubscribe.resubscribe(s, row.id, now, by=_operator(by))
+            prefs.resubscribe(s, row.id, now)  # as the subscriber's own page does it (a subscriber event)
             _audit(s, _operator(by), "subscription.resubscribed", f"email {row.target}",
                    f"unsubscribed since {left:%Y-%m-%d %H:%M}Z")
             suppressed = s.get(Suppression, row.target) is not None

@@ -25,7 +25,7 @@ from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from itsdangerous.timed import TimestampSigner
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -36,7 +36,7 @@ from monitor.config import Config, Settings, secret
 from monitor.delivery import render
 from monitor.errors import ConfigError
 from monitor.storage.db import naive_utc, utcnow
-from monitor.storage.tables import Alert, SubscriberEvent, Subscription
+from monitor.storage.tables import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,7 @@ def signing_key(settings: Settings, env: Mapping[str, str] | None = None) -> str
             f"{name} is not set, and it is required when the database is not SQLite: several hosts share that "
             "database, so a digest signed on one host must be checked on another, which works only if they all "
             f"use the same key. Set {name} to the same random value on every host (e.g. the output of "
-            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`); changing it later invalidates the "
-            "links in digests already sent.")
+            "`openssl rand -base64 32`); changing it later invalidates the links in digests already sent.")
     path = Path(settings.outbox_dir).parent / ".secret_key"
     try:
         return path.read_text().strip()
@@ -137,20 +136,6 @@ def unsubscribe(session: Session, subscription_id: int, now: datetime) -> bool |
     if row.unsubscribed_at is not None:
         return False
     row.unsubscribed_at = naive_utc(now)
-    return True
-
-
-def resubscribe(session: Session, subscription_id: int, now: datetime, *, by: str) -> bool:
-    """Undo an unsubscribe (an operator's `monitor subscribers resubscribe`): from now on, so what was alerted
-    meanwhile is not sent. Recorded as the subscription's `resubscribe` event with who (`by`) and when.
-    False if it was not unsubscribed."""
-    row = session.get(Subscription, subscription_id)
-    if row is None or row.unsubscribed_at is None:
-        return False
-    row.unsubscribed_at = None
-    row.cursor_alert_id = max(row.cursor_alert_id or 0, session.scalar(select(func.coalesce(func.max(Alert.id), 0))) or 0)
-    session.add(SubscriberEvent(subscription_id=row.id, at=naive_utc(now), action="resubscribe", detail={"by": by}))
-    log.info("resubscribed", extra={"subscription_id": row.id, "channel": "email", "by": by})
     return True
 
 
