@@ -112,7 +112,7 @@ def test_email_reads_well_and_escapes_feed_text() -> None:
     assert msg["Subject"] == 'ICC: ICC prosecutor seeks warrants & says <!channel> "evidence is clear" (+2 more)'
     # Why you got this (every topic, the match reason of a new story), the story page, feedback per alert,
     # and a footer naming the topics with the preferences link.
-    assert "Why you got this: Doha talks, ICC (score 0.710 >= threshold 0.550" in text
+    assert "Why you got this: Doha talks, ICC (closest to 'Qatar hosts talks')" in text
     assert "Story timeline: https://monitor.example.org/story/S1" in text
     for kind in ("not_relevant", "known", "more_like_this"):
         for alert in (1, 2, 3, 4):
@@ -168,6 +168,14 @@ def test_a_large_digest_splits_into_valid_slack_messages(n: int) -> None:
             for m in messages for b in m["blocks"] if b["type"] == "section"]
     assert seen == list(range(n))
     assert messages[0]["blocks"][-1]["elements"][0]["text"].startswith(f"Part 1 of {len(messages)}")
+
+
+def test_the_match_reason_reads_as_a_line() -> None:
+    reason = ("score 0.498 >= threshold 0.382 (label-free); nearest example 'US presses Israel' (0.62); "
+              "keywords 2/2 groups: hostage, release; evidence vs an average item (log-odds) similarity +4.1")
+    assert render.reason_line(reason) == "closest to 'US presses Israel'; keywords 2/2 groups: hostage, release"
+    assert render.reason_line("first report") == "first report"
+    assert render.reason_line(None) == ""
 
 
 def test_header_text_strips_injection_material() -> None:

@@ -90,6 +90,19 @@ def _slack_url(value: str) -> str:
     return quote(value, safe=":/?#[]@!$&'()*+,;=%~-._").replace("&", "&amp;").replace("<", "%3C")
 
 
+def reason_line(reason: str | None, max_len: int = 180) -> str:
+    """The matcher's reason for a reader, in a line: which example it was closest to and the keywords that
+    counted, without the scores and thresholds (those are for `monitor topics test`)."""
+    if not reason:
+        return ""
+    parts = [p.strip() for p in reason.split(";")]
+    keep = [p for p in parts if p.startswith(("nearest example", "keywords", "closer to"))]
+    text = "; ".join(keep) if keep else reason
+    text = re.sub(r"\s*\(-?\d\.\d+\)", "", text)  # per-example similarities
+    text = text.replace("nearest example", "closest to", 1)
+    return truncate_text(text, max_len)
+
+
 def localtime(value: datetime, tz: str) -> str:
     local = value.astimezone(ZoneInfo(tz))
     return local.strftime("%a %d %b %Y, %H:%M ") + (local.tzname() or tz)
@@ -145,6 +158,7 @@ class Renderer:
         )
         self.env.filters.update(
             localtime=localtime,
+            reason_line=reason_line,
             safe_url=safe_url,
             slack_escape=slack_escape,
             slack_url=_slack_url,
