@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from adminfixtures import PASSWORD, admin_app, client, csrf_of, login, write_config
+from adminfixtures import CONFIG, PASSWORD, admin_app, client, csrf_of, login, write_config
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
@@ -90,3 +90,31 @@ async def test_suppressed_addresses_are_shown_and_lifted_with_an_audit_entry(eng
     with Session(engine) as s:
         assert [(e.action, e.target) for e in s.scalars(select(AuditEntry))] == [("subscriber.unsuppress",
                                                                                    "gone@example.org")]
+
+
+async def test_the_service_routes_serve_the_pages_and_the_feed_urls_the_cli_prints(tmp_path, engine) -> None:
+    """What the composition root mounts (subscriber.service_routes): the public pages, the admin pages behind
+    the login, and the alert feeds at the addresses `monitor subscribers feed-urls` prints."""
+    from click.testing import CliRunner
+
+    from monitor.app.subscriber import service_routes
+    from monitor.cli import main
+
+    url = engine.url.render_as_string(hide_password=False)
+    path = write_config(tmp_path, CONFIG.replace("[settings]\n", f'[settings]\ndatabase_url = "{url}"\n'
+                                                                   'base_url = "http://test"\n', 1))
+    config = load_config(path)
+    key = "k" * 32
+    app = Starlette(routes=service_routes(engine, lambda: config, key, lambda: NOW, lambda: None,
+                                          config_path=path, embedder=lambda: None))
+    async with client(app) as c:
+        assert (await c.get("/subscriber.css")).headers["content-type"].startswith("text/css")
+        assert (await c.get("/admin/suppressions")).status_code == 303  # the admin login first
+        assert (await c.get("/preferences/not-a-token")).status_code == 400
+        out = CliRunner().invoke(main, ["--config", str(path), "subscribers", "feed-urls"],
+                                 env={"MONITOR_SECRET_KEY": key})
+        assert out.exit_code == 0, out.output
+        atom_url = next(line.split("atom: ", 1)[1] for line in out.output.splitlines() if "atom: " in line)
+        assert atom_url.startswith("http://test/feeds/hostage-talks.atom?token=")
+        r = await c.get(atom_url.replace("http://test", ""))
+        assert r.status_code == 200 and b"<feed" in r.content
