@@ -9,6 +9,7 @@ import json
 import re
 from datetime import datetime, timedelta
 from email import message_from_bytes, policy
+from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -103,6 +104,10 @@ def test_preferences_change_the_next_digest_and_are_recorded(engine, site) -> No
                                  "timezone": "Europe/London"})
     assert r.status_code == 303
     assert "Saved" in client.get(r.headers["location"]).text
+    with Session(engine) as s:  # `monitor digest preview` shows what the subscriber chose
+        world.new_story("icc0", "icc", "ICC previewed story", at=clock.now)
+        content = digest.preview(s, config, digest.find_spec(config, subscriber="ana@example.org"), clock.now)
+        assert content is not None and "ICC" in [t.name for t in content.topics]
     assert events(engine)[-1] == ("prefs", {
         "before": {"topics": ["doha-talks"], "cadence": "daily", "daily_at": "08:00", "timezone": "Europe/London"},
         "after": {"topics": ["doha-talks", "icc"], "cadence": "hourly", "daily_at": "08:00",
@@ -207,7 +212,13 @@ def test_story_page_shows_the_timeline_outlets_and_first_last_seen(engine, site)
     assert "Qatar hosts new round of ceasefire talks" in body and "What&rsquo;s new:</strong> Hamas delegation arrived" in body
     assert body.index("First report") < body.index("Hamas delegation arrived")
     assert "aljazeera.com" in body and "First seen" in body and "Last seen" in body
-    assert "<script" not in body
+    assert "<script" not in body and "style=" not in body  # the CSP allows neither
+    # Every asset is shipped by the service itself (no CDN): the one stylesheet, same origin.
+    assert re.findall(r'<link[^>]+href="([^"]+)"', body) == ["/subscriber.css"]
+    assert client.get("/subscriber.css").status_code == 200
+    parser = HTMLParser()
+    parser.feed(body)
+    parser.close()
     # Behind admin login by setting.
     admin_only = config.model_copy(update={"settings": config.settings.model_copy(update={"story_pages": "admin"})})
     ctx = SubscriberContext(engine=engine, config=lambda: admin_only, secret_key=KEY, clock=clock)

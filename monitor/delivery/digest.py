@@ -343,7 +343,9 @@ def digest_content(spec: SubscriptionSpec, alerts: Sequence[AlertView], config: 
 
 
 def preview(session: Session, config: Config, spec: SubscriptionSpec, now: datetime) -> DigestContent | None:
-    """What the subscription's next digest would hold now (None when there is nothing); writes nothing."""
+    """What the subscription's next digest would hold now (None when there is nothing); writes nothing. The
+    subscriber's own preferences (topics...) apply, as they will for the real digest."""
+    spec = next((e for e in effective_specs(session, config) if (e.kind, e.target) == (spec.kind, spec.target)), spec)
     row = session.scalar(select(Subscription).where(Subscription.kind == spec.kind, Subscription.target == spec.target))
     cursor = row.cursor_alert_id if row is not None else 0
     alerts = pending_alerts(session, config, spec, cursor)
