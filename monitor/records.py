@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-Decision = Literal["new_story", "update", "repeat"]
+# held: a new story on weak evidence waiting for corroboration (no alert unless a second outlet confirms it)
+Decision = Literal["new_story", "update", "repeat", "held"]
 ALERT_DECISIONS: tuple[Decision, ...] = ("new_story", "update")
 
 
@@ -89,6 +90,7 @@ class MatchedItem:
     topic_id: str
     score: float
     vector: Any  # np.ndarray (float32, L2-normalised); typed loosely to keep this module numpy-free
+    threshold: float | None = None  # the topic's match threshold (score - threshold: how clearly on topic)
 
 
 # --- fetch -> parse -> store (the feed side of the pipeline) ---------------------------------------------

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from monitor.ingest.parse import text_hash
-from monitor.records import ItemRecord
+from monitor.records import ALERT_DECISIONS, ItemRecord
+from monitor.signal.developments import arguments, commentary, read_developments
 from monitor.signal.embed import encode_items
 from monitor.signal.novelty import StoryParams, cluster, extract_facts, novelty_item
 
@@ -27,13 +28,16 @@ OTHER_QUAKE = ("Powerful earthquake strikes western Afghanistan near Herat",
                "people, officials said.")
 
 
-def _items(embedder, spec: list[tuple[float, str, str, str]], topic: str = "quakes"):  # type: ignore[no-untyped-def]
-    """(hours after T0, outlet, title, summary) -> NoveltyItems with the service's item vectors."""
+def _items(embedder, spec: list[tuple[float, str, str, str]], topic: str = "quakes",  # type: ignore[no-untyped-def]
+           margins: list[float | None] | None = None):
+    """(hours after T0, outlet, title, summary) -> NoveltyItems with the service's item vectors; `margins`
+    are the match margins (score - topic threshold), None = clearly on topic."""
     records = [ItemRecord(id=i + 1, feed_id=1, outlet=o, title=t, summary=s, link=f"https://{o}/{i}",
                           published_at=T0 + timedelta(hours=h), content_hash=text_hash(t, s))
                for i, (h, o, t, s) in enumerate(spec)]
     vectors = encode_items(embedder, [r.title for r in records], [r.text for r in records])
-    return [novelty_item(r, topic, vectors[i]) for i, r in enumerate(records)]
+    ms = margins or [None] * len(records)
+    return [novelty_item(r, topic, vectors[i], ms[i]) for i, r in enumerate(records)]
 
 
 @pytest.mark.slow
@@ -70,7 +74,7 @@ def test_a_different_event_of_the_same_type_starts_a_new_story(embedder) -> None
     xs = _items(embedder, [(0, "reuters.com", *QUAKE), (30, "apnews.com", *OTHER_QUAKE),
                            (31, "cnn.com", *QUAKE_TOLL)])
     (k1, _a1), (k2, a2), (k3, a3) = cluster(xs, StoryParams())
-    assert a2.decision == "new_story" and k2 != k1
+    assert a2.decision == "new_story" and k2 != k1, a2.reason
     assert k3 == k1 and a3.decision == "update"  # the Morocco toll still goes to the Morocco story
 
 
@@ -113,3 +117,120 @@ def test_apostrophes_are_not_quotes_but_quotes_are() -> None:
     assert f.title_quotes == frozenset()
     g = extract_facts("US says hostage deal ‘closer than ever’", "")
     assert g.title_quotes == {"closer than ever"}
+
+
+# --- the alerting rules (issue 12): look-alike split, material update, corroboration wait ----------------------
+
+RELEASE = ("Hamas releases two American hostages, a mother and daughter",
+           "The two US citizens were handed to the Red Cross at the Gaza border on Friday, Qatar said.")
+RELEASE_AGAIN = ("Hamas frees 2 US hostages, a mother and her daughter",
+                 "A mother and her daughter held in Gaza since October 7 were freed, the White House said.")
+REACTION = ("White House welcomes release of two American hostages",
+            "The president said he was overjoyed that the two Americans held by Hamas had been freed.")
+EXPLAINER = ("Analysis: what the release of two hostages means for the war",
+             "The release of two American hostages raises questions about what comes next.")
+SECOND_RELEASE = ("Hamas frees 2 more hostages, elderly Israeli women",
+                  "Two elderly Israeli women held in Gaza were released on Monday evening, Qatar said.")
+
+
+@pytest.mark.slow
+def test_look_alike_events_with_different_counts_are_not_one_alerted_development(embedder) -> None:  # type: ignore[no-untyped-def]
+    """Two releases of the same kind a day apart: whatever story the second lands in, it alerts (a new story or
+    an update naming the release) because its figures contradict the first release's."""
+    xs = _items(embedder, [(0, "reuters.com", *RELEASE),
+                           (26, "bbc.co.uk", "Hamas frees 13 more hostages on second day of exchange",
+                            "Thirteen Israelis were handed to the Red Cross on Saturday, Qatar said.")], topic="exchange")
+    (_k1, a1), (_k2, a2) = cluster(xs, StoryParams())
+    assert a1.decision == "new_story"
+    assert a2.decision in ("new_story", "update"), a2.reason
+
+
+@pytest.mark.slow
+def test_reactions_rephrasings_and_explainers_of_an_alerted_release_do_not_alert(embedder) -> None:  # type: ignore[no-untyped-def]
+    xs = _items(embedder, [(0, "reuters.com", *RELEASE), (1, "bbc.co.uk", *RELEASE_AGAIN), (2, "cnn.com", *REACTION),
+                           (3, "nytimes.com", *EXPLAINER)], topic="exchange")
+    steps = cluster(xs, StoryParams())
+    assert [a.decision in ALERT_DECISIONS for _k, a in steps] == [True, False, False, False], [a.reason for _k, a in steps]
+    assert "commentary" in steps[3][1].reason
+
+
+@pytest.mark.slow
+def test_a_material_development_is_an_update_that_says_what_happened(embedder) -> None:  # type: ignore[no-untyped-def]
+    xs = _items(embedder, [(0, "reuters.com", *QUAKE), (1, "bbc.co.uk", *QUAKE_REPHRASED),
+                           (20, "aljazeera.com", *QUAKE_TOLL)])
+    steps = cluster(xs, StoryParams())
+    assert [a.decision for _k, a in steps] == ["new_story", "repeat", "update"]
+    what = steps[2][1].what_is_new or ""
+    assert "new count" in what and "2,012" in what
+
+
+@pytest.mark.slow
+def test_a_weak_new_story_waits_for_a_second_outlet(embedder) -> None:  # type: ignore[no-untyped-def]
+    weak, strong = 0.0, 1.0
+    spec = [(0, "reuters.com", *QUAKE), (1, "reuters.com", *QUAKE_REPHRASED),
+            (2, "bbc.co.uk", "Strong earthquake in Morocco leaves hundreds dead", "Rescuers dug through rubble in "
+             "villages of the High Atlas on Saturday after the quake.")]
+    steps = cluster(_items(embedder, spec, margins=[weak, weak, weak]), StoryParams())
+    assert [a.decision for _k, a in steps] == ["held", "held", "new_story"]  # the same outlet does not corroborate
+    assert "second outlet" in steps[2][1].reason and len({k for k, _a in steps}) == 1
+    # no second outlet within the delay: the story never alerts
+    late = [(0, "reuters.com", *QUAKE), (12, "bbc.co.uk", *QUAKE_REPHRASED)]
+    assert [a.decision for _k, a in cluster(_items(embedder, late, margins=[weak, weak]), StoryParams())] == [
+        "held", "held"]
+    # clear evidence alerts at once; without the wait, a weak match alerts at once too
+    assert cluster(_items(embedder, spec[:1], margins=[strong]), StoryParams())[0][1].decision == "new_story"
+    no_wait = StoryParams(corroboration=False)
+    assert cluster(_items(embedder, spec[:1], margins=[weak]), no_wait)[0][1].decision == "new_story"
+
+
+@pytest.mark.slow
+def test_the_same_release_split_into_another_story_is_not_alerted_twice(embedder) -> None:  # type: ignore[no-untyped-def]
+    """Whatever story the service puts it in, a report of an alerted development is a repeat."""
+    xs = _items(embedder, [(0, "reuters.com", *RELEASE), (5, "apnews.com", "Two Americans freed by Hamas", "")],
+                topic="exchange")
+    params = StoryParams(join_threshold=2.0)  # nothing joins: every item starts its own story
+    (k1, a1), (k2, a2) = cluster(xs, params)
+    assert k1 != k2 and a1.decision == "new_story"
+    assert a2.decision == "repeat" and "already alerted" in a2.reason
+
+
+def kinds(title: str) -> set[str]:
+    return {d.kind for d in read_developments(title)}
+
+
+def test_a_release_that_happened_is_not_a_release_that_is_offered() -> None:
+    assert "release" in kinds("Hamas frees two more hostages")
+    offered = kinds("Hamas says it is ready to release civilian hostages")
+    assert "release" not in offered and "proposal" in offered
+
+
+def test_deals_extensions_collapses_and_talks_moving_city_are_developments() -> None:
+    assert "deal" in kinds("Israel and Hamas agree four-day truce")
+    assert "extension" in kinds("Qatar says the truce has been extended by one day")
+    assert "collapse" in kinds("Truce collapses as fighting resumes in Gaza")
+    talks = read_developments("Hamas delegation arrives in Cairo for talks")
+    assert any("place:cairo" in d.args for d in talks)
+
+
+def test_commentary_explainers_and_live_blogs_report_no_development() -> None:
+    for title in ("Analysis: what the release of two hostages means", "Israel-Gaza war live updates: hostages freed",
+                  "What we know about the hostages released on Friday", "Why Qatar is the mediator everyone calls"):
+        assert commentary(title), title
+        assert read_developments(title) == ()
+    assert commentary("Hamas frees two more hostages") is None
+
+
+def test_different_counts_or_places_make_different_developments() -> None:
+    (first,) = [d for d in read_developments("Hamas releases 13 hostages") if d.kind == "release"]
+    (again,) = [d for d in read_developments("Thirteen freed: Hamas releases 13 hostages") if d.kind == "release"]
+    (second,) = [d for d in read_developments("Hamas releases 17 more hostages") if d.kind == "release"]
+    assert first.same_as(again) and not first.same_as(second)
+    cairo = read_developments("Negotiators gather in Cairo for talks")[0]
+    doha = read_developments("Negotiators gather in Doha for talks")[0]
+    assert cairo.kind == doha.kind == "talks" and not cairo.same_as(doha)
+
+
+def test_arguments_read_counts_ordinals_and_places_but_not_title_case_words() -> None:
+    args = arguments("Second group of 17 hostages handed over in Rafah")
+    assert {"ord:2", "count:17:hostage", "place:rafah"} <= args
+    assert not any(a.startswith("place:") for a in arguments("US Pressing Israel To Delay Gaza Invasion To Win Release"))

@@ -51,9 +51,11 @@ def _store(engine: Engine, spec: list[tuple[float, str, str, str]], t0: datetime
     return out
 
 
-def _matched(embedder, items: list[ItemRecord], topic: str = "prisoner-exchange") -> list[MatchedItem]:  # type: ignore[no-untyped-def]
+def _matched(embedder, items: list[ItemRecord], topic: str = "prisoner-exchange",  # type: ignore[no-untyped-def]
+             score: float = 0.9, threshold: float | None = None) -> list[MatchedItem]:
     v = encode_items(embedder, [it.title for it in items], [it.text for it in items])
-    return [MatchedItem(item=it, topic_id=topic, score=0.9, vector=v[i]) for i, it in enumerate(items)]
+    return [MatchedItem(item=it, topic_id=topic, score=score, vector=v[i], threshold=threshold)
+            for i, it in enumerate(items)]
 
 
 @pytest.mark.slow
@@ -94,6 +96,26 @@ def test_story_state_survives_between_batches(engine: Engine, embedder) -> None:
 
 
 @pytest.mark.slow
+def test_a_held_story_waits_across_batches_and_alerts_when_a_second_outlet_reports_it(engine: Engine, embedder) -> None:  # type: ignore[no-untyped-def]
+    """A weak match (score just over the topic threshold) is held; its state (typed, stored as JSON) survives
+    until another outlet's report arrives in a later poll, which alerts once as the new story."""
+    quiet = ("Hostage families wait for news in Tel Aviv", "Relatives gathered outside the defence ministry on Friday.")
+    again = ("Families of hostages keep vigil in Tel Aviv", "Relatives of those held in Gaza gathered on Friday night.")
+    items = _store(engine, [(0, "reuters.com", *quiet), (2, "bbc.co.uk", *again)])
+    matched = _matched(embedder, items, score=0.41, threshold=0.40)
+    for m in matched:
+        with Session(engine) as s, s.begin():
+            stories.assign(s, [m], m.item.published_at, SETTINGS)
+    with Session(engine) as s:
+        alerts = s.scalars(select(Alert).order_by(Alert.id)).all()
+        assert [a.decision for a in alerts] == ["held", "new_story"]
+        assert "second outlet" in alerts[1].reason
+        row = s.scalars(select(Story)).one()
+        state = stories.StoryState.from_json(row.state)
+        assert state.alerted and state == stories.StoryState.from_json(state.to_json())
+
+
+@pytest.mark.slow
 def test_window_expiry_closes_stories_and_later_items_start_new_ones(engine: Engine, embedder) -> None:  # type: ignore[no-untyped-def]
     items = _store(engine, [(0, "reuters.com", *FIRST), (100, "usnews.com", *FIRST)])
     first, late = _matched(embedder, items)
@@ -126,7 +148,7 @@ def test_stories_list_shows_items_sources_and_reasons(engine: Engine, embedder, 
     out = result.output
     assert "1 story" in out and FIRST[0] in out and SECOND[0] in out
     assert "3 source(s): reuters.com, usnews.com, bbc.co.uk" in out
-    assert "syndicated copy" in out and "new figure: 17 more hostages" in out
+    assert "syndicated copy" in out and "release (17 more hostages" in out
 
     unknown = CliRunner().invoke(main, ["--config", str(config), "stories", "list", "nope"])
     assert unknown.exit_code == 2 and "unknown topic" in unknown.output

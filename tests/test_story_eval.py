@@ -120,13 +120,46 @@ def test_replay_counts_matches_stories_alerts_and_repeats(tmp_path: Path, embedd
     assert len(items) == 4  # the duplicate capture and the item outside the dates are left out
     topic = TopicConfig(id="prisoner-exchange", name="Prisoner exchange",
                         description="Hostages and prisoners released in an exchange between Israel and Hamas.",
-                        examples=["Hamas releases hostages in exchange for Palestinian prisoners"], threshold=0.35)
+                        examples=["Hamas releases hostages in exchange for Palestinian prisoners"], threshold=0.05)
     topics = match.compile_topics([topic], embedder)
     vectors = story_eval.cached_vectors(embedder, items, None)
     r = story_eval.replay(items, vectors, topics, Settings())
     c = r.topics["prisoner-exchange"]
-    assert c == {"matches": 3, "stories": 1, "alerts": 2, "repeats": 1, "new_stories": 1, "updates": 1}
+    assert c == {"matches": 3, "stories": 1, "alerts": 2, "repeats": 1, "new_stories": 1, "updates": 1, "held": 0}
     assert [(a.decision, a.title) for a in r.alerts] == [
         ("new_story", "Hamas releases 24 hostages on first day of Gaza truce"),
         ("update", "Hamas releases 17 more hostages in second exchange after delay")]
     assert r.alerts[0].link == "https://www.reuters.com/a" and "17" in (r.alerts[1].what_is_new or "")
+    # what a person needs to judge each alert (JUDGING.md): headline, teaser, "what's new", time, topic
+    row = r.alerts[1].as_dict()
+    assert row["headline"] == "Hamas releases 17 more hostages in second exchange after delay"
+    assert row["teaser"].startswith("Thirteen Israelis") and row["topic"] == "prisoner-exchange" and row["time"]
+    assert r.per_day()["prisoner-exchange"] == {"2023-11-24": 1, "2023-11-25": 1}
+
+
+def _write_timelines(path: Path) -> Path:
+    rows = [
+        ("t1", "2023-10-20 17:00:00", "reuters.com", "Hamas releases two American hostages, a mother and daughter",
+         "development"),
+        ("t1", "2023-10-20 18:00:00", "bbc.co.uk", "Hamas frees 2 US hostages, a mother and her daughter", "repeat"),
+        ("t1", "2023-10-20 20:00:00", "nytimes.com", "Analysis: what the release of two hostages means", "repeat"),
+        ("t1", "2023-10-23 20:00:00", "cnn.com", "Hamas frees 2 more hostages, elderly Israeli women", "development"),
+    ]
+    path.write_text("".join(json.dumps({"timeline": tl, "topic": "prisoner-exchange", "id": str(i), "date": d,
+                                        "source": src, "title": t, "summary": "", "label": lab}) + "\n"
+                            for i, (tl, d, src, t, lab) in enumerate(rows)), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_timeline_alerts_are_scored_against_development_labels(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    tl = story_eval.read_timelines(_write_timelines(tmp_path / "t.jsonl"))
+    assert [t.development for t in tl] == [True, False, False, True]
+    vectors = story_eval.cached_vectors(embedder, [t.item for t in tl], None)
+    r = story_eval.evaluate_updates(tl, vectors, StoryParams())
+    assert r.items == 4 and r.developments == 2
+    assert r.alert_precision == 1.0 and r.development_recall == 1.0, r.mistakes
+    (tmp_path / "bad.jsonl").write_text('{"timeline": "t", "topic": "x", "date": "2023-10-20", "title": "x", '
+                                        '"label": "maybe"}\n', encoding="utf-8")
+    with pytest.raises(story_eval.EvalError, match="bad.jsonl:1"):
+        story_eval.read_timelines(tmp_path / "bad.jsonl")

@@ -169,7 +169,8 @@ def _process_batch(rt: Runtime, items: list[ItemRecord]) -> _BatchReport:
     index = {it.id: i for i, it in enumerate(items)}
     by_id = {it.id: it for it in items}
     todo = [MatchedItem(item=by_id[m.item_id], topic_id=m.topic_id, score=m.score,
-                        vector=vectors[index[m.item_id]]) for m in matched
+                        vector=vectors[index[m.item_id]], threshold=rt.topics.get(m.topic_id).threshold)
+            for m in matched
             if by_id[m.item_id].published_at >= horizon]
     stale = len(matched) - len(todo)
     todo.sort(key=lambda x: (x.item.published_at, x.item.id))

@@ -78,39 +78,70 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                     click.echo(f"  {'':<11} {'':<9} {it.link}")
 
     @eval_group.command(name="stories")
-    @click.option("--items", "items_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                  help="Labelled items (JSON lines: id, date, source, title, summary, story).")
+    @click.option("--items", "items_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="Labelled same-story items (JSON lines: id, date, source, title, summary, story); repeatable.")
+    @click.option("--timelines", "timelines_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="Story timelines (JSON lines: timeline, topic, date, source, title, summary, label "
+                       "development|repeat): scores the alerts against the labels.")
     @click.option("--method", type=click.Choice(["novelty", "baseline"]), default="novelty", show_default=True,
-                  help="novelty = the service's clustering; baseline = one cosine threshold on centroids, no window.")
+                  help="Shown first; the other is always reported beside it. baseline = one cosine threshold on "
+                       "centroids, no window (and, for timelines: every item alerts / any unseen fact updates).")
     @click.option("--threshold", type=float, default=None, help="Override the join threshold (for sweeps).")
     @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=_DEFAULT_CACHE,
                   show_default=True, help="Where item vectors are cached between runs.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
     @pass_ctx
-    def eval_stories(ctx: CliContext, items_file: Path, method: str, threshold: float | None, cache_dir: Path,
-                     as_json: bool) -> None:
+    def eval_stories(ctx: CliContext, items_files: tuple[Path, ...], timelines_file: Path | None, method: str,
+                     threshold: float | None, cache_dir: Path, as_json: bool) -> None:
         """Replay labelled items in date order through story clustering (no topic filter) and score the
-        clusters: B-cubed and pairwise precision/recall/F1."""
+        clusters (B-cubed and pairwise precision/recall/F1) beside the one-threshold centroid baseline; with
+        --timelines, score the alerts (new stories and updates) against items labelled development/repeat."""
         from monitor.lab import story_eval
         from monitor.signal import embed, novelty
 
+        if not items_files and timelines_file is None:
+            raise click.UsageError("give --items FILE (same-story labels) and/or --timelines FILE")
         settings = _settings(ctx)
-        labelled = story_eval.read_labelled(items_file)
-        if not labelled:
-            raise MonitorError(f"{items_file}: no items")
         embedder = embed.load_embedder(settings)
-        vectors = story_eval.cached_vectors(embedder, [li.item for li in labelled], cache_dir)
-        params = novelty.BASELINE if method == "baseline" else novelty.StoryParams(window_h=settings.story_window_h)
+        ours = novelty.StoryParams(window_h=settings.story_window_h)
+        methods = {"novelty": ours, "baseline": novelty.BASELINE}
         if threshold is not None:
-            params = replace(params, join_threshold=threshold)
-        r = story_eval.evaluate_stories(labelled, vectors, params)
-        click.echo(f"{items_file.name}: {r.items} items, {r.gold_stories} labelled stories -> {r.stories} stories "
-                   f"({method}, join threshold {params.join_threshold})")
-        click.echo(_prf("B-cubed", r.bcubed.as_dict()))
-        click.echo(_prf("pairwise", r.pairwise.as_dict()))
-        click.echo("decisions: " + ", ".join(f"{k} {v}" for k, v in sorted(r.decisions.items())))
+            methods[method] = replace(methods[method], join_threshold=threshold)
+        order = [method, *(m for m in methods if m != method)]
+        report: dict[str, object] = {}
+        for items_file in items_files:
+            labelled = story_eval.read_labelled(items_file)
+            if not labelled:
+                raise MonitorError(f"{items_file}: no items")
+            vectors = story_eval.cached_vectors(embedder, [li.item for li in labelled], cache_dir)
+            results = {m: story_eval.evaluate_stories(labelled, vectors, methods[m]) for m in order}
+            first = results[order[0]]
+            click.echo(f"{items_file.name}: {first.items} items, {first.gold_stories} labelled stories")
+            for m in order:
+                r = results[m]
+                click.echo(f"  {m:<9} -> {r.stories:>4} stories (join threshold {methods[m].join_threshold})  "
+                           + _prf("B-cubed", r.bcubed.as_dict()).replace("B-cubed   ", "B-cubed "))
+            report[items_file.name] = {m: {**results[m].as_dict(), "join_threshold": methods[m].join_threshold}
+                                       for m in order}
+        if timelines_file is not None:
+            tl = story_eval.read_timelines(timelines_file)
+            if not tl:
+                raise MonitorError(f"{timelines_file}: no items")
+            vectors = story_eval.cached_vectors(embedder, [t.item for t in tl], cache_dir)
+            earlier = replace(ours, material_updates=False, corroboration=False)
+            runs = {"novelty": story_eval.evaluate_updates(tl, vectors, ours),
+                    "any-new-fact": story_eval.evaluate_updates(tl, vectors, earlier)}
+            every = sum(t.development for t in tl) / len(tl)
+            click.echo(f"{timelines_file.name}: {len(tl)} items, {runs['novelty'].developments} labelled developments")
+            click.echo(f"  {'rule':<13} {'update precision':>16} {'alert precision':>15} {'developments alerted':>20}")
+            for name, r in runs.items():
+                click.echo(f"  {name:<13} {r.update_precision:>16.3f} {r.alert_precision:>15.3f} "
+                           f"{r.development_recall:>20.3f}   ({', '.join(f'{k} {v}' for k, v in sorted(r.decisions.items()))})")
+            click.echo(f"  {'every-match':<13} {'-':>16} {every:>15.3f} {1.0:>20.3f}   (every item alerts)")
+            report[timelines_file.name] = {**{k: r.as_dict() for k, r in runs.items()},
+                                           "every-match": {"alert_precision": round(every, 4), "development_recall": 1.0}}
         if as_json:
-            click.echo(json.dumps({**r.as_dict(), "method": method}))
+            click.echo(json.dumps(report))
 
     @eval_group.command(name="replay")
     @click.option("--stream", "stream_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -120,15 +151,19 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @click.option("--topic", "only", multiple=True, help="Only these topic ids in the timeline (all are counted).")
     @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=_DEFAULT_CACHE,
                   show_default=True, help="Where item vectors are cached between runs.")
+    @click.option("--alerts-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="Also write every alert as one JSON line (topic, time, decision, headline, teaser, "
+                       "what_is_new, ...) for judging by reading (JUDGING.md).")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
     @pass_ctx
     def eval_replay(ctx: CliContext, stream_file: Path, start: str, end: str, only: tuple[str, ...],
-                    cache_dir: Path, as_json: bool) -> None:
+                    cache_dir: Path, alerts_out: Path | None, as_json: bool) -> None:
         """Replay the real stream through the configured topics and story clustering on a simulated clock;
-        report per topic matches, stories, alerts (new stories + updates) and repeats, and a day-by-day
-        timeline of the alerts' headlines."""
+        report per topic matches (the baseline: every match alerts), stories, alerts (new stories + updates),
+        repeats and held stories, alerts per day, what waiting for corroboration cost (alerts dropped, delay)
+        against the same replay without the wait, and a day-by-day timeline of the alerts."""
         from monitor.lab import story_eval
-        from monitor.signal import embed, match
+        from monitor.signal import embed, match, novelty
 
         config: Config = ctx.config
         if not config.topics:
@@ -140,12 +175,28 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         embedder = embed.load_embedder(config.settings)
         vectors = story_eval.cached_vectors(embedder, items, cache_dir)
         topic_set = match.compile_topics(config.topics, embedder)
-        r = story_eval.replay(items, vectors, topic_set, config.settings)
-        click.echo(f"replayed {r.items} items published {start} .. {end}")
-        click.echo(f"{'topic':<20} {'matches':>8} {'stories':>8} {'alerts':>7} {'(updates)':>10} {'repeats':>8}")
+        params = novelty.StoryParams(window_h=config.settings.story_window_h)
+        r = story_eval.replay(items, vectors, topic_set, config.settings, params=params)
+        no_wait = story_eval.replay(items, vectors, topic_set, config.settings,
+                                    params=replace(params, corroboration=False))
+        earlier = story_eval.replay(items, vectors, topic_set, config.settings,
+                                    params=replace(params, corroboration=False, material_updates=False))
+        days_n = (t1 - t0).days
+        click.echo(f"replayed {r.items} items published {start} .. {end} ({days_n} days)")
+        click.echo(f"{'topic':<20} {'matches':>8} {'stories':>8} {'alerts':>7} {'(updates)':>10} {'repeats':>8} "
+                   f"{'held':>5} {'max/day':>8} {'no wait':>8} {'earlier rule':>13}")
+        per_day = r.per_day()
         for tid, c in r.topics.items():
+            top = max(per_day.get(tid, {}).values(), default=0)
             click.echo(f"{tid:<20} {c['matches']:>8} {c['stories']:>8} {c['alerts']:>7} {c['updates']:>10} "
-                       f"{c['repeats']:>8}")
+                       f"{c['repeats']:>8} {c['held']:>5} {top:>8} {no_wait.topics[tid]['alerts']:>8} "
+                       f"{earlier.topics[tid]['alerts']:>13}")
+        click.echo("baseline (every match alerts) = the matches column; 'no wait' = the same without waiting for "
+                   "corroboration; 'earlier rule' = every new story alerts and any unseen figure/name/quote updates")
+        corr = story_eval.corroboration_cost(r, no_wait)
+        click.echo(f"corroboration: {r.held_stories} stories waited, {r.held_alerted} alerted after a median "
+                   f"{corr['median_wait_h']} h (max {corr['max_wait_h']} h); {corr['dropped']} alerts of the no-wait "
+                   f"replay never sent")
         days: dict[str, list[story_eval.ReplayAlert]] = defaultdict(list)
         for a in r.alerts:
             if not only or a.topic in only:
@@ -157,10 +208,16 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                 tag = "NEW" if a.decision == "new_story" else "UPD"
                 extra = f"  [{a.what_is_new}]" if a.what_is_new else ""
                 click.echo(f"  {a.published:%H:%M} {a.topic:<18} {tag} s{a.story:<4} {a.title} ({a.outlet}){extra}")
+        if alerts_out is not None:
+            alerts_out.parent.mkdir(parents=True, exist_ok=True)
+            with alerts_out.open("w", encoding="utf-8") as fh:
+                for a in r.alerts:
+                    fh.write(json.dumps(a.as_dict(), ensure_ascii=False) + "\n")
         if as_json:
             click.echo(json.dumps({
-                "topics": {t: {k: c[k] for k in ("matches", "stories", "alerts", "repeats")} for t, c in r.topics.items()},
-                "alerts": [{k: v for k, v in a.as_dict().items() if k in ("topic", "decision", "published", "title",
-                                                                          "link", "story", "what_is_new")}
-                           for a in r.alerts],
-            }))
+                **r.as_dict(),
+                "baseline_every_match_alerts": {t: c["matches"] for t, c in r.topics.items()},
+                "no_wait": {t: c["alerts"] for t, c in no_wait.topics.items()},
+                "earlier_rule": {t: c["alerts"] for t, c in earlier.topics.items()},
+                "corroboration_cost": corr,
+            }, ensure_ascii=False))

@@ -166,11 +166,91 @@ def evaluate_stories(labelled: Sequence[LabelledItem], vectors: np.ndarray, para
     )
 
 
+# --- timelines: is each alert a material development? -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineItem:
+    item: ItemRecord
+    timeline: str
+    topic: str
+    development: bool  # labelled a material development (else a repeat, reaction or commentary)
+
+
+def read_timelines(path: str | Path) -> list[TimelineItem]:
+    """Items of a timeline file (`timeline, topic, id, date, source, title, summary, label` with label
+    development|repeat), sorted by date (stable)."""
+    out = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise EvalError(f"cannot read {path}: {e}") from e
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            title, summary = str(r["title"]), str(r.get("summary") or "")
+            label = str(r["label"])
+            if label not in ("development", "repeat"):
+                raise ValueError(f"label {label!r} is neither development nor repeat")
+            item = ItemRecord(id=n, feed_id=0, outlet=str(r.get("source") or ""), title=title, summary=summary,
+                              link=r.get("link"), published_at=_parse_date(str(r["date"])),
+                              content_hash=content_hash(title, summary))
+            out.append(TimelineItem(item, str(r["timeline"]), str(r["topic"]), label == "development"))
+        except (ValueError, KeyError, TypeError) as e:
+            raise EvalError(f"{path}:{n}: not a timeline item (needs timeline, topic, date, title, label): {e}") from e
+    out.sort(key=lambda t: t.item.published_at)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateEvalResult:
+    items: int
+    developments: int  # items labelled development
+    decisions: dict[str, int]
+    update_precision: float  # labelled developments among the items decided `update`
+    alert_precision: float  # labelled developments among all alerts (new_story + update)
+    development_recall: float  # labelled developments that alerted
+    mistakes: tuple[tuple[str, str, str], ...]  # (decision, label, headline) of each wrong alert / missed development
+
+    def as_dict(self) -> dict[str, object]:
+        return {"items": self.items, "developments": self.developments, "decisions": self.decisions,
+                "update_precision": round(self.update_precision, 4), "alert_precision": round(self.alert_precision, 4),
+                "development_recall": round(self.development_recall, 4)}
+
+
+def evaluate_updates(timeline: Sequence[TimelineItem], vectors: np.ndarray, params: StoryParams) -> UpdateEvalResult:
+    """Run the labelled timeline items (date order, `vectors` aligned) through novelty per topic, as the
+    service would see them (stories found by clustering, not given), and score the alerts against the labels:
+    an alert is right when the item is a labelled development. The match margin is unknown here (every item
+    counts as clearly on topic), so only the second-outlet part of corroboration is exercised."""
+    items = [novelty_item(t.item, t.topic, vectors[i]) for i, t in enumerate(timeline)]
+    steps = cluster(items, params)
+    dec = [a.decision for _k, a in steps]
+    gold = [t.development for t in timeline]
+    updates = [g for d, g in zip(dec, gold, strict=True) if d == "update"]
+    alerts = [g for d, g in zip(dec, gold, strict=True) if d in ("new_story", "update")]
+    mistakes = tuple((d, "development" if g else "repeat", t.item.title)
+                     for d, g, t in zip(dec, gold, timeline, strict=True)
+                     if (d in ("new_story", "update")) != g)
+    return UpdateEvalResult(
+        items=len(timeline), developments=sum(gold), decisions=dict(Counter(dec)),
+        update_precision=sum(updates) / len(updates) if updates else 0.0,
+        alert_precision=sum(alerts) / len(alerts) if alerts else 0.0,
+        development_recall=sum(alerts) / sum(gold) if sum(gold) else 0.0,
+        mistakes=mistakes,
+    )
+
+
 # --- replay of the real stream (topics + stories on a simulated clock) ------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class ReplayAlert:
+    """One alert of a replay, with what a person needs to judge it (JUDGING.md): the headline, the teaser
+    and "what's new" as the subscriber would see them, and why the service decided so."""
+
     topic: str
     decision: str
     published: datetime
@@ -179,21 +259,41 @@ class ReplayAlert:
     story: int
     outlet: str
     what_is_new: str | None
+    summary: str = ""
+    reason: str = ""
+    waited_h: float = 0.0  # hours between the story's first report and this alert (0 unless it was held)
 
     def as_dict(self) -> dict[str, object]:
-        return {"topic": self.topic, "decision": self.decision, "published": self.published.isoformat(),
-                "title": self.title, "link": self.link, "story": self.story, "outlet": self.outlet,
-                "what_is_new": self.what_is_new}
+        return {"topic": self.topic, "time": self.published.isoformat(), "decision": self.decision,
+                "headline": self.title, "teaser": self.summary, "what_is_new": self.what_is_new,
+                "outlet": self.outlet, "link": self.link, "story": self.story, "reason": self.reason,
+                "waited_h": round(self.waited_h, 2)}
 
 
 @dataclass(frozen=True, slots=True)
 class ReplayResult:
     items: int
-    topics: dict[str, dict[str, int]]  # topic -> matches, stories, alerts, repeats, updates, new_stories
+    topics: dict[str, dict[str, int]]  # topic -> matches, stories, alerts, repeats, updates, new_stories, held
     alerts: tuple[ReplayAlert, ...]
+    held_stories: int = 0  # stories that started on weak evidence and waited
+    held_alerted: int = 0  # of those, corroborated in time (they alerted, late)
+    wait_hours: tuple[float, ...] = ()  # the delay each corroborated story's alert took
+
+    def per_day(self) -> dict[str, dict[str, int]]:
+        """topic -> day (YYYY-MM-DD) -> alerts."""
+        out: dict[str, dict[str, int]] = {t: {} for t in self.topics}
+        for a in self.alerts:
+            day = a.published.strftime("%Y-%m-%d")
+            out.setdefault(a.topic, {})[day] = out.get(a.topic, {}).get(day, 0) + 1
+        return out
 
     def as_dict(self) -> dict[str, object]:
-        return {"items": self.items, "topics": self.topics, "alerts": [a.as_dict() for a in self.alerts]}
+        waits = sorted(self.wait_hours)
+        return {"items": self.items, "topics": self.topics, "per_day": self.per_day(),
+                "corroboration": {"held_stories": self.held_stories, "alerted_after_wait": self.held_alerted,
+                                  "median_wait_h": round(float(np.median(waits)), 2) if waits else None,
+                                  "max_wait_h": round(waits[-1], 2) if waits else None},
+                "alerts": [a.as_dict() for a in self.alerts]}
 
 
 def read_stream(path: str | Path, start: datetime, end: datetime) -> list[ItemRecord]:
@@ -264,11 +364,11 @@ def cached_vectors(embedder, items: Sequence[ItemRecord], cache_dir: Path | None
 
 
 def replay(items: Sequence[ItemRecord], vectors: np.ndarray, topic_set, settings,  # type: ignore[no-untyped-def]
-           step_h: float = 1.0) -> ReplayResult:
+           step_h: float = 1.0, params: StoryParams | None = None) -> ReplayResult:
     """Feed `items` (published order, `vectors` aligned) through matching and stories on a simulated
     clock that advances `step_h` hours per step (a poll tick): each step matches the items published in
     it, assigns them to stories in a throw-away SQLite database and closes expired stories, like the
-    service does."""
+    service does. `params` overrides the service's story parameters (evaluation baselines)."""
     from datetime import timedelta
 
     from sqlalchemy import create_engine, select
@@ -276,19 +376,21 @@ def replay(items: Sequence[ItemRecord], vectors: np.ndarray, topic_set, settings
 
     from monitor.records import MatchedItem
     from monitor.signal import match, stories
-    from monitor.storage.tables import Alert, Base
+    from monitor.storage.tables import Alert, Base, Story
 
     engine = create_engine("sqlite://")
     Base.metadata.create_all(engine)
     verdicts = match.match_items(items, vectors, topic_set)
     index = {it.id: i for i, it in enumerate(items)}
     matched = [MatchedItem(item=items[index[m.item_id]], topic_id=m.topic_id, score=m.score,
-                           vector=vectors[index[m.item_id]]) for m in verdicts if m.matched]
+                           vector=vectors[index[m.item_id]], threshold=topic_set.get(m.topic_id).threshold)
+               for m in verdicts if m.matched]
     matched.sort(key=lambda m: (m.item.published_at, m.item.id))
     counts: dict[str, dict[str, int]] = {
-        t.id: {"matches": 0, "stories": 0, "alerts": 0, "repeats": 0, "new_stories": 0, "updates": 0}
+        t.id: {"matches": 0, "stories": 0, "alerts": 0, "repeats": 0, "new_stories": 0, "updates": 0, "held": 0}
         for t in topic_set.topics}
     step = timedelta(hours=step_h)
+    held_stories: set[int] = set()
     with Session(engine, expire_on_commit=False) as s:
         i = 0
         while i < len(matched):
@@ -298,23 +400,52 @@ def replay(items: Sequence[ItemRecord], vectors: np.ndarray, topic_set, settings
                 batch.append(matched[i])
                 i += 1
             stories.close_expired(s, now, settings.story_window_h)
-            for d in stories.assign(s, batch, now, settings):
+            known = {r[0] for r in s.execute(select(Story.id))}
+            for d in stories.assign(s, batch, now, settings, params):
                 c = counts[d.topic_id]
                 c["matches"] += 1
-                if d.decision == "new_story":
+                if d.story_id not in known:
+                    known.add(d.story_id)
                     c["stories"] += 1
+                if d.decision == "new_story":
                     c["new_stories"] += 1
                     c["alerts"] += 1
                 elif d.decision == "update":
                     c["updates"] += 1
                     c["alerts"] += 1
+                elif d.decision == "held":
+                    c["held"] += 1
+                    held_stories.add(d.story_id)
                 else:
                     c["repeats"] += 1
             s.commit()
-        rows = s.scalars(select(Alert).where(Alert.decision.in_(("new_story", "update")))
+        rows = s.execute(select(Alert, Story.first_seen, Story.id).join(Story, Story.id == Alert.story_id)
+                         .where(Alert.decision.in_(("new_story", "update")))
                          .order_by(Alert.published_at, Alert.id)).all()
+        by_item = {it.id: it for it in items}
         alerts = tuple(ReplayAlert(
             topic=a.topic_id, decision=a.decision, published=a.published_at.replace(tzinfo=UTC), title=a.title,
-            link=a.link, story=a.story_id, outlet=a.outlet, what_is_new=a.what_is_new) for a in rows)
+            link=a.link, story=a.story_id, outlet=a.outlet, what_is_new=a.what_is_new,
+            summary=by_item[a.item_id].summary if a.item_id in by_item else "", reason=a.reason,
+            waited_h=(a.published_at - first).total_seconds() / 3600.0 if sid in held_stories else 0.0)
+            for a, first, sid in rows)
     engine.dispose()
-    return ReplayResult(items=len(items), topics=counts, alerts=alerts)
+    waits = tuple(a.waited_h for a in alerts if a.decision == "new_story" and a.story in held_stories)
+    return ReplayResult(items=len(items), topics=counts, alerts=alerts, held_stories=len(held_stories),
+                        held_alerted=len(waits), wait_hours=waits)
+
+
+def corroboration_cost(waited: ReplayResult, no_wait: ReplayResult) -> dict[str, object]:
+    """What waiting for corroboration did, against the same replay without the wait: the alerts the no-wait
+    replay sent that the waiting one never did (by item: topic + headline + time), how many the waiting one sent
+    late, and the delay of those."""
+    def key(a: ReplayAlert) -> tuple[str, str, str]:
+        return (a.topic, a.title, a.published.isoformat())
+
+    sent = {key(a) for a in waited.alerts}
+    dropped = [a for a in no_wait.alerts if key(a) not in sent]
+    waits = sorted(waited.wait_hours)
+    return {"dropped": len(dropped), "dropped_alerts": [a.as_dict() for a in dropped],
+            "held_stories": waited.held_stories, "alerted_after_wait": waited.held_alerted,
+            "median_wait_h": round(float(np.median(waits)), 2) if waits else None,
+            "max_wait_h": round(waits[-1], 2) if waits else None}

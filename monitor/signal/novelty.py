@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
 
 from monitor.records import Decision, ItemRecord
+from monitor.signal.developments import Development, arguments, commentary, read_developments
 
 # --- parameters -------------------------------------------------------------------------------------------
 
@@ -52,12 +53,28 @@ class StoryParams:
     link: str = "average"  # "average" (mean over members), "max" or "centroid"
     max_members: int = 24  # member vectors kept per story (first item + most recent ones)
     duplicate_cosine: float = 0.97  # cosine at or above which an item is a near-identical copy
+    args_conflict: float = 0.1  # subtracted when item and story state different counts/ordinals of one thing
+    # --- alerting (see `decide`) ---
+    material_updates: bool = True  # an update needs a development (False: any unseen figure/name/quote)
+    same_development_h: float = 18.0  # two mentions of one development kind this close are one development
+    corroboration: bool = True  # a new story on weak evidence waits for a second outlet
+    corroboration_h: float = 6.0  # how long a held story waits for a second outlet
+    strong_margin: float = 0.05  # match score above the topic threshold that needs no corroboration
+    # a new story with no development in its headline this close to an alerted item of the topic retells it
+    echo_cosine: float = 0.6
+    echo_h: float = 48.0  # ... when that alert is at most this many hours older
+    same_development_cosine: float = 0.5  # a development of an alerted kind, in another story, this alike: the same
+    update_echo_cosine: float = 1.0  # an update this close to an alerted item of the topic retells it
+    # development kinds that make an update (the others can start a story but not update one)
+    update_kinds: frozenset[str] = frozenset(("release", "deal", "extension", "collapse", "start", "delay", "talks",
+                                              "travel", "call", "progress", "warrant", "count", "proposal", "stance"))
 
 
 # The reference point: single pass in date order, one cosine threshold against story centroids, no window,
 # no time or name terms (the issue's "about 0.90 on BASIL, 0.71 on AllSides").
 BASELINE = StoryParams(
-    window_h=1e9, join_threshold=0.7, time_penalty=0.0, name_bonus=0.0, name_conflict=0.0, link="centroid"
+    window_h=1e9, join_threshold=0.7, time_penalty=0.0, name_bonus=0.0, name_conflict=0.0, link="centroid",
+    args_conflict=0.0, material_updates=False, corroboration=False,
 )
 
 
@@ -109,6 +126,9 @@ class Facts:
     number_phrases: tuple[tuple[str, str], ...] = ()  # (value, phrase as written with its noun)
     name_phrases: tuple[tuple[str, str], ...] = ()  # (first token, phrase as written)
     title_quotes: frozenset[str] = frozenset()  # quoted phrases of the headline
+    args: frozenset[str] = frozenset()  # the headline's counted figures, ordinals, places ("count:17:hostage")
+    developments: tuple[Development, ...] = ()  # what the headline says happened
+    commentary: str | None = None  # why the headline is commentary/explainer/live blog, if it is
 
 
 def _norm_number(raw: str, scale: str | None, pct: str | None) -> str:
@@ -245,6 +265,9 @@ def extract_facts(title: str, summary: str, outlet: str = "") -> Facts:
         number_phrases=tuple(_number_phrases(title)),
         name_phrases=tuple((n, p) for n, p in title_names if n not in outlet_words),
         title_quotes=frozenset(_quotes(title)),
+        args=arguments(title),
+        developments=read_developments(title),
+        commentary=commentary(title),
     )
 
 
@@ -253,17 +276,28 @@ def extract_facts(title: str, summary: str, outlet: str = "") -> Facts:
 
 @dataclass(frozen=True, slots=True)
 class NoveltyItem:
-    """One matched item as novelty sees it."""
+    """One matched item as novelty sees it. `margin` is the match score minus the topic's threshold (how
+    clearly the item is on topic); None when unknown, which counts as clear."""
 
     item: ItemRecord
     topic_id: str
     vector: np.ndarray  # float32, L2-normalised
     facts: Facts
+    margin: float | None = None
 
 
-def novelty_item(item: ItemRecord, topic_id: str, vector: np.ndarray) -> NoveltyItem:
+def novelty_item(item: ItemRecord, topic_id: str, vector: np.ndarray, margin: float | None = None) -> NoveltyItem:
     return NoveltyItem(item, topic_id, np.asarray(vector, dtype=np.float32),
-                       extract_facts(item.title, item.summary, item.outlet))
+                       extract_facts(item.title, item.summary, item.outlet), margin)
+
+
+@dataclass(frozen=True, slots=True)
+class SeenDevelopment:
+    """A development a story's items reported, when (POSIX seconds), and whether subscribers were alerted."""
+
+    development: Development
+    at: float
+    alerted: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +318,11 @@ class OpenStory:
     numbers: frozenset[str]
     quotes: frozenset[str]
     title: str = ""
-    extra: dict[str, object] = field(default_factory=dict, compare=False)
+    args: frozenset[str] = frozenset()  # counted figures, ordinals and places of its headlines
+    developments: tuple[SeenDevelopment, ...] = ()
+    alerted: bool = True  # subscribers have had an alert for this story (False while it waits)
+    alerted_vectors: np.ndarray | None = None  # (k, dim) vectors of the items that alerted (last few)
+    alerted_times: tuple[float, ...] = ()  # POSIX seconds of those items
 
     @property
     def centroid(self) -> np.ndarray:
@@ -306,6 +344,20 @@ class Assignment:
 
 def is_open(story: OpenStory, at: datetime, window_h: float) -> bool:
     return (at - story.last_seen).total_seconds() < window_h * 3600.0
+
+
+def _args_conflict(mine: frozenset[str], theirs: frozenset[str]) -> bool:
+    """Item and story state counts of the same thing with no value in common, or different ordinals
+    ("second round" vs "third round"): evidence that they report two events of one kind."""
+    for a in mine:
+        if a.startswith("count:"):
+            noun = a.rsplit(":", 1)[1]
+            same_noun = {b for b in theirs if b.startswith("count:") and b.endswith(":" + noun)}
+            if same_noun and not ({b for b in mine if b.endswith(":" + noun)} & same_noun):
+                return True
+    o1 = {a for a in mine if a.startswith("ord:") and a[4:].isdigit()}
+    o2 = {a for a in theirs if a.startswith("ord:") and a[4:].isdigit()}
+    return bool(o1 and o2 and not (o1 & o2))
 
 
 def _score(story: OpenStory, x: NoveltyItem, params: StoryParams,
@@ -334,6 +386,8 @@ def _score(story: OpenStory, x: NoveltyItem, params: StoryParams,
             s += params.name_bonus * min(shared, 2)
         else:
             s -= params.name_conflict
+    if params.args_conflict and _args_conflict(x.facts.args, story.args):
+        s -= params.args_conflict
     return s, best
 
 
@@ -388,8 +442,40 @@ def topic_background(stories: Sequence[OpenStory], min_stories: int = 2) -> froz
     return frozenset(w for w, c in counts.items() if c >= min_stories)
 
 
-def decide(stories: Sequence[OpenStory], x: NoveltyItem, params: StoryParams) -> Assignment:
-    """Choose a story for `x` among the open `stories` of its topic and decide new_story / update / repeat."""
+
+def alerted_developments(stories: Sequence[OpenStory]) -> list[SeenDevelopment]:
+    """Developments the topic's subscribers have been alerted to, over its open stories."""
+    return [d for st in stories for d in st.developments if d.alerted]
+
+
+def fresh_developments(devs: Sequence[Development], at: float, alerted: Sequence[SeenDevelopment],
+                       params: StoryParams) -> list[Development]:
+    """The developments of `devs` no alert has reported yet: no alerted development of the same kind,
+    with no contradicting argument, within `same_development_h` hours."""
+    span = params.same_development_h * 3600.0
+    return [d for d in devs if not any(abs(at - a.at) < span and d.same_as(a.development) for a in alerted)]
+
+
+def echo_of_alert(stories: Sequence[OpenStory], x: NoveltyItem, params: StoryParams) -> float:
+    """Highest cosine between `x` and an item of the topic that alerted in the last `echo_h` hours: a new
+    story that close to an alert retells it (a reaction, a profile of the freed, the same news split off)."""
+    t = x.item.published_at.timestamp()
+    best = -1.0
+    for st in stories:
+        if st.alerted_vectors is None or not len(st.alerted_times):
+            continue
+        recent = [i for i, at in enumerate(st.alerted_times) if 0 <= t - at < params.echo_h * 3600.0]
+        if recent:
+            best = max(best, float((st.alerted_vectors[recent] @ x.vector).max()))
+    return best
+
+
+def _what(devs: Sequence[Development]) -> str:
+    return "; ".join(d.phrase for d in devs[:2])
+
+
+def _choose(stories: Sequence[OpenStory], x: NoveltyItem, params: StoryParams) -> tuple[int | None, float, float]:
+    """The best open story for `x`: (index or None, score, best member cosine)."""
     best_i, best_s, best_cos = None, -1e9, -1.0
     # names common to several open stories (Hamas, Biden) say nothing about *which* event this is
     background = topic_background(stories) if params.name_conflict or params.name_bonus else frozenset()
@@ -399,20 +485,100 @@ def decide(stories: Sequence[OpenStory], x: NoveltyItem, params: StoryParams) ->
         s, cos = _score(st, x, params, background)
         if s > best_s:
             best_i, best_s, best_cos = i, s, cos
-    dup = None
+    return best_i, best_s, best_cos
+
+
+def decide(stories: Sequence[OpenStory], x: NoveltyItem, params: StoryParams) -> Assignment:
+    """Choose a story for `x` among the open `stories` of its topic and decide what subscribers get.
+
+    * `repeat` (no alert): a syndicated or near-identical copy; commentary, an explainer, a live blog or a
+      recap; or an item whose developments (`developments.read_developments`) an alert of this topic has
+      already reported, in whatever story.
+    * `update` (alert): the item joins an alerted story and reports a development not alerted yet; "what's
+      new" names it.
+    * `new_story` (alert): the item starts a story on clear evidence (a match `strong_margin` above the
+      topic threshold and a development in its headline), or a held story is corroborated: a second outlet
+      reports it within `corroboration_h` hours, or an item on clear evidence joins it.
+    * `held` (no alert yet): a new story on weak evidence (a marginal match, no development read, or
+      commentary) waits for corroboration; it never alerts if none comes in time.
+    """
+    best_i, best_s, best_cos = _choose(stories, x, params)
     for i, st in enumerate(stories):  # a syndicated copy belongs with its original, whatever the score
         if x.item.content_hash and x.item.content_hash in st.hashes:
-            dup = i
-            break
-    if dup is not None:
-        return Assignment("repeat", dup, best_s if dup == best_i else None,
-                          "syndicated copy (same text as an item already in the story)", None)
-    if best_i is None or best_s < params.join_threshold:
-        reason = "first report" if best_i is None else f"no open story close enough (best {best_s:.2f})"
-        return Assignment("new_story", None, None if best_i is None else best_s, reason, None)
-    st = stories[best_i]
-    if best_cos >= params.duplicate_cosine:
+            return Assignment("repeat", i, best_s if i == best_i else None,
+                              "syndicated copy (same text as an item already in the story)", None)
+    joined = best_i is not None and best_s >= params.join_threshold
+    if joined and best_cos >= params.duplicate_cosine:
         return Assignment("repeat", best_i, best_s, f"near-identical to an earlier report (cosine {best_cos:.2f})", None)
+    if not params.material_updates:
+        return _decide_by_facts(stories, x, best_i if joined else None, best_s, params)
+    f = x.facts
+    t = x.item.published_at.timestamp()
+    alerted = alerted_developments(stories)
+    fresh = fresh_developments(f.developments, t, alerted, params)
+    clear = (x.margin is None or x.margin >= params.strong_margin) and bool(f.developments)
+    if joined:
+        st = stories[best_i]  # type: ignore[index]
+        if f.commentary:
+            return Assignment("repeat", best_i, best_s, f"same story (score {best_s:.2f}); {f.commentary}", None)
+        if st.alerted:
+            fresh = [d for d in fresh if d.kind in params.update_kinds]
+            echo = echo_of_alert(stories, x, params) if fresh and params.update_echo_cosine < 1.0 else -1.0
+            if echo >= params.update_echo_cosine:
+                return Assignment("repeat", best_i, best_s, f"same story (score {best_s:.2f}), retells an alert "
+                                  f"(cosine {echo:.2f})", None)
+            if fresh:
+                what = _what(fresh)
+                return Assignment("update", best_i, best_s, f"same story (score {best_s:.2f}), new development: {what}",
+                                  what)
+            why = "development already alerted" if f.developments else "no development in the headline"
+            return Assignment("repeat", best_i, best_s, f"same story (score {best_s:.2f}), {why}", None)
+        # the story waits for corroboration
+        waited_h = (t - st.first_seen.timestamp()) / 3600.0
+        second_outlet = x.item.outlet not in st.sources and waited_h <= params.corroboration_h
+        if not (second_outlet or clear):
+            return Assignment("held", best_i, best_s, f"same story (score {best_s:.2f}), still waiting for a "
+                              "second outlet", None)
+        pending = [d.development for d in st.developments if not d.alerted]
+        if ((f.developments or pending) and not fresh and not fresh_developments(pending, t, alerted, params)
+                and echo_of_alert(stories, x, params) >= params.same_development_cosine):
+            return Assignment("repeat", best_i, best_s, "corroborated, but its development was already alerted", None)
+        quiet = not f.developments and not pending
+        echo = echo_of_alert(stories, x, params) if quiet and params.echo_cosine < 1.0 else -1.0
+        if echo >= params.echo_cosine:
+            return Assignment("repeat", best_i, best_s, f"corroborated, but it retells an alert of the last "
+                              f"{params.echo_h:g} h (cosine {echo:.2f})", None)
+        how = (f"corroborated by a second outlet ({x.item.outlet}, {waited_h:.1f} h after the first report)"
+               if second_outlet else "corroborated by a clear match reporting a development")
+        return Assignment("new_story", best_i, best_s, f"story {how}", None)
+    reason = "first report" if best_i is None else f"no open story close enough (best {best_s:.2f})"
+    if f.commentary:
+        return Assignment("held", None, None if best_i is None else best_s,
+                          f"{reason}; {f.commentary}: waits for a report of a development", None)
+    echo = echo_of_alert(stories, x, params)
+    # in another story: the same kind of development is the same development only if the reports are alike
+    if f.developments and not fresh and echo >= params.same_development_cosine:
+        return Assignment("repeat", None, None if best_i is None else best_s,
+                          f"{reason}, but its development was already alerted: {_what(f.developments)} "
+                          f"(cosine {echo:.2f} to that alert)", None)
+    if not f.developments and echo >= params.echo_cosine:
+        return Assignment("repeat", None, None if best_i is None else best_s,
+                          f"{reason}, but it retells an alert of the last {params.echo_h:g} h (cosine {echo:.2f})", None)
+    if not params.corroboration or clear:
+        return Assignment("new_story", None, None if best_i is None else best_s, reason, None)
+    weak = "no development in the headline" if not f.developments else f"match margin {x.margin:.2f}"
+    return Assignment("held", None, None if best_i is None else best_s,
+                      f"{reason}; weak evidence ({weak}): waits {params.corroboration_h:g} h for a second outlet", None)
+
+
+def _decide_by_facts(stories: Sequence[OpenStory], x: NoveltyItem, best_i: int | None, best_s: float,
+                     params: StoryParams) -> Assignment:
+    """The earlier rule, kept as the evaluation's reference: every new story alerts, and an item joining a
+    story is an update when its headline has any figure, name or quote the story has not seen."""
+    if best_i is None:
+        reason = "first report" if best_s == -1e9 else f"no open story close enough (best {best_s:.2f})"
+        return Assignment("new_story", None, None if best_s == -1e9 else best_s, reason, None)
+    st = stories[best_i]
     fresh = new_facts(st, x.facts, topic_background([o for k, o in enumerate(stories) if k != best_i]))
     if fresh:
         what = "; ".join(fresh[:3])
@@ -420,24 +586,40 @@ def decide(stories: Sequence[OpenStory], x: NoveltyItem, params: StoryParams) ->
     return Assignment("repeat", best_i, best_s, f"same story (score {best_s:.2f}), nothing new", None)
 
 
-def start_story(key: int, x: NoveltyItem) -> OpenStory:
+def _seen(x: NoveltyItem, alerted: bool) -> tuple[SeenDevelopment, ...]:
+    t = x.item.published_at.timestamp()
+    return tuple(SeenDevelopment(d, t, alerted) for d in x.facts.developments)
+
+
+def start_story(key: int, x: NoveltyItem, decision: Decision = "new_story") -> OpenStory:
     f = x.facts
+    alerting = decision in ("new_story", "update")
     return OpenStory(
         key=key, topic_id=x.topic_id, first_seen=x.item.published_at, last_seen=x.item.published_at,
         vectors=x.vector[None, :].astype(np.float32), times=(x.item.published_at.timestamp(),), item_count=1,
         sources=(x.item.outlet,), hashes=frozenset({x.item.content_hash} - {""}), words=f.words,
-        names=f.names, numbers=f.numbers, quotes=f.quotes, title=x.item.title,
+        names=f.names, numbers=f.numbers, quotes=f.quotes, title=x.item.title, args=f.args,
+        developments=_seen(x, alerting),
+        # a story whose first report repeats an alerted development is known to subscribers
+        alerted=decision != "held",
+        alerted_vectors=x.vector[None, :].astype(np.float32) if alerting else None,
+        alerted_times=(x.item.published_at.timestamp(),) if alerting else (),
     )
 
 
-def absorb(story: OpenStory, x: NoveltyItem, params: StoryParams) -> OpenStory:
-    """The story with `x` added (first member always kept, then the most recent ones)."""
+def absorb(story: OpenStory, x: NoveltyItem, params: StoryParams, decision: Decision = "repeat") -> OpenStory:
+    """The story with `x` added (first member always kept, then the most recent ones). When `x` alerts
+    (new_story / update), the developments the story held back are now alerted too."""
     vecs = np.vstack([story.vectors, x.vector[None, :]])
     times = (*story.times, x.item.published_at.timestamp())
     if len(vecs) > params.max_members:
         keep = [0, *range(len(vecs) - params.max_members + 1, len(vecs))]
         vecs, times = vecs[keep], tuple(times[k] for k in keep)
     f = x.facts
+    alerting = decision in ("new_story", "update")
+    devs = story.developments
+    if decision == "new_story":
+        devs = tuple(replace(d, alerted=True) for d in devs)
     return replace(
         story,
         first_seen=min(story.first_seen, x.item.published_at),
@@ -446,8 +628,24 @@ def absorb(story: OpenStory, x: NoveltyItem, params: StoryParams) -> OpenStory:
         sources=story.sources if x.item.outlet in story.sources else (*story.sources, x.item.outlet),
         hashes=story.hashes | ({x.item.content_hash} - {""}),
         words=story.words | f.words, names=story.names | f.names, numbers=story.numbers | f.numbers,
-        quotes=story.quotes | f.quotes,
+        quotes=story.quotes | f.quotes, args=story.args | f.args,
+        developments=(*devs, *_seen(x, alerting))[-_MAX_DEVELOPMENTS:],
+        alerted=story.alerted or alerting,
+        alerted_vectors=_keep_alerted(story.alerted_vectors, x.vector) if alerting else story.alerted_vectors,
+        alerted_times=(*story.alerted_times, x.item.published_at.timestamp())[-_MAX_ALERTED:] if alerting
+        else story.alerted_times,
     )
+
+
+_MAX_ALERTED = 8  # alerted item vectors kept per story
+
+
+def _keep_alerted(vecs: np.ndarray | None, v: np.ndarray) -> np.ndarray:
+    out = v[None, :] if vecs is None or not len(vecs) else np.vstack([vecs, v[None, :]])
+    return out[-_MAX_ALERTED:].astype(np.float32)
+
+
+_MAX_DEVELOPMENTS = 64  # per story: the most recent; older ones are past `same_development_h` anyway
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,8 +662,8 @@ def cluster_step(open_stories: Sequence[OpenStory], x: NoveltyItem, new_key: int
     stories closed by the window at the item's time (see `is_open`)."""
     a = decide(open_stories, x, params)
     if a.story_index is None:
-        return Step(a, start_story(new_key, x), True)
-    return Step(a, absorb(open_stories[a.story_index], x, params), False)
+        return Step(a, start_story(new_key, x, a.decision), True)
+    return Step(a, absorb(open_stories[a.story_index], x, params, a.decision), False)
 
 
 def cluster(items: Iterable[NoveltyItem], params: StoryParams) -> list[tuple[int, Assignment]]:

@@ -1,7 +1,7 @@
 """Stories at the database edge: load the open stories of a topic, run novelty (monitor.signal.novelty, pure) on
 each matched item in published order, write Story and Alert rows, close stories the window has passed.
 
-Every matched item gets one Alert row (decision new_story / update / repeat) so `monitor stories list` can
+Every matched item gets one Alert row (decision new_story / update / repeat / held) so `monitor stories list` can
 explain each decision; digests read only new_story and update. The alert copies the item's title, link,
 outlet and date so digests survive item retention."""
 
@@ -18,7 +18,16 @@ from sqlalchemy.orm import Session
 
 from monitor.config import Settings
 from monitor.records import MatchedItem, NoveltyDecision
-from monitor.signal.novelty import Assignment, OpenStory, StoryParams, cluster_step, is_open, novelty_item
+from monitor.signal.developments import Development
+from monitor.signal.novelty import (
+    Assignment,
+    OpenStory,
+    SeenDevelopment,
+    StoryParams,
+    cluster_step,
+    is_open,
+    novelty_item,
+)
 from monitor.storage.db import aware_utc, naive_utc, serialize
 from monitor.storage.tables import Alert, Story
 
@@ -34,19 +43,74 @@ def params_for(settings: Settings) -> StoryParams:
 # --- Story row <-> OpenStory --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class StoryState:
+    """What novelty remembers about a story besides its vectors, as stored in `stories.state` (JSON). A typed
+    record: `from_json` accepts rows written before a field existed (it takes the field's default)."""
+
+    dim: int = 384
+    times: tuple[float, ...] = ()
+    hashes: tuple[str, ...] = ()
+    words: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    numbers: tuple[str, ...] = ()
+    quotes: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    developments: tuple[SeenDevelopment, ...] = ()
+    alerted: bool = True
+
+    @classmethod
+    def of(cls, story: OpenStory) -> StoryState:
+        return cls(
+            dim=int(story.vectors.shape[1]), times=tuple(story.times),
+            hashes=tuple(sorted(story.hashes)[:_MAX_REMEMBERED]), words=tuple(sorted(story.words)[:_MAX_REMEMBERED]),
+            names=tuple(sorted(story.names)), numbers=tuple(sorted(story.numbers)), quotes=tuple(sorted(story.quotes)),
+            args=tuple(sorted(story.args)), developments=story.developments, alerted=story.alerted,
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "dim": self.dim, "times": list(self.times), "hashes": list(self.hashes), "words": list(self.words),
+            "names": list(self.names), "numbers": list(self.numbers), "quotes": list(self.quotes),
+            "args": list(self.args), "alerted": self.alerted,
+            "developments": [{"kind": d.development.kind, "args": sorted(d.development.args),
+                              "phrase": d.development.phrase, "at": d.at, "alerted": d.alerted}
+                             for d in self.developments],
+        }
+
+    @classmethod
+    def from_json(cls, raw: object) -> StoryState:
+        st = raw if isinstance(raw, dict) else {}
+
+        def strs(key: str) -> tuple[str, ...]:
+            return tuple(str(v) for v in st.get(key) or ())
+
+        devs = []
+        for d in st.get("developments") or ():
+            if isinstance(d, dict):
+                devs.append(SeenDevelopment(
+                    Development(str(d.get("kind", "")), frozenset(str(a) for a in d.get("args") or ()),
+                                str(d.get("phrase", ""))),
+                    float(d.get("at", 0.0)), bool(d.get("alerted", True))))
+        return cls(
+            dim=int(st.get("dim", 0) or 384), times=tuple(float(t) for t in st.get("times") or ()),
+            hashes=strs("hashes"), words=strs("words"), names=strs("names"), numbers=strs("numbers"),
+            quotes=strs("quotes"), args=strs("args"), developments=tuple(devs), alerted=bool(st.get("alerted", True)),
+        )
+
+
 def _to_open(row: Story) -> OpenStory:
-    st = row.state or {}
-    dim = int(st.get("dim", 0)) or 384
+    st = StoryState.from_json(row.state)
     vecs = np.frombuffer(row.member_vectors or row.centroid or b"", dtype=np.float32)
-    vecs = vecs.reshape(-1, dim) if vecs.size else np.zeros((0, dim), dtype=np.float32)
-    times = tuple(float(t) for t in st.get("times", [])) or (aware_utc(row.last_seen).timestamp(),)  # type: ignore[union-attr]
+    vecs = vecs.reshape(-1, st.dim) if vecs.size else np.zeros((0, st.dim), dtype=np.float32)
+    times = st.times or (aware_utc(row.last_seen).timestamp(),)  # type: ignore[union-attr]
     return OpenStory(
         key=row.id, topic_id=row.topic_id, first_seen=aware_utc(row.first_seen),  # type: ignore[arg-type]
         last_seen=aware_utc(row.last_seen), vectors=vecs.copy(), times=times,  # type: ignore[arg-type]
         item_count=row.item_count, sources=tuple(row.sources or ()),
-        hashes=frozenset(st.get("hashes", [])), words=frozenset(st.get("words", [])),
-        names=frozenset(st.get("names", [])), numbers=frozenset(st.get("numbers", [])),
-        quotes=frozenset(st.get("quotes", [])), title=row.title,
+        hashes=frozenset(st.hashes), words=frozenset(st.words), names=frozenset(st.names),
+        numbers=frozenset(st.numbers), quotes=frozenset(st.quotes), title=row.title, args=frozenset(st.args),
+        developments=st.developments, alerted=st.alerted,
     )
 
 
@@ -57,15 +121,7 @@ def _write(row: Story, story: OpenStory) -> None:
     row.sources = list(story.sources)
     row.centroid = story.centroid.tobytes()
     row.member_vectors = np.ascontiguousarray(story.vectors, dtype=np.float32).tobytes()
-    row.state = {
-        "dim": int(story.vectors.shape[1]),
-        "times": list(story.times),
-        "hashes": sorted(story.hashes)[:_MAX_REMEMBERED],
-        "words": sorted(story.words)[:_MAX_REMEMBERED],
-        "names": sorted(story.names),
-        "numbers": sorted(story.numbers),
-        "quotes": sorted(story.quotes),
-    }
+    row.state = StoryState.of(story).to_json()
 
 
 # --- the stage entry points -----------------------------------------------------------------------------
@@ -105,7 +161,8 @@ def assign(session: Session, matched: Sequence[MatchedItem], now: datetime, sett
         stories = opened[m.topic_id]
         live_idx = [i for i, s in enumerate(stories) if is_open(s, at, p.window_h)]
         live = [stories[i] for i in live_idx]
-        x = novelty_item(m.item, m.topic_id, m.vector)
+        margin = None if m.threshold is None else m.score - m.threshold
+        x = novelty_item(m.item, m.topic_id, m.vector, margin)
         row: Story
         step = cluster_step(live, x, 0, p)
         if step.created:
