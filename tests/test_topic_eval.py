@@ -24,6 +24,7 @@ from monitor.lab.topic_eval import (
     parse_labels,
     protocols,
     scores,
+    shipped,
     topic_pairs,
 )
 from monitor.signal import embed, match
@@ -153,3 +154,14 @@ def test_eval_topics_accepts_several_files(embedder, monkeypatch, tmp_path) -> N
     assert json.loads(again.output.strip().splitlines()[-1])["macro_f1"] == 0.4
     odd = CliRunner().invoke(main, args[:6] + ["--items", str(tmp_path / "b.jsonl")])
     assert odd.exit_code == 2 and "one --labels file per --items file" in odd.output
+
+
+def test_items_from_the_cutoff_on_are_reported_with_the_shipped_configuration_only() -> None:
+    items, labels, vecs, topic_set = _synthetic()
+    pairs = topic_pairs(items, labels, vecs, topic_set)
+    late = np.array([it.date >= FIT_CUTOFF for it in items])
+    base = {"alpha": {it.id for it in items if vecs[int(it.id), 0] > 0.7}, "beta": set()}
+    r = shipped(items, pairs, base, late)
+    assert r["items"] == int(late.sum())
+    assert r["thresholds"] == {t.id: t.threshold for t in topic_set.topics}  # the configured ones, nothing fitted
+    assert r["baseline"]["topics"]["alpha"]["f1"] == 1.0  # baseline built from the gold rule: perfect by construction
