@@ -58,7 +58,8 @@ def _topics_toml() -> str:
 
 def _config(tmp: Path, db: Path, feeds: list[str], interval: float, receiver_url: str) -> Path:
     path = tmp / "feeds.toml"
-    feed_blocks = "".join(f'[[feeds]]\nurl = "{u}"\ninterval = {max(1, int(interval))}\n\n' for u in feeds)
+    # aggregator: the replay server serves every outlet from 127.0.0.1, so each item's link names its outlet
+    feed_blocks = "".join(f'[[feeds]]\nurl = "{u}"\ninterval = {max(1, int(interval))}\naggregator = true\n\n' for u in feeds)
     path.write_text(f"""
 [settings]
 database_url = "sqlite:///{db}"

@@ -75,7 +75,8 @@ def demo_config(topics: list[TopicConfig], feed_urls: list[str], out_dir: Path, 
     )
     return Config(
         settings=settings,
-        feeds=[FeedConfig(url=u) for u in feed_urls],
+        # The replay server serves every outlet from 127.0.0.1: each item names its outlet by its link.
+        feeds=[FeedConfig(url=u, aggregator=True) for u in feed_urls],
         topics=topics,
         subscribers=[SubscriberConfig(email=SUBSCRIBER, name="Demo Analyst", cadence="daily", daily_at=time(8, 0))],
         channels=[ChannelConfig(name="newsroom", kind="slack", url_env=SLACK_URL_ENV, cadence="hourly")],
