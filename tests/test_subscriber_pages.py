@@ -285,3 +285,19 @@ cadence = "immediate"
     assert text.count("Qatar says ICC warrants could derail talks") == 1
     assert "Why you got this: Doha talks, ICC" in text
     assert "1 new story" in text
+
+
+def test_an_invalid_choice_is_named_and_changes_nothing(engine, site) -> None:
+    _config, client, _clock, _world = site
+    prefs = path_of(last_mail(engine)[0], "Change topics, timing or pause")
+    token = form_token(client.get(prefs).text)
+    base = {"form_token": token, "action": "save", "cadence": "daily", "daily_at": "08:00", "timezone": "Europe/London"}
+    r = client.post(prefs, data={**base, "topics": []})
+    assert r.status_code == 422 and "Choose at least one topic" in r.text
+    r = client.post(prefs, data={**base, "topics": ["doha-talks"], "timezone": "Mars/Olympus"})
+    assert r.status_code == 422 and "Unknown timezone" in r.text
+    r = client.post(prefs, data={**base, "topics": ["doha-talks"], "daily_at": "25:99"})
+    assert r.status_code == 422 and "08:00" in r.text
+    r = client.post(prefs, data={"form_token": token, "action": "pause", "days": "400"})
+    assert r.status_code == 422 and "Pause for 1 to 90 days" in r.text
+    assert events(engine) == []
