@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 
 from monitor.app.admin import AdminContext, backtest, charts, configfile, forms
 from monitor.app.admin.auth import CSRF_FIELD, CSRF_HEADER, WebSession, verify_user
+from monitor.delivery.render import safe_url
 from monitor.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def templates(extra_dir: Path | None = None) -> jinja2.Environment:
     env = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["when"] = _when
+    env.filters["safe_url"] = safe_url  # feed links become links only when they are http(s)
     return env
 
 
