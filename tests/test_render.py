@@ -193,3 +193,10 @@ def test_unsafe_urls_are_not_links() -> None:
     assert render.safe_url("data:text/html,hi") is None
     assert render.safe_url("https://ok.example/a b") is None
     assert render.safe_url(" https://ok.example/x ") == "https://ok.example/x"
+
+
+def test_the_webhook_payload_links_each_story_page_and_names_its_topics() -> None:
+    body = render.Renderer().webhook_payload(fixed_digest(), digest_id=7, now=T, cadence="daily", links=fixed_links())
+    stories = [s for t in body["data"]["topics"] for s in t["stories"]]
+    assert [s["story_url"] for s in stories] == [f"https://monitor.example.org/story/S{i}" for i in (1, 2, 3)]
+    assert [s["topics"] for s in stories] == [["Doha talks", "ICC"], ["Doha talks"], ["ICC"]]

@@ -512,6 +512,7 @@ def _payloads(renderer: render.Renderer, config: Config, spec: SubscriptionSpec,
                 for m in renderer.slack_messages(content, digest_id=digest_id,
                                                  links=digest_links(settings.base_url, key, row.id, content, now))]
     if spec.kind == "webhook":
-        body = renderer.webhook_payload(content, digest_id=digest_id, now=now, cadence=spec.cadence)
+        body = renderer.webhook_payload(content, digest_id=digest_id, now=now, cadence=spec.cadence,
+                                        links=digest_links(settings.base_url, key, row.id, content, now))
         return [(f"msg_{uuid.uuid4().hex}", render.json_bytes(body))]
     raise MonitorError(f"unknown subscription kind {spec.kind!r}")

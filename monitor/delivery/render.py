@@ -284,9 +284,11 @@ class Renderer:
 
     # --- generic webhook ---------------------------------------------------------------------------------
 
-    def webhook_payload(self, content: DigestContent, *, digest_id: int, now: datetime, cadence: str) -> dict[str, Any]:
+    def webhook_payload(self, content: DigestContent, *, digest_id: int, now: datetime, cadence: str,
+                        links: DigestLinks | None = None) -> dict[str, Any]:
         """The generic webhook body (schema in docs/webhook-schema.md), Standard Webhooks style envelope."""
         parts = self.email_parts(content, cadence=cadence, unsubscribe_url=None)
+        links = links or DigestLinks()
         return {
             "type": "digest.created",
             "timestamp": _iso(now),
@@ -310,6 +312,8 @@ class Renderer:
                                 "story_id": s.story_id,
                                 "title": s.title,
                                 "link": safe_url(s.link),
+                                "story_url": links.story_urls.get(s.story_id),
+                                "topics": list(s.topics or (t.name,)),
                                 "is_new": s.is_new,
                                 "outlets_count": s.sources_count,
                                 "first_seen": _iso(s.first_seen),
