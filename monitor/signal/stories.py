@@ -195,9 +195,10 @@ def assign(session: Session, matched: Sequence[MatchedItem], now: datetime, sett
 
 
 def raise_bar_if_known(a: Assignment, known_marks: int) -> Assignment:
-    """Readers said "already knew this" about this story's alerts `known_marks` times: every two marks ask one
-    more new fact of an update (at most 3, what novelty reports); an update below the bar becomes a repeat."""
-    need = min(1 + known_marks // 2, 3)
+    """Readers said "already knew this" about this story's alerts `known_marks` times: from two marks on, an
+    update needs two developments (novelty names at most two in `what_is_new`, "; "-separated), so a known
+    story still alerts on a big turn; an update below the bar becomes a repeat."""
+    need = 2 if known_marks >= 2 else 1
     facts = len(a.what_is_new.split("; ")) if a.what_is_new else 0
     if a.decision != "update" or facts >= need:
         return a
