@@ -132,6 +132,7 @@ def test_sign_up_is_off_unless_the_admin_enables_it(tmp_path, engine) -> None:
 class RefusingSmtp:
     refuse: dict[str, str]
     messages: list[bytes] = field(default_factory=list)
+    data_reply: str | None = None  # e.g. a 554 for the message itself (its content), not for the address
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
         if address in self.refuse:
@@ -140,6 +141,8 @@ class RefusingSmtp:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        if self.data_reply:
+            return self.data_reply
         self.messages.append(envelope.content)
         return "250 Message accepted"
 
@@ -171,6 +174,15 @@ async def test_an_smtp_5xx_at_send_suppresses_the_address(tmp_path, engine) -> N
         with Session(engine) as s:
             [row] = s.scalars(select(Suppression)).all()
             assert (row.address, row.reason) == ("gone@example.org", "bounce") and "550" in row.detail
+        # A 5xx for the message (its content), not for the recipient, fails that delivery but suppresses nobody.
+        handler.data_reply = "554 5.7.1 message content rejected"
+        world.new_story("s3", "icc", "ICC third ruling", at=T0 + timedelta(minutes=3))
+        assert len(digest.build_due_digests(engine, config, T0 + timedelta(minutes=4), secret_key=KEY)) == 1
+        await outbox.deliver_due(engine, config, T0 + timedelta(minutes=4), worker_id="w")
+        assert digest.suppress_refused_recipients(engine, T0 + timedelta(minutes=5)) == []
+        with Session(engine) as s:
+            assert s.scalars(select(Delivery.status).order_by(Delivery.id.desc())).first() == "failed"
+            assert [r.address for r in s.scalars(select(Suppression))] == ["gone@example.org"]
     finally:
         controller.stop()
 
