@@ -301,3 +301,30 @@ def test_an_invalid_choice_is_named_and_changes_nothing(engine, site) -> None:
     r = client.post(prefs, data={"form_token": token, "action": "pause", "days": "400"})
     assert r.status_code == 422 and "Pause for 1 to 90 days" in r.text
     assert events(engine) == []
+
+
+def test_slack_digests_carry_feedback_buttons_that_land_on_the_confirmation_page(engine, tmp_path) -> None:
+    config = make_config(tmp_path, """
+[[channels]]
+name = "newsroom"
+kind = "slack"
+url_env = "NEWSROOM_SLACK_URL"
+cadence = "immediate"
+""", engine=engine)
+    World(engine).new_story("s1", "icc", "ICC prosecutor seeks arrest warrants", at=T0)
+    assert len(digest.build_due_digests(engine, config, T0, secret_key=KEY)) == 1
+    with Session(engine) as s:
+        payload = json.loads(s.scalars(select(Delivery.payload).where(Delivery.channel == "slack")).one())
+        channel_id = s.scalar(select(Subscription.id).where(Subscription.target == "newsroom"))
+    [actions] = [b for b in payload["blocks"] if b["type"] == "actions"]
+    assert [e["text"]["text"] for e in actions["elements"]] == ["Not relevant", "Already knew this", "More like this"]
+    url = actions["elements"][0]["url"]
+    claim = links.read_feedback_token(KEY, urlsplit(url).path.rsplit("/", 1)[1], T0)
+    assert (claim.subscription_id, claim.kind) == (channel_id, "not_relevant")
+    ctx = SubscriberContext(engine=engine, config=lambda: config, secret_key=KEY, clock=lambda: T0)
+    client = TestClient(Starlette(routes=routes(ctx)), base_url="https://monitor.example.org")
+    page = client.get(urlsplit(url).path)
+    assert page.status_code == 200 and "Not relevant?" in page.text
+    assert client.post(urlsplit(url).path, data={"form_token": form_token(page.text)}).status_code == 200
+    with Session(engine) as s:
+        assert [(f.subscription_id, f.kind) for f in s.scalars(select(Feedback))] == [(channel_id, "not_relevant")]
