@@ -176,3 +176,41 @@ async def test_admin_workers_page_shows_heartbeats_leases_and_queues(tmp_path: P
     assert "1 live worker" in page.text and "web-host:7" in page.text and "presumed dead" in page.text
     assert "worker-host:&lt;b&gt;" in page.text and "worker-host:<b>" not in page.text
     assert 'href="/admin/workers" aria-current="page"' in page.text
+
+
+@pytest.mark.databases("postgresql")
+def test_processes_starting_together_on_a_fresh_database_migrate_it_once(engine: Engine, postgres_server,  # type: ignore[no-untyped-def]
+                                                                        postgres_admin) -> None:
+    """`monitor run` migrates at start-up: several processes racing on an empty PostgreSQL database must not
+    fail on each other's CREATE TABLE (one migrates, the others wait and find the schema at head)."""
+    import threading
+    import uuid
+
+    name = f"fresh_{uuid.uuid4().hex[:12]}"
+    with postgres_admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    engines = [db.make_engine(postgres_server.set(database=name).render_as_string(hide_password=False))
+               for _ in range(4)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(engines))
+
+    def start(e: Engine) -> None:
+        try:
+            barrier.wait()
+            db.upgrade(e)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(e,)) for e in engines]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        assert db.has_schema(engines[0])
+    finally:
+        for e in engines:
+            e.dispose()
+        with postgres_admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')

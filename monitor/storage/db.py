@@ -119,8 +119,12 @@ def serialize(session: Session, name: str) -> None:
     and subscriptions, a topic's novelty decisions in stories.assign). PostgreSQL: a transaction-scoped advisory lock; SQLite: nothing to do, since
     BEGIN IMMEDIATE already lets one writer in at a time."""
     if session.get_bind().dialect.name == "postgresql":
-        key = int.from_bytes(hashlib.sha256(f"monitor:{name}".encode()).digest()[:8], "big", signed=True)
-        session.execute(select(func.pg_advisory_xact_lock(key)))
+        session.execute(select(func.pg_advisory_xact_lock(_lock_key(name))))
+
+
+def _lock_key(name: str) -> int:
+    """A PostgreSQL advisory lock key for `name`."""
+    return int.from_bytes(hashlib.sha256(f"monitor:{name}".encode()).digest()[:8], "big", signed=True)
 
 
 def probe_writable(engine: Engine, wait_s: float) -> str | None:
@@ -165,6 +169,10 @@ def upgrade(engine: Engine) -> None:
 
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Several processes starting at once on a fresh database: one migrates, the others wait for it and
+            # then find the schema at head (PostgreSQL's DDL is transactional). SQLite needs none: one writer.
+            conn.execute(select(func.pg_advisory_xact_lock(_lock_key("upgrade"))))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 
