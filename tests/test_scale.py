@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL_CACHE = Path("/tmp/monitor-cache/onnx-models")
 N_FEEDS = 200
 INTERVAL_S = 6
-DEAD_AFTER_S = 6.0  # generous: on a loaded 2-core machine a live worker's beat can be late by seconds
+DEAD_AFTER_S = 10.0  # generous: on a loaded 2-core machine a live worker's beat can be late by seconds
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +102,10 @@ def test_three_workers_and_a_scheduler_do_the_work_once_though_one_is_killed(tmp
                                                               Feed.lease_until.is_not(None))))
             held_items = s.scalar(select(func.count()).select_from(Item).where(
                 Item.claimed_by == ids[victim.name], Item.processed_at.is_(None)))
+            # A message being sent at the kill may have reached the receiver before the victim could record
+            # it: it is sent again (same webhook-id). A send cannot be fenced; it leaves the database.
+            in_flight = set(s.scalars(select(Delivery.idempotency_key).where(
+                Delivery.status == "sending", Delivery.lease_owner == ids[victim.name])))
         assert held_feeds or held_items
 
         # The survivors finish: every item (including those published after the kill) processed, the
@@ -118,6 +122,8 @@ def test_three_workers_and_a_scheduler_do_the_work_once_though_one_is_killed(tmp
         with Session(engine) as s:  # the victim was reaped and the others are alive
             live = set(s.scalars(select(Worker.id)))
         assert ids[victim.name] not in live and {ids["worker1"], ids["worker2"]} <= live
+        reaped = [rec for p in cluster.procs for rec in p.log_lines() if "presumed dead" in str(rec.get("msg"))]
+        assert all(rec.get("workers") == [ids[victim.name]] for rec in reaped), reaped  # only the victim
     finally:
         codes = cluster.stop()
         replay.stop()
@@ -157,7 +163,7 @@ def test_three_workers_and_a_scheduler_do_the_work_once_though_one_is_killed(tmp
     assert deliveries and {d.status for d in deliveries} == {"sent"}
     got = Counter(r.headers.get("webhook-id") for r in receiver.snapshot())
     assert set(got) == {d.idempotency_key for d in deliveries}
-    assert max(got.values()) == 1, [k for k, n in got.items() if n > 1]
+    assert all(n == 1 or (k in in_flight and n == 2) for k, n in got.items()), got
     # Nothing left behind: no feed leased, no worker registered after the clean stops.
     assert leased == 0 and workers_left == 0
 
