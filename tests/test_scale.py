@@ -6,6 +6,7 @@ reached the receiver exactly once, nothing is left pending or leased. The compos
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -208,3 +209,62 @@ def test_compose_file_is_valid_and_runs_a_scheduler_web_and_scalable_workers(tmp
     broken = tmp_path / "compose.yaml"
     broken.write_text((ROOT / "compose.yaml").read_text().replace("depends_on:", "depends_onn:", 1))
     assert config(broken, env).returncode != 0
+
+
+@pytest.mark.slow
+@pytest.mark.databases("postgresql")
+def test_a_worker_that_stalls_past_its_lease_cannot_commit_what_it_held(tmp_path: Path, engine: Engine,
+                                                                        onnx_model: str) -> None:
+    """SIGSTOP a worker while it holds a batch of items; it is presumed dead and the other worker takes the
+    batch over. SIGCONT: the stalled one finishes encoding, but its write is refused (fenced) and it
+    registers again; every item is processed once, by the worker that held it last."""
+    from monitor.app import pipeline
+    from monitor.config import parse_config
+
+    start = now_utc()
+    items = spread_items(load_items(BUNDLED), n_feeds=60, per_feed=1, now=start)
+    replay = RecordingReplayServer(items, now_utc).run_in_thread()
+    text = cluster_config(database_url=engine.url.render_as_string(hide_password=False),
+                          feed_urls=replay.feed_urls(), interval_s=3600, channels=0,
+                          model_cache_dir=onnx_model, outbox_dir=str(tmp_path / "outbox"))
+    config = tmp_path / "feeds.toml"
+    config.write_text(text)
+    cluster = Cluster(config, tmp_path, env={"MONITOR_SECRET_KEY": "k"},
+                      extra_args=("--tick", "0.5", "--heartbeat", "0.5", "--dead-after", "4", "--batch", "8"))
+    try:
+        a, b = cluster.start("worker", "a"), cluster.start("worker", "b")
+        cluster.wait_ready()
+        ids = {a.name: a.worker_id, b.name: b.worker_id}
+        pipeline.sync_config(engine, parse_config(text, str(config), env={}), now_utc())  # the scheduler's job
+
+        def a_holds_items() -> set[int]:
+            with Session(engine) as s:
+                return set(s.scalars(select(Item.id).where(Item.claimed_by == ids["a"], Item.processed_at.is_(None))))
+
+        _wait(a_holds_items, 60, "worker a to hold a batch", cluster)
+        a.popen.send_signal(signal.SIGSTOP)
+        held = a_holds_items()
+        assert held
+        try:
+            def b_finished_all() -> bool:
+                with Session(engine) as s:
+                    left = s.scalar(select(func.count()).select_from(Item).where(Item.processed_at.is_(None)))
+                    stored = s.scalar(select(func.count()).select_from(Item))
+                return stored == len(items) and left == 0
+
+            _wait(b_finished_all, 90, "worker b to take over a's batch and finish", cluster)
+        finally:
+            a.popen.send_signal(signal.SIGCONT)
+        _wait(lambda: "registering again" in a.tail(100_000), 60, "worker a to learn it was reaped", cluster)
+        _wait(lambda: "no longer ours" in a.tail(100_000) or "fetch result dropped" in a.tail(100_000), 60,
+              "worker a's late write to be refused", cluster)
+    finally:
+        codes = cluster.stop()
+        replay.stop()
+    assert codes == {"a": 0, "b": 0}, codes
+    with Session(engine) as s:
+        owners = dict(s.execute(select(Item.id, Item.claimed_by).where(Item.id.in_(held))).all())
+        n_items = s.scalar(select(func.count()).select_from(Item))
+        n_vectors = s.scalar(select(func.count()).select_from(ItemVector))
+    assert set(owners.values()) == {ids["b"]}  # the batch a held was written by b, not by a after it woke
+    assert n_items == n_vectors == len(items)
