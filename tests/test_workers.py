@@ -214,3 +214,17 @@ def test_processes_starting_together_on_a_fresh_database_migrate_it_once(engine:
             e.dispose()
         with postgres_admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_run_refuses_an_unknown_role_and_a_shared_database_without_a_shared_secret_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MONITOR_SECRET_KEY", raising=False)
+    cfg = tmp_path / "feeds.toml"
+    cfg.write_text(config_text(tmp_path, settings='database_url = "postgresql+psycopg://monitor:s3cret@db-host/monitor"')
+                   .replace('database_url = "sqlite', '# database_url = "sqlite'))
+    runner = CliRunner()
+    bad_role = runner.invoke(main, ["--config", str(cfg), "run", "--role", "worker,cook"])
+    assert bad_role.exit_code == 2 and "unknown role(s) ['cook']" in bad_role.output
+    no_key = runner.invoke(main, ["--config", str(cfg), "run", "--role", "worker"])
+    assert no_key.exit_code == 2 and "$MONITOR_SECRET_KEY is not set" in no_key.output
+    assert "s3cret" not in no_key.output
