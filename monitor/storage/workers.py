@@ -139,7 +139,7 @@ def release_leases(session: Session, owners: list[str]) -> Leases:
     opts = {"synchronize_session": False}
     feeds = session.execute(update(Feed).where(Feed.lease_owner.in_(owners))
                             .values(lease_owner=None, lease_until=None).execution_options(**opts))
-    items = session.execute(update(Item).where(Item.claimed_by.in_(owners))
+    items = session.execute(update(Item).where(Item.claimed_by.in_(owners), Item.processed_at.is_(None))
                             .values(claimed_by=None, claimed_until=None).execution_options(**opts))
     deliveries = session.execute(update(Delivery).where(Delivery.status == "sending", Delivery.lease_owner.in_(owners))
                                  .values(status="pending", lease_owner=None, lease_until=None)
