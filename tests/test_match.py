@@ -121,6 +121,16 @@ def test_label_free_threshold_without_configured_one(embedder) -> None:  # type:
     assert _topics(embedder, threshold=0.7).topics[0].threshold == 0.7
 
 
+def test_a_topic_with_one_example_and_no_keywords_still_matches(embedder) -> None:  # type: ignore[no-untyped-def]
+    t = TopicConfig(id="weather", name="Weather", description="Storms, floods and heat waves",
+                    examples=["Storm floods coastal towns"])
+    topics = match.compile_topics([t], embedder)
+    assert topics.topics[0].threshold_source == "label-free"
+    texts = ["Floods hit coastal towns after a heavy storm", "Qatar hosts talks on a hostage deal"]
+    got = match.match_texts([1, 2], texts, embedder.encode(texts), topics)
+    assert [m.matched for m in got] == [True, False], [m.reason for m in got]
+
+
 @pytest.fixture(scope="module")
 def shipped(embedder) -> match.TopicSet:  # type: ignore[no-untyped-def]
     return match.compile_topics(load_config(ROOT / "feeds.toml").topics, embedder)

@@ -96,4 +96,7 @@ def test_example_threshold_is_label_free_and_follows_the_examples() -> None:
     assert th is not None and 0.0 < th < 1.0
     # keyword evidence in the examples raises what an item must reach: the rule scores examples as items
     assert R.example_threshold(comb, PROTOS, COUNTERS, [-0.5, -0.5]) < th
-    assert R.example_threshold(comb, PROTOS[:2], COUNTERS, [0.5]) is None  # one example: nothing to hold out
+    # one example: held out, it is still compared with the description; no example: no rule
+    one = R.example_threshold(comb, PROTOS[:2], COUNTERS, [0.5])
+    assert one is not None and 0.0 < one < 1.0
+    assert R.example_threshold(comb, PROTOS[:1], COUNTERS, []) is None

@@ -170,7 +170,7 @@ def raw_scores(vectors: np.ndarray, prototypes: np.ndarray, counters: np.ndarray
 def label_free_threshold(prototypes: np.ndarray, counters: np.ndarray, example_kw: Sequence[float] | None = None,
                          combiner: Combiner = SHIPPED_COMBINER) -> float:
     """The label-free threshold of `relevance.example_threshold` (example keyword features default to
-    neutral); 0.5 when the topic has fewer than two examples."""
+    neutral); 0.5 when the topic has no example."""
     kw = list(example_kw) if example_kw is not None else [0.0] * (prototypes.shape[0] - 1)
     th = relevance.example_threshold(combiner, prototypes, counters, kw)
     return 0.5 if th is None else float(round(th, 4))

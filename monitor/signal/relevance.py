@@ -137,10 +137,10 @@ def features(vectors: np.ndarray, prototypes: np.ndarray, counters: np.ndarray, 
 def example_threshold(combiner: Combiner, prototypes: np.ndarray, counters: np.ndarray,
                       example_kw: Sequence[float], quantile: float = EXAMPLE_QUANTILE) -> float | None:
     """The label-free threshold (module docstring): the `quantile` of the leave-one-out probabilities of
-    the examples (rows 1.. of `prototypes`; `example_kw` their keyword features). None with fewer than two
-    examples (nothing to hold out against)."""
+    the examples (rows 1.. of `prototypes`; `example_kw` their keyword features). An example held out is
+    still compared with the description, so one example is enough; None without any."""
     n_ex = prototypes.shape[0] - 1
-    if n_ex < 2:
+    if n_ex < 1:
         return None
     rows = []
     for i in range(1, prototypes.shape[0]):
