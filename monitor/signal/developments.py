@@ -32,7 +32,8 @@ _COMMENTARY = re.compile(
     r"\bwhat to know\b|\bthings to know\b|\bwhat (?:is|are|was|were|does|do|did|would|could|will)\b|"
     r"\bwho (?:is|are|was|were)\b|^\s*(?:how|why|where|when|can|could|should|will|would|is|are|does|do)\b|"
     r"\?\s*$|\bday \d+ of\b|\|\s*(?:first thing|the papers|morning|evening|live)|\brundown\b|\bnewsletter\b|"
-    r"\bexplainer\b|\banalysis\b|\bopinion\b|\bcould mean\b|\bwhat'?s next\b|\blessons?\b|\bpodcast\b",
+    r"\bexplainer\b|\banalysis\b|\bopinion\b|\bcould mean\b|\bwhat'?s next\b|\blessons?\b|\bpodcast\b|"
+    r"[:|–—]\s*(?:how|why|what|who|inside|behind)\b|'s dilemma\b|\bmorning rundown\b",
     re.IGNORECASE,
 )
 
@@ -123,6 +124,8 @@ _ORDINAL = re.compile(
     re.IGNORECASE,
 )
 _TOLL = re.compile(r"\b(?:death )?toll\b[^.;:\d]{0,40}?(\d{1,3}(?:,\d{3})+|\d+)\b", re.IGNORECASE)
+_MORE = re.compile(r"\b(?:more|another|further|fresh|new|next|again)\b", re.IGNORECASE)
+_FURTHER = frozenset(("ord:more",))
 _WORDNUM = {"one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8",
             "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "thirteen": "13", "fourteen": "14",
             "fifteen": "15", "sixteen": "16", "seventeen": "17", "eighteen": "18", "nineteen": "19", "twenty": "20",
@@ -158,8 +161,8 @@ class Development:
         """Both state an argument of the same sort (a count of the same thing, an ordinal, a place) and
         they differ: two different developments of one kind."""
         for sort in ("count:", "ord:", "place:", "actor:"):
-            mine = {a for a in self.args if a.startswith(sort)}
-            theirs = {a for a in other.args if a.startswith(sort)}
+            mine = {a for a in self.args if a.startswith(sort)} - _FURTHER
+            theirs = {a for a in other.args if a.startswith(sort)} - _FURTHER
             if sort == "count:":
                 # two counts with no value in common ("13 hostages" / "17 more hostages", "3-day" / "5-day")
                 if mine and theirs and not ({a.split(":")[1] for a in mine} & {a.split(":")[1] for a in theirs}):
@@ -169,7 +172,11 @@ class Development:
         return False
 
     def same_as(self, other: Development) -> bool:
-        return self.kind == other.kind and not self.conflicts(other)
+        """Same kind, no contradicting argument, and not announced as a further one ("two *more* hostages",
+        "*another* round") after one that was not."""
+        if self.kind != other.kind or self.conflicts(other):
+            return False
+        return not (_FURTHER & self.args and not _FURTHER & other.args)
 
 
 def _noun(n: str) -> str:
@@ -192,6 +199,8 @@ def arguments(title: str) -> frozenset[str]:
             args.add(f"count:{v}:{_noun(m.group(2))}")
     for m in _TOLL.finditer(title):
         args.add(f"count:{m.group(1).replace(',', '')}:dead")
+    if _MORE.search(title):
+        args.add("ord:more")  # announced as a further instance of its kind
     for m in _ORDINAL.finditer(title):
         w = m.group(1).lower()
         if w in ("new", "another", "next", "latest", "final", "last"):

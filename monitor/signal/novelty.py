@@ -1,21 +1,28 @@
-"""Novelty: incremental story clustering and the new_story / update / repeat decision. Pure: no I/O, the
-clock (`now`, the window) and the parameters come in as arguments; the caller (monitor.signal.stories for the
-database, monitor.lab.story_eval for labelled files) owns persistence.
+"""Novelty: incremental story clustering and the alert decision (new_story / update / repeat / held). Pure: no
+I/O, the clock (`now`, the window) and the parameters come in as arguments; the caller (monitor.signal.stories
+for the database, monitor.lab.story_eval for labelled files) owns persistence.
 
-Method (numbers chosen on the BASIL and AllSides dev sets, see `StoryParams` and docs in story_eval):
+Clustering (parameters chosen on BASIL, AllSides and the near-miss set of look-alike events, see
+`StoryParams` and monitor.lab.story_eval):
 
-* Every item carries its L2-normalised embedding and the *facts* read from its text: figures (digits and
-  number words, normalised, dates and years left out), capitalised names (people, places, organisations;
-  ambiguous sentence-initial or Title-Case words are not trusted) and quoted phrases.
-* An item is compared with each open story of its topic (a story is open while its last item is less than
-  `window_h` hours older than the item, in item time). The score is average-link cosine over the story's
-  member vectors, minus a time penalty that grows with the gap between the item and the story's
-  nearest member, plus a name term: shared names add, a story and an item that both name people/places
-  and share none are pushed apart (two earthquakes in two countries). The item joins the best story if
-  the score clears `join_threshold`, else it starts a new one.
-* An item joining a story is a `repeat` when it is a syndicated/near-identical copy or brings no material
-  fact the story has not seen; it is an `update` when its text carries a figure, name or quoted phrase that
-  nowhere appears in the story so far, and the reason says which ("new figure: 24 hostages released").
+* Every item carries its L2-normalised embedding and the *facts* read from its text: figures, capitalised
+  names, quoted phrases, and from its headline the developments it reports (monitor.signal.developments:
+  a release, a deal, an extension, talks and where, a new count...) with their arguments.
+* An item is compared with each open story of its topic (open while its last item is less than `window_h`
+  hours older). The score is average-link cosine over the story's member vectors, minus a time penalty
+  growing with the gap, minus evidence against a join: the item and the story name people/places and
+  share none, or state counts/ordinals of the same thing that contradict each other ("second round" vs
+  "third round"). The item joins the best story if the score clears `join_threshold`.
+
+Alerting (`decide`): an alert is a development the topic's subscribers have not been told about.
+* An item joining an alerted story is an `update` only when its headline reports a development that no
+  alert of the topic reported in the last `same_development_h` hours; "what's new" names it in words
+  ("release (17 more hostages, second exchange)"). Rephrasings, reactions and commentary are `repeat`s.
+* A new story whose development was already alerted in another story (same kind, arguments that agree,
+  and alike by cosine), or that has no development and retells a recent alert, is a `repeat`.
+* A new story alerts at once on clear evidence (a match `strong_margin` above the topic threshold and a
+  development in its headline); otherwise it is `held` until a second outlet reports it within
+  `corroboration_h` hours (or a clear report joins it), and then alerts as the new story.
 """
 
 from __future__ import annotations
