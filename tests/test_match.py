@@ -223,3 +223,20 @@ def test_backtest_uses_stored_vectors_only(tmp_path, engine, embedder, counting,
 def test_topic_config_model_accepts_gates() -> None:
     t = TopicConfig(id="x", name="X", description="d", examples=["e"], require_all=[["a", "b"], ["c"]])
     assert match.compile_gate(t).check("A then C")[0] and not match.compile_gate(t).check("A only")[0]
+
+
+def test_backtest_window_counts_back_from_the_newest_stored_item(tmp_path, engine, embedder, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A replayed database (the demo's holds 2023 news): `--since 7d` means the 7 days before its newest
+    item, not the 7 days before today, where nothing would be found."""
+    items = _store(engine, ["ICC prosecutor seeks warrants for Netanyahu", "Storm hits the coast"])
+    old = datetime(2023, 11, 24, 12, tzinfo=UTC)
+    with db.write_transaction(engine) as s:
+        for i, it in enumerate(items):
+            s.get(Item, it.id).published_at = db.naive_utc(old - timedelta(days=i * 10))  # the second: 10 days older
+        embed.ensure_vectors(s, embedder, items)
+    monkeypatch.setattr(embed, "load_embedder", lambda settings: embedder)
+    r = CliRunner().invoke(main, ["--config", str(_config_file(tmp_path, engine=engine)), "backtest", "icc-warrants",
+                                  "--since", "7d"])
+    assert r.exit_code == 0, r.output
+    assert "newest stored item (2023-11-24 12:00 UTC)" in r.output
+    assert "1 of 1 items would match" in r.output  # the storm, 10 days older, is outside the window

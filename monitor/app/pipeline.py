@@ -52,6 +52,9 @@ class Runtime:
     metrics: Metrics
     signing_key: str  # signs unsubscribe links; fixed for the process so links and routes always agree
     worker_id: str = "main"
+    # When digests' links are signed; None = `clock`. A replay on a simulated clock (the demo) signs at the
+    # real time, so its e-mails' links work when opened.
+    link_clock: Callable[[], datetime] | None = None
 
     def reload(self, config: Config, topics: match.TopicSet | None = None, *, sync: bool = True) -> None:
         """Apply a new, validated configuration: topics recompiled and, with `sync` (the process that owns
@@ -198,7 +201,8 @@ def _process_batch(rt: Runtime, items: list[ItemRecord]) -> _BatchReport:
 
 def build_digests(rt: Runtime) -> list[int]:
     """Build the digests that are due (runs every tick; takes no write lock when nothing is due)."""
-    return digest.build_due_digests(rt.engine, rt.config, rt.clock.now(), secret_key=rt.signing_key)
+    return digest.build_due_digests(rt.engine, rt.config, rt.clock.now(), secret_key=rt.signing_key,
+                                    links_signed_at=rt.link_clock() if rt.link_clock else None)
 
 
 async def deliver(rt: Runtime, *, limit: int = 50, senders: Any = None) -> outbox.DeliveryReport:

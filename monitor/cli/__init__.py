@@ -7,16 +7,18 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
 
 from monitor.config import CONFIG_ENV, Config, config_path, load_config
 from monitor.errors import MonitorError
 from monitor.logs import setup_logging
 from monitor.storage import db
+from monitor.storage.tables import Item
 
 
 @dataclass
@@ -51,6 +53,18 @@ def parse_since(text: str) -> timedelta:
         raise click.BadParameter(f"{text!r}: use a number and a unit, e.g. 30d, 12h or 2w")
     n, unit = int(m.group(1)), m.group(2)
     return {"d": timedelta(days=n), "h": timedelta(hours=n), "w": timedelta(weeks=n)}[unit]
+
+
+def window_start(session: Session, window: timedelta) -> tuple[datetime, str]:
+    """Where a `--since` window starts, and words for it: it counts back from the newest stored item (not
+    from the wall clock), so the same command works on a live database and on a replayed one (the demo's);
+    on a live database the newest item is minutes old, so the two agree."""
+    newest = session.scalar(select(func.max(Item.published_at)))
+    now = db.utcnow()
+    if newest is None or db.aware_utc(newest) >= now - timedelta(hours=1):
+        return now - window, "now"
+    anchor = db.aware_utc(newest)
+    return anchor - window, f"the newest stored item ({anchor:%Y-%m-%d %H:%M} UTC)"
 
 
 pass_ctx = click.make_pass_decorator(CliContext)

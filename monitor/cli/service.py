@@ -81,7 +81,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         s = asyncio.run(run_demo(topics, out_dir, data or BUNDLED, progress=click.echo))
         click.echo("")
         span = (f"published {s.first_item:%Y-%m-%d} .. {s.last_item:%Y-%m-%d}, digests until "
-                f"{s.replayed_until:%Y-%m-%d %H:%M} UTC" if s.first_item and s.last_item else "no items")
+                f"{s.replayed_until:%Y-%m-%d %H:%M} UTC" if s.first_item and s.last_item and s.replayed_until else "no items")
         click.echo(f"Replayed {s.items} real headlines ({span}) in {s.seconds:.0f} s.")
         click.echo("Per topic: matched items -> stories -> alerts (new stories + updates) and repeats not alerted:")
         for topic in [t.id for t in topics]:  # every topic, those with nothing to report too
@@ -111,3 +111,4 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             click.echo(f"  monitor --config {cfg} backtest {example} --since 7d")
             click.echo(f"  monitor --config {cfg} topics test \"Qatar says the truce is extended by two days\"")
             click.echo("  (--since windows count back from the newest stored item, so they work on replayed news.)")
+            click.echo(f"  monitor --config {cfg} run     # serves the pages the demo's e-mails link to, on :8080")

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import click
 
-from monitor.cli import parse_since
+from monitor.cli import parse_since, window_start
 from monitor.config import Config, Settings
 from monitor.errors import MonitorError
-from monitor.storage import db
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([dhw])\s*$")
 _DEFAULT_CACHE = Path("var/cache")
@@ -59,11 +58,12 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         config.topic(topic_id)  # unknown topic -> ConfigError with the known ones
         engine = ctx.engine()
         with Session(engine) as s:
-            views = stories.list_stories(s, topic_id, db.utcnow() - parse_since(since))
+            start, anchor = window_start(s, parse_since(since))
+            views = stories.list_stories(s, topic_id, start)
         if not views:
-            click.echo(f"{topic_id}: no stories with items in the last {since}")
+            click.echo(f"{topic_id}: no stories with items in the {since} before {anchor}")
             return
-        click.echo(f"{topic_id}: {len(views)} stor{'y' if len(views) == 1 else 'ies'} in the last {since}"
+        click.echo(f"{topic_id}: {len(views)} stor{'y' if len(views) == 1 else 'ies'} in the {since} before {anchor}"
                    + (f" (showing {limit})" if len(views) > limit else ""))
         for v in views[:limit]:
             state = "closed" if v.closed else "open"

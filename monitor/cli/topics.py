@@ -12,7 +12,7 @@ import click
 import numpy as np
 from sqlalchemy import delete, func, select
 
-from monitor.cli import parse_since
+from monitor.cli import parse_since, window_start
 from monitor.config import load_config
 from monitor.errors import ConfigError, MonitorError
 from monitor.lab import topic_eval
@@ -76,8 +76,9 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         embedder = embed.load_embedder(config.settings)  # encodes the topic's own texts only
         topic_set = match.compile_topics([topic], embedder)
         engine = ctx.engine()
-        cutoff = db.naive_utc(datetime.now(UTC) - window)
         with db.session_factory(engine)() as s:
+            start, anchor = window_start(s, window)
+            cutoff = db.naive_utc(start)
             rows = s.execute(select(Item, func.coalesce(Feed.name, Feed.title, Feed.url))
                              .join(Feed, Feed.id == Item.feed_id)
                              .where(Item.published_at >= cutoff).order_by(Item.published_at)).all()
@@ -91,7 +92,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         by_id = {it.id: it for it in have}
         hits = [v for v in verdicts if v.matched]
         click.echo(f"topic {topic.id} ({topic.name}), threshold {topic_set.topics[0].threshold:.3f}, "
-                   f"since {since}: {len(hits)} of {len(have)} items would match")
+                   f"in the {since} before {anchor}: {len(hits)} of {len(have)} items would match")
         if skipped:
             click.echo(f"skipped {skipped} items without a stored vector for {embedder.model_id!r} "
                        "(run `monitor reembed`)")

@@ -356,10 +356,12 @@ def preview(session: Session, config: Config, spec: SubscriptionSpec, now: datet
 
 
 def build_due_digests(engine: Engine, config: Config, now: datetime, *, secret_key: str | None = None,
-                      renderer: render.Renderer | None = None) -> list[int]:
+                      renderer: render.Renderer | None = None, links_signed_at: datetime | None = None) -> list[int]:
     """Build every due, non-empty digest. Per subscription, one transaction writes the digest, its delivery
     rows and the advanced cursor (a crash leaves either all of it or none). Returns the new digest ids.
-    One subscription's failure is logged and does not stop the others."""
+    One subscription's failure is logged and does not stop the others. The digests' signed links carry
+    `links_signed_at` (default `now`): a replay on a simulated clock signs them at the real time, so they
+    do not read as expired when someone opens them."""
     suppress_refused_recipients(engine, now)
     due = _due_specs(engine, config, now)
     if not due:
@@ -369,7 +371,7 @@ def build_due_digests(engine: Engine, config: Config, now: datetime, *, secret_k
     built: list[int] = []
     for spec in due:
         try:
-            digest_id = _build_one(engine, config, spec, now, key, renderer)
+            digest_id = _build_one(engine, config, spec, now, key, renderer, links_signed_at or now)
         except Exception:
             log.exception("building a digest failed; it will be retried on the next tick",
                           extra={"channel": spec.kind, "target": spec.target})
@@ -435,7 +437,7 @@ def _due_specs(engine: Engine, config: Config, now: datetime) -> list[Subscripti
 
 
 def _build_one(engine: Engine, config: Config, spec: SubscriptionSpec, now: datetime, key: str,
-               renderer: render.Renderer) -> int | None:
+               renderer: render.Renderer, signed_at: datetime) -> int | None:
     with write_transaction(engine) as s:
         # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes other writers): a second process
         # building this subscription's digest waits here and then sees the advanced cursor, instead of
@@ -463,7 +465,8 @@ def _build_one(engine: Engine, config: Config, spec: SubscriptionSpec, now: date
                         alert_count=len(alerts), created_at=naive_utc(now))
         s.add(digest)
         s.flush()
-        for part, (key_, payload) in enumerate(_payloads(renderer, config, spec, row, content, digest.id, now, key), 1):
+        payloads = _payloads(renderer, config, spec, row, content, digest.id, now, key, signed_at)
+        for part, (key_, payload) in enumerate(payloads, 1):
             s.add(Delivery(digest_id=digest.id, subscription_id=row.id, channel=spec.kind, target=spec.target,
                            part=part, idempotency_key=key_, payload=payload, status="pending", attempts=0,
                            next_attempt_at=naive_utc(now), created_at=naive_utc(now)))
@@ -498,21 +501,22 @@ def digest_links(settings_base_url: str, key: str, subscription_id: int, content
 
 
 def _payloads(renderer: render.Renderer, config: Config, spec: SubscriptionSpec, row: Subscription,
-              content: DigestContent, digest_id: int, now: datetime, key: str) -> list[tuple[str, bytes]]:
+              content: DigestContent, digest_id: int, now: datetime, key: str,
+              signed_at: datetime) -> list[tuple[str, bytes]]:
     settings = config.settings
     if spec.kind == "email":
         message_id = f"<{uuid.uuid4().hex}.{digest_id}@{render.message_id_domain(settings.mail_from)}>"
-        url = unsubscribe.unsubscribe_url(settings.base_url, key, row.id, now)
+        url = unsubscribe.unsubscribe_url(settings.base_url, key, row.id, signed_at)
         mail = renderer.email(content, mail_from=settings.mail_from, message_id=message_id, now=now,
                               cadence=spec.cadence, unsubscribe_url=url,
-                              links=digest_links(settings.base_url, key, row.id, content, now))
+                              links=digest_links(settings.base_url, key, row.id, content, signed_at))
         return [(message_id, mail.message)]
     if spec.kind == "slack":
         return [(f"slack_{uuid.uuid4().hex}", render.json_bytes(m))
                 for m in renderer.slack_messages(content, digest_id=digest_id,
-                                                 links=digest_links(settings.base_url, key, row.id, content, now))]
+                                                 links=digest_links(settings.base_url, key, row.id, content, signed_at))]
     if spec.kind == "webhook":
         body = renderer.webhook_payload(content, digest_id=digest_id, now=now, cadence=spec.cadence,
-                                        links=digest_links(settings.base_url, key, row.id, content, now))
+                                        links=digest_links(settings.base_url, key, row.id, content, signed_at))
         return [(f"msg_{uuid.uuid4().hex}", render.json_bytes(body))]
     raise MonitorError(f"unknown subscription kind {spec.kind!r}")

@@ -28,6 +28,7 @@ from monitor.app import pipeline
 from monitor.clock import ManualClock
 from monitor.config import ChannelConfig, Config, FeedConfig, Settings, SubscriberConfig, TopicConfig
 from monitor.delivery import outbox
+from monitor.errors import MonitorError
 from monitor.ingest.fetch import Fetcher
 from monitor.lab import replay
 from monitor.lab.receiver import CaptureReceiver
@@ -38,8 +39,7 @@ from monitor.storage.tables import Alert, Delivery
 log = logging.getLogger(__name__)
 
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "demo_items.jsonl.xz"
-DEMO_START = datetime(2023, 11, 20, 0, 0, tzinfo=UTC)
-DEMO_END = datetime(2023, 11, 29, 9, 0, tzinfo=UTC)  # past the last daily digest (08:00 on the 29th)
+DIGEST_AT = time(8, 0)  # the demo subscriber's daily digest
 SLACK_URL_ENV = "MONITOR_DEMO_SLACK_URL"
 SUBSCRIBER = "analyst@example.org"
 
@@ -50,7 +50,7 @@ class DemoSummary:
     items: int = 0
     first_item: datetime | None = None  # published range of the replayed items
     last_item: datetime | None = None
-    replayed_until: datetime = DEMO_END  # the simulated clock runs past the last item, to the last digest
+    replayed_until: datetime | None = None  # the clock runs past the last item, to the next daily digest
     config_file: Path | None = None  # a feeds.toml to explore the demo's database with the CLI
     topics: dict[str, Counter[str]] = field(default_factory=dict)
     emails: list[Path] = field(default_factory=list)
@@ -78,7 +78,7 @@ def demo_config(topics: list[TopicConfig], feed_urls: list[str], out_dir: Path, 
         # The replay server serves every outlet from 127.0.0.1: each item names its outlet by its link.
         feeds=[FeedConfig(url=u, aggregator=True) for u in feed_urls],
         topics=topics,
-        subscribers=[SubscriberConfig(email=SUBSCRIBER, name="Demo Analyst", cadence="daily", daily_at=time(8, 0))],
+        subscribers=[SubscriberConfig(email=SUBSCRIBER, name="Demo Analyst", cadence="daily", daily_at=DIGEST_AT)],
         channels=[ChannelConfig(name="newsroom", kind="slack", url_env=SLACK_URL_ENV, cadence="hourly")],
     )
 
@@ -91,8 +91,14 @@ async def run_demo(topics: list[TopicConfig], out_dir: Path, data: Path = BUNDLE
         (out_dir / stale).unlink(missing_ok=True)
     for folder in ("email", "slack"):  # a re-run shows only its own messages
         shutil.rmtree(out_dir / folder, ignore_errors=True)
-    clock = ManualClock(DEMO_START)
     items = replay.load_items(data)
+    if not items:
+        raise MonitorError(f"{data} holds no items to replay")
+    # From the midnight before the first item to just past the daily digest after the last one.
+    first, last = min(i.published for i in items), max(i.published for i in items)
+    start = datetime.combine(first.date(), time(0), UTC)
+    end = datetime.combine(last.date() + timedelta(days=1), DIGEST_AT, UTC) + timedelta(hours=1)
+    clock = ManualClock(start)
     with replay.ReplayServer(items, clock.now) as server, CaptureReceiver(out_dir / "slack") as receiver:
         os.environ[SLACK_URL_ENV] = f"{receiver.url}/slack/newsroom"
         config = demo_config(topics, server.feed_urls(), out_dir, base_url="http://127.0.0.1:8080")
@@ -101,15 +107,16 @@ async def run_demo(topics: list[TopicConfig], out_dir: Path, data: Path = BUNDLE
         progress(f"loading the embedding model ({config.settings.embedding_model}) ...")
         embedder = embed.load_embedder(config.settings)
         rt = pipeline.build_runtime(engine, config, embedder, clock)
-        summary = DemoSummary(out_dir=out_dir, items=len(items), first_item=min(i.published for i in items),
-                              last_item=max(i.published for i in items))
+        rt.link_clock = lambda: datetime.now(UTC)  # links in the e-mails must not read as signed in 2023
+        summary = DemoSummary(out_dir=out_dir, items=len(items), first_item=first, last_item=last,
+                              replayed_until=end)
         async with Fetcher(config.settings) as fetcher, outbox.open_senders(config) as senders:
             day = None
-            while clock.now() < DEMO_END:
+            while clock.now() < end:
                 clock.advance(timedelta(hours=1))
                 if clock.now().date() != day:
                     day = clock.now().date()
-                    progress(f"{day}: replaying ..." if summary.last_item is None or day <= summary.last_item.date()
+                    progress(f"{day}: replaying ..." if day <= last.date()
                              else f"{day}: no more items; delivering the last digests ...")
                 await pipeline.poll_feeds(rt, fetcher=fetcher)
                 pipeline.process_pending(rt)
@@ -125,9 +132,10 @@ async def run_demo(topics: list[TopicConfig], out_dir: Path, data: Path = BUNDLE
 
 
 def write_explore_config(config: Config, out_dir: Path) -> Path:
-    """`out_dir/feeds.toml`: the demo's database, embedding backend and topics, and no feeds, so that
-    `monitor --config out_dir/feeds.toml stories list ...` (or `backtest`, `topics test`) explores what the
-    demo stored without environment variables or a backend switch."""
+    """`out_dir/feeds.toml`: the demo's database, embedding backend, subscriber and topics, and no feeds, so
+    that `monitor --config out_dir/feeds.toml stories list ...` (or `backtest`, `topics test`) explores what
+    the demo stored without environment variables or a backend switch, and `... run` serves the pages its
+    e-mails link to (same database, same signing key beside `outbox_dir`)."""
     s = config.settings
     doc = tomlkit.document()
     doc.add(tomlkit.comment("Written by `monitor demo`: explore its database with --config pointing here."))
@@ -138,6 +146,10 @@ def write_explore_config(config: Config, out_dir: Path) -> Path:
     settings["outbox_dir"] = str((out_dir / "email").resolve())
     settings["metrics_port"] = 0
     doc["settings"] = settings
+    subscribers = tomlkit.aot()  # kept, so `run` on this file serves their preferences and unsubscribe pages
+    for sub in config.subscribers:
+        subscribers.append(tomlkit.item(sub.model_dump(mode="json", exclude_none=True, exclude_defaults=True)))
+    doc["subscribers"] = subscribers
     topics = tomlkit.aot()
     for topic in config.topics:
         topics.append(tomlkit.item(topic.model_dump(mode="json", exclude_none=True, exclude_defaults=True)))
