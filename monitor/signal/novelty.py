@@ -529,7 +529,10 @@ def decide(stories: Sequence[OpenStory], x: NoveltyItem, params: StoryParams) ->
         if f.commentary:
             return Assignment("repeat", best_i, best_s, f"same story (score {best_s:.2f}); {f.commentary}", None)
         if st.alerted:
-            fresh = [d for d in fresh if d.kind in params.update_kinds]
+            # talks and trips update a story when they move somewhere new ("talks move to Cairo"), not when
+            # they merely continue
+            fresh = [d for d in fresh if d.kind in params.update_kinds
+                     and (d.kind not in ("talks", "travel") or any(a.startswith("place:") for a in d.args))]
             echo = echo_of_alert(stories, x, params) if fresh and params.update_echo_cosine < 1.0 else -1.0
             if echo >= params.update_echo_cosine:
                 return Assignment("repeat", best_i, best_s, f"same story (score {best_s:.2f}), retells an alert "
