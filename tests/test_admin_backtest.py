@@ -142,3 +142,18 @@ def test_new_items_reach_the_backtest_after_the_refresh_interval(engine: Engine,
         assert tester.run(TOPIC, days=1, now=NOW).scanned == 1
     finally:
         tester.close()
+
+
+def test_keyword_rules_give_the_matchers_verdicts_across_edits(engine: Engine, embedder, topic) -> None:  # type: ignore[no-untyped-def]
+    records = _store(engine, embedder, HEADLINES)
+    vectors = embed.encode_items(embedder, HEADLINES, HEADLINES)
+    gated = topic.model_copy(update={"require_any": ["Qatar", "Doha"], "exclude": ["Cairo"], "keyword_mode": "gate"})
+    tester = Backtester(engine, embedder, Settings())
+    try:
+        for edit in (gated, gated.model_copy(update={"examples": [*gated.examples, "Talks in Doha continue"]}),
+                     gated.model_copy(update={"exclude": []})):
+            got = tester.run(edit, days=7, now=NOW)
+            want = [v for v in match.match_items(records, vectors, match.compile_topics([edit], embedder)) if v.matched]
+            assert [(h.item.id, h.score, h.reason) for h in got.hits] == [(v.item_id, v.score, v.reason) for v in want]
+    finally:
+        tester.close()

@@ -16,6 +16,7 @@ gives each candidate its exact verdict and reason, so the backtest says what the
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -23,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, select
@@ -78,6 +80,29 @@ class CachedEncoder:
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
         return out
+
+
+class _MemoGate:
+    """A topic's keyword gate whose per-text evidence is remembered across backtests of the same keyword
+    rules: editing examples or counterexamples then re-runs no regex over the window. The evidence itself
+    is the gate's own (a pure function of the text); everything else is delegated to the gate."""
+
+    def __init__(self, gate: match.KeywordGate, memo: dict[str, Any]) -> None:
+        self._gate, self._memo = gate, memo
+
+    @property
+    def groups(self) -> Any:
+        return self._gate.groups
+
+    def evidence(self, text: str) -> Any:
+        got = self._memo.get(text)
+        if got is None:
+            got = self._gate.evidence(text)
+            self._memo[text] = got
+        return got
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._gate, name)
 
 
 @dataclass
@@ -247,6 +272,7 @@ class Backtester:
         self._monotonic = monotonic
         self._corpora: dict[int, Corpus] = {}
         self._scored: OrderedDict[str, _Scored] = OrderedDict()
+        self._gate_memos: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._clustered: OrderedDict[str, tuple[Hit, ...]] = OrderedDict()
         self._jobs: dict[str, Future[tuple[Hit, ...]]] = {}
         self._wanted: OrderedDict[str, None] = OrderedDict()  # the versions asked for most recently
@@ -293,7 +319,8 @@ class Backtester:
                 return self._scored[key]
         started = time.perf_counter()
         topic_set = match.compile_topics([topic], self.encoder)
-        compiled = topic_set.topics[0]
+        compiled = replace(topic_set.topics[0], gate=_MemoGate(topic_set.topics[0].gate, self._gate_memo(topic)))
+        topic_set = replace(topic_set, topics=(compiled,))
         hits: list[Hit] = []
         rows: list[int] = []
         if corpus.size:
@@ -316,6 +343,17 @@ class Backtester:
             while len(self._scored) > 32:
                 self._scored.popitem(last=False)
         return scored
+
+    def _gate_memo(self, topic: TopicConfig) -> dict[str, Any]:
+        key = json.dumps([topic.require_any, topic.require_all, topic.exclude])
+        with self._lock:
+            memo = self._gate_memos.get(key)
+            if memo is None:
+                memo = self._gate_memos[key] = {}
+                while len(self._gate_memos) > 4:
+                    self._gate_memos.popitem(last=False)
+            self._gate_memos.move_to_end(key)
+            return memo
 
     # --- phase 2: stories and alerts --------------------------------------------------------------------
 
