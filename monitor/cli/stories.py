@@ -102,6 +102,9 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         if not items_files and timelines_file is None:
             raise click.UsageError("give --items FILE (same-story labels) and/or --timelines FILE")
         settings = _settings(ctx)
+        # read (and check) every file before loading the model
+        labelled_sets = {f: story_eval.read_labelled(f) for f in items_files}
+        timeline = story_eval.read_timelines(timelines_file) if timelines_file is not None else None
         embedder = embed.load_embedder(settings)
         ours = novelty.StoryParams(window_h=settings.story_window_h)
         methods = {"novelty": ours, "baseline": novelty.BASELINE}
@@ -109,8 +112,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             methods[method] = replace(methods[method], join_threshold=threshold)
         order = [method, *(m for m in methods if m != method)]
         report: dict[str, object] = {}
-        for items_file in items_files:
-            labelled = story_eval.read_labelled(items_file)
+        for items_file, labelled in labelled_sets.items():
             if not labelled:
                 raise MonitorError(f"{items_file}: no items")
             vectors = story_eval.cached_vectors(embedder, [li.item for li in labelled], cache_dir)
@@ -123,8 +125,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                            + _prf("B-cubed", r.bcubed.as_dict()).replace("B-cubed   ", "B-cubed "))
             report[items_file.name] = {m: {**results[m].as_dict(), "join_threshold": methods[m].join_threshold}
                                        for m in order}
-        if timelines_file is not None:
-            tl = story_eval.read_timelines(timelines_file)
+        if timelines_file is not None and timeline is not None:
+            tl = timeline
             if not tl:
                 raise MonitorError(f"{timelines_file}: no items")
             vectors = story_eval.cached_vectors(embedder, [t.item for t in tl], cache_dir)
