@@ -76,7 +76,9 @@ def ingest_pass(embedder, topic_set, topics, items, tmp: Path, settings_kw: dict
     db.upgrade(engine)
     settings = Settings(database_url=f"sqlite:///{path}", allow_private_networks=True, **settings_kw)
     with ReplayServer(items, lambda: end, window=per_feed) as server:
-        config = Config(settings=settings, feeds=[FeedConfig(url=u) for u in server.feed_urls()], topics=topics)
+        # aggregator: the replay server serves every outlet from 127.0.0.1; each item's link names its outlet
+        config = Config(settings=settings, feeds=[FeedConfig(url=u, aggregator=True) for u in server.feed_urls()],
+                        topics=topics)
         rt = pipeline.build_runtime(engine, config, embedder, ManualClock(end), topics=topic_set,
                                     signing_key="bench")
         t = time.perf_counter()

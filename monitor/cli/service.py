@@ -77,6 +77,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         if not topics:
             raise click.ClickException(f"{ctx.config_file} defines no [[topics]]; the demo uses the config's topics")
         logging.getLogger().setLevel(logging.WARNING)  # the summary below is the demo's output
+        # The demo keeps its own signing key beside its e-mails; that is expected here, not a warning.
+        logging.getLogger("monitor.delivery.unsubscribe").setLevel(logging.ERROR)
         click.echo(f"monitor demo: replaying {data or BUNDLED.name} with topics {', '.join(t.id for t in topics)}")
         s = asyncio.run(run_demo(topics, out_dir, data or BUNDLED, progress=click.echo))
         click.echo("")

@@ -8,10 +8,12 @@ local path is accepted through `settings.embedding_model` (a hub name needs netw
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -94,8 +96,38 @@ class OnnxEmbedder:
         return out
 
 
+class _DropQuantizationAdvice(logging.Filter):
+    """onnxruntime's quantizer logs, on the root logger, advice meant for image models."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider to run pre-processing before quantization")
+
+
+@contextlib.contextmanager
+def _quiet_model_tools() -> Iterator[None]:
+    """Loading and exporting the model print progress bars, tracer warnings and quantiser advice that say
+    nothing to an operator (and drown the demo's output): silence them for that step only."""
+    from transformers.utils import logging as hf_logging
+
+    root = logging.getLogger()
+    advice = _DropQuantizationAdvice()
+    root.addFilter(advice)
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeFilter(advice)
+
+
 def _export_int8(source: str, target: Path) -> None:
     """One-time export: transformers model -> ONNX (torch exporter) -> dynamic int8 quantisation."""
+    with _quiet_model_tools():
+        _export_int8_noisy(source, target)
+
+
+def _export_int8_noisy(source: str, target: Path) -> None:
     import tempfile
 
     import torch
@@ -192,7 +224,8 @@ def load_embedder(settings: Settings) -> Embedder:
     try:
         from sentence_transformers import SentenceTransformer
 
-        model = SentenceTransformer(path, device="cpu", local_files_only=name == BUNDLED_MODEL)
+        with _quiet_model_tools():
+            model = SentenceTransformer(path, device="cpu", local_files_only=name == BUNDLED_MODEL)
     except Exception as e:
         raise EmbedError(
             f"cannot load embedding model {name!r} from {path!r}: {e} "
