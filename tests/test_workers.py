@@ -226,5 +226,5 @@ def test_run_refuses_an_unknown_role_and_a_shared_database_without_a_shared_secr
     bad_role = runner.invoke(main, ["--config", str(cfg), "run", "--role", "worker,cook"])
     assert bad_role.exit_code == 2 and "unknown role(s) ['cook']" in bad_role.output
     no_key = runner.invoke(main, ["--config", str(cfg), "run", "--role", "worker"])
-    assert no_key.exit_code == 2 and "$MONITOR_SECRET_KEY is not set" in no_key.output
+    assert no_key.exit_code == 2 and "MONITOR_SECRET_KEY is not set" in no_key.output
     assert "s3cret" not in no_key.output

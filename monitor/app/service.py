@@ -33,7 +33,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -49,7 +49,7 @@ from monitor.app import admin, pipeline, subscriber
 from monitor.app.metrics import Metrics
 from monitor.app.web import create_app, create_metrics_app
 from monitor.clock import Clock, SimulatedClock
-from monitor.config import PORT_ENV, Config, Settings, load_config, secret
+from monitor.config import PORT_ENV, Config, load_config
 from monitor.delivery import unsubscribe
 from monitor.delivery.outbox import open_senders
 from monitor.errors import MonitorError
@@ -183,13 +183,14 @@ class Service:
         self.config = config
         self.clock = clock
         self.roles = options.roles
-        _require_shared_secret(config.settings)
         self.engine = db.make_engine(config.settings.database_url)
         self.metrics = Metrics(self.engine, clock.now)
         self.worker_id = f"{socket.gethostname()[:100]}:{os.getpid()}"  # fits deliveries.lease_owner (128)
         self.state = _State(config_fingerprint=_file_digest(options.config_path))
         self.failures = JobFailures(log)
-        # Computed once: links signed by digests and the routes that check them must use the same key.
+        # Computed once: links signed by digests and the routes that check them must use the same key. With
+        # any database but SQLite it must come from the environment (a ConfigError says why), checked here,
+        # before anything loads.
         self.signing_key = unsubscribe.signing_key(config.settings)
         self.rt: pipeline.Runtime | None = None
         self.fetcher: Fetcher | None = None
@@ -454,17 +455,6 @@ def _listen(host: str, port: int, how_to_change: str) -> socket.socket:
         raise MonitorError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.set_inheritable(False)
     return sock
-
-
-def _require_shared_secret(settings: Settings, env: Mapping[str, str] | None = None) -> None:
-    """Several processes (any database but SQLite) must sign and check unsubscribe links with one key, so it
-    must come from the environment: a key made locally would differ from host to host."""
-    if settings.database_url.startswith("sqlite"):
-        return
-    if not secret(settings.secret_key_env, env):
-        raise MonitorError(f"${settings.secret_key_env} is not set: with a shared database ({settings.database_url.split(':')[0]}) "
-                           "every process must sign unsubscribe links with the same key; set it to the same random "
-                           "value on every host (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
 
 
 def _file_digest(path: Path) -> str:
