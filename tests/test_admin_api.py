@@ -115,3 +115,29 @@ async def test_no_token_configured_means_no_token_works(engine: Engine, tmp_path
     async with client(app) as c:
         assert (await c.get("/api/v1/topics", headers={"Authorization": "Bearer "})).status_code == 401
         assert (await c.get("/api/v1/topics", headers={"Authorization": "Bearer x"})).status_code == 401
+
+
+async def test_feed_and_delivery_operations(engine: Engine, tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    app, _ctx = admin_app(engine, path)
+    async with client(app) as c:
+        r = await c.post("/api/v1/feeds", json={"url": "https://new.example.org/rss", "name": "New"}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        r = await c.post("/api/v1/feeds", json={"url": "https://new.example.org/rss"}, headers=AUTH)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "url"]
+        r = await c.post("/api/v1/feeds", json={"url": "gopher://x"}, headers=AUTH)
+        assert r.status_code == 422 and ["body", "url"] in [e["loc"] for e in r.json()["detail"]]
+        r = await c.put("/api/v1/feeds/enabled", json={"url": "https://new.example.org/rss", "enabled": False},
+                        headers=AUTH)
+        assert r.status_code == 200
+        assert (await c.put("/api/v1/feeds/enabled", json={"url": "https://nope.example/", "enabled": False},
+                            headers=AUTH)).status_code == 404
+        assert (await c.post("/api/v1/deliveries/12345/retry", headers=AUTH)).status_code == 409
+        assert (await c.post("/api/v1/subscriptions/12345/enable", headers=AUTH)).status_code == 404
+        assert (await c.post("/api/v1/feeds", json={"url": "https://x.example/"})).status_code == 401
+    feeds = tomllib.loads(path.read_text())["feeds"]
+    assert feeds[-1] == {"url": "https://new.example.org/rss", "name": "New", "enabled": False}
+    assert "# Test configuration. This comment must survive every save." in path.read_text()
+    with Session(engine) as s:
+        actions = [a.action for a in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
+    assert actions == ["feed.add", "feed.disable"]

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.routing import BaseRoute, Route
 
-from monitor.app.admin import AdminContext, backtest, configfile, forms
+from monitor.app.admin import AdminContext, backtest, configfile, forms, operations
 from monitor.app.admin.auth import CSRF_HEADER, token_matches
 from monitor.config import FeedConfig, TopicConfig
 from monitor.errors import ConfigError
@@ -24,6 +24,11 @@ API_PREFIX = "/api/v1"
 
 class Problem(BaseModel):
     detail: str
+
+
+class FeedSwitch(BaseModel):
+    url: str
+    enabled: bool
 
 
 class SavedOut(BaseModel):
@@ -170,6 +175,53 @@ def create_api(ctx: AdminContext) -> FastAPI:
     @api.get(f"{API_PREFIX}/feeds", response_model=list[FeedConfig], tags=["feeds"])
     async def list_feeds(who: str = Depends(actor)) -> Any:
         return (await run_in_threadpool(load)).feeds
+
+    @api.post(f"{API_PREFIX}/feeds", status_code=201, tags=["feeds"], responses={422: {"model": Problem}})
+    async def add_feed(feed: FeedConfig, who: str = Depends(actor)) -> Any:
+        """Add a feed to feeds.toml (validated, comments kept, audited)."""
+        try:
+            await run_in_threadpool(operations.add_feed, ctx, feed, actor=who)
+        except ConfigError as e:
+            raise config_error(e) from None
+        return {"url": feed.url}
+
+    @api.post(f"{API_PREFIX}/feeds/test", tags=["feeds"])
+    async def test_feed(feed: FeedConfig, who: str = Depends(actor)) -> Any:
+        """Fetch and parse the feed once, as the poller would; nothing is written."""
+        probe = await run_in_threadpool(operations.test_fetch, ctx.config().settings, feed.url, ctx.clock())
+        probe["items"] = [{**it, "published_at": it["published_at"].isoformat()} for it in probe["items"]]
+        return probe
+
+    @api.put(f"{API_PREFIX}/feeds/enabled", tags=["feeds"], responses={404: {"model": Problem}})
+    async def feed_enabled(body: FeedSwitch, who: str = Depends(actor)) -> Any:
+        if not await run_in_threadpool(operations.set_feed_enabled, ctx, body.url, body.enabled, actor=who):
+            raise HTTPException(404, f"no feed {body.url!r} in the configuration")
+        return {"url": body.url, "enabled": body.enabled}
+
+    @api.post(f"{API_PREFIX}/deliveries/{{delivery_id}}/retry", tags=["deliveries"],
+              responses={409: {"model": Problem}})
+    async def retry(delivery_id: int, who: str = Depends(actor)) -> Any:
+        if not await run_in_threadpool(operations.retry_delivery, ctx, delivery_id, actor=who):
+            raise HTTPException(409, f"delivery {delivery_id} is not failed (or does not exist): nothing to retry")
+        return {"delivery_id": delivery_id, "status": "pending"}
+
+    @api.post(f"{API_PREFIX}/subscriptions/{{sub_id}}/enable", tags=["deliveries"],
+              responses={404: {"model": Problem}})
+    async def enable(sub_id: int, resubscribe: bool = False, who: str = Depends(actor)) -> Any:
+        """Re-enable a disabled channel or address; with `resubscribe=true` also undo an unsubscribe."""
+        done = await run_in_threadpool(operations.enable_subscription, ctx, sub_id, resubscribe=resubscribe,
+                                       actor=who)
+        if done is None:
+            raise HTTPException(404, f"no subscription {sub_id}")
+        return {"subscription_id": sub_id, "done": done}
+
+    @api.post(f"{API_PREFIX}/channels/{{name}}/test", tags=["deliveries"])
+    async def channel_test(name: str, who: str = Depends(actor)) -> Any:
+        """Send a test message with the real sender; the receiver's answer in words."""
+        answer = await run_in_threadpool(operations.send_test_message, ctx.config(), name, ctx.clock())
+        await run_in_threadpool(lambda: configfile.record_audit(ctx.engine, actor=who, action="channel.test",
+                                                                target=name, diff=answer[:2000], now=ctx.clock()))
+        return {"channel": name, "answer": answer}
 
     @api.get(f"{API_PREFIX}/audit", tags=["audit"])
     async def audit(who: str = Depends(actor), limit: int = Query(100, ge=1, le=1000)) -> Any:

@@ -90,6 +90,63 @@ def send_test_message(config: Config, channel: str, now: datetime) -> str:
     return asyncio.run(go())
 
 
+# --- operations shared by the pages and the API ----------------------------------------------------------
+
+
+def add_feed(ctx: AdminContext, feed: FeedConfig, *, actor: str, expected_sha: str | None = None) -> None:
+    """Append a [[feeds]] entry to feeds.toml (validated, comments kept, audited)."""
+    config, _sha = configfile.current_config(ctx.config_path)
+    if any(f.url == feed.url for f in config.feeds):
+        raise configfile.FieldErrors({"url": "this feed is configured already"})
+    new_text = configfile.upsert_entry(configfile.read_text(ctx.config_path), "feeds", "url", feed.url, feed)
+    configfile.save_config_text(ctx.engine, ctx.config_path, new_text, actor=actor, action="feed.add",
+                                target=feed.url, diff=configfile.entry_diff(None, feed), expected_sha=expected_sha)
+
+
+def set_feed_enabled(ctx: AdminContext, url: str, enabled: bool, *, actor: str) -> bool:
+    """Enable or disable a configured feed; False when there is no such feed."""
+    config, _sha = configfile.current_config(ctx.config_path)
+    old = next((f for f in config.feeds if f.url == url), None)
+    if old is None:
+        return False
+    new = old.model_copy(update={"enabled": enabled})
+    new_text = configfile.upsert_entry(configfile.read_text(ctx.config_path), "feeds", "url", url, new)
+    configfile.save_config_text(ctx.engine, ctx.config_path, new_text, actor=actor,
+                                action="feed.enable" if enabled else "feed.disable", target=url,
+                                diff=configfile.entry_diff(old, new), expected_sha=None)
+    return True
+
+
+def retry_delivery(ctx: AdminContext, delivery_id: int, *, actor: str) -> bool:
+    """Send a failed (or cancelled) delivery again at the next outbox tick, with the same idempotency key;
+    False when it is not failed."""
+    now = db.naive_utc(ctx.clock())
+    with db.write_transaction(ctx.engine) as s:
+        n = s.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.status.in_(("failed", "cancelled")))
+                      .values(status="pending", next_attempt_at=now, lease_owner=None, lease_until=None)).rowcount
+    if n:
+        configfile.record_audit(ctx.engine, actor=actor, action="delivery.retry", target=f"delivery {delivery_id}",
+                                now=ctx.clock())
+    return bool(n)
+
+
+def enable_subscription(ctx: AdminContext, sub_id: int, *, resubscribe: bool, actor: str) -> str | None:
+    """Re-enable a disabled channel or address (and undo an unsubscribe when `resubscribe`); returns what
+    was done, None when there is no such subscription."""
+    with db.write_transaction(ctx.engine) as s:
+        row = s.get(Subscription, sub_id)
+        if row is None:
+            return None
+        what = "re-enabled" if row.disabled_at else "resubscribed" if row.unsubscribed_at and resubscribe \
+            else "unchanged"
+        row.disabled_at, row.disabled_reason = None, None
+        if resubscribe:
+            row.unsubscribed_at = None
+        target = f"{row.kind} {row.target}"
+    configfile.record_audit(ctx.engine, actor=actor, action=f"subscription.{what}", target=target, now=ctx.clock())
+    return f"{target}: {what}"
+
+
 def routes(ctx: AdminContext, pages: Any, page: Callable[..., Any]) -> list[BaseRoute]:
     # --- feeds ------------------------------------------------------------------------------------------
 
@@ -128,28 +185,18 @@ def routes(ctx: AdminContext, pages: Any, page: Callable[..., Any]) -> list[Base
         probe = test_fetch(settings, feed.url, ctx.clock())
         if _str(form, "action") != "add":  # "Test fetch": show what the feed returns, change nothing
             return feeds_view(session, values=values, probe=probe)
-        text = configfile.read_text(ctx.config_path)
         try:
-            new_text = configfile.upsert_entry(text, "feeds", "url", feed.url, feed)
-            configfile.save_config_text(ctx.engine, ctx.config_path, new_text, actor=session.user or "?",
-                                        action="feed.add", target=feed.url,
-                                        diff=configfile.entry_diff(None, feed), expected_sha=_str(form, "base_sha"))
+            add_feed(ctx, feed, actor=session.user or "?", expected_sha=_str(form, "base_sha") or None)
+        except configfile.FieldErrors as e:
+            return feeds_view(session, status=422, values=values, errors=e.errors, probe=probe)
         except ConfigError as e:
             return feeds_view(session, status=422, values=values, errors={"": str(e)}, probe=probe)
         return RedirectResponse("/admin/feeds?notice=" + quote(f"Added {feed.url}"), status_code=303)
 
     def feed_enable(request: Request, session: WebSession, form: dict[str, Any]) -> Response:
         url, enabled = _str(form, "url"), _str(form, "enabled") == "true"
-        config, _sha = configfile.current_config(ctx.config_path)
-        old = next((f for f in config.feeds if f.url == url), None)
-        if old is None:
+        if not set_feed_enabled(ctx, url, enabled, actor=session.user or "?"):
             return feeds_view(session, status=404, errors={"": f"no feed {url!r} in {ctx.config_path.name}"})
-        new = old.model_copy(update={"enabled": enabled})
-        text = configfile.read_text(ctx.config_path)
-        new_text = configfile.upsert_entry(text, "feeds", "url", url, new)
-        configfile.save_config_text(ctx.engine, ctx.config_path, new_text, actor=session.user or "?",
-                                    action="feed.enable" if enabled else "feed.disable", target=url,
-                                    diff=configfile.entry_diff(old, new), expected_sha=None)
         return RedirectResponse("/admin/feeds?notice=" + quote(f"{'Enabled' if enabled else 'Disabled'} {url}"),
                                 status_code=303)
 
@@ -211,32 +258,18 @@ def routes(ctx: AdminContext, pages: Any, page: Callable[..., Any]) -> list[Base
 
     def delivery_retry(request: Request, session: WebSession, form: dict[str, Any]) -> Response:
         delivery_id = int(request.path_params["delivery_id"])
-        now = db.naive_utc(ctx.clock())
-        with db.write_transaction(ctx.engine) as s:
-            n = s.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.status.in_(("failed", "cancelled")))
-                          .values(status="pending", next_attempt_at=now, lease_owner=None, lease_until=None)).rowcount
-        if n:
-            configfile.record_audit(ctx.engine, actor=session.user or "?", action="delivery.retry",
-                                    target=f"delivery {delivery_id}", now=ctx.clock())
+        n = retry_delivery(ctx, delivery_id, actor=session.user or "?")
         return RedirectResponse("/admin/deliveries?notice=" + quote(
             f"Delivery {delivery_id} will be sent again at the next outbox tick" if n
             else f"Delivery {delivery_id} is not failed; nothing to retry"), status_code=303)
 
     def subscription_enable(request: Request, session: WebSession, form: dict[str, Any]) -> Response:
         sub_id = int(request.path_params["sub_id"])
-        with db.write_transaction(ctx.engine) as s:
-            row = s.get(Subscription, sub_id)
-            if row is None:
-                return deliveries_view(session, status=404, notice=f"No subscription {sub_id}")
-            what = "re-enabled" if row.disabled_at else "resubscribed" if row.unsubscribed_at else "unchanged"
-            row.disabled_at, row.disabled_reason = None, None
-            if _str(form, "resubscribe"):
-                row.unsubscribed_at = None
-            target = f"{row.kind} {row.target}"
-        configfile.record_audit(ctx.engine, actor=session.user or "?", action=f"subscription.{what}", target=target,
-                                now=ctx.clock())
+        done = enable_subscription(ctx, sub_id, resubscribe=bool(_str(form, "resubscribe")), actor=session.user or "?")
+        if done is None:
+            return deliveries_view(session, status=404, notice=f"No subscription {sub_id}")
         back = "/admin/subscribers" if _str(form, "back") == "subscribers" else "/admin/deliveries"
-        return RedirectResponse(back + "?notice=" + quote(f"{target}: {what}"), status_code=303)
+        return RedirectResponse(back + "?notice=" + quote(done), status_code=303)
 
     def channel_test(request: Request, session: WebSession, form: dict[str, Any]) -> Response:
         name = _str(form, "channel")
