@@ -141,6 +141,7 @@ class TopicConfig(_Strict):
     keyword_mode: Literal["evidence", "gate"] = Field(
         "evidence", description="`evidence`: keyword hits raise the score, misses lower it; `gate`: every keyword group must have a hit.")
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Match probability needed (0..1); default is the label-free one computed from the topic's examples.")
+    enabled: bool = Field(True, description="A disabled topic stays in the file and in the admin pages but matches nothing (no matches, no alerts) until it is enabled again.")
 
     @field_validator("id")
     @classmethod
@@ -221,6 +222,11 @@ class Config(_Strict):
                     who = getattr(s, "email", None) or getattr(s, "name", "")
                     raise ValueError(f"{kind} entry {who!r} names unknown topic(s) {unknown}; known: {sorted(known)}")
         return self
+
+    @property
+    def enabled_topics(self) -> list[TopicConfig]:
+        """The topics the service matches items against: every topic not disabled (`enabled = false`)."""
+        return [t for t in self.topics if t.enabled]
 
     def topic(self, topic_id: str) -> TopicConfig:
         for t in self.topics:

@@ -35,6 +35,8 @@ def _form(html: str, **values: str) -> dict[str, str]:
         out[m.group(1)] = m.group(2)
     for m in re.finditer(r'<textarea id="f-(\w+)" name="\w+"[^>]*>(.*?)</textarea>', html, re.S):
         out[m.group(1)] = m.group(2)
+    for m in re.finditer(r'<input id="f-(\w+)" type="checkbox" name="\w+" checked>', html):
+        out[m.group(1)] = "on"  # as a browser sends a ticked box (an unticked one is not sent at all)
     import html as h
 
     out = {k: h.unescape(v) for k, v in out.items()}

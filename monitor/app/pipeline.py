@@ -57,9 +57,10 @@ class Runtime:
     link_clock: Callable[[], datetime] | None = None
 
     def reload(self, config: Config, topics: match.TopicSet | None = None, *, sync: bool = True) -> None:
-        """Apply a new, validated configuration: topics recompiled and, with `sync` (the process that owns
-        the configuration: the scheduler role), feeds and subscriptions in the database."""
-        topics = topics if topics is not None else match.compile_topics(config.topics, self.embedder)
+        """Apply a new, validated configuration: its enabled topics recompiled (a disabled one matches
+        nothing) and, with `sync` (the process that owns the configuration: the scheduler role), feeds and
+        subscriptions in the database."""
+        topics = topics if topics is not None else match.compile_topics(config.enabled_topics, self.embedder)
         if sync:
             sync_config(self.engine, config, self.clock.now())
         self.config, self.topics = config, topics
@@ -88,9 +89,9 @@ def build_runtime(engine: Engine, config: Config, embedder: embed.Embedder, cloc
                   metrics: Metrics | None = None, worker_id: str = "main",
                   topics: match.TopicSet | None = None, signing_key: str | None = None, *,
                   sync: bool = True) -> Runtime:
-    """Compile the topics (unless given) and, with `sync`, bring feeds and subscriptions in the database in
+    """Compile the enabled topics (unless given) and, with `sync`, bring feeds and subscriptions in the database in
     line with the configuration."""
-    topics = topics if topics is not None else match.compile_topics(config.topics, embedder)
+    topics = topics if topics is not None else match.compile_topics(config.enabled_topics, embedder)
     rt = Runtime(engine=engine, config=config, embedder=embedder, topics=topics, clock=clock,
                  metrics=metrics or Metrics(), worker_id=worker_id,
                  signing_key=signing_key or unsubscribe.signing_key(config.settings))

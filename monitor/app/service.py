@@ -246,7 +246,7 @@ class Service:
         try:
             embedder = await asyncio.to_thread(embed.load_embedder, settings)
             self.state.ready["model"] = True
-            topics = await asyncio.to_thread(match.compile_topics, self.config.topics, embedder)
+            topics = await asyncio.to_thread(match.compile_topics, self.config.enabled_topics, embedder)
             if isinstance(self.clock, SimulatedClock):
                 self.clock.restart()
             # Only the scheduler writes the configuration into the database (the others read it).

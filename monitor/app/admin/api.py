@@ -31,6 +31,10 @@ class FeedSwitch(BaseModel):
     enabled: bool
 
 
+class TopicSwitch(BaseModel):
+    enabled: bool = Field(description="False: the topic stays in feeds.toml but matches nothing.")
+
+
 class SavedOut(BaseModel):
     revision: int = Field(description="The config revision written (services on other hosts apply it).")
     diff: str = Field(description="What changed, field by field.")
@@ -153,6 +157,19 @@ def create_api(ctx: AdminContext) -> FastAPI:
         except ConfigError as e:
             raise config_error(e) from None
         return Response(status_code=204)
+
+    @api.put(f"{API_PREFIX}/topics/{{topic_id}}/enabled", tags=["topics"], responses={404: {"model": Problem}})
+    async def topic_enabled(topic_id: str, body: TopicSwitch, who: str = Depends(actor)) -> Any:
+        """Enable or disable a topic (a disabled topic matches nothing); a full PUT of the topic with
+        `enabled` does the same."""
+        try:
+            found = await run_in_threadpool(forms.set_topic_enabled, ctx.engine, ctx.config_path, topic_id,
+                                            body.enabled, actor=who)
+        except ConfigError as e:
+            raise config_error(e) from None
+        if not found:
+            raise HTTPException(404, f"no topic {topic_id!r}")
+        return {"topic_id": topic_id, "enabled": body.enabled}
 
     @api.post(f"{API_PREFIX}/topics/{{topic_id}}/backtest", response_model=BacktestOut, tags=["topics"])
     async def backtest_topic(topic_id: str, body: BacktestIn, who: str = Depends(actor)) -> Any:

@@ -217,9 +217,12 @@ def entry_diff(old: BaseModel | None, new: BaseModel | None) -> str:
     """A short readable diff of one entry: `field: old -> new`, list items added (+) and removed (-)."""
     a = dump_model(old) if old is not None else {}
     b = dump_model(new) if new is not None else {}
+    # A key left out because it has its default is shown with that default (`enabled: true -> false`).
+    full_a = old.model_dump(mode="json") if old is not None else {}
+    full_b = new.model_dump(mode="json") if new is not None else {}
     lines = []
     for k in dict.fromkeys([*a, *b]):
-        x, y = a.get(k), b.get(k)
+        x, y = a.get(k, full_a.get(k)), b.get(k, full_b.get(k))
         if x == y:
             continue
         if isinstance(x, list) or isinstance(y, list):

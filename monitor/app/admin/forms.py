@@ -29,6 +29,7 @@ class FieldSpec:
     help: str
     required: bool
     choices: tuple[str, ...] = ()
+    default_on: bool = False  # a checkbox ticked in the form of a new entry (the field defaults to True)
 
 
 def _kind(name: str, annotation: Any) -> tuple[str, tuple[str, ...]]:
@@ -55,7 +56,8 @@ def form_fields(model: type[BaseModel]) -> list[FieldSpec]:
     for name, f in model.model_fields.items():
         kind, choices = _kind(name, f.annotation)
         out.append(FieldSpec(name=name, kind=kind, label=name.replace("_", " ").capitalize(),
-                             help=f.description or "", required=f.is_required(), choices=choices))
+                             help=f.description or "", required=f.is_required(), choices=choices,
+                             default_on=kind == "checkbox" and f.default is True))
     return out
 
 
@@ -64,7 +66,9 @@ def form_values(model: BaseModel | None, specs: list[FieldSpec]) -> dict[str, st
     out: dict[str, str] = {}
     for spec in specs:
         v = getattr(model, spec.name, None) if model is not None else None
-        if v is None:
+        if model is None and spec.default_on:  # an unticked box would mean False: show the default
+            out[spec.name] = "on"
+        elif v is None:
             out[spec.name] = ""
         elif spec.kind == "lines":
             out[spec.name] = "\n".join(v)
@@ -108,6 +112,21 @@ TOPIC_FIELDS = form_fields(TopicConfig)
 
 def find_topic(config: Config, topic_id: str) -> TopicConfig | None:
     return next((t for t in config.topics if t.id == topic_id), None)
+
+
+def set_topic_enabled(engine: Engine, path: Path, topic_id: str, enabled: bool, *, actor: str) -> bool:
+    """Enable or disable a topic (a disabled one stays in feeds.toml but matches nothing): saved like any
+    topic edit, audited as `topic.enable` / `topic.disable`; False when there is no such topic."""
+    config, _sha = configfile.current_config(path)
+    old = find_topic(config, topic_id)
+    if old is None:
+        return False
+    new = old.model_copy(update={"enabled": enabled})
+    new_text = configfile.upsert_entry(configfile.read_text(path), "topics", "id", topic_id, new)
+    configfile.save_config_text(engine, path, new_text, actor=actor,
+                                action="topic.enable" if enabled else "topic.disable", target=topic_id,
+                                diff=configfile.entry_diff(old, new) or "(no change)", expected_sha=None)
+    return True
 
 
 def save_topic(engine: Engine, path: Path, topic: TopicConfig, *, original_id: str | None, actor: str,

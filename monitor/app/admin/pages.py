@@ -262,7 +262,7 @@ def routes(ctx: AdminContext, env: jinja2.Environment | None = None) -> list[Bas
                             message="", per_day=charts.bars_svg(
                                 [charts.DayCount(day, m, a) for day, m, a in result.per_day(now)],
                                 width=420, height=40, label="matches and alerts per day"),
-                            is_new=topic_id is None)
+                            is_new=topic_id is None, disabled=not edited.enabled)
 
     # --- audit ------------------------------------------------------------------------------------------
 
