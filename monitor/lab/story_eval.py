@@ -34,10 +34,11 @@ import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -118,9 +119,9 @@ def content_hash(title: str, summary: str) -> str:
     return hashlib.sha256(norm.encode()).hexdigest()
 
 
-def read_labelled(path: str | Path) -> list[LabelledItem]:
-    """Items of a same-story file (`id, date, source, title, summary, story`), sorted by date (stable)."""
-    out = []
+def _read_rows(path: str | Path, what: str) -> Iterator[tuple[int, dict[str, Any], ItemRecord]]:
+    """(line number, the JSON row, its item) for each non-empty line of a labelled JSONL file; a line that
+    cannot be read is an EvalError naming the file, the line and `what` it should hold."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as e:
@@ -131,14 +132,22 @@ def read_labelled(path: str | Path) -> list[LabelledItem]:
         try:
             r = json.loads(line)
             title, summary = str(r["title"]), str(r.get("summary") or "")
-            item = ItemRecord(
-                id=n, feed_id=0, outlet=str(r.get("source") or ""), title=title, summary=summary,
-                link=r.get("link"), published_at=_parse_date(str(r["date"])),
-                content_hash=content_hash(title, summary),
-            )
-            out.append(LabelledItem(item, str(r["story"])))
+            item = ItemRecord(id=n, feed_id=0, outlet=str(r.get("source") or ""), title=title, summary=summary,
+                              link=r.get("link"), published_at=_parse_date(str(r["date"])),
+                              content_hash=content_hash(title, summary))
         except (ValueError, KeyError, TypeError) as e:
-            raise EvalError(f"{path}:{n}: not a same-story item (needs id, date, source, title, story): {e}") from e
+            raise EvalError(f"{path}:{n}: not {what}: {e}") from e
+        yield n, r, item
+
+
+def read_labelled(path: str | Path) -> list[LabelledItem]:
+    """Items of a same-story file (`id, date, source, title, summary, story`), sorted by date (stable)."""
+    what = "a same-story item (needs id, date, source, title, story)"
+    out = []
+    for n, r, item in _read_rows(path, what):
+        if "story" not in r:
+            raise EvalError(f"{path}:{n}: not {what}: no story")
+        out.append(LabelledItem(item, str(r["story"])))
     out.sort(key=lambda li: li.item.published_at)
     return out
 
@@ -185,26 +194,13 @@ class TimelineItem:
 def read_timelines(path: str | Path) -> list[TimelineItem]:
     """Items of a timeline file (`timeline, topic, id, date, source, title, summary, label` with label
     development|repeat), sorted by date (stable)."""
+    what = "a timeline item (needs timeline, topic, date, title, label)"
     out = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise EvalError(f"cannot read {path}: {e}") from e
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-            title, summary = str(r["title"]), str(r.get("summary") or "")
-            label = str(r["label"])
-            if label not in ("development", "repeat"):
-                raise ValueError(f"label {label!r} is neither development nor repeat")
-            item = ItemRecord(id=n, feed_id=0, outlet=str(r.get("source") or ""), title=title, summary=summary,
-                              link=r.get("link"), published_at=_parse_date(str(r["date"])),
-                              content_hash=content_hash(title, summary))
-            out.append(TimelineItem(item, str(r["timeline"]), str(r["topic"]), label == "development"))
-        except (ValueError, KeyError, TypeError) as e:
-            raise EvalError(f"{path}:{n}: not a timeline item (needs timeline, topic, date, title, label): {e}") from e
+    for n, r, item in _read_rows(path, what):
+        label = str(r.get("label"))
+        if label not in ("development", "repeat") or "timeline" not in r or "topic" not in r:
+            raise EvalError(f"{path}:{n}: not {what}: label {label!r} must be development or repeat")
+        out.append(TimelineItem(item, str(r["timeline"]), str(r["topic"]), label == "development"))
     out.sort(key=lambda t: t.item.published_at)
     return out
 
