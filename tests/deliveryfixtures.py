@@ -23,6 +23,16 @@ from monitor.storage.tables import Alert, Story
 T0 = datetime(2026, 11, 24, 6, 0, tzinfo=UTC)
 ROOT_DIR = Path(__file__).resolve().parent.parent
 
+
+class Clock:
+    """A clock the test sets (`clock.now = ...`) and the code under test calls (`clock()`)."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
 TOPICS = """
 [[topics]]
 id = "doha-talks"

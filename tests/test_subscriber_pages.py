@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta
+from datetime import timedelta
 from email import message_from_bytes, policy
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import feedparser
 import jsonschema
 import pytest
-from deliveryfixtures import T0, World, make_config
+from deliveryfixtures import T0, Clock, World, make_config
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
@@ -41,13 +41,6 @@ daily_at = "08:00"
 timezone = "Europe/London"
 """
 
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

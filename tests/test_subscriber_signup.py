@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 from aiosmtpd.controller import Controller
 from click.testing import CliRunner
-from deliveryfixtures import T0, World, config_text, make_config
+from deliveryfixtures import T0, Clock, World, config_text, make_config
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
@@ -29,13 +29,6 @@ pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 KEY = "signup-key"
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self):  # type: ignore[no-untyped-def]
-        return self.now
 
 
 @pytest.fixture

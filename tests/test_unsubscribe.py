@@ -9,7 +9,7 @@ from email import message_from_bytes, policy
 from urllib.parse import urlsplit
 
 import pytest
-from deliveryfixtures import T0, World, make_config
+from deliveryfixtures import T0, Clock, World, make_config
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
@@ -30,13 +30,6 @@ email = "bo@example.org"
 cadence = "immediate"
 """
 
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
