@@ -141,3 +141,92 @@ async def test_feed_and_delivery_operations(engine: Engine, tmp_path: Path) -> N
     with Session(engine) as s:
         actions = [a.action for a in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
     assert actions == ["feed.add", "feed.disable"]
+
+
+async def test_subscribers_list_add_edit_resubscribe_audited_like_the_page(engine: Engine, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from monitor.app import pipeline
+    from monitor.config import load_config
+    from monitor.storage.tables import Subscription
+
+    path = write_config(tmp_path)
+    app, _ctx = admin_app(engine, path)
+    async with client(app) as c:
+        listed = (await c.get("/api/v1/subscribers", headers=AUTH)).json()
+        assert [(s["email"], s["cadence"], s["state"]) for s in listed] == [("analyst@example.org", "daily",
+                                                                              "not synced yet")]
+        r = await c.post("/api/v1/subscribers", headers=AUTH,
+                         json={"email": "desk@example.org", "topics": ["weather"], "cadence": "hourly"})
+        assert r.status_code == 201, r.text
+        r = await c.patch("/api/v1/subscribers/Analyst@example.org", headers=AUTH,
+                          json={"topics": ["hostage-talks", "weather"], "daily_at": "07:30",
+                                "timezone": "Europe/London"})
+        assert r.status_code == 200, r.text
+        assert 'topics: + "weather"' in r.json()["diff"] and 'timezone: null -> "Europe/London"' in r.json()["diff"]
+        subs = {s.email: s for s in load_config(path).subscribers}
+        assert subs["desk@example.org"].topics == ["weather"] and subs["desk@example.org"].cadence == "hourly"
+        analyst = subs["analyst@example.org"]
+        assert (analyst.topics, analyst.cadence, analyst.daily_at.strftime("%H:%M"), analyst.timezone) == (
+            ["hostage-talks", "weather"], "daily", "07:30", "Europe/London")
+        assert "# Test configuration. This comment must survive every save." in path.read_text()
+
+        # The service syncs the file into the database; the reader unsubscribes; an admin resubscribes them.
+        pipeline.sync_config(engine, load_config(path, env={}), datetime.now(UTC))
+        with Session(engine) as s, s.begin():
+            s.scalars(select(Subscription).where(Subscription.target == "analyst@example.org")).one() \
+                .unsubscribed_at = datetime(2024, 1, 1)
+        states = {s["email"]: s["state"] for s in (await c.get("/api/v1/subscribers", headers=AUTH)).json()}
+        assert states == {"analyst@example.org": "unsubscribed", "desk@example.org": "active"}
+        r = await c.post("/api/v1/subscribers/analyst@example.org/resubscribe", headers=AUTH)
+        assert r.status_code == 200 and "resubscribed" in r.json()["done"]
+        states = {s["email"]: s["state"] for s in (await c.get("/api/v1/subscribers", headers=AUTH)).json()}
+        assert states["analyst@example.org"] == "active"
+        assert (await c.post("/api/v1/subscribers/nobody@example.org/resubscribe", headers=AUTH)).status_code == 404
+        assert (await c.patch("/api/v1/subscribers/nobody@example.org", json={"cadence": "daily"},
+                              headers=AUTH)).status_code == 404
+
+        doc = (await c.get("/openapi.json")).json()
+        assert {"/api/v1/subscribers", "/api/v1/subscribers/{email}",
+                "/api/v1/subscribers/{email}/resubscribe"} <= set(doc["paths"])
+        assert {"get", "post"} <= set(doc["paths"]["/api/v1/subscribers"])
+        assert "patch" in doc["paths"]["/api/v1/subscribers/{email}"]
+    with Session(engine) as s:
+        audit = [(a.actor, a.action, a.target) for a in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
+    assert audit == [("api-token", "subscriber.add", "desk@example.org"),
+                     ("api-token", "subscriber.update", "analyst@example.org"),
+                     ("api-token", "subscription.resubscribed", "email analyst@example.org")]
+
+
+async def test_subscriber_input_errors_are_422_naming_the_field_and_no_token_is_401(engine: Engine,
+                                                                                  tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    before = path.read_text()
+    app, _ctx = admin_app(engine, path)
+    new = {"email": "desk@example.org", "topics": ["weather"]}
+    async with client(app) as c:
+        for body, field in (({**new, "email": "not an address"}, "email"),
+                            ({**new, "email": "analyst@example.org"}, "email"),  # subscribed already
+                            ({**new, "topics": ["no-such-topic"]}, "topics"),
+                            ({**new, "cadence": "weekly"}, "cadence"),
+                            ({**new, "daily_at": "25:00"}, "daily_at"),
+                            ({**new, "timezone": "Mars/Olympus"}, "timezone"),
+                            ({**new, "colour": "red"}, "colour")):
+            r = await c.post("/api/v1/subscribers", json=body, headers=AUTH)
+            assert r.status_code == 422, (body, r.text)
+            assert ["body", field] in [e["loc"] for e in r.json()["detail"]], (body, r.json())
+        for body, field in (({"topics": ["no-such-topic"]}, "topics"), ({"cadence": "weekly"}, "cadence"),
+                            ({"daily_at": "8 o'clock"}, "daily_at"), ({"timezone": "Mars/Olympus"}, "timezone"),
+                            ({"email": "other@example.org"}, "email")):
+            r = await c.patch("/api/v1/subscribers/analyst@example.org", json=body, headers=AUTH)
+            assert r.status_code == 422, (body, r.text)
+            assert ["body", field] in [e["loc"] for e in r.json()["detail"]], (body, r.json())
+        for method, url, body in (("GET", "/api/v1/subscribers", None), ("POST", "/api/v1/subscribers", new),
+                                  ("PATCH", "/api/v1/subscribers/analyst@example.org", {"cadence": "hourly"}),
+                                  ("POST", "/api/v1/subscribers/analyst@example.org/resubscribe", None)):
+            for headers in ({}, {"Authorization": "Bearer wrong-token"}):
+                r = await c.request(method, url, json=body, headers=headers)
+                assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (method, url, headers)
+    assert path.read_text() == before
+    with Session(engine) as s:
+        assert s.scalars(select(AuditEntry)).first() is None

@@ -6,17 +6,18 @@ wrong token answers 401. Bodies are the same pydantic models as feeds.toml (`Top
 
 from __future__ import annotations
 
+from datetime import time
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import BaseRoute, Route
 
 from monitor.app.admin import AdminContext, backtest, configfile, forms, operations
 from monitor.app.admin.auth import CSRF_HEADER, token_matches
-from monitor.config import FeedConfig, TopicConfig
+from monitor.config import Cadence, FeedConfig, SubscriberConfig, TopicConfig
 from monitor.errors import ConfigError
 
 API_PREFIX = "/api/v1"
@@ -33,6 +34,30 @@ class FeedSwitch(BaseModel):
 
 class TopicSwitch(BaseModel):
     enabled: bool = Field(description="False: the topic stays in feeds.toml but matches nothing.")
+
+
+class SubscriberOut(BaseModel):
+    email: str
+    name: str | None
+    topics: list[str] = Field(description="Topic ids; empty means every topic.")
+    cadence: str
+    daily_at: str = Field(description="Local time of the daily digest (HH:MM).")
+    timezone: str | None = Field(description="Timezone of daily_at; None means settings.timezone.")
+    state: str = Field(description="active, unsubscribed, disabled or `not synced yet` (the service adds it "
+                                   "to the database within seconds of a save).")
+    subscription_id: int | None
+
+
+class SubscriberEdit(BaseModel):
+    """The fields to change; those left out keep their value (`timezone: null` goes back to the default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    topics: list[str] | None = None
+    cadence: Cadence | None = None
+    daily_at: time | None = Field(None, description="HH:MM")
+    timezone: str | None = None
 
 
 class SavedOut(BaseModel):
@@ -239,6 +264,49 @@ def create_api(ctx: AdminContext) -> FastAPI:
         await run_in_threadpool(lambda: configfile.record_audit(ctx.engine, actor=who, action="channel.test",
                                                                 target=name, diff=answer[:2000], now=ctx.clock()))
         return {"channel": name, "answer": answer}
+
+    def subscriber_out(sub: SubscriberConfig, row: Any) -> SubscriberOut:
+        return SubscriberOut(email=sub.email, name=sub.name, topics=sub.topics, cadence=sub.cadence,
+                             daily_at=sub.daily_at.strftime("%H:%M"), timezone=sub.timezone,
+                             state=operations.subscription_state(row), subscription_id=row.id if row else None)
+
+    @api.get(f"{API_PREFIX}/subscribers", response_model=list[SubscriberOut], tags=["subscribers"])
+    async def list_subscribers(who: str = Depends(actor)) -> Any:
+        """The subscribers of feeds.toml with their state (as the Subscribers page lists them)."""
+        config = await run_in_threadpool(load)
+        states = await run_in_threadpool(operations.subscription_states, ctx.engine)
+        return [subscriber_out(sub, states.get(sub.email.lower())) for sub in config.subscribers]
+
+    @api.post(f"{API_PREFIX}/subscribers", response_model=SavedOut, status_code=201, tags=["subscribers"])
+    async def add_subscriber(sub: SubscriberConfig, who: str = Depends(actor)) -> Any:
+        """Add a subscriber to feeds.toml (validated, comments kept, audited as subscriber.add)."""
+        try:
+            saved = await run_in_threadpool(lambda: operations.save_subscriber(ctx, sub, editing=None, actor=who))
+        except ConfigError as e:
+            raise config_error(e) from None
+        return SavedOut(revision=saved.revision_id, diff=saved.diff)
+
+    @api.patch(f"{API_PREFIX}/subscribers/{{email}}", response_model=SavedOut, tags=["subscribers"],
+               responses={404: {"model": Problem}})
+    async def edit_subscriber(email: str, changes: SubscriberEdit, who: str = Depends(actor)) -> Any:
+        """Change a subscriber's topics, cadence, daily_at, timezone or name (audited as subscriber.update)."""
+        try:
+            saved = await run_in_threadpool(operations.edit_subscriber, ctx, email,
+                                            changes.model_dump(exclude_unset=True), actor=who)
+        except operations.NoSuchEntry as e:
+            raise HTTPException(404, str(e)) from None
+        except ConfigError as e:
+            raise config_error(e) from None
+        return SavedOut(revision=saved.revision_id, diff=saved.diff)
+
+    @api.post(f"{API_PREFIX}/subscribers/{{email}}/resubscribe", tags=["subscribers"],
+              responses={404: {"model": Problem}})
+    async def resubscribe(email: str, who: str = Depends(actor)) -> Any:
+        """Undo an unsubscribe (and re-enable a disabled address), audited, as the page's Resubscribe does."""
+        done = await run_in_threadpool(lambda: operations.resubscribe(ctx, email, actor=who))
+        if done is None:
+            raise HTTPException(404, f"no subscription for {email!r} (not in feeds.toml, or not synced yet)")
+        return {"email": email, "done": done}
 
     @api.get(f"{API_PREFIX}/audit", tags=["audit"])
     async def audit(who: str = Depends(actor), limit: int = Query(100, ge=1, le=1000)) -> Any:

@@ -147,6 +147,74 @@ def enable_subscription(ctx: AdminContext, sub_id: int, *, resubscribe: bool, ac
     return f"{target}: {what}"
 
 
+class NoSuchEntry(ConfigError):
+    """The entry to edit is not in feeds.toml (deleted meanwhile, or a typo)."""
+
+
+def subscription_states(engine: Any) -> dict[str, Subscription]:
+    """The database state of each e-mail subscription (unsubscribed, disabled...), by lower-case address."""
+    with Session(engine) as s:
+        return {r.target: r for r in s.scalars(select(Subscription).where(Subscription.kind == "email"))}
+
+
+def subscription_state(row: Subscription | None) -> str:
+    """A subscriber's state in one word, as the Subscribers page shows it."""
+    if row is None:
+        return "not synced yet"
+    return "disabled" if row.disabled_at else "unsubscribed" if row.unsubscribed_at else "active"
+
+
+def find_subscriber(config: Config, email: str) -> SubscriberConfig | None:
+    return next((x for x in config.subscribers if x.email.lower() == email.lower()), None)
+
+
+def save_subscriber(ctx: AdminContext, sub: SubscriberConfig, *, editing: str | None, actor: str,
+                    expected_sha: str | None = None) -> configfile.Saved:
+    """Add a subscriber (`editing` None) or replace the one whose address is `editing`, in feeds.toml
+    (validated as a whole configuration, comments kept, audited as subscriber.add / subscriber.update).
+    Raises NoSuchEntry, or FieldErrors naming the field."""
+    config, _sha = configfile.current_config(ctx.config_path)
+    old = find_subscriber(config, editing or sub.email)
+    if editing and old is None:
+        raise NoSuchEntry(f"no subscriber {editing!r}")
+    if not editing and old is not None:
+        raise configfile.FieldErrors({"email": "this address is already subscribed"})
+    known = {t.id for t in config.topics}
+    unknown = [t for t in sub.topics if t not in known]
+    if unknown:
+        raise configfile.FieldErrors({"topics": f"unknown topic(s) {', '.join(unknown)}; known: "
+                                                f"{', '.join(sorted(known)) or 'none'}"})
+    new_text = configfile.upsert_entry(configfile.read_text(ctx.config_path), "subscribers", "email",
+                                       old.email if old else sub.email, sub)
+    return configfile.save_config_text(ctx.engine, ctx.config_path, new_text, actor=actor,
+                                       action="subscriber.update" if old else "subscriber.add", target=sub.email,
+                                       diff=configfile.entry_diff(old, sub), expected_sha=expected_sha)
+
+
+def edit_subscriber(ctx: AdminContext, email: str, changes: dict[str, Any], *, actor: str) -> configfile.Saved:
+    """Change some fields of a subscriber (the others kept) through `save_subscriber`."""
+    from pydantic import ValidationError
+
+    config, _sha = configfile.current_config(ctx.config_path)
+    old = find_subscriber(config, email)
+    if old is None:
+        raise NoSuchEntry(f"no subscriber {email!r}")
+    try:
+        sub = SubscriberConfig.model_validate({**old.model_dump(), **changes})
+    except ValidationError as e:
+        raise configfile.FieldErrors(configfile.field_errors(e)) from None
+    return save_subscriber(ctx, sub, editing=old.email, actor=actor)
+
+
+def resubscribe(ctx: AdminContext, email: str, *, actor: str) -> str | None:
+    """Undo a subscriber's unsubscribe (and re-enable a disabled address), audited; what was done, or None
+    when the address has no subscription (not in feeds.toml, or not synced yet)."""
+    row = subscription_states(ctx.engine).get(email.lower())
+    if row is None:
+        return None
+    return enable_subscription(ctx, row.id, resubscribe=True, actor=actor)
+
+
 def routes(ctx: AdminContext, pages: Any, page: Callable[..., Any]) -> list[BaseRoute]:
     # --- feeds ------------------------------------------------------------------------------------------
 
@@ -287,11 +355,9 @@ def routes(ctx: AdminContext, pages: Any, page: Callable[..., Any]) -> list[Base
     def subscribers_view(session: WebSession, *, status: int = 200, values: dict[str, str] | None = None,
                          errors: dict[str, str] | None = None, notice: str = "", editing: str = "") -> Response:
         config, sha = configfile.current_config(ctx.config_path)
-        with Session(ctx.engine) as s:
-            state = {r.target: r for r in s.scalars(select(Subscription).where(Subscription.kind == "email"))}
+        state = subscription_states(ctx.engine)
         if editing and values is None:
-            sub = next((x for x in config.subscribers if x.email.lower() == editing.lower()), None)
-            values = forms.form_values(sub, SUBSCRIBER_FIELDS)
+            values = forms.form_values(find_subscriber(config, editing), SUBSCRIBER_FIELDS)
         return pages.render("admin/subscribers.html", session, status, title="Subscribers", nav="subscribers",
                             subscribers=config.subscribers, state=state, fields=SUBSCRIBER_FIELDS,
                             values=values or forms.form_values(None, SUBSCRIBER_FIELDS), errors=errors or {},
@@ -314,18 +380,13 @@ def routes(ctx: AdminContext, pages: Any, page: Callable[..., Any]) -> list[Base
         except ValidationError as e:
             return subscribers_view(session, status=422, values=values, errors=configfile.field_errors(e),
                                     editing=editing)
-        config, _sha = configfile.current_config(ctx.config_path)
-        old = next((x for x in config.subscribers if x.email.lower() == (editing or sub.email).lower()), None)
-        if editing and old is None:
-            return subscribers_view(session, status=404, errors={"": f"no subscriber {editing!r}"})
-        if not editing and old is not None:
-            return subscribers_view(session, status=422, values=values, errors={"email": "this address is already subscribed"})
-        text = configfile.read_text(ctx.config_path)
         try:
-            new_text = configfile.upsert_entry(text, "subscribers", "email", old.email if old else sub.email, sub)
-            configfile.save_config_text(ctx.engine, ctx.config_path, new_text, actor=session.user or "?",
-                                        action="subscriber.update" if old else "subscriber.add", target=sub.email,
-                                        diff=configfile.entry_diff(old, sub), expected_sha=_str(form, "base_sha"))
+            save_subscriber(ctx, sub, editing=editing or None, actor=session.user or "?",
+                            expected_sha=_str(form, "base_sha"))
+        except NoSuchEntry as e:
+            return subscribers_view(session, status=404, errors={"": str(e)})
+        except configfile.FieldErrors as e:
+            return subscribers_view(session, status=422, values=values, errors=e.errors, editing=editing)
         except ConfigError as e:
             return subscribers_view(session, status=422, values=values, errors={"": str(e)}, editing=editing)
         return RedirectResponse("/admin/subscribers?notice=" + quote(f"Saved {sub.email}"), status_code=303)
