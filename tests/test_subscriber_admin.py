@@ -105,8 +105,10 @@ async def test_the_service_routes_serve_the_pages_and_the_feed_urls_the_cli_prin
                                                                    'base_url = "http://test"\n', 1))
     config = load_config(path)
     key = "k" * 32
-    app = Starlette(routes=service_routes(engine, lambda: config, key, lambda: NOW, lambda: None,
-                                          config_path=path, embedder=lambda: None))
+    from monitor.app.admin import service_context
+
+    admin = service_context(engine, path, lambda: config, key, lambda: None, lambda: NOW)
+    app = Starlette(routes=service_routes(engine, lambda: config, key, lambda: NOW, lambda: None, admin=admin))
     async with client(app) as c:
         assert (await c.get("/subscriber.css")).headers["content-type"].startswith("text/css")
         assert (await c.get("/admin/suppressions")).status_code == 303  # the admin login first

@@ -415,12 +415,14 @@ class Service:
 
     def _app(self):  # type: ignore[no-untyped-def]
         routes = unsubscribe.routes(self.engine, lambda: self.config, self.signing_key, clock=self.clock.now)
-        routes += admin.service_routes(self.engine, self.options.config_path, lambda: self.config, self.signing_key,
-                                       lambda: self.rt.embedder if self.rt else None, self.clock.now)
+        # One admin context for every admin page: the topic editor and the suggestions pages share its
+        # backtester (one cache of encoded texts on the service's model) and its sessions.
+        admin_ctx = admin.service_context(self.engine, self.options.config_path, lambda: self.config,
+                                          self.signing_key, lambda: self.rt.embedder if self.rt else None,
+                                          self.clock.now)
+        routes += admin.routes(admin_ctx)
         routes += subscriber.service_routes(self.engine, lambda: self.config, self.signing_key, self.clock.now,
-                                            lambda: (self.senders or {}).get("email"),
-                                            config_path=self.options.config_path,
-                                            embedder=lambda: self.rt.embedder if self.rt else None)
+                                            lambda: (self.senders or {}).get("email"), admin=admin_ctx)
         return create_app(self._readiness, routes)
 
     def _readiness(self) -> dict[str, bool]:

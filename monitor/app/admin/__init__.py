@@ -1,6 +1,6 @@
 """The admin web UI (server-rendered pages under /admin) and JSON API (/api/v1, OpenAPI at /openapi.json).
 
-The composition root builds one `AdminContext` and adds `routes(ctx)` to the web app. Pages for other
+The composition root builds one `AdminContext` (`service_context`) and adds `routes(ctx)` to the web app. Pages for other
 audiences reuse the pieces: `auth.SessionKeeper` (session cookie + CSRF), `pages.guarded` (login required,
 CSRF checked on every POST, security headers), the layout `templates/admin/base.html` and the assets under
 /admin/static (see CONTRIBUTING.md, "Web pages").
@@ -68,11 +68,14 @@ def lazy_backtester(engine: Engine, embedder: Callable[[], Embedder | None],
     return get
 
 
-def service_routes(engine: Engine, config_path: Path, config: Callable[[], Config], secret_key: str,
-                   embedder: Callable[[], Embedder | None], clock: Callable[[], datetime]) -> list[BaseRoute]:
-    """Everything the admin UI and API add to the service's web app (one call for the composition root)."""
+def service_context(engine: Engine, config_path: Path, config: Callable[[], Config], secret_key: str,
+                    embedder: Callable[[], Embedder | None], clock: Callable[[], datetime]) -> AdminContext:
+    """The service's one admin context (built once by the composition root): `routes(ctx)` serves it, and the
+    admin pages of other audiences take the same context (monitor.app.subscriber.service_routes(admin=ctx)),
+    so every page shares one backtester (one cache of encoded texts, one handle on the service's model),
+    one session keeper and one login limiter."""
     backtester = lazy_backtester(engine, embedder, lambda: config().settings)
-    return routes(make_context(engine, config_path, config, secret_key, backtester, clock))
+    return make_context(engine, config_path, config, secret_key, backtester, clock)
 
 
 def pull_revision(engine: Engine, config_path: Path, seen: int | None) -> int | None:

@@ -16,8 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 from starlette.requests import Request
@@ -25,6 +24,9 @@ from starlette.routing import BaseRoute
 
 from monitor.config import Config
 from monitor.errors import MonitorError
+
+if TYPE_CHECKING:
+    from monitor.app.admin import AdminContext
 
 
 def _nobody(_: Request) -> bool:
@@ -52,18 +54,18 @@ def routes(ctx: SubscriberContext) -> list[BaseRoute]:
 
 
 def service_routes(engine: Engine, config: Callable[[], Config], secret_key: str, clock: Callable[[], datetime],
-                   email_sender: Callable[[], Any], *, config_path: Path | None = None,
-                   embedder: Callable[[], Any] | None = None) -> list[BaseRoute]:
+                   email_sender: Callable[[], Any], *, admin: AdminContext | None = None) -> list[BaseRoute]:
     """Everything the subscriber pages add to the service's web app (one call for the composition root).
     Admins are recognised by the admin UI's session cookie (story_pages = "admin"); `email_sender()` is the
-    service's e-mail sender once it runs (None before), used for the sign-up confirmation. With `config_path`
-    and `embedder()` (None until the model is loaded), also the admin pages of `adminpages` (suggestions with
-    their backtest, suppressed addresses)."""
-    from monitor.app.admin import lazy_backtester, make_context
+    service's e-mail sender once it runs (None before), used for the sign-up confirmation. With `admin`, the
+    service's admin context (monitor.app.admin.service_context), also the admin pages of `adminpages`
+    (suggestions with their backtest, suppressed addresses), on that context: the topic editor's backtester
+    (its cache and model handle) and its sessions."""
     from monitor.app.admin.auth import SessionKeeper
     from monitor.delivery import Outgoing
 
-    sessions = SessionKeeper(secret_key, secure=config().settings.base_url.lower().startswith("https://"))
+    sessions = admin.sessions if admin is not None else SessionKeeper(
+        secret_key, secure=config().settings.base_url.lower().startswith("https://"))
 
     def is_admin(request: Request) -> bool:
         return sessions.read(request).user is not None
@@ -77,9 +79,8 @@ def service_routes(engine: Engine, config: Callable[[], Config], secret_key: str
 
     out = routes(SubscriberContext(engine=engine, config=config, secret_key=secret_key, clock=clock,
                                    is_admin=is_admin, send_mail=send_mail))
-    if config_path is not None and embedder is not None:
+    if admin is not None:
         from monitor.app.subscriber.adminpages import admin_routes
 
-        backtester = lazy_backtester(engine, embedder, lambda: config().settings)
-        out += admin_routes(make_context(engine, config_path, config, secret_key, backtester, clock))
+        out += admin_routes(admin)
     return out
