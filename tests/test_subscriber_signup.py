@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 from monitor.app.subscriber import SubscriberContext, routes, signup
 from monitor.cli import main
 from monitor.delivery import digest, outbox
-from monitor.storage.tables import Delivery, Suppression
+from monitor.storage.tables import Delivery, DeliveryAttempt, Suppression
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
@@ -178,6 +178,43 @@ async def test_an_smtp_5xx_at_send_suppresses_the_address(tmp_path, engine) -> N
             assert [r.address for r in s.scalars(select(Suppression))] == ["gone@example.org"]
     finally:
         controller.stop()
+
+
+async def test_a_relay_that_refuses_every_recipient_suppresses_nobody(tmp_path, engine) -> None:
+    """A misconfigured relay answers 5.7.1 to every RCPT: that is the operator's problem, not the addresses'.
+    Suppressing on it would silence the whole list for good."""
+    relay_denied = "554 5.7.1 <{}>: Relay access denied"
+    addresses = ("ana@example.org", "bo@example.org")
+    handler = RefusingSmtp(refuse={a: relay_denied.format(a) for a in addresses})
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        subs = "".join(f'[[subscribers]]\nemail = "{a}"\ncadence = "immediate"\n' for a in addresses)
+        config = make_config(tmp_path, subs, settings=f'[settings.smtp]\nhost = "127.0.0.1"\nport = {port}\n'
+                                                        'security = "none"', engine=engine)
+        World(engine).new_story("s1", "icc", "ICC ruling", at=T0)
+        assert len(digest.build_due_digests(engine, config, T0, secret_key=KEY)) == 2
+        await outbox.deliver_due(engine, config, T0, worker_id="w")
+        assert digest.suppress_refused_recipients(engine, T0 + timedelta(minutes=1)) == []
+        with Session(engine) as s:
+            assert s.scalars(select(Suppression)).all() == []
+            errors = [a.error for a in s.scalars(select(DeliveryAttempt))]
+        assert errors and all("policy" in e and "5.7.1" in e for e in errors)
+    finally:
+        controller.stop()
+
+
+def test_address_refusals_are_told_apart_from_relay_and_policy_refusals() -> None:
+    from monitor.delivery.email import address_refused
+
+    assert address_refused(550, b"5.1.1 <gone@example.org>: Recipient address rejected: User unknown")
+    assert address_refused(550, "5.2.1 mailbox disabled")
+    assert address_refused(550, "No such user here")  # no enhanced code: the words say it
+    assert not address_refused(554, "5.7.1 Relay access denied")
+    assert not address_refused(550, "5.7.1 Recipient address rejected: Access denied")  # policy, despite the words
+    assert not address_refused(530, "5.7.0 Authentication required")
+    assert not address_refused(450, "4.1.1 try again later")  # not permanent
 
 
 DSN = """From: MAILER-DAEMON@mx.example.net

@@ -53,7 +53,11 @@ class SmtpSender:
             return "250"
         except smtplib.SMTPRecipientsRefused as e:
             code, text = next(iter(e.recipients.values()), (0, b""))
-            raise _reply_error(where, "recipient refused", int(code), text) from e
+            # Only a refusal that is about the address ("recipient refused") leads to suppressing it; a relay
+            # or policy refusal (5.7.x "relay access denied") is the operator's problem, and suppressing on
+            # it would silence the whole list.
+            what = "recipient refused" if address_refused(int(code), text) else "refused by the mail server's policy"
+            raise _reply_error(where, what, int(code), text) from e
         except smtplib.SMTPAuthenticationError as e:
             # The login is the operator's problem, not the recipient's: retry (and say what to fix).
             raise DeliveryError(f"{where}: login failed ({e.smtp_code}); check username and the password env var",
@@ -71,6 +75,26 @@ def _close_quietly(conn: smtplib.SMTP) -> None:
         conn.quit()
     except (smtplib.SMTPException, OSError):
         conn.close()
+
+
+# RFC 3463 enhanced status codes about the address itself: 5.1.x (bad mailbox, domain, ...), 5.2.1 (mailbox
+# disabled). Servers without enhanced codes say it in words.
+_ADDRESS_STATUS = re.compile(r"\b5\.(1\.\d{1,3}|2\.1)\b")
+_ADDRESS_WORDS = re.compile(r"no such (user|mailbox|recipient)|user unknown|unknown (user|recipient|mailbox)"
+                            r"|mailbox (unavailable|not found|does not exist|disabled)|does not exist|invalid recipient",
+                            re.I)
+_ENHANCED = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b")
+
+
+def address_refused(code: int, text: bytes | str) -> bool:
+    """Whether a 5xx refusal of RCPT TO is about the address (unknown user, bad domain, disabled mailbox),
+    as opposed to relay or policy (5.7.x, authentication, rate limits)."""
+    reply = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    if not 500 <= code < 600:
+        return False
+    if _ENHANCED.search(reply):
+        return bool(_ADDRESS_STATUS.search(reply))
+    return bool(_ADDRESS_WORDS.search(reply))
 
 
 def _reply_error(where: str, what: str, code: int, text: bytes | str) -> DeliveryError:
