@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 from adminfixtures import CONFIG, PASSWORD, admin_app, client, csrf_of, login, write_config
-from sqlalchemy import Engine, select
+from deliveryfixtures import T0, World
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from monitor.app.admin import auth
 from monitor.config import load_config
 from monitor.lab.receiver import CaptureReceiver
 from monitor.storage import db
-from monitor.storage.tables import AuditEntry, Delivery, Digest, Subscription
+from monitor.storage.tables import Alert, AuditEntry, Delivery, Digest, SubscriberEvent, Subscription
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
@@ -78,7 +79,7 @@ async def test_feeds_test_fetch_add_disable_and_opml(alice: Engine, tmp_path: Pa
     assert [a for a, _t in _audit(alice)] == ["feed.add", "feed.disable", "feed.import"]
 
 
-def _failed_delivery(engine: Engine) -> tuple[int, int]:
+def _failed_delivery(engine: Engine) -> tuple[int, int, int]:
     now = db.naive_utc(datetime(2023, 11, 24, tzinfo=UTC))
     with db.write_transaction(engine) as s:
         sub = Subscription(kind="webhook", target="team", cursor_alert_id=0, created_at=now, disabled_at=now,
@@ -92,8 +93,13 @@ def _failed_delivery(engine: Engine) -> tuple[int, int]:
                      idempotency_key="msg_1", payload=b"{}", status="failed", attempts=6, next_attempt_at=now,
                      last_error="webhook channel 'team': refused with 400", created_at=now)
         s.add(d)
+        # Held back when the receiver said 410: re-enabling the channel sends it again.
+        held = Delivery(digest_id=dg.id, subscription_id=sub.id, channel="webhook", target="team", part=2,
+                        idempotency_key="msg_2", payload=b"{}", status="cancelled", attempts=1, next_attempt_at=now,
+                        last_error="channel disabled: 410 Gone from the receiver", created_at=now)
+        s.add(held)
         s.flush()
-        return d.id, sub.id
+        return d.id, held.id, sub.id
 
 
 async def test_deliveries_retry_reenable_and_test_message(alice: Engine, tmp_path: Path,
@@ -104,7 +110,7 @@ async def test_deliveries_retry_reenable_and_test_message(alice: Engine, tmp_pat
         path = write_config(tmp_path, CONFIG.replace("[settings]\n", "[settings]\nallow_private_networks = true\n")
                             + '\n[[channels]]\nname = "team"\nkind = "webhook"\nurl_env = "TEAM_URL"\n'
                               'secret_env = "TEAM_SECRET"\n')
-        delivery_id, sub_id = _failed_delivery(alice)
+        delivery_id, held_id, sub_id = _failed_delivery(alice)
         app, _ctx = admin_app(alice, path)
         async with client(app) as c:
             await login(c)
@@ -122,8 +128,12 @@ async def test_deliveries_retry_reenable_and_test_message(alice: Engine, tmp_pat
     with Session(alice) as s:
         d = s.get(Delivery, delivery_id)
         sub = s.get(Subscription, sub_id)
-        assert d is not None and d.status == "pending"
+        # Queued with a fresh retry span (as `monitor deliveries retry`): a days-old failure is not given up
+        # on again at its first transient error.
+        assert d is not None and d.status == "pending" and d.requeued_at is not None
         assert sub is not None and sub.disabled_at is None
+        held = s.get(Delivery, held_id)
+        assert held is not None and held.status == "pending"  # what the 410 held back goes out again
     assert [a for a, _t in _audit(alice)] == ["delivery.retry", "subscription.re-enabled", "channel.test"]
 
 
@@ -157,11 +167,19 @@ async def test_subscribers_add_edit_resubscribe(alice: Engine, tmp_path: Path) -
             s.add(row)
             s.flush()
             sub_id = row.id
+        # Alerted while the address was unsubscribed: resubscribing must not send it all at once.
+        world = World(alice)
+        world.new_story("s-meanwhile", "weather", "Storm warning while away", at=T0)
+        with Session(alice) as s:
+            newest_alert = s.scalar(select(func.max(Alert.id)))
         page = await c.get("/admin/subscribers")
         assert "unsubscribed" in page.text
         r = await c.post(f"/admin/subscriptions/{sub_id}/enable", data={"csrf_token": token, "resubscribe": "1",
                                                                        "back": "subscribers"})
         assert r.status_code == 303 and r.headers["location"].startswith("/admin/subscribers")
     with Session(alice) as s:
-        assert s.get(Subscription, sub_id).unsubscribed_at is None  # type: ignore[union-attr]
+        sub = s.get(Subscription, sub_id)
+        assert sub is not None and sub.unsubscribed_at is None and sub.cursor_alert_id == newest_alert
+        assert [e.action for e in s.scalars(select(SubscriberEvent).where(SubscriberEvent.subscription_id == sub_id))] \
+            == ["resubscribe"]
     assert [a for a, _t in _audit(alice)] == ["subscriber.add", "subscription.resubscribed"]

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import click
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from monitor.delivery import digest, outbox, render, unsubscribe
@@ -124,11 +124,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                 click.echo(f"channel {channel} is not disabled")
                 return
             reason = row.disabled_reason
-            row.disabled_at, row.disabled_reason = None, None
             # What was held back when the channel went away goes out again (same webhook-ids).
-            requeued = len(outbox.requeue(s, db.utcnow(), where=and_(
-                Delivery.subscription_id == row.id, Delivery.status.in_(("failed", "cancelled")),
-                or_(Delivery.last_error == reason, Delivery.last_error == f"channel disabled: {reason}"))))
+            requeued = outbox.reenable(s, row, db.utcnow())
             _audit(s, _operator(None), "subscription.re-enabled", f"{spec.kind} {spec.target}",
                    f"was disabled: {reason}; {requeued} deliveries queued again")
         click.echo(f"channel {channel} enabled again (it was disabled: {reason}); {requeued} held-back "

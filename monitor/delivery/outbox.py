@@ -364,6 +364,18 @@ def requeue(session: Session, now: datetime, *, delivery_ids: list[int] | None =
         .returning(Delivery.id).execution_options(synchronize_session=False)))
 
 
+def reenable(session: Session, row: Subscription, now: datetime) -> int:
+    """Re-enable a subscription the outbox disabled (HTTP 410, channel_not_found, ...) and queue again what
+    was held back when it went away (same rows, same ids). Returns how many deliveries were queued."""
+    reason = row.disabled_reason
+    row.disabled_at, row.disabled_reason = None, None
+    if reason is None:
+        return 0
+    return len(requeue(session, now, where=and_(
+        Delivery.subscription_id == row.id, Delivery.status.in_(("failed", "cancelled")),
+        or_(Delivery.last_error == reason, Delivery.last_error == f"channel disabled: {reason}"))))
+
+
 def _log_failed(reason: str, extra: Mapping[str, object], hint: str | None = None) -> None:
     """The line an operator alerts on: one per delivery that ended `failed` (also the gauge
     `monitor_deliveries_failed`)."""

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -21,8 +21,9 @@ from starlette.routing import BaseRoute, Route
 
 from monitor.app.admin import AdminContext, configfile, forms
 from monitor.app.admin.auth import WebSession
+from monitor.app.subscriber import prefs
 from monitor.config import Config, FeedConfig, SubscriberConfig
-from monitor.delivery import Outgoing
+from monitor.delivery import Outgoing, outbox
 from monitor.delivery.outbox import open_senders
 from monitor.errors import ConfigError, DeliveryError, MonitorError
 from monitor.ingest import opml
@@ -120,10 +121,11 @@ def set_feed_enabled(ctx: AdminContext, url: str, enabled: bool, *, actor: str) 
 def retry_delivery(ctx: AdminContext, delivery_id: int, *, actor: str) -> bool:
     """Send a failed (or cancelled) delivery again at the next outbox tick, with the same idempotency key;
     False when it is not failed."""
-    now = db.naive_utc(ctx.clock())
     with db.write_transaction(ctx.engine) as s:
-        n = s.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.status.in_(("failed", "cancelled")))
-                      .values(status="pending", next_attempt_at=now, lease_owner=None, lease_until=None)).rowcount
+        # The same requeue as `monitor deliveries retry`: a fresh retry span, so an old failure is not given
+        # up on again at its first transient error.
+        n = len(outbox.requeue(s, ctx.clock(), delivery_ids=[delivery_id],
+                               where=Delivery.status.in_(("failed", "cancelled"))))
     if n:
         configfile.record_audit(ctx.engine, actor=actor, action="delivery.retry", target=f"delivery {delivery_id}",
                                 now=ctx.clock())
@@ -139,12 +141,14 @@ def enable_subscription(ctx: AdminContext, sub_id: int, *, resubscribe: bool, ac
             return None
         what = "re-enabled" if row.disabled_at else "resubscribed" if row.unsubscribed_at and resubscribe \
             else "unchanged"
-        row.disabled_at, row.disabled_reason = None, None
-        if resubscribe:
-            row.unsubscribed_at = None
+        # As `monitor digest enable` and `subscribers resubscribe` do: held-back deliveries go out again, and
+        # a resubscribed address starts from now (what was alerted meanwhile is not sent), recorded.
+        requeued = outbox.reenable(s, row, ctx.clock()) if row.disabled_at else 0
+        if resubscribe and row.unsubscribed_at is not None:
+            prefs.resubscribe(s, row.id, ctx.clock())
         target = f"{row.kind} {row.target}"
     configfile.record_audit(ctx.engine, actor=actor, action=f"subscription.{what}", target=target, now=ctx.clock())
-    return f"{target}: {what}"
+    return f"{target}: {what}" + (f" ({requeued} held-back deliveries queued again)" if requeued else "")
 
 
 class NoSuchEntry(ConfigError):
