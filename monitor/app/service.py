@@ -33,6 +33,7 @@ import os
 import signal
 import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -185,7 +186,7 @@ class Service:
         self.roles = options.roles
         self.engine = db.make_engine(config.settings.database_url)
         self.metrics = Metrics(self.engine, clock.now)
-        self.worker_id = f"{socket.gethostname()[:100]}:{os.getpid()}"  # fits deliveries.lease_owner (128)
+        self.worker_id = _new_worker_id()
         self.state = _State(config_fingerprint=_file_digest(options.config_path))
         self.failures = JobFailures(log)
         # Computed once: links signed by digests and the routes that check them must use the same key. With
@@ -372,9 +373,15 @@ class Service:
         with db.write_transaction(self.engine) as s:
             alive = workers.beat(s, self.worker_id, db.utcnow(), stats=self.work_done)
         if not alive:
+            old = self.worker_id
+            # A new id: a write still in flight under the old one must stay fenced out, even if this process
+            # claims the same feed or item again.
+            self.worker_id = _new_worker_id()
+            if self.rt is not None:
+                self.rt.worker_id = self.worker_id
             log.warning("this worker was presumed dead (no heartbeat for dead_after_s) and its leases were taken "
-                        "back; results it held were refused; registering again",
-                        extra={"worker": self.worker_id, "dead_after_s": self.options.dead_after_s})
+                        "back; results it held were refused; registering again under a new id",
+                        extra={"worker": self.worker_id, "previous": old, "dead_after_s": self.options.dead_after_s})
             self._register()
         with db.write_transaction(self.engine) as s:
             dead = workers.reap(s, db.utcnow())
@@ -457,6 +464,13 @@ def _listen(host: str, port: int, how_to_change: str) -> socket.socket:
         raise MonitorError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.set_inheritable(False)
     return sock
+
+
+def _new_worker_id() -> str:
+    """host:pid:random. The random part keeps ids unique across restarts that reuse a pid (a container's pid 1
+    under the same hostname) and across re-registrations, so a lease fence never mistakes an old holder for
+    the new one. Fits deliveries.lease_owner (128)."""
+    return f"{socket.gethostname()[:100]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _file_digest(path: Path) -> str:
