@@ -321,3 +321,28 @@ cadence = "immediate"
     assert client.post(urlsplit(url).path, data={"form_token": form_token(page.text)}).status_code == 200
     with Session(engine) as s:
         assert [(f.subscription_id, f.kind) for f in s.scalars(select(Feedback))] == [(channel_id, "not_relevant")]
+
+
+def test_already_knew_counts_once_per_reader_and_story(engine) -> None:  # type: ignore[no-untyped-def]
+    """One reader clicking "already knew" on two alerts of a story raises its bar once; a second reader's click
+    counts too: a single person (or a forwarded digest) cannot raise the bar for everyone."""
+    from monitor.app.subscriber import feedback
+
+    world = World(engine)
+    first = world.new_story("s1", "doha-talks", "Talks resume in Doha")
+    second = world.alert("s1", "update", title="Talks move to Cairo", at=T0 + timedelta(hours=1))
+    with Session(engine) as s, s.begin():
+        readers = [Subscription(kind="email", target=f"r{i}@example.org", cursor_alert_id=0, created_at=naive_utc(T0))
+                   for i in range(2)]
+        s.add_all(readers)
+        s.flush()
+        ids = [r.id for r in readers]
+    for alert_id in (first, second):
+        with Session(engine) as s, s.begin():
+            assert feedback.record(s, ids[0], alert_id, "known", T0)
+    with Session(engine) as s:
+        assert s.get_one(Story, world.stories["s1"]).known_marks == 1
+    with Session(engine) as s, s.begin():
+        assert feedback.record(s, ids[1], first, "known", T0)
+    with Session(engine) as s:
+        assert s.get_one(Story, world.stories["s1"]).known_marks == 2

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -71,9 +71,15 @@ def record(session: Session, subscription_id: int, alert_id: int, kind: str, now
                                  title=alert.title, summary=summary or "", created_at=naive_utc(now)))
     except IntegrityError:  # the same click arrived twice at once: the other one recorded it
         return False
-    if kind == "known":
-        session.execute(update(Story).where(Story.id == alert.story_id)
-                        .values(known_marks=Story.known_marks + 1))
+    if kind == "known" and alert.story_id is not None:
+        # One mark per person and story: the same reader clicking on two alerts of a story (or a forwarded
+        # digest clicked twice) must not raise the story's bar for every subscriber.
+        marks_by_this_reader = session.scalar(select(func.count()).select_from(Feedback).where(
+            Feedback.subscription_id == subscription_id, Feedback.story_id == alert.story_id,
+            Feedback.kind == "known"))
+        if marks_by_this_reader == 1:
+            session.execute(update(Story).where(Story.id == alert.story_id)
+                            .values(known_marks=Story.known_marks + 1))
     log.info("feedback recorded", extra={"subscription_id": subscription_id, "topic": alert.topic_id,
                                          "alert_id": alert.id, "kind": kind})
     return True
