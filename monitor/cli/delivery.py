@@ -114,8 +114,9 @@ def register(main: click.Group, eval_group: click.Group) -> None:
 
     @digest_group.command(name="enable")
     @click.argument("channel")
+    @click.option("--by", metavar="NAME", help="Who asks, for the audit log (default: cli:<login name>).")
     @pass_ctx
-    def digest_enable(ctx: CliContext, channel: str) -> None:
+    def digest_enable(ctx: CliContext, channel: str, by: str | None) -> None:
         """Re-enable a channel that was disabled (HTTP 410, channel_not_found...) once its URL is fixed."""
         spec = digest.find_spec(ctx.config, channel=channel)
         with db.write_transaction(ctx.engine()) as s:
@@ -126,7 +127,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             reason = row.disabled_reason
             # What was held back when the channel went away goes out again (same webhook-ids).
             requeued = outbox.reenable(s, row, db.utcnow())
-            _audit(s, _operator(None), "subscription.re-enabled", f"{spec.kind} {spec.target}",
+            _audit(s, _operator(by), "subscription.re-enabled", f"{spec.kind} {spec.target}",
                    f"was disabled: {reason}; {requeued} deliveries queued again")
         click.echo(f"channel {channel} enabled again (it was disabled: {reason}); {requeued} held-back "
                    "deliveries queued again; later alerts follow with its next digest")
