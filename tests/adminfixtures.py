@@ -82,3 +82,28 @@ async def login(c: httpx.AsyncClient, user: str = "alice", password: str = PASSW
     page = await c.get("/admin/login")
     return await c.post("/admin/login", data={"username": user, "password": password, "csrf_token": csrf_of(page.text),
                                                "next": "/admin/topics"})
+
+
+NEAR_MISS = "Qatar signs gas deal with Germany as talks on supply continue"
+
+
+def reader_said_not_relevant(engine, now: datetime) -> None:  # type: ignore[no-untyped-def]
+    """A reader marks an alert of hostage-talks (`NEAR_MISS`) "not relevant": one suggestion for the topic
+    (add it as a counterexample)."""
+    from sqlalchemy.orm import Session
+
+    from monitor.app.subscriber import feedback
+    from monitor.storage.db import naive_utc
+    from monitor.storage.tables import Alert, Story, Subscription
+
+    with Session(engine) as s, s.begin():
+        sub = Subscription(kind="email", target="analyst@example.org", cursor_alert_id=0, created_at=naive_utc(now))
+        st = Story(topic_id="hostage-talks", title=NEAR_MISS, first_seen=naive_utc(now), last_seen=naive_utc(now),
+                   sources=["dw.com"], state={})
+        s.add_all([sub, st])
+        s.flush()
+        a = Alert(item_id=None, topic_id="hostage-talks", story_id=st.id, decision="new_story", reason="first report",
+                  title=NEAR_MISS, outlet="dw.com", published_at=naive_utc(now), created_at=naive_utc(now))
+        s.add(a)
+        s.flush()
+        feedback.record(s, sub.id, a.id, "not_relevant", now)

@@ -9,44 +9,33 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from adminfixtures import CONFIG, PASSWORD, client, csrf_of, login, write_config
+from adminfixtures import (
+    CONFIG,
+    NEAR_MISS,
+    PASSWORD,
+    client,
+    csrf_of,
+    login,
+    reader_said_not_relevant,
+    write_config,
+)
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
 from monitor.app.admin import auth, forms
 from monitor.app.service import Service, ServiceOptions
-from monitor.app.subscriber import feedback
 from monitor.clock import ManualClock
 from monitor.config import load_config
-from monitor.storage.db import naive_utc
-from monitor.storage.tables import Alert, Story, Subscription
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-NEAR_MISS = "Qatar signs gas deal with Germany as talks on supply continue"
-
-
-def _reader_said_not_relevant(engine: Engine) -> None:
-    """A reader marks an alert of hostage-talks "not relevant": one suggestion (add it as a counterexample)."""
-    with Session(engine) as s, s.begin():
-        sub = Subscription(kind="email", target="analyst@example.org", cursor_alert_id=0, created_at=naive_utc(NOW))
-        st = Story(topic_id="hostage-talks", title=NEAR_MISS, first_seen=naive_utc(NOW), last_seen=naive_utc(NOW),
-                   sources=["dw.com"], state={})
-        s.add_all([sub, st])
-        s.flush()
-        a = Alert(item_id=None, topic_id="hostage-talks", story_id=st.id, decision="new_story", reason="first report",
-                  title=NEAR_MISS, outlet="dw.com", published_at=naive_utc(NOW), created_at=naive_utc(NOW))
-        s.add(a)
-        s.flush()
-        feedback.record(s, sub.id, a.id, "not_relevant", NOW)
 
 
 async def test_the_topic_editor_and_the_suggestions_page_share_one_backtester(engine: Engine, counting,  # type: ignore[no-untyped-def]
                                                                               tmp_path: Path) -> None:
     url = engine.url.render_as_string(hide_password=False)
     path = write_config(tmp_path, CONFIG.replace("[settings]\n", f'[settings]\ndatabase_url = "{url}"\n', 1))
-    _reader_said_not_relevant(engine)
+    reader_said_not_relevant(engine, NOW)
     auth.create_user(engine, "alice", PASSWORD)
     service = Service(ServiceOptions(config_path=path), load_config(path), ManualClock(NOW))
     service.rt = SimpleNamespace(embedder=counting)  # type: ignore[assignment]  # the model is loaded

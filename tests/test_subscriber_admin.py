@@ -7,37 +7,36 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from adminfixtures import CONFIG, PASSWORD, admin_app, client, csrf_of, login, write_config
+from adminfixtures import (
+    CONFIG,
+    NEAR_MISS,
+    PASSWORD,
+    admin_app,
+    client,
+    csrf_of,
+    login,
+    reader_said_not_relevant,
+    write_config,
+)
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
 
 from monitor.app.admin import auth
 from monitor.app.admin.backtest import Backtester
-from monitor.app.subscriber import feedback
 from monitor.app.subscriber.adminpages import admin_routes
 from monitor.config import load_config
 from monitor.storage.db import naive_utc
-from monitor.storage.tables import Alert, AuditEntry, Story, Subscription, Suppression
+from monitor.storage.tables import AuditEntry, Suppression
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-NEAR_MISS = "Qatar signs gas deal with Germany as talks on supply continue"
 
 
 @pytest.fixture
 def setup(tmp_path, engine):  # type: ignore[no-untyped-def]
     path = write_config(tmp_path)
+    reader_said_not_relevant(engine, NOW)
     with Session(engine) as s, s.begin():
-        sub = Subscription(kind="email", target="analyst@example.org", cursor_alert_id=0, created_at=naive_utc(NOW))
-        st = Story(topic_id="hostage-talks", title=NEAR_MISS, first_seen=naive_utc(NOW), last_seen=naive_utc(NOW),
-                   sources=["dw.com"], state={})
-        s.add_all([sub, st])
-        s.flush()
-        a = Alert(item_id=None, topic_id="hostage-talks", story_id=st.id, decision="new_story", reason="first report",
-                  title=NEAR_MISS, outlet="dw.com", published_at=naive_utc(NOW), created_at=naive_utc(NOW))
-        s.add(a)
-        s.flush()
-        feedback.record(s, sub.id, a.id, "not_relevant", NOW)
         s.add(Suppression(address="gone@example.org", reason="bounce", detail="550 5.1.1 user unknown",
                           created_at=naive_utc(NOW)))
     auth.create_user(engine, "alice", PASSWORD)
