@@ -36,14 +36,20 @@ class InvalidLink(Exception):
         self.reason = reason
 
 
-def _timed(key: str, purpose: str, now: datetime) -> URLSafeTimedSerializer:
+def timed_serializer(key: str, salt: str, now: datetime) -> URLSafeTimedSerializer:
+    """A signed, timestamped serializer whose clock is `now` (itsdangerous reads the OS clock; the service
+    runs on its own clock): every signed link of the service, unsubscribe included, is made with it."""
     stamp = int(now.timestamp())
 
-    class _Signer(TimestampSigner):  # itsdangerous reads the OS clock; the service runs on its own clock
+    class _Signer(TimestampSigner):
         def get_timestamp(self) -> int:
             return stamp
 
-    return URLSafeTimedSerializer(key, salt=f"monitor.subscriber.{purpose}.v1", signer=_Signer)
+    return URLSafeTimedSerializer(key, salt=salt, signer=_Signer)
+
+
+def _timed(key: str, purpose: str, now: datetime) -> URLSafeTimedSerializer:
+    return timed_serializer(key, f"monitor.subscriber.{purpose}.v1", now)
 
 
 def _dump(key: str, purpose: str, payload: Any, now: datetime) -> str:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from itsdangerous.timed import TimestampSigner
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -33,7 +32,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from monitor.config import Config, Settings, secret
-from monitor.delivery import render
+from monitor.delivery import links, render
 from monitor.errors import ConfigError
 from monitor.storage.db import naive_utc, utcnow
 from monitor.storage.tables import Subscription
@@ -93,13 +92,7 @@ def signing_key(settings: Settings, env: Mapping[str, str] | None = None) -> str
 
 
 def _serializer(secret_key: str, now: datetime) -> URLSafeTimedSerializer:
-    stamp = int(now.timestamp())
-
-    class _Signer(TimestampSigner):  # itsdangerous reads the OS clock; the service runs on its own clock
-        def get_timestamp(self) -> int:
-            return stamp
-
-    return URLSafeTimedSerializer(secret_key, salt=SALT, signer=_Signer)
+    return links.timed_serializer(secret_key, SALT, now)
 
 
 def make_token(secret_key: str, subscription_id: int, now: datetime) -> str:
