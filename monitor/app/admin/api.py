@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import time
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -145,10 +145,14 @@ def create_api(ctx: AdminContext) -> FastAPI:
 
     @api.get(f"{API_PREFIX}/topics/{{topic_id}}", response_model=TopicConfig, tags=["topics"],
              responses={404: {"model": Problem}})
-    async def get_topic(topic_id: str, who: str = Depends(actor)) -> Any:
-        topic = forms.find_topic(await run_in_threadpool(load), topic_id)
+    async def get_topic(topic_id: str, response: Response, who: str = Depends(actor)) -> Any:
+        """The topic; the `ETag` header is feeds.toml's hash: send it back as `If-Match` with a PUT or DELETE
+        and the change is refused (409) if someone saved feeds.toml meanwhile."""
+        config, sha = await run_in_threadpool(configfile.current_config, ctx.config_path)
+        topic = forms.find_topic(config, topic_id)
         if topic is None:
             raise HTTPException(404, f"no topic {topic_id!r}")
+        response.headers["ETag"] = f'"{sha}"'
         return topic
 
     @api.post(f"{API_PREFIX}/topics", response_model=SavedOut, status_code=201, tags=["topics"])
@@ -162,23 +166,25 @@ def create_api(ctx: AdminContext) -> FastAPI:
 
     @api.put(f"{API_PREFIX}/topics/{{topic_id}}", response_model=SavedOut, tags=["topics"],
              responses={404: {"model": Problem}})
-    async def replace_topic(topic_id: str, topic: TopicConfig, who: str = Depends(actor)) -> Any:
+    async def replace_topic(topic_id: str, topic: TopicConfig, who: str = Depends(actor),
+                            if_match: str | None = Header(None)) -> Any:
         if forms.find_topic(await run_in_threadpool(load), topic_id) is None:
             raise HTTPException(404, f"no topic {topic_id!r}")
         try:
             saved = await run_in_threadpool(forms.save_topic, ctx.engine, ctx.config_path, topic,
-                                            original_id=topic_id, actor=who)
+                                            original_id=topic_id, actor=who, expected_sha=_etag(if_match))
         except ConfigError as e:
             raise config_error(e) from None
         return SavedOut(revision=saved.revision_id, diff=saved.diff)
 
     @api.delete(f"{API_PREFIX}/topics/{{topic_id}}", status_code=204, tags=["topics"],
                 responses={404: {"model": Problem}})
-    async def delete_topic(topic_id: str, who: str = Depends(actor)) -> Response:
+    async def delete_topic(topic_id: str, who: str = Depends(actor), if_match: str | None = Header(None)) -> Response:
         if forms.find_topic(await run_in_threadpool(load), topic_id) is None:
             raise HTTPException(404, f"no topic {topic_id!r}")
         try:
-            await run_in_threadpool(forms.delete_topic, ctx.engine, ctx.config_path, topic_id, actor=who)
+            await run_in_threadpool(forms.delete_topic, ctx.engine, ctx.config_path, topic_id, actor=who,
+                                    expected_sha=_etag(if_match))
         except ConfigError as e:
             raise config_error(e) from None
         return Response(status_code=204)
@@ -236,7 +242,11 @@ def create_api(ctx: AdminContext) -> FastAPI:
 
     @api.put(f"{API_PREFIX}/feeds/enabled", tags=["feeds"], responses={404: {"model": Problem}})
     async def feed_enabled(body: FeedSwitch, who: str = Depends(actor)) -> Any:
-        if not await run_in_threadpool(operations.set_feed_enabled, ctx, body.url, body.enabled, actor=who):
+        try:
+            found = await run_in_threadpool(operations.set_feed_enabled, ctx, body.url, body.enabled, actor=who)
+        except ConfigError as e:
+            raise config_error(e) from None
+        if not found:
             raise HTTPException(404, f"no feed {body.url!r} in the configuration")
         return {"url": body.url, "enabled": body.enabled}
 
@@ -320,6 +330,12 @@ def create_api(ctx: AdminContext) -> FastAPI:
         return JSONResponse({"detail": detail}, status_code=404)
 
     return api
+
+
+def _etag(value: str | None) -> str | None:
+    """The feeds.toml hash of an `If-Match` header (quoted or not, weak prefix dropped); None for `*`/absent."""
+    tag = (value or "").strip().removeprefix("W/").strip('"')
+    return None if tag in ("", "*") else tag
 
 
 def routes(ctx: AdminContext) -> list[BaseRoute]:

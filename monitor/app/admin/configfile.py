@@ -26,7 +26,7 @@ from tomlkit.items import AoT, Array, Table
 
 from monitor.config import Config, TopicConfig, format_validation_error, parse_config
 from monitor.errors import ConfigError
-from monitor.storage.db import aware_utc, naive_utc, utcnow, write_transaction
+from monitor.storage.db import aware_utc, naive_utc, serialize, utcnow, write_transaction
 from monitor.storage.tables import AuditEntry, ConfigRevision
 
 
@@ -236,19 +236,28 @@ def entry_diff(old: BaseModel | None, new: BaseModel | None) -> str:
 # --- saving -----------------------------------------------------------------------------------------------
 
 
+CONFIG_LOCK = "feeds.toml"  # db.serialize lock held while a save checks and writes the file
+
+
 def save_config_text(engine: Engine, path: Path, new_text: str, *, actor: str, action: str, target: str,
                      diff: str, expected_sha: str | None, now: datetime | None = None) -> Saved:
     """Validate `new_text` as a whole configuration (what the service would load), then write it atomically
-    to `path`, and record the revision and an audit entry in one transaction. `expected_sha` (the file's
-    hash when the form was opened) guards against overwriting an edit made meanwhile."""
-    old_text = read_text(path)
-    if expected_sha and sha256(old_text) != expected_sha:
-        raise StaleEdit(f"{path.name} was changed by someone else since this page was opened; reload it "
-                        "and make the change again")
+    to `path`, and record the revision and an audit entry in one transaction.
+
+    `expected_sha` is the hash of the feeds.toml text the edit was made on (the form's when it was opened, or
+    the text the caller just read and edited). It is compared inside the write transaction, under a lock
+    every save takes, with the file and with the newest `ConfigRevision`: StaleEdit (409) names the save that
+    came first instead of silently dropping it. None skips the check (a caller that replaces the whole file)."""
     parse_config(new_text, str(path), base_dir=path.resolve().parent)  # raises ConfigError naming the key
     now = now or utcnow()
     digest = sha256(new_text)
     with write_transaction(engine) as s:
+        serialize(s, CONFIG_LOCK)
+        old_text = read_text(path)
+        if expected_sha:
+            conflict = _conflict(s, path, sha256(old_text), expected_sha)
+            if conflict:
+                raise StaleEdit(conflict)
         rev = ConfigRevision(created_at=naive_utc(now), actor=actor, sha256=digest, text=new_text)
         s.add(rev)
         s.add(AuditEntry(at=naive_utc(now), actor=actor, action=action, target=target,
@@ -257,6 +266,34 @@ def save_config_text(engine: Engine, path: Path, new_text: str, *, actor: str, a
         _write_atomically(path, new_text)
         rev_id = rev.id
     return Saved(revision_id=rev_id, sha256=digest, diff=diff)
+
+
+def _conflict(s: Session, path: Path, current_sha: str, expected_sha: str) -> str | None:
+    """Why saving an edit of the text hashed `expected_sha` would overwrite someone else's change, or None.
+    Two ways: this host's file changed since (another save here, or a revision pulled from another host);
+    or another host saved a revision this host has not pulled yet (newer than the file's last write; an older
+    revision that differs is a hand edit made here after it, which wins as in `pull_revision`)."""
+    newest = s.scalars(select(ConfigRevision).order_by(ConfigRevision.id.desc()).limit(1)).first()
+
+    def who(rev: ConfigRevision) -> str:
+        at = aware_utc(rev.created_at)
+        return f"revision {rev.id}, saved by {rev.actor} at {at:%Y-%m-%d %H:%M:%S} UTC" if at else f"revision {rev.id}"
+
+    if current_sha != expected_sha:
+        by = f" ({who(newest)})" if newest is not None and newest.sha256 == current_sha else ""
+        return (f"{path.name} was changed by someone else since this page was opened{by}; reload it and make "
+                "the change again")
+    if newest is None or newest.sha256 == current_sha:
+        return None
+    saved_at = aware_utc(newest.created_at)
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        mtime = 0.0
+    if saved_at is not None and saved_at.timestamp() > mtime:
+        return (f"{path.name} was changed by someone else on another host ({who(newest)}) and this host has not "
+                "loaded it yet; wait a few seconds, reload the page and make the change again")
+    return None
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -122,10 +122,12 @@ def set_topic_enabled(engine: Engine, path: Path, topic_id: str, enabled: bool, 
     if old is None:
         return False
     new = old.model_copy(update={"enabled": enabled})
-    new_text = configfile.upsert_entry(configfile.read_text(path), "topics", "id", topic_id, new)
+    text = configfile.read_text(path)
+    new_text = configfile.upsert_entry(text, "topics", "id", topic_id, new)
     configfile.save_config_text(engine, path, new_text, actor=actor,
                                 action="topic.enable" if enabled else "topic.disable", target=topic_id,
-                                diff=configfile.entry_diff(old, new) or "(no change)", expected_sha=None)
+                                diff=configfile.entry_diff(old, new) or "(no change)",
+                                expected_sha=configfile.sha256(text))
     return True
 
 
@@ -149,14 +151,18 @@ def save_topic(engine: Engine, path: Path, topic: TopicConfig, *, original_id: s
     diff = configfile.entry_diff(old, topic)
     return configfile.save_config_text(engine, path, new_text, actor=actor,
                                        action="topic.create" if old is None else "topic.update",
-                                       target=topic.id, diff=diff or "(no change)", expected_sha=expected_sha)
+                                       target=topic.id, diff=diff or "(no change)",
+                                       expected_sha=expected_sha or configfile.sha256(text))
 
 
-def delete_topic(engine: Engine, path: Path, topic_id: str, *, actor: str) -> configfile.Saved:
+def delete_topic(engine: Engine, path: Path, topic_id: str, *, actor: str,
+                 expected_sha: str | None = None) -> configfile.Saved:
     config, _sha = configfile.current_config(path)
     old = find_topic(config, topic_id)
     if old is None:
         raise configfile.FieldErrors({"id": f"there is no topic {topic_id!r}"})
-    new_text = configfile.upsert_entry(configfile.read_text(path), "topics", "id", topic_id, None)
+    text = configfile.read_text(path)
+    new_text = configfile.upsert_entry(text, "topics", "id", topic_id, None)
     return configfile.save_config_text(engine, path, new_text, actor=actor, action="topic.delete", target=topic_id,
-                                       diff=configfile.entry_diff(old, None), expected_sha=None)
+                                       diff=configfile.entry_diff(old, None),
+                                       expected_sha=expected_sha or configfile.sha256(text))

@@ -99,9 +99,11 @@ def add_feed(ctx: AdminContext, feed: FeedConfig, *, actor: str, expected_sha: s
     config, _sha = configfile.current_config(ctx.config_path)
     if any(f.url == feed.url for f in config.feeds):
         raise configfile.FieldErrors({"url": "this feed is configured already"})
-    new_text = configfile.upsert_entry(configfile.read_text(ctx.config_path), "feeds", "url", feed.url, feed)
+    text = configfile.read_text(ctx.config_path)
+    new_text = configfile.upsert_entry(text, "feeds", "url", feed.url, feed)
     configfile.save_config_text(ctx.engine, ctx.config_path, new_text, actor=actor, action="feed.add",
-                                target=feed.url, diff=configfile.entry_diff(None, feed), expected_sha=expected_sha)
+                                target=feed.url, diff=configfile.entry_diff(None, feed),
+                                expected_sha=expected_sha or configfile.sha256(text))
 
 
 def set_feed_enabled(ctx: AdminContext, url: str, enabled: bool, *, actor: str) -> bool:
@@ -111,10 +113,11 @@ def set_feed_enabled(ctx: AdminContext, url: str, enabled: bool, *, actor: str) 
     if old is None:
         return False
     new = old.model_copy(update={"enabled": enabled})
-    new_text = configfile.upsert_entry(configfile.read_text(ctx.config_path), "feeds", "url", url, new)
+    text = configfile.read_text(ctx.config_path)
+    new_text = configfile.upsert_entry(text, "feeds", "url", url, new)
     configfile.save_config_text(ctx.engine, ctx.config_path, new_text, actor=actor,
                                 action="feed.enable" if enabled else "feed.disable", target=url,
-                                diff=configfile.entry_diff(old, new), expected_sha=None)
+                                diff=configfile.entry_diff(old, new), expected_sha=configfile.sha256(text))
     return True
 
 
@@ -188,11 +191,12 @@ def save_subscriber(ctx: AdminContext, sub: SubscriberConfig, *, editing: str | 
     if unknown:
         raise configfile.FieldErrors({"topics": f"unknown topic(s) {', '.join(unknown)}; known: "
                                                 f"{', '.join(sorted(known)) or 'none'}"})
-    new_text = configfile.upsert_entry(configfile.read_text(ctx.config_path), "subscribers", "email",
-                                       old.email if old else sub.email, sub)
+    text = configfile.read_text(ctx.config_path)
+    new_text = configfile.upsert_entry(text, "subscribers", "email", old.email if old else sub.email, sub)
     return configfile.save_config_text(ctx.engine, ctx.config_path, new_text, actor=actor,
                                        action="subscriber.update" if old else "subscriber.add", target=sub.email,
-                                       diff=configfile.entry_diff(old, sub), expected_sha=expected_sha)
+                                       diff=configfile.entry_diff(old, sub),
+                                       expected_sha=expected_sha or configfile.sha256(text))
 
 
 def edit_subscriber(ctx: AdminContext, email: str, changes: dict[str, Any], *, actor: str) -> configfile.Saved:
@@ -262,12 +266,17 @@ def routes(ctx: AdminContext, pages: Any, page: Callable[..., Any]) -> list[Base
         except configfile.FieldErrors as e:
             return feeds_view(session, status=422, values=values, errors=e.errors, probe=probe)
         except ConfigError as e:
-            return feeds_view(session, status=422, values=values, errors={"": str(e)}, probe=probe)
+            return feeds_view(session, status=409 if isinstance(e, configfile.StaleEdit) else 422, values=values,
+                              errors={"": str(e)}, probe=probe)
         return RedirectResponse("/admin/feeds?notice=" + quote(f"Added {feed.url}"), status_code=303)
 
     def feed_enable(request: Request, session: WebSession, form: dict[str, Any]) -> Response:
         url, enabled = _str(form, "url"), _str(form, "enabled") == "true"
-        if not set_feed_enabled(ctx, url, enabled, actor=session.user or "?"):
+        try:
+            found = set_feed_enabled(ctx, url, enabled, actor=session.user or "?")
+        except ConfigError as e:
+            return feeds_view(session, status=409 if isinstance(e, configfile.StaleEdit) else 422, errors={"": str(e)})
+        if not found:
             return feeds_view(session, status=404, errors={"": f"no feed {url!r} in {ctx.config_path.name}"})
         return RedirectResponse("/admin/feeds?notice=" + quote(f"{'Enabled' if enabled else 'Disabled'} {url}"),
                                 status_code=303)
@@ -293,16 +302,18 @@ def routes(ctx: AdminContext, pages: Any, page: Callable[..., Any]) -> list[Base
         fresh = opml.new_feeds(imported, [f.url for f in config.feeds])
         if not fresh:
             return feeds_view(session, notice=f"All {len(imported)} feeds of the file are configured already.")
-        text = configfile.read_text(ctx.config_path)
+        text = base = configfile.read_text(ctx.config_path)
         for f in fresh:
             text = configfile.upsert_entry(text, "feeds", "url", f.url,
                                            FeedConfig(url=f.url, name=f.title or None))
         try:
             configfile.save_config_text(ctx.engine, ctx.config_path, text, actor=session.user or "?",
                                         action="feed.import", target=f"{len(fresh)} feeds from OPML",
-                                        diff="\n".join(f"+ {f.url}" for f in fresh), expected_sha=None)
+                                        diff="\n".join(f"+ {f.url}" for f in fresh),
+                                        expected_sha=configfile.sha256(base))
         except ConfigError as e:
-            return feeds_view(session, status=422, errors={"opml": str(e)})
+            return feeds_view(session, status=409 if isinstance(e, configfile.StaleEdit) else 422,
+                              errors={"opml": str(e)})
         return RedirectResponse("/admin/feeds?notice=" + quote(f"Imported {len(fresh)} new feeds "
                                                                 f"({len(imported) - len(fresh)} already there)"),
                                 status_code=303)
@@ -392,7 +403,8 @@ def routes(ctx: AdminContext, pages: Any, page: Callable[..., Any]) -> list[Base
         except configfile.FieldErrors as e:
             return subscribers_view(session, status=422, values=values, errors=e.errors, editing=editing)
         except ConfigError as e:
-            return subscribers_view(session, status=422, values=values, errors={"": str(e)}, editing=editing)
+            return subscribers_view(session, status=409 if isinstance(e, configfile.StaleEdit) else 422,
+                                    values=values, errors={"": str(e)}, editing=editing)
         return RedirectResponse("/admin/subscribers?notice=" + quote(f"Saved {sub.email}"), status_code=303)
 
     return [
