@@ -22,8 +22,8 @@ from starlette.testclient import TestClient
 
 from monitor.app.subscriber import SubscriberContext, routes, signup
 from monitor.cli import main
-from monitor.delivery import digest, outbox
-from monitor.storage.tables import Delivery, DeliveryAttempt, Suppression
+from monitor.delivery import digest, outbox, unsubscribe
+from monitor.storage.tables import Delivery, DeliveryAttempt, Subscription, Suppression
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
@@ -108,6 +108,55 @@ def test_known_addresses_get_the_same_answer_and_no_mail_and_requests_are_rate_l
     assert [a for a, _ in sent] == ["reader0@example.org", "reader1@example.org"]
     clock.now += timedelta(hours=1, minutes=1)
     assert sign_up(client, "reader9@example.org").status_code == 200
+
+
+def _confirm(client: TestClient, raw: bytes):  # type: ignore[no-untyped-def]
+    mail = message_from_bytes(raw, policy=policy.default)
+    path = urlsplit(re.search(r"(https://\S+/signup/confirm/\S+)", mail.get_content()).group(1)).path  # type: ignore[union-attr]
+    token = re.search(r'name="form_token" value="([^"]+)"', client.get(path).text).group(1)  # type: ignore[union-attr]
+    return client.post(path, data={"form_token": token})
+
+
+def test_an_address_that_unsubscribed_can_sign_up_again_with_a_fresh_confirmation(engine, site) -> None:
+    config, client, clock, sent = site
+    sign_up(client, "back@example.org")
+    assert "You are subscribed" in _confirm(client, sent[-1][1]).text
+    with Session(engine) as s, s.begin():
+        sub_id = s.scalars(select(Subscription.id).where(Subscription.target == "back@example.org")).one()
+        assert unsubscribe.unsubscribe(s, sub_id, clock.now)
+    World(engine).new_story("s1", "icc", "ICC story while unsubscribed", at=clock.now)
+    clock.now += timedelta(days=1)
+    r = sign_up(client, "back@example.org", ("icc",))
+    assert r.status_code == 200 and "Check your inbox" in r.text
+    assert [a for a, _ in sent] == ["back@example.org", "back@example.org"]  # a second confirmation e-mail
+    # Not confirmed yet: still nothing sent.
+    digest.build_due_digests(engine, config, clock.now, secret_key=KEY)
+    digest.build_due_digests(engine, config, clock.now + timedelta(days=1), secret_key=KEY)
+    assert "back@example.org" not in digest_targets(engine)
+    clock.now += timedelta(hours=1)
+    assert "You are subscribed" in _confirm(client, sent[-1][1]).text
+    World(engine).new_story("s2", "icc", "ICC story after signing up again", at=clock.now)
+    digest.build_due_digests(engine, config, clock.now, secret_key=KEY)
+    digest.build_due_digests(engine, config, clock.now + timedelta(days=1, hours=1), secret_key=KEY)
+    with Session(engine) as s:
+        raw = s.scalars(select(Delivery.payload).where(Delivery.target == "back@example.org")).one()
+    text = message_from_bytes(raw, policy=policy.default).get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "after signing up again" in text and "while unsubscribed" not in text
+
+
+def test_a_sign_up_form_signs_up_once(engine, site) -> None:
+    _config, client, clock, sent = site
+    token = re.search(r'name="form_token" value="([^"]+)"', client.get("/signup").text).group(1)  # type: ignore[union-attr]
+    assert "Check your inbox" in client.post("/signup", data={"form_token": token, "email": "one@example.org"}).text
+    again = client.post("/signup", data={"form_token": token, "email": "two@example.org"})
+    assert again.status_code == 400 and "sent already" in again.text
+    assert [a for a, _ in sent] == ["one@example.org"]
+    # A fresh page works; a token older than two hours does not.
+    old = re.search(r'name="form_token" value="([^"]+)"', client.get("/signup").text).group(1)  # type: ignore[union-attr]
+    clock.now += timedelta(hours=2, minutes=1)
+    assert "open too long" in client.post("/signup", data={"form_token": old, "email": "three@example.org"}).text
+    assert sign_up(client, "three@example.org").status_code == 200
+    assert [a for a, _ in sent] == ["one@example.org", "three@example.org"]
 
 
 def test_sign_up_is_off_unless_the_admin_enables_it(tmp_path, engine) -> None:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 16:17:36.855099
+Create Date: 2026-12-04 17:48:47.949761
 """
 from alembic import op
 import sqlalchemy as sa
@@ -81,7 +81,9 @@ def upgrade() -> None:
     sa.Column('client', sa.String(length=64), nullable=False),
     sa.Column('address', sa.String(length=254), nullable=False),
     sa.Column('at', sa.DateTime(), nullable=False),
-    sa.PrimaryKeyConstraint('id')
+    sa.Column('form_nonce', sa.String(length=32), nullable=True),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('form_nonce')
     )
     with op.batch_alter_table('signup_attempts', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_signup_attempts_address'), ['address'], unique=False)

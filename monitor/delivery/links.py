@@ -9,6 +9,7 @@ a story), never an address, and reading one says in words why it is refused.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ FEEDBACK_MAX_AGE = timedelta(days=90)
 STORY_MAX_AGE = timedelta(days=365)
 CONFIRM_MAX_AGE = timedelta(days=2)
 FORM_MAX_AGE = timedelta(hours=12)
+SIGNUP_FORM_MAX_AGE = timedelta(hours=2)
 
 FEEDBACK_KINDS = ("not_relevant", "known", "more_like_this")
 FEEDBACK_LABELS = {"not_relevant": "Not relevant", "known": "Already knew this", "more_like_this": "More like this"}
@@ -164,6 +166,23 @@ def check_form_token(key: str, link_token: str, form: str | None, now: datetime)
                  "This page was open too long. Open the link again and use the button there.")
     if data != link_token:
         raise InvalidLink("This form was not sent from its page. Open the link again and use the button there.")
+
+
+def signup_form_token(key: str, now: datetime) -> str:
+    """The sign-up form's token: a CSRF token carrying a fresh random nonce, valid for `SIGNUP_FORM_MAX_AGE`;
+    the sign-up records the nonce, so one form (or one scraped token) signs up once."""
+    return _dump(key, "form", "signup:" + secrets.token_urlsafe(16), now)
+
+
+def read_signup_form_token(key: str, form: str | None, now: datetime) -> str:
+    """The nonce of a sign-up form token (InvalidLink when missing, forged or too old)."""
+    if not form:
+        raise InvalidLink("This form was not sent from its page. Open the sign-up page again.")
+    data = _load(key, "form", form, now, SIGNUP_FORM_MAX_AGE,
+                 "This page was open too long. Open the sign-up page again.")
+    if not isinstance(data, str) or not data.startswith("signup:") or not 8 <= len(data) - 7 <= 32:
+        raise InvalidLink("This form was not sent from its page. Open the sign-up page again.")
+    return data[7:]
 
 
 # --- URLs ------------------------------------------------------------------------------------------------

@@ -311,6 +311,8 @@ class SignupAttempt(Base):
     client: Mapped[str] = mapped_column(String(64), index=True)
     address: Mapped[str] = mapped_column(String(254), index=True)
     at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    # The sign-up form's one-use nonce (links.signup_form_token): a second post of the same form is refused.
+    form_nonce: Mapped[str | None] = mapped_column(String(32), unique=True)
 
 
 # --- the admin web UI and API (monitor.app.admin) -------------------------------------------------------

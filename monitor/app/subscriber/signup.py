@@ -21,6 +21,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from monitor.config import Config
@@ -54,7 +55,7 @@ class SignupResult:
 
 
 def request_signup(engine: Engine, config: Config, key: str, address: str, topics: list[str], client: str,
-                   now: datetime) -> SignupResult:
+                   now: datetime, *, form_nonce: str | None = None) -> SignupResult:
     address = address.strip().lower()
     if len(address) > 254 or not _EMAIL.match(address):
         raise SignupError("Enter an e-mail address like someone@example.org.")
@@ -63,7 +64,20 @@ def request_signup(engine: Engine, config: Config, key: str, address: str, topic
     if topics and len(chosen) != len(set(topics)):
         raise SignupError("Choose topics from the list.")
     limit = config.settings.signup_limit_per_hour
+    try:
+        return _request(engine, config, key, address, chosen, client, now, form_nonce, limit)
+    except IntegrityError:  # the same form posted twice at once: the other post's row holds the nonce
+        raise SignupError(_USED_FORM, 400) from None
+
+
+_USED_FORM = "This form was sent already. Open the sign-up page again to sign up another address."
+
+
+def _request(engine: Engine, config: Config, key: str, address: str, chosen: list[str], client: str,
+             now: datetime, form_nonce: str | None, limit: int) -> SignupResult:
     with write_transaction(engine) as s:
+        if form_nonce is not None and s.scalar(select(SignupAttempt.id).where(SignupAttempt.form_nonce == form_nonce)):
+            raise SignupError(_USED_FORM, 400)
         since = naive_utc(now - timedelta(hours=1))
         by_client = s.scalar(select(func.count()).select_from(SignupAttempt)
                              .where(SignupAttempt.client == client[:64], SignupAttempt.at >= since)) or 0
@@ -71,7 +85,8 @@ def request_signup(engine: Engine, config: Config, key: str, address: str, topic
                               .where(SignupAttempt.address == address, SignupAttempt.at >= since)) or 0
         if by_client >= limit or by_address >= limit:
             raise SignupError("Too many sign-up requests; please try again in an hour.", 429)
-        s.add(SignupAttempt(client=client[:64], address=address, at=naive_utc(now)))
+        s.add(SignupAttempt(client=client[:64], address=address, at=naive_utc(now), form_nonce=form_nonce))
+        s.flush()
         if s.get(Suppression, address) is not None or address in {x.email.lower() for x in config.subscribers}:
             return SignupResult(address, None)  # suppressed, or subscribed by feeds.toml: nothing to confirm
         row = s.scalar(select(Subscription).where(Subscription.kind == "email", Subscription.target == address))
@@ -84,6 +99,18 @@ def request_signup(engine: Engine, config: Config, key: str, address: str, topic
                                   daily_at="08:00", timezone=config.settings.timezone, updated_at=naive_utc(now)))
             s.add(SubscriberEvent(subscription_id=row.id, at=naive_utc(now), action="signup",
                                   detail={"topics": chosen, "client": client[:64]}))
+        elif row.unsubscribed_at is not None:
+            # Unsubscribed earlier: sign up again with a fresh double opt-in. Nothing is sent until the new
+            # confirmation (unsubscribed_at stays set until `confirm`), and then only what is alerted from then on.
+            prefs = s.get(SubscriberPrefs, row.id)
+            if prefs is None:
+                prefs = SubscriberPrefs(subscription_id=row.id, cadence="daily", daily_at="08:00",
+                                        timezone=config.settings.timezone)
+                s.add(prefs)
+            prefs.source, prefs.topics, prefs.confirmed_at, prefs.updated_at = "signup", chosen, None, naive_utc(now)
+            prefs.paused_until = None
+            s.add(SubscriberEvent(subscription_id=row.id, at=naive_utc(now), action="signup",
+                                  detail={"topics": chosen, "client": client[:64], "again": True}))
         else:
             prefs = s.get(SubscriberPrefs, row.id)
             if prefs is None or prefs.source != "signup" or prefs.confirmed_at is not None:

@@ -242,7 +242,7 @@ def routes(ctx: SubscriberContext) -> list[BaseRoute]:
         if not config.settings.self_signup:
             return invalid("Sign-up is not open here. Ask the administrators to add you.", 404)
         return page("signup", title="Sign up", topics=[(t.id, t.name) for t in config.topics], error=None,
-                    form_token=links.form_token(ctx.secret_key, "signup", now()), values={})
+                    form_token=links.signup_form_token(ctx.secret_key, now()), values={})
 
     async def signup_post(request: Request) -> Response:
         config = ctx.config()
@@ -250,22 +250,24 @@ def routes(ctx: SubscriberContext) -> list[BaseRoute]:
             return invalid("Sign-up is not open here. Ask the administrators to add you.", 404)
         if ctx.send_mail is None:
             return invalid("Sign-up cannot send its confirmation e-mail right now; please try later.", 503)
+        form = await request.form()
         try:
-            form = await form_of(request, "signup")
+            nonce = links.read_signup_form_token(ctx.secret_key, form.get("form_token"), now())  # type: ignore[arg-type]
         except links.InvalidLink as e:
             return invalid(e.reason)
         address = str(form.get("email") or "").strip()
-        topics = list(form.get("topics") or [])
+        topics = [str(t) for t in form.getlist("topics")]
         client = request.client.host if request.client else "unknown"
 
         def apply() -> signup.SignupResult:
-            return signup.request_signup(ctx.engine, config, ctx.secret_key, address, topics, client, now())
+            return signup.request_signup(ctx.engine, config, ctx.secret_key, address, topics, client, now(),
+                                         form_nonce=nonce)
 
         try:
             result = await run_in_threadpool(apply)
         except signup.SignupError as e:
             return page("signup", e.status, title="Sign up", topics=[(t.id, t.name) for t in config.topics],
-                        error=str(e), form_token=links.form_token(ctx.secret_key, "signup", now()),
+                        error=str(e), form_token=links.signup_form_token(ctx.secret_key, now()),
                         values={"email": address, "topics": topics})
         if result.message is not None:
             try:
