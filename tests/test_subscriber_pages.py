@@ -140,6 +140,28 @@ def test_pause_skips_the_news_of_the_pause_and_unsubscribe_resubscribe(engine, s
     assert [a for a, _ in events(engine)] == ["pause", "unsubscribe", "resubscribe"]
 
 
+def test_news_waiting_when_a_pause_begins_comes_after_it_and_the_pause_news_does_not(engine, site) -> None:
+    config, client, clock, world = site
+    prefs = path_of(last_mail(engine)[0], "Change topics, timing or pause")
+    # Alerted after the 08:00 digest, so waiting for tomorrow's when the reader pauses at 15:00.
+    world.new_story("before", "doha-talks", "Mediators table a new proposal", at=clock.now + timedelta(hours=2))
+    clock.now += timedelta(hours=6)
+    token = form_token(client.get(prefs).text)
+    assert client.post(prefs, data={"form_token": token, "action": "pause", "days": "2"}).status_code == 303
+    world.new_story("during", "doha-talks", "Talks stall during the pause", at=clock.now + timedelta(hours=1))
+    clock.now += timedelta(hours=20)
+    assert digest.build_due_digests(engine, config, clock.now, secret_key=KEY) == []  # paused: nothing
+    # Changing the length of a running pause (now one more day) keeps its start: the first day stays skipped.
+    assert client.post(prefs, data={"form_token": form_token(client.get(prefs).text), "action": "pause",
+                                    "days": "1"}).status_code == 303
+    world.new_story("after", "doha-talks", "Talks resume after the pause", at=clock.now + timedelta(hours=25))
+    assert len(digest.build_due_digests(engine, config, clock.now + timedelta(hours=42), secret_key=KEY)) == 1
+    text, _ = last_mail(engine)
+    assert "Mediators table a new proposal" in text and "Talks resume after the pause" in text
+    assert "Talks stall" not in text
+    assert digest.build_due_digests(engine, config, clock.now + timedelta(hours=66), secret_key=KEY) == []
+
+
 def test_feedback_is_one_post_idempotent_and_get_changes_nothing(engine, site) -> None:
     _config, client, _clock, _world = site
     _text, html = last_mail(engine)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 17:48:47.949761
+Create Date: 2026-12-04 17:51:03.160635
 """
 from alembic import op
 import sqlalchemy as sa
@@ -187,6 +187,7 @@ def upgrade() -> None:
     sa.Column('daily_at', sa.String(length=5), nullable=True),
     sa.Column('timezone', sa.String(length=64), nullable=True),
     sa.Column('paused_until', sa.DateTime(), nullable=True),
+    sa.Column('paused_from', sa.DateTime(), nullable=True),
     sa.Column('confirmed_at', sa.DateTime(), nullable=True),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['subscription_id'], ['subscriptions.id'], ondelete='CASCADE'),

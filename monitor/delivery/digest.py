@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, and_, func, select, text
+from sqlalchemy import Engine, and_, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from monitor.config import ChannelConfig, Config, SubscriberConfig
@@ -66,6 +66,7 @@ class SubscriptionSpec:
     daily_at: time
     timezone: str
     paused_until: datetime | None = None  # aware UTC; nothing is sent before, and what came meanwhile is skipped
+    paused_from: datetime | None = None  # aware UTC; alerts from before it are sent after the pause
     source: str = "config"  # config (feeds.toml) | signup (self sign-up, confirmed)
     suppressed: bool = False  # the address bounced or complained: nothing is sent
 
@@ -132,6 +133,7 @@ def _with_prefs(spec: SubscriptionSpec, p: SubscriberPrefs, known: set[str]) -> 
     return SubscriptionSpec(kind=spec.kind, target=spec.target, name=spec.name, topics=topics,
                             cadence=p.cadence or spec.cadence, daily_at=daily_at,
                             timezone=p.timezone or spec.timezone, paused_until=aware_utc(p.paused_until),
+                            paused_from=aware_utc(p.paused_from),
                             source=spec.source, suppressed=spec.suppressed)
 
 
@@ -215,14 +217,21 @@ def sync_subscriptions(session: Session, config: Config, now: datetime) -> list[
 
 
 def pending_alerts(session: Session, config: Config, spec: SubscriptionSpec, cursor: int,
-                   limit: int = MAX_ALERTS_PER_DIGEST) -> list[AlertView]:
-    """The alerts (new stories and updates) after `cursor` for the subscription's topics, oldest first."""
+                   limit: int = MAX_ALERTS_PER_DIGEST,
+                   skip: tuple[datetime | None, datetime] | None = None) -> list[AlertView]:
+    """The alerts (new stories and updates) after `cursor` for the subscription's topics, oldest first;
+    `skip` (a pause: from, until) leaves out those created in [from, until) (from None: all before until)."""
     names = {t.id: t.name for t in config.topics}
-    rows = session.execute(
+    query = (
         select(Alert, Story, Match.reason)
         .join(Story, Story.id == Alert.story_id)
         .outerjoin(Match, and_(Match.item_id == Alert.item_id, Match.topic_id == Alert.topic_id))
-        .where(Alert.id > cursor, Alert.topic_id.in_(spec.topics), Alert.decision.in_(ALERT_DECISIONS))
+        .where(Alert.id > cursor, Alert.topic_id.in_(spec.topics), Alert.decision.in_(ALERT_DECISIONS)))
+    if skip is not None:
+        after_pause = Alert.created_at >= naive_utc(skip[1])
+        query = query.where(or_(Alert.created_at < naive_utc(skip[0]), after_pause) if skip[0] else after_pause)
+    rows = session.execute(
+        query
         .order_by(Alert.id)
         .limit(limit)
     ).all()
@@ -446,19 +455,22 @@ def _build_one(engine: Engine, config: Config, spec: SubscriptionSpec, now: date
                        .with_for_update())
         if row is None or not is_due(row, spec, now):
             return None
-        if spec.paused_until is not None:
-            _end_pause(s, row, spec.paused_until)
         if not is_sqlite(engine):
             # Alert ids come from a sequence and may commit out of order on PostgreSQL: wait for in-flight
             # alert writers so no lower id can appear behind the cursor (SQLite serialises writers anyway).
             s.execute(text("LOCK TABLE alerts IN SHARE MODE"))
-        alerts = pending_alerts(s, config, spec, row.cursor_alert_id)
+        pause = (spec.paused_from, spec.paused_until) if spec.paused_until is not None else None
+        alerts = pending_alerts(s, config, spec, row.cursor_alert_id, skip=pause)
+        skip_to = row.cursor_alert_id
+        if pause is not None and len(alerts) < MAX_ALERTS_PER_DIGEST:
+            skip_to = _end_pause(s, row, pause[1])  # all that waited before the pause goes out in this digest
         if spec.cadence != "immediate" and len(alerts) < MAX_ALERTS_PER_DIGEST:
             # A full digest leaves the schedule where it is: the overflow goes out on the next tick,
             # not a whole hour or day later.
             due = next_due(spec, now)
             row.next_digest_at = naive_utc(due) if due else None
         if not alerts:
+            row.cursor_alert_id = max(row.cursor_alert_id, skip_to)
             return None
         content = digest_content(spec, alerts, config, now)
         digest = Digest(subscription_id=row.id, from_alert_id=row.cursor_alert_id, to_alert_id=content.last_alert_id,
@@ -470,21 +482,22 @@ def _build_one(engine: Engine, config: Config, spec: SubscriptionSpec, now: date
             s.add(Delivery(digest_id=digest.id, subscription_id=row.id, channel=spec.kind, target=spec.target,
                            part=part, idempotency_key=key_, payload=payload, status="pending", attempts=0,
                            next_attempt_at=naive_utc(now), created_at=naive_utc(now)))
-        row.cursor_alert_id = content.last_alert_id
+        row.cursor_alert_id = max(content.last_alert_id, skip_to)
         row.last_digest_at = naive_utc(now)
         log.info("digest built", extra={"channel": spec.kind, "target": spec.target, "digest_id": digest.id,
                                         "alerts": len(alerts), "stories": content.story_count})
         return digest.id
 
 
-def _end_pause(s: Session, row: Subscription, paused_until: datetime) -> None:
-    """A pause is over: what was alerted during it is skipped (the subscriber asked not to get it), and the
-    pause is cleared so this happens once."""
+def _end_pause(s: Session, row: Subscription, paused_until: datetime) -> int:
+    """A pause is over: what was alerted during it is skipped (the subscriber asked not to get it; what was
+    waiting before it began is in the digest being built), and the pause is cleared so this happens once.
+    Returns the alert id the cursor may skip to."""
     during = s.scalar(select(func.max(Alert.id)).where(Alert.created_at < naive_utc(paused_until))) or 0
-    row.cursor_alert_id = max(row.cursor_alert_id, during)
     prefs = s.get(SubscriberPrefs, row.id)
     if prefs is not None:
-        prefs.paused_until = None
+        prefs.paused_until = prefs.paused_from = None
+    return max(row.cursor_alert_id, during)
 
 
 def digest_links(settings_base_url: str, key: str, subscription_id: int, content: DigestContent,

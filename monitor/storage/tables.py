@@ -258,6 +258,7 @@ class SubscriberPrefs(Base):
     daily_at: Mapped[str | None] = mapped_column(String(5))  # HH:MM local
     timezone: Mapped[str | None] = mapped_column(String(64))
     paused_until: Mapped[datetime | None] = mapped_column(DateTime)
+    paused_from: Mapped[datetime | None] = mapped_column(DateTime)  # when the pause began (None: before it was kept)
     confirmed_at: Mapped[datetime | None] = mapped_column(DateTime)  # signup: double opt-in done
     updated_at: Mapped[datetime] = mapped_column(DateTime)
 

@@ -143,13 +143,16 @@ def save(session: Session, config: Config, subscription_id: int, now: datetime, 
 
 
 def pause(session: Session, subscription_id: int, days: int, now: datetime) -> datetime | None:
-    """Pause for `days` days (0 resumes now). What is alerted during a pause is not sent afterwards."""
+    """Pause for `days` days (0 resumes now). Nothing is sent while paused; what is alerted during the pause is
+    skipped, and what was already waiting when it began comes in the first digest after it."""
     row = _row(session, subscription_id)
     if not 0 <= days <= MAX_PAUSE_DAYS:
         raise PrefsError(f"Pause for 1 to {MAX_PAUSE_DAYS} days (0 resumes now).")
     prefs = _prefs_row(session, row, now)
     until = now + timedelta(days=days) if days else None
     before = aware_utc(prefs.paused_until)
+    if until and not (before and before > now and prefs.paused_from):
+        prefs.paused_from = naive_utc(now)  # a new pause (extending a running one keeps its start)
     prefs.paused_until = naive_utc(until) if until else (naive_utc(now) if before and before > now else None)
     prefs.updated_at = naive_utc(now)
     _record(session, row, "pause" if days else "resume",

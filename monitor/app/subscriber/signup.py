@@ -108,7 +108,7 @@ def _request(engine: Engine, config: Config, key: str, address: str, chosen: lis
                                         timezone=config.settings.timezone)
                 s.add(prefs)
             prefs.source, prefs.topics, prefs.confirmed_at, prefs.updated_at = "signup", chosen, None, naive_utc(now)
-            prefs.paused_until = None
+            prefs.paused_until = prefs.paused_from = None
             s.add(SubscriberEvent(subscription_id=row.id, at=naive_utc(now), action="signup",
                                   detail={"topics": chosen, "client": client[:64], "again": True}))
         else:
