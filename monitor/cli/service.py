@@ -73,7 +73,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
 
         from monitor.lab.demo import BUNDLED, run_demo
 
-        topics = ctx.config.topics
+        topics = ctx.config.enabled_topics
         if not topics:
             raise click.ClickException(f"{ctx.config_file} defines no [[topics]]; the demo uses the config's topics")
         logging.getLogger().setLevel(logging.WARNING)  # the summary below is the demo's output

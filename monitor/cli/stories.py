@@ -168,15 +168,15 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         from monitor.signal import embed, match, novelty
 
         config: Config = ctx.config
-        if not config.topics:
-            raise MonitorError(f"{ctx.config_file}: no [[topics]] to replay against")
+        if not config.enabled_topics:  # a disabled topic matches nothing in service: not replayed
+            raise MonitorError(f"{ctx.config_file}: no enabled [[topics]] to replay against")
         t0, t1 = _day(start), _day(end) + timedelta(days=1)
         items = story_eval.read_stream(stream_file, t0, t1)
         if not items:
             raise MonitorError(f"{stream_file}: no items published between {start} and {end}")
         embedder = embed.load_embedder(config.settings)
         vectors = story_eval.cached_vectors(embedder, items, cache_dir)
-        topic_set = match.compile_topics(config.topics, embedder)
+        topic_set = match.compile_topics(config.enabled_topics, embedder)
         params = novelty.StoryParams(window_h=config.settings.story_window_h)
         r = story_eval.replay(items, vectors, topic_set, config.settings, params=params)
         no_wait = story_eval.replay(items, vectors, topic_set, config.settings,

@@ -51,12 +51,13 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @click.option("--summary", default="", help="Teaser text, matched together with the headline.")
     @pass_ctx
     def topics_test(ctx: CliContext, headline: str, summary: str) -> None:
-        """Print every topic's score, decision and reason for HEADLINE."""
+        """Print every enabled topic's score, decision and reason for HEADLINE (`monitor backtest TOPIC`
+        tries a disabled one)."""
         config = ctx.config
-        if not config.topics:
-            raise ConfigError(f"{ctx.config_file}: no [[topics]] defined")
+        if not config.enabled_topics:
+            raise ConfigError(f"{ctx.config_file}: no enabled [[topics]] defined")
         embedder = embed.load_embedder(config.settings)
-        topic_set = match.compile_topics(config.topics, embedder)
+        topic_set = match.compile_topics(config.enabled_topics, embedder)
         text = f"{headline}. {summary}" if summary else headline
         vec = embed.encode_items(embedder, [headline], [text])
         for v in match.match_texts([0], [text], vec, topic_set):
@@ -163,8 +164,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         Labels dated from 2023-11-16 on are never used to fit or calibrate: such items are reported
         separately, with the shipped configuration only."""
         config = load_config(config_path) if config_path else ctx.config
-        if not config.topics:
-            raise ConfigError("the configuration defines no [[topics]] to evaluate")
+        if not config.enabled_topics:  # a disabled topic matches nothing in service: not evaluated
+            raise ConfigError("the configuration defines no enabled [[topics]] to evaluate")
         if len(items_paths) != len(labels_paths):
             raise click.UsageError("give one --labels file per --items file, in the same order")
         parts = []
@@ -177,9 +178,9 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         if not items:
             raise MonitorError("no item of the --items files has a label in the --labels files")
         ids = {it.id for it in items}
-        topic_ids = [t.id for t in config.topics]
+        topic_ids = [t.id for t in config.enabled_topics]
         embedder = embed.load_embedder(config.settings)
-        topic_set = match.compile_topics(config.topics, embedder)
+        topic_set = match.compile_topics(config.enabled_topics, embedder)
         vectors = _item_vectors(embedder, items, cache_dir)
         verdicts = match.match_texts(list(range(len(items))), [it.text for it in items], vectors, topic_set)
         predicted: dict[str, set[str]] = {t: set() for t in topic_ids}
@@ -187,7 +188,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             if v.matched:
                 predicted[v.topic_id].add(items[v.item_id].id)
         result = topic_eval.evaluate(predicted, labels, topic_ids, ids)
-        keyword = topic_eval.keyword_baseline(items, config.topics)
+        keyword = topic_eval.keyword_baseline(items, config.enabled_topics)
         baseline = topic_eval.evaluate(keyword, labels, topic_ids, ids)
         result["baseline"] = baseline
         result["thresholds"] = {t.id: t.threshold for t in topic_set.topics}

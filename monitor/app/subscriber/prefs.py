@@ -67,7 +67,7 @@ def view(session: Session, config: Config, subscription_id: int, now: datetime) 
     row = _row(session, subscription_id)
     spec = _spec(session, config, row)
     prefs = session.get(SubscriberPrefs, row.id)
-    all_topics = tuple((t.id, t.name) for t in config.topics)
+    all_topics = tuple((t.id, t.name) for t in config.enabled_topics)  # a disabled topic is not offered
     if spec is None:  # removed from feeds.toml, unconfirmed sign-up, or suppressed: show what is stored
         topics = tuple(prefs.topics or ()) if prefs else ()
         cadence = (prefs.cadence if prefs else None) or "daily"
@@ -100,7 +100,7 @@ def _record(session: Session, row: Subscription, action: str, detail: dict[str, 
 
 
 def validate(config: Config, topics: list[str], cadence: str, daily_at: str, timezone: str) -> tuple[list[str], time]:
-    known = {t.id for t in config.topics}
+    known = {t.id for t in config.enabled_topics}
     unknown = [t for t in topics if t not in known]
     if unknown:
         raise PrefsError(f"Unknown topic(s): {', '.join(unknown)}.")
@@ -128,7 +128,9 @@ def save(session: Session, config: Config, subscription_id: int, now: datetime, 
         raise PrefsError("Channels are managed by the administrators.")
     topics, at = validate(config, topics, cadence, daily_at, timezone)
     before = view(session, config, subscription_id, now)
-    after = {"topics": [t for t, _ in before.all_topics if t in topics], "cadence": cadence,
+    # A disabled topic chosen before is not shown, and kept: it comes back if the admin enables it again.
+    kept = {t.id for t in config.topics if not t.enabled and t.id in before.topics}
+    after = {"topics": [t.id for t in config.topics if t.id in topics or t.id in kept], "cadence": cadence,
              "daily_at": at.strftime("%H:%M"), "timezone": timezone}
     old = {"topics": list(before.topics), "cadence": before.cadence, "daily_at": before.daily_at,
            "timezone": before.timezone}

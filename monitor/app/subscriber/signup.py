@@ -59,7 +59,7 @@ def request_signup(engine: Engine, config: Config, key: str, address: str, topic
     address = address.strip().lower()
     if len(address) > 254 or not _EMAIL.match(address):
         raise SignupError("Enter an e-mail address like someone@example.org.")
-    known = [t.id for t in config.topics]
+    known = [t.id for t in config.enabled_topics]  # a disabled topic is neither offered nor accepted
     chosen = [t for t in known if t in topics] if topics else known
     if topics and len(chosen) != len(set(topics)):
         raise SignupError("Choose topics from the list.")

@@ -241,7 +241,7 @@ def routes(ctx: SubscriberContext) -> list[BaseRoute]:
         config = ctx.config()
         if not config.settings.self_signup:
             return invalid("Sign-up is not open here. Ask the administrators to add you.", 404)
-        return page("signup", title="Sign up", topics=[(t.id, t.name) for t in config.topics], error=None,
+        return page("signup", title="Sign up", topics=[(t.id, t.name) for t in config.enabled_topics], error=None,
                     form_token=links.signup_form_token(ctx.secret_key, now()), values={})
 
     async def signup_post(request: Request) -> Response:
@@ -266,7 +266,7 @@ def routes(ctx: SubscriberContext) -> list[BaseRoute]:
         try:
             result = await run_in_threadpool(apply)
         except signup.SignupError as e:
-            return page("signup", e.status, title="Sign up", topics=[(t.id, t.name) for t in config.topics],
+            return page("signup", e.status, title="Sign up", topics=[(t.id, t.name) for t in config.enabled_topics],
                         error=str(e), form_token=links.signup_form_token(ctx.secret_key, now()),
                         values={"email": address, "topics": topics})
         if result.message is not None:
