@@ -244,6 +244,22 @@ def test_story_page_shows_the_timeline_outlets_and_first_last_seen(engine, site)
     assert "Hamas delegation arrived" in locked.get(path_of(text, "Story timeline")).text
 
 
+def test_story_page_labels_the_earliest_report_first_not_the_alerted_one(engine, site) -> None:
+    _config, client, clock, world = site
+    # A held story: the first outlet's report waited for a second outlet, whose report was alerted.
+    world.story("held", "doha-talks", "Negotiators draft a truce text", first_seen=T0 + timedelta(hours=4))
+    world.alert("held", "held", title="Negotiators draft a truce text", at=T0 + timedelta(hours=4), outlet="first.example")
+    world.alert("held", "new_story", title="Truce text drafted, sources say", at=T0 + timedelta(hours=7),
+                outlet="second.example")
+    with Session(engine) as s:
+        story_id = s.scalars(select(Story.id).where(Story.title == "Negotiators draft a truce text")).one()
+    body = client.get(f"/story/{links.story_token(KEY, story_id, clock.now)}").text
+    timeline = body[body.index("<h2>Timeline</h2>"):body.index("<h2>Who carried it</h2>")]
+    first = timeline.index("First report")
+    assert first < timeline.index("first.example") < timeline.index("Alerted") < timeline.index("second.example")
+    assert timeline.count("First report") == 1
+
+
 def test_alert_feeds_validate_as_atom_and_json_feed(engine, site) -> None:
     _config, client, _clock, world = site
     world.alert("talks", "update", title="Hamas delegation lands in Doha <b>", what_is_new="Hamas delegation arrived",

@@ -38,8 +38,10 @@ class StoryPage:
     first_seen: datetime
     last_seen: datetime
     outlets: tuple[tuple[str, int, datetime], ...]  # (outlet, reports, first report) by first report
-    timeline: tuple[Report, ...]  # the alerts: new story, then each update, in published order
+    timeline: tuple[Report, ...]  # the first report, the alerts (new story, each update), in published order
     reports: tuple[Report, ...]  # every report, in published order
+    first_report_id: int | None = None  # the earliest report: not the alerted one when the alert waited for
+    # a second outlet (a held story), so the page never labels a later item "first report"
 
     @property
     def developments(self) -> int:
@@ -61,6 +63,6 @@ def story_page(session: Session, config: Config, story_id: int) -> StoryPage | N
         story_id=st.id, topic_id=st.topic_id, topic_name=names.get(st.topic_id, st.topic_id), title=st.title,
         link=st.link, first_seen=aware_utc(st.first_seen), last_seen=aware_utc(st.last_seen),  # type: ignore[arg-type]
         outlets=tuple(sorted(((o, len(ts), min(ts)) for o, ts in outlets.items()), key=lambda x: x[2])),
-        timeline=tuple(r for r in reports if r.decision in ALERT_DECISIONS),
-        reports=reports,
+        timeline=tuple(r for i, r in enumerate(reports) if i == 0 or r.decision in ALERT_DECISIONS),
+        reports=reports, first_report_id=reports[0].alert_id if reports else None,
     )
