@@ -27,12 +27,16 @@ class DeliveryError(MonitorError):
     """A message could not be delivered. `permanent` says whether retrying can help."""
 
     def __init__(
-        self, message: str, *, permanent: bool = False, retry_after_s: float | None = None, code: str | None = None
+        self, message: str, *, permanent: bool = False, retry_after_s: float | None = None, code: str | None = None,
+        recipient_only: bool = False,
     ) -> None:
         super().__init__(message)
         self.permanent = permanent
         self.retry_after_s = retry_after_s
         self.code = code  # SMTP reply code or HTTP status, recorded with the attempt
+        # The receiver is up but refused this one message or recipient for now (greylisting, a full mailbox):
+        # another message's success says nothing about when this one will go, so its retry keeps its backoff.
+        self.recipient_only = recipient_only
 
 
 class ChannelGoneError(DeliveryError):

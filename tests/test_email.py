@@ -14,11 +14,12 @@ import pytest
 from aiosmtpd.controller import Controller
 from click.testing import CliRunner
 from deliveryfixtures import T0, World, make_config
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from monitor.cli import main
 from monitor.delivery import digest, outbox
+from monitor.storage.db import naive_utc
 from monitor.storage.tables import Delivery, DeliveryAttempt
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
@@ -244,3 +245,43 @@ async def test_starttls_and_login_with_the_password_from_the_environment(tmp_pat
 async def _last_error(engine) -> str:  # type: ignore[no-untyped-def]
     with Session(engine) as s:
         return s.scalars(select(Delivery.last_error)).one() or ""
+
+
+
+async def test_a_success_pulls_forward_retries_that_waited_for_the_server_not_a_greylisted_recipient(
+        tmp_path, engine, smtp) -> None:  # type: ignore[no-untyped-def]
+    handler, port = smtp
+    handler.refuse["grey@example.org"] = "451 4.7.1 Greylisted, try again later"
+    readers = subscribers("grey@example.org", "down@example.org", "ana@example.org")
+    config = make_config(tmp_path, readers + smtp_settings(port), engine=engine)
+    unreachable = make_config(tmp_path, readers + smtp_settings(free_port()), engine=engine)  # nothing listens
+    World(engine).new_story("s1", "doha-talks", "Talks resume")
+    digest.build_due_digests(engine, config, T0, secret_key="k")
+
+    def wait_until(target: str, at) -> None:  # type: ignore[no-untyped-def]
+        with Session(engine) as s, s.begin():
+            s.execute(update(Delivery).where(Delivery.target == target).values(next_attempt_at=naive_utc(at)))
+
+    def next_attempt(target: str):  # type: ignore[no-untyped-def]
+        with Session(engine) as s:
+            return s.scalars(select(Delivery.next_attempt_at).where(Delivery.target == target)).one()
+
+    later = T0 + timedelta(days=1)
+    wait_until("down@example.org", later)
+    wait_until("ana@example.org", later)
+    # grey@: the server is up and greylists the address, twice (the second backoff is about 5 minutes).
+    for at in (T0, T0 + timedelta(seconds=30)):
+        assert (await outbox.deliver_due(engine, config, at, worker_id="w")).retried == 1
+    grey_next = next_attempt("grey@example.org")
+    assert grey_next > naive_utc(T0 + timedelta(minutes=4))
+    # down@: the SMTP server could not be reached at all; its retry waits (here until tomorrow).
+    wait_until("down@example.org", T0 + timedelta(minutes=1))
+    assert (await outbox.deliver_due(engine, unreachable, T0 + timedelta(minutes=1), worker_id="w")).retried == 1
+    wait_until("down@example.org", later)
+    # ana@'s digest goes through at T0 + 2 min: the server is back.
+    now = T0 + timedelta(minutes=2)
+    wait_until("ana@example.org", now)
+    report = await outbox.deliver_due(engine, config, now, worker_id="w", limit=1)
+    assert report.sent == 1 and [r for rcpts, _ in handler.messages for r in rcpts] == ["ana@example.org"]
+    assert next_attempt("down@example.org") - naive_utc(now) < timedelta(seconds=5)  # waited for the server: goes now
+    assert next_attempt("grey@example.org") == grey_next  # refused by the server itself: keeps its backoff

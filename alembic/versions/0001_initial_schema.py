@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 17:51:03.160635
+Create Date: 2026-12-04 17:56:23.957399
 """
 from alembic import op
 import sqlalchemy as sa
@@ -211,6 +211,7 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.Column('sent_at', sa.DateTime(), nullable=True),
     sa.Column('requeued_at', sa.DateTime(), nullable=True),
+    sa.Column('retry_scope', sa.String(length=16), nullable=True),
     sa.ForeignKeyConstraint(['digest_id'], ['digests.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['subscription_id'], ['subscriptions.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),

@@ -13,7 +13,9 @@ rows under a lease, send them, and record the outcome.
   30 min, 2 h, 5 h, then every 10 h (each with +-10% jitter; a receiver's Retry-After wins), until the
   row is GIVE_UP_AFTER (5 days) old. An outage of hours therefore loses nothing. When a send succeeds, the
   rows waiting for the same receiver (the SMTP server; a webhook's channel) are pulled forward to now, so
-  a backlog goes out as soon as the receiver is back instead of at each row's next slot.
+  a backlog goes out as soon as the receiver is back instead of at each row's next slot; a row the receiver
+  answered itself with a refusal of that recipient or message (an SMTP 4xx to RCPT or DATA: greylisting, a
+  full mailbox) keeps its own backoff.
 * Only a permanent failure (SMTP 5xx, HTTP 4xx, a channel gone) or the end of that span ends a row as
   `failed`, with the error (`monitor deliveries list --failed`), an ERROR log line "delivery failed for
   good" and the `monitor_deliveries_failed` gauge; `monitor deliveries retry ID|--failed` sends it again.
@@ -213,19 +215,22 @@ def claim_one(engine: Engine, now: datetime, worker_id: str, lease_s: float) -> 
 
 def _record(engine: Engine, claim: _Claim, worker_id: str, now: datetime, *, outcome: str, status: str,
             code: str | None, error: str | None, duration_ms: float | None, next_attempt_at: datetime | None = None,
-            disable_reason: str | None = None) -> None:
+            disable_reason: str | None = None, retry_scope: str | None = None) -> None:
     n = naive_utc(now)
     error, disable_reason = storable_text(error), storable_text(disable_reason)  # receivers' replies
     with write_transaction(engine) as s:
         s.execute(update(DeliveryAttempt).where(DeliveryAttempt.id == claim.attempt_id)
                   .values(outcome=outcome, code=code, error=error, duration_ms=duration_ms)
                   .execution_options(synchronize_session=False))
-        values: dict[str, object] = {"status": status, "lease_owner": None, "lease_until": None, "last_error": error}
+        values: dict[str, object] = {"status": status, "lease_owner": None, "lease_until": None, "last_error": error,
+                                     "retry_scope": retry_scope}
         if status == "sent":
             values["sent_at"] = n
             guard = Delivery.status != "sent"  # a success is the truth even if our lease lapsed meanwhile
             # The receiver is up: what waits for it after a transient failure goes now, not at its next slot.
-            same_receiver = Delivery.channel == claim.message.kind
+            # Not a row the receiver refused for itself (greylisting, a full mailbox): that keeps its backoff.
+            same_receiver = and_(Delivery.channel == claim.message.kind,
+                                 or_(Delivery.retry_scope.is_(None), Delivery.retry_scope != "recipient"))
             if claim.message.kind != "email":  # every e-mail goes through the one SMTP server
                 same_receiver = and_(same_receiver, Delivery.target == claim.message.target)
             s.execute(update(Delivery)
@@ -344,7 +349,8 @@ async def _send_one(engine: Engine, claim: _Claim, senders: Mapping[str, Sender]
         delay = backoff_s(msg.attempt, rng)
     await asyncio.to_thread(_record, engine, claim, worker_id, now, outcome="retry", status="pending",
                             code=error.code, error=str(error), duration_ms=ms,
-                            next_attempt_at=now + timedelta(seconds=delay))
+                            next_attempt_at=now + timedelta(seconds=delay),
+                            retry_scope="recipient" if error.recipient_only else "receiver")
     report.retried += 1
     log.warning("delivery will be retried in %.0f s: %s", delay, error, extra=extra)
 
@@ -360,7 +366,7 @@ def requeue(session: Session, now: datetime, *, delivery_ids: list[int] | None =
         cond = and_(cond, Delivery.id.in_(delivery_ids))
     return list(session.scalars(
         update(Delivery).where(cond)
-        .values(status="pending", next_attempt_at=n, requeued_at=n, lease_owner=None, lease_until=None)
+        .values(status="pending", next_attempt_at=n, requeued_at=n, lease_owner=None, lease_until=None, retry_scope=None)
         .returning(Delivery.id).execution_options(synchronize_session=False)))
 
 

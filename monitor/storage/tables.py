@@ -207,6 +207,9 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None] = mapped_column(DateTime)
     # When a person last queued it again (`monitor deliveries retry`, `digest enable`): the retry span restarts.
     requeued_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Why a pending row waits: "receiver" (down or unreachable: pulled forward when a send to it succeeds)
+    # or "recipient" (this message or address refused for now, e.g. greylisting: keeps its own backoff).
+    retry_scope: Mapped[str | None] = mapped_column(String(16))
 
 
 class DeliveryAttempt(Base):
