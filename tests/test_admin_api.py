@@ -102,8 +102,9 @@ async def test_401_without_a_valid_token(engine: Engine, tmp_path: Path) -> None
                 r = await c.request(method, url, json=body, headers=headers)
                 assert r.status_code == 401, (method, url, headers)
                 assert r.headers["www-authenticate"] == "Bearer"
-        # The OpenAPI document is public and names the operations; no CDN-backed docs pages are served.
-        doc = (await c.get("/openapi.json")).json()
+        # The OpenAPI document maps every operation: it needs the token too; no CDN-backed docs pages are served.
+        assert (await c.get("/openapi.json")).status_code == 401
+        doc = (await c.get("/openapi.json", headers=AUTH)).json()
         assert {"/api/v1/topics", "/api/v1/topics/{topic_id}", "/api/v1/topics/{topic_id}/backtest"} <= set(doc["paths"])
         assert (await c.get("/docs")).status_code == 404
     assert path.read_text() == before
@@ -186,7 +187,7 @@ async def test_subscribers_list_add_edit_resubscribe_audited_like_the_page(engin
         assert (await c.patch("/api/v1/subscribers/nobody@example.org", json={"cadence": "daily"},
                               headers=AUTH)).status_code == 404
 
-        doc = (await c.get("/openapi.json")).json()
+        doc = (await c.get("/openapi.json", headers=AUTH)).json()
         assert {"/api/v1/subscribers", "/api/v1/subscribers/{email}",
                 "/api/v1/subscribers/{email}/resubscribe"} <= set(doc["paths"])
         assert {"get", "post"} <= set(doc["paths"]["/api/v1/subscribers"])

@@ -165,9 +165,8 @@ def test_edit_a_topic_see_the_backtest_change_before_saving_then_save(service: d
     log, proc = Path(str(service["log"])), service["proc"]
     assert NEAR_MISS in _matched_titles(engine), "the near miss must match the saved topic for this test to mean anything"
     original = config.read_text()
-    # The service serves the API and its OpenAPI document on its one port too.
-    r = httpx.get(f"{base}/openapi.json", timeout=10)
-    assert r.status_code == 200 and "/api/v1/topics" in r.json()["paths"]
+    # The service serves the API and its OpenAPI document on its one port too, both behind the admin login.
+    assert httpx.get(f"{base}/openapi.json", timeout=10).status_code == 401
     assert httpx.get(f"{base}/api/v1/topics", timeout=10).status_code == 401
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
@@ -186,6 +185,8 @@ def test_edit_a_topic_see_the_backtest_change_before_saving_then_save(service: d
             page.click("button[type=submit]")
             page.wait_for_url(f"{base}/admin/topics")
             expect(page.locator("table.grid")).to_contain_text("Hostage talks")
+            doc = page.request.get(f"{base}/openapi.json")  # logged in: the API's document is readable
+            assert doc.status == 200 and "/api/v1/topics" in doc.json()["paths"]
 
             # Open the topic: the backtest of the saved version shows the near miss, and no difference.
             page.click("text=Hostage talks")

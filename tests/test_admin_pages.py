@@ -81,6 +81,62 @@ async def test_login_is_rate_limited(alice: Engine, tmp_path: Path) -> None:
         assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
 
 
+async def test_logout_a_new_password_or_a_disabled_account_ends_sessions_on_every_host(alice: Engine,
+                                                                                        tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    app_a, _ctx_a = admin_app(alice, path)
+    app_b, ctx_b = admin_app(alice, path)
+    ctx_b.sessions.check_ttl_s = 0  # host B reads the account at each request (the default trusts it 5 s)
+
+    async def logged_in_elsewhere(cookie: str) -> bool:
+        async with client(app_b) as other:
+            other.cookies.set(auth.SESSION_COOKIE, cookie)
+            return (await other.get("/admin/topics")).status_code == 200
+
+    async with client(app_a) as c:
+        await login(c)
+        cookie = c.cookies[auth.SESSION_COOKIE]
+        assert await logged_in_elsewhere(cookie)
+        page = await c.get("/admin/topics")
+        r = await c.post("/admin/logout", data={"csrf_token": csrf_of(page.text)})
+        assert r.status_code == 303
+        assert not await logged_in_elsewhere(cookie)  # a copy of the cookie no longer works anywhere
+        c.cookies.set(auth.SESSION_COOKIE, cookie)
+        assert (await c.get("/admin/topics")).status_code == 303  # nor on this host
+
+        for end in (lambda: auth.create_user(alice, "alice", PASSWORD, replace=True),
+                    lambda: auth.end_sessions(alice, "alice"),
+                    lambda: _disable(alice, "alice")):
+            c.cookies.clear()
+            await login(c)
+            cookie = c.cookies[auth.SESSION_COOKIE]
+            assert await logged_in_elsewhere(cookie)
+            end()
+            assert not await logged_in_elsewhere(cookie)
+
+
+def _disable(engine: Engine, username: str) -> None:
+    from sqlalchemy import update
+
+    with Session(engine) as s, s.begin():
+        s.execute(update(AdminUser).where(AdminUser.username == username).values(disabled=True))
+
+
+async def test_the_login_rate_limit_is_shared_by_every_host_and_survives_a_restart(alice: Engine,
+                                                                                   tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    app_a, ctx = admin_app(alice, path)
+    app_b, _ = admin_app(alice, path)
+    async with client(app_a) as a, client(app_b) as b:
+        for i in range(ctx.limiter.max_failures):
+            assert (await login(a if i % 2 else b, password="nope nope nope")).status_code == 401
+        assert (await login(b)).status_code == 429
+    restarted, _ = admin_app(alice, path)
+    async with client(restarted) as c:
+        r = await login(c)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+
+
 async def test_a_post_without_the_csrf_token_is_refused(alice: Engine, tmp_path: Path) -> None:
     path = write_config(tmp_path)
     before = path.read_text()

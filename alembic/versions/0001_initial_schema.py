@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 17:56:23.957399
+Create Date: 2026-12-04 17:59:56.498232
 """
 from alembic import op
 import sqlalchemy as sa
@@ -23,6 +23,7 @@ def upgrade() -> None:
     sa.Column('disabled', sa.Boolean(), nullable=False),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.Column('last_login_at', sa.DateTime(), nullable=True),
+    sa.Column('session_epoch', sa.Integer(), server_default='0', nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('username')
     )
@@ -75,6 +76,16 @@ def upgrade() -> None:
     with op.batch_alter_table('feeds', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_feeds_config_url'), ['config_url'], unique=False)
         batch_op.create_index(batch_op.f('ix_feeds_next_check_at'), ['next_check_at'], unique=False)
+
+    op.create_table('login_failures',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('key', sa.String(length=200), nullable=False),
+    sa.Column('at', sa.DateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('login_failures', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_login_failures_at'), ['at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_login_failures_key'), ['key'], unique=False)
 
     op.create_table('signup_attempts',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -410,6 +421,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_signup_attempts_address'))
 
     op.drop_table('signup_attempts')
+    with op.batch_alter_table('login_failures', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_login_failures_key'))
+        batch_op.drop_index(batch_op.f('ix_login_failures_at'))
+
+    op.drop_table('login_failures')
     with op.batch_alter_table('feeds', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_feeds_next_check_at'))
         batch_op.drop_index(batch_op.f('ix_feeds_config_url'))

@@ -36,3 +36,14 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         store_user(ctx.engine(), username, password, replace=replace)
         click.echo(f"admin user {username!r} {'updated' if replace else 'created'}; log in at "
                    f"{ctx.config.settings.base_url.rstrip('/')}/admin/login")
+
+    @admin_group.command(name="end-sessions")
+    @click.argument("username")
+    @pass_ctx
+    def end_sessions(ctx: CliContext, username: str) -> None:
+        """Log USERNAME out of every browser and host now (a lost laptop, a shared session)."""
+        from monitor.app.admin.auth import end_sessions as end
+
+        if not end(ctx.engine(), username):
+            raise click.ClickException(f"no admin user {username!r}")
+        click.echo(f"every session of admin user {username!r} has ended; they log in again with their password")

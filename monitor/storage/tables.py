@@ -332,6 +332,19 @@ class AdminUser(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Every session cookie names the epoch it was issued in; raising it (log out, a new password,
+    # `monitor admin end-sessions`) ends every session of the account on every host.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class LoginFailure(Base):
+    """Failed admin logins, for the rate limit every web process shares (key: `ip:<client>` or
+    `user:<name>`); rows older than the limit's window are pruned."""
+
+    __tablename__ = "login_failures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
 
 
 class AuditEntry(Base):

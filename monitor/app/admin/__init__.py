@@ -34,8 +34,11 @@ class AdminContext:
     sessions: SessionKeeper
     clock: Callable[[], datetime]
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-    limiter: LoginLimiter = field(default_factory=LoginLimiter)
+    limiter: LoginLimiter = field(init=False)
     test_sender: Callable[..., object] | None = None  # deliveries page: send a test message (see pages)
+
+    def __post_init__(self) -> None:
+        self.limiter = LoginLimiter(self.engine)  # failed logins counted in the database, shared by every host
 
 
 def routes(ctx: AdminContext) -> list[BaseRoute]:
@@ -49,7 +52,7 @@ def make_context(engine: Engine, config_path: Path, config: Callable[[], Config]
     """The usual context: Secure cookies when the public base_url is https."""
     secure = config().settings.base_url.lower().startswith("https://")
     return AdminContext(engine=engine, config_path=config_path, config=config, backtester=backtester,
-                        sessions=SessionKeeper(secret_key, secure=secure), clock=clock)
+                        sessions=SessionKeeper(secret_key, secure=secure, engine=engine), clock=clock)
 
 
 def lazy_backtester(engine: Engine, embedder: Callable[[], Embedder | None],

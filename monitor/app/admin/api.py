@@ -110,7 +110,8 @@ def _hit(h: backtest.Hit) -> HitOut:
 
 def create_api(ctx: AdminContext) -> FastAPI:
     # No Swagger UI or ReDoc pages: they load their assets from a CDN, and the service runs offline.
-    api = FastAPI(title="monitor admin API", version="1", openapi_url="/openapi.json", docs_url=None,
+    # /openapi.json is served below, behind the same authentication as the API (it maps every endpoint).
+    api = FastAPI(title="monitor admin API", version="1", openapi_url=None, docs_url=None,
                   redoc_url=None, swagger_ui_oauth2_redirect_url=None,
                   description="Script what the admin pages do. Authenticate with `Authorization: Bearer <token>` "
                               "(the MONITOR_ADMIN_TOKEN environment variable of the service).")
@@ -127,6 +128,10 @@ def create_api(ctx: AdminContext) -> FastAPI:
         raise HTTPException(401, "a valid `Authorization: Bearer <token>` header is needed",
                             headers={"WWW-Authenticate": "Bearer"})
 
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi_schema(who: str = Depends(actor)) -> Any:
+        return api.openapi()
 
     def config_error(e: ConfigError) -> HTTPException:
         if isinstance(e, configfile.FieldErrors):

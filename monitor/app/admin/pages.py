@@ -190,7 +190,7 @@ def routes(ctx: AdminContext, env: jinja2.Environment | None = None) -> list[Bas
 
     def logout(request: Request, session: WebSession, form: Form) -> Response:
         response = RedirectResponse(LOGIN_PATH, status_code=303)
-        ctx.sessions.write(response, ctx.sessions.logout())
+        ctx.sessions.write(response, ctx.sessions.logout(session))  # ends this account's sessions everywhere
         return response
 
     # --- topics -----------------------------------------------------------------------------------------

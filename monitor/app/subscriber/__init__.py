@@ -65,7 +65,7 @@ def service_routes(engine: Engine, config: Callable[[], Config], secret_key: str
     from monitor.delivery import Outgoing
 
     sessions = admin.sessions if admin is not None else SessionKeeper(
-        secret_key, secure=config().settings.base_url.lower().startswith("https://"))
+        secret_key, secure=config().settings.base_url.lower().startswith("https://"), engine=engine)
 
     def is_admin(request: Request) -> bool:
         return sessions.read(request).user is not None
