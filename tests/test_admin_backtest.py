@@ -157,3 +157,44 @@ def test_keyword_rules_give_the_matchers_verdicts_across_edits(engine: Engine, e
             assert [(h.item.id, h.score, h.reason) for h in got.hits] == [(v.item_id, v.score, v.reason) for v in want]
     finally:
         tester.close()
+
+
+@pytest.mark.databases("sqlite", "postgresql")
+def test_few_windows_are_kept_and_a_cached_one_never_waits_for_another_ones_load(engine: Engine, embedder,  # type: ignore[no-untyped-def]
+                                                                                 topic) -> None:
+    import threading
+    import time as _time
+
+    from sqlalchemy import text
+
+    from monitor.app.admin import backtest
+
+    _store(engine, embedder, HEADLINES)
+    tester = Backtester(engine, embedder, Settings(), refresh_s=3600)
+    try:
+        for days in range(1, 11):  # an admin trying every window: memory stays bounded
+            assert tester.run(topic, days=days, now=NOW).scanned >= 0
+        assert len(tester.cached_windows()) == backtest.MAX_WINDOWS
+        assert tester.cached_windows()[-1] == 10
+        assert len(tester.run(topic, days=7, now=NOW).hits) == 3
+        # A load of a new window that is slow (here: blocked by a lock on the items table) does not hold up a
+        # backtest of a window already cached.
+        if engine.dialect.name != "postgresql":
+            return
+        with engine.connect() as blocker:
+            tx = blocker.begin()
+            blocker.execute(text("LOCK TABLE items IN ACCESS EXCLUSIVE MODE"))
+            loading = threading.Thread(target=tester.run, args=(topic,), kwargs={"days": 30, "now": NOW})
+            loading.start()
+            _time.sleep(0.5)
+            started = _time.perf_counter()
+            got: list[int] = []
+            cached = threading.Thread(target=lambda: got.append(len(tester.run(topic, days=7, now=NOW).hits)))
+            cached.start()
+            cached.join(10)
+            waited = _time.perf_counter() - started
+            tx.rollback()
+        loading.join(30)
+        assert got == [3] and waited < 10, waited
+    finally:
+        tester.close()

@@ -40,6 +40,9 @@ from monitor.storage.tables import Item, ItemVector
 
 DEFAULT_DAYS = 7
 REFRESH_S = 30.0
+# Windows (a `days` value each) whose items are kept in memory; each holds every item's vector of the window,
+# so the 1..90 days the editor offers must not each keep one.
+MAX_WINDOWS = 3
 # match_texts rounds a score to 4 decimals before comparing it with the threshold, so a raw score up to
 # this much below the threshold can still match: such items are candidates too.
 _ROUNDING_MARGIN = 1e-4
@@ -270,7 +273,7 @@ class Backtester:
         self.params = params_for(settings)
         self.refresh_s = refresh_s
         self._monotonic = monotonic
-        self._corpora: dict[int, Corpus] = {}
+        self._corpora: OrderedDict[int, Corpus] = OrderedDict()  # by window (days), least recently used first
         self._scored: OrderedDict[str, _Scored] = OrderedDict()
         self._gate_memos: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._clustered: OrderedDict[str, tuple[Hit, ...]] = OrderedDict()
@@ -278,15 +281,23 @@ class Backtester:
         self._wanted: OrderedDict[str, None] = OrderedDict()  # the versions asked for most recently
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backtest-stories")
         self._lock = threading.Lock()
+        self._loading = threading.Lock()  # held while a window is read from the database
 
     def corpus(self, days: int, now: datetime) -> Corpus:
-        """The window's items, loaded once and topped up with newer rows at most every `refresh_s`."""
+        """The window's items, loaded once and topped up with newer rows at most every `refresh_s`. At most
+        `MAX_WINDOWS` windows are kept (the least recently used one is dropped), and the database is read
+        outside the cache lock: a backtest whose window is cached never waits for another window's load."""
         since = now - timedelta(days=days)
         with self._lock:
-            c = self._corpora.get(days)
-            if c is not None and c.model_id == self.encoder.model_id and \
-                    self._monotonic() - c.loaded_at < self.refresh_s:
+            c = self._fresh_corpus(days)
+            if c is not None:
                 return c
+        with self._loading:  # one load at a time (each reads many rows); cached windows stay served meanwhile
+            with self._lock:
+                c = self._fresh_corpus(days)  # loaded by another thread while this one waited
+                if c is not None:
+                    return c
+                c = self._corpora.get(days)
             with Session(self.engine) as s:
                 if c is None or c.model_id != self.encoder.model_id:
                     items, blobs = load_rows(s, self.encoder.model_id, since)
@@ -305,8 +316,25 @@ class Backtester:
                                    max(c.max_item_id, max((it.id for it in items), default=0)), c.facts)
                     else:
                         c.loaded_at, c.since = self._monotonic(), since
-            self._corpora[days] = c
+            with self._lock:
+                self._corpora[days] = c
+                self._corpora.move_to_end(days)
+                while len(self._corpora) > MAX_WINDOWS:
+                    self._corpora.popitem(last=False)
             return c
+
+    def _fresh_corpus(self, days: int) -> Corpus | None:
+        """The cached window when it needs no refresh (call with the lock held)."""
+        c = self._corpora.get(days)
+        if c is not None and c.model_id == self.encoder.model_id and self._monotonic() - c.loaded_at < self.refresh_s:
+            self._corpora.move_to_end(days)
+            return c
+        return None
+
+    def cached_windows(self) -> list[int]:
+        """The windows (days) whose items are held in memory, least recently used first."""
+        with self._lock:
+            return list(self._corpora)
 
     # --- phase 1: the matcher ---------------------------------------------------------------------------
 
