@@ -228,3 +228,42 @@ def test_run_refuses_an_unknown_role_and_a_shared_database_without_a_shared_secr
     no_key = runner.invoke(main, ["--config", str(cfg), "run", "--role", "worker"])
     assert no_key.exit_code == 2 and "MONITOR_SECRET_KEY is not set" in no_key.output
     assert "s3cret" not in no_key.output
+
+
+async def test_heartbeats_go_on_while_the_shared_thread_pool_is_busy(tmp_path: Path, engine: Engine) -> None:
+    """A worker whose thread pool is full (encoding, slow sends) is alive: its heartbeats must not wait for
+    the pool, or another process reaps it after dead_after_s and its work is redone (review finding)."""
+    import asyncio
+    import os
+    import time
+
+    from monitor.app.service import Service, ServiceOptions
+    from monitor.clock import SystemClock
+
+    path = tmp_path / "feeds.toml"
+    path.write_text(config_text(tmp_path, engine=engine))
+    service = Service(ServiceOptions(config_path=path, roles=frozenset({"web"}), heartbeat_s=0.2, dead_after_s=10),
+                      make_config(tmp_path, engine=engine), SystemClock())
+
+    def heartbeat_at() -> datetime:
+        with Session(engine) as s:
+            return s.scalars(select(Worker.heartbeat_at).where(Worker.id == service.worker_id)).one()
+
+    service._register()
+    service._start_scheduler()
+    try:
+        await asyncio.sleep(0.6)
+        loop = asyncio.get_running_loop()
+        threads = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default pool
+        busy = [loop.run_in_executor(None, time.sleep, 3.0) for _ in range(threads)]  # every pool thread, 3 s
+        seen = set()
+        for _ in range(10):
+            await asyncio.sleep(0.25)
+            seen.add(heartbeat_at())
+        assert len(seen) >= 4, sorted(seen)  # beats kept coming every 0.2 s, not after the pool freed up
+        await asyncio.gather(*busy)
+    finally:
+        assert service.scheduler is not None
+        service.scheduler.shutdown(wait=False)
+        service._stop_heartbeat()
+        service.engine.dispose()

@@ -8,8 +8,9 @@ and several processes can share the work. Jobs:
 * deliver   every `tick_s`: build the digests that are due, then drain the outbox (retries included)
 * config    every 2 s: hot reload of feeds.toml (an invalid edit is logged and the last good config stays)
 * housekeeping hourly: close stories past their window, prune old items and vectors
-* heartbeat every `heartbeat_s`: this process's row in `workers`; workers presumed dead are reaped (their
-  leases given back at once, see monitor.storage.workers)
+* heartbeat every `heartbeat_s`, on a thread of its own (not the scheduler, not the shared thread pool: a
+  pool busy encoding or sending must not make a live worker look dead): this process's row in `workers`;
+  workers presumed dead are reaped (their leases given back at once, see monitor.storage.workers)
 
 Roles (`monitor run --role`, default all three in one process): the *scheduler* owns the configuration
 (syncs feeds.toml into the database), builds the digests that are due (their outbox rows) and runs the
@@ -32,6 +33,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -200,6 +202,8 @@ class Service:
         self._stopping = asyncio.Event()
         self._running: set[asyncio.Task[object]] = set()
         self.work_done: dict[str, int] = {"feeds": 0, "items": 0, "alerts": 0, "digests": 0, "deliveries": 0}
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -268,6 +272,7 @@ class Service:
         finally:
             if self.scheduler is not None and self.scheduler.running:
                 self.scheduler.shutdown(wait=False)
+            self._stop_heartbeat()  # before unregistering: a last beat must not register it again
             await asyncio.to_thread(db.try_write, self.engine, partial(workers.unregister, worker_id=self.worker_id),
                                     "could not unregister this worker (it is reaped once its heartbeat is old)")
         await stop_servers()
@@ -307,9 +312,8 @@ class Service:
                       id="config")
         if "scheduler" in self.roles:
             sched.add_job(self._guard("retention", self._retention_job), "interval", hours=1, id="retention")
-        sched.add_job(self._guard("heartbeat", self._heartbeat_job), "interval", seconds=self.options.heartbeat_s,
-                      id="heartbeat")
         sched.start()
+        self._start_heartbeat()
         for job in sched.get_jobs():
             if job.id in ("poll", "deliver"):
                 job.modify(next_run_time=_now_local())
@@ -358,8 +362,32 @@ class Service:
             report = await pipeline.deliver(self.rt, senders=self.senders)
             self.work_done["deliveries"] += report.claimed
 
-    async def _heartbeat_job(self) -> None:
-        await asyncio.to_thread(self._beat_and_reap)
+    def _start_heartbeat(self) -> None:
+        """Beat every `heartbeat_s` on a dedicated thread, until `_stop_heartbeat`: jobs that fill the shared
+        thread pool (encoding, sending) or hold the event loop cannot delay it past `dead_after_s`, so a live
+        worker is never reaped for being busy. It goes on while the service drains its jobs at shutdown."""
+        if self._heartbeat_thread is not None:
+            return
+        self._heartbeat_stop.clear()
+
+        def beat_forever() -> None:
+            while not self._heartbeat_stop.wait(self.options.heartbeat_s):
+                try:
+                    self._beat_and_reap()
+                except Exception as e:  # a failed beat is retried at the next one, like any job
+                    self.metrics.cycle_errors.labels(job="heartbeat").inc()
+                    self.failures.failed("heartbeat", e)
+                else:
+                    self.failures.succeeded("heartbeat")
+
+        self._heartbeat_thread = threading.Thread(target=beat_forever, name="monitor-heartbeat", daemon=True)
+        self._heartbeat_thread.start()
+
+    def _stop_heartbeat(self) -> None:
+        self._heartbeat_stop.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join(timeout=30)
+            self._heartbeat_thread = None
 
     # --- this process in the `workers` table -------------------------------------------------------------
 
