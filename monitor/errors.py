@@ -28,7 +28,7 @@ class DeliveryError(MonitorError):
 
     def __init__(
         self, message: str, *, permanent: bool = False, retry_after_s: float | None = None, code: str | None = None,
-        recipient_only: bool = False,
+        recipient_only: bool = False, address_refused: bool = False,
     ) -> None:
         super().__init__(message)
         self.permanent = permanent
@@ -37,6 +37,8 @@ class DeliveryError(MonitorError):
         # The receiver is up but refused this one message or recipient for now (greylisting, a full mailbox):
         # another message's success says nothing about when this one will go, so its retry keeps its backoff.
         self.recipient_only = recipient_only
+        # The mail server refused the address itself for good (5.1.x "no such user"...): it is suppressed.
+        self.address_refused = address_refused
 
 
 class ChannelGoneError(DeliveryError):

@@ -229,6 +229,41 @@ async def test_an_smtp_5xx_at_send_suppresses_the_address(tmp_path, engine) -> N
         controller.stop()
 
 
+async def test_a_refused_address_is_suppressed_when_the_refusal_is_recorded_and_digest_ticks_read_no_outbox(
+        tmp_path, engine) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import event
+
+    handler = RefusingSmtp(refuse={"gone@example.org": "550 5.1.1 <gone@example.org>: User unknown"})
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        subs = "".join(f'[[subscribers]]\nemail = "{a}"\ncadence = "immediate"\n' for a in ("gone@example.org",
+                                                                                           "ok@example.org"))
+        config = make_config(tmp_path, subs, settings=f'[settings.smtp]\nhost = "127.0.0.1"\nport = {port}\n'
+                                                        'security = "none"', engine=engine)
+        World(engine).new_story("s1", "icc", "ICC ruling", at=T0)
+        assert len(digest.build_due_digests(engine, config, T0, secret_key=KEY)) == 2
+        await outbox.deliver_due(engine, config, T0, worker_id="w")
+        with Session(engine) as s:  # suppressed with the failed send itself, before any digest tick
+            [row] = s.scalars(select(Suppression)).all()
+            assert (row.address, row.reason) == ("gone@example.org", "bounce") and "550" in row.detail
+        statements: list[str] = []
+
+        def seen(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+            statements.append(statement)
+
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            for minute in range(1, 4):  # ticks with nothing new
+                assert digest.build_due_digests(engine, config, T0 + timedelta(minutes=minute), secret_key=KEY) == []
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        assert statements and not [q for q in statements if "delivery_attempts" in q]
+    finally:
+        controller.stop()
+
+
 async def test_a_relay_that_refuses_every_recipient_suppresses_nobody(tmp_path, engine) -> None:
     """A misconfigured relay answers 5.7.1 to every RCPT: that is the operator's problem, not the addresses'.
     Suppressing on it would silence the whole list for good."""

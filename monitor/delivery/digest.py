@@ -29,7 +29,7 @@ from sqlalchemy import Engine, and_, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from monitor.config import ChannelConfig, Config, SubscriberConfig
-from monitor.delivery import links, render, unsubscribe
+from monitor.delivery import links, outbox, render, unsubscribe
 from monitor.errors import MonitorError
 from monitor.records import ALERT_DECISIONS, AlertView, DigestContent, DigestStory, DigestTopic
 from monitor.storage.db import aware_utc, is_sqlite, naive_utc, serialize, write_transaction
@@ -40,7 +40,6 @@ from monitor.storage.tables import (
     Digest,
     Match,
     Story,
-    SubscriberEvent,
     SubscriberPrefs,
     Subscription,
     Suppression,
@@ -371,7 +370,6 @@ def build_due_digests(engine: Engine, config: Config, now: datetime, *, secret_k
     One subscription's failure is logged and does not stop the others. The digests' signed links carry
     `links_signed_at` (default `now`): a replay on a simulated clock signs them at the real time, so they
     do not read as expired when someone opens them."""
-    suppress_refused_recipients(engine, now)
     due = _due_specs(engine, config, now)
     if not due:
         return []
@@ -391,9 +389,10 @@ def build_due_digests(engine: Engine, config: Config, now: datetime, *, secret_k
 
 
 def suppress_refused_recipients(engine: Engine, now: datetime) -> list[str]:
-    """Addresses whose mail server refused them permanently at send (an SMTP 5xx to RCPT TO, recorded by the
-    outbox as a failed attempt) are suppressed: no more digests, and admins see why (table suppressions).
-    A read on every tick; a write only when there is a new one. Returns the addresses suppressed now."""
+    """A sweep of the outbox for addresses whose mail server refused them permanently at send (an SMTP 5xx to
+    RCPT TO recorded as a failed attempt) that are not suppressed yet. The outbox suppresses such an address
+    when it records the refusal (outbox.suppress_address), so digest ticks do not run this; it is for rows
+    recorded otherwise (an older version). Returns the addresses suppressed now."""
     query = (select(Delivery.target, DeliveryAttempt.code, DeliveryAttempt.error)
              .join(DeliveryAttempt, DeliveryAttempt.delivery_id == Delivery.id)
              .where(Delivery.channel == "email", Delivery.status == "failed", DeliveryAttempt.outcome == "failed",
@@ -406,13 +405,8 @@ def suppress_refused_recipients(engine: Engine, now: datetime) -> list[str]:
     with write_transaction(engine) as s:
         done = set(s.scalars(select(Suppression.address).where(Suppression.address.in_(found))))
         for address, why in found.items():
-            if address in done:
+            if address in done or not outbox.suppress_address(s, address, why, now):
                 continue
-            s.add(Suppression(address=address, reason="bounce", detail=why[:2000], created_at=naive_utc(now)))
-            for sub_id in s.scalars(select(Subscription.id).where(Subscription.kind == "email",
-                                                                  Subscription.target == address)):
-                s.add(SubscriberEvent(subscription_id=sub_id, at=naive_utc(now), action="suppressed",
-                                      detail={"reason": "bounce", "detail": why[:500]}))
             log.warning("address suppressed: the mail server refused it permanently",
                         extra={"channel": "email", "target": address})
     return sorted(set(found) - done)

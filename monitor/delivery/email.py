@@ -56,8 +56,10 @@ class SmtpSender:
             # Only a refusal that is about the address ("recipient refused") leads to suppressing it; a relay
             # or policy refusal (5.7.x "relay access denied") is the operator's problem, and suppressing on
             # it would silence the whole list.
-            what = "recipient refused" if address_refused(int(code), text) else "refused by the mail server's policy"
-            raise _reply_error(where, what, int(code), text, recipient_only=int(code) != 421) from e
+            refused = address_refused(int(code), text)
+            what = "recipient refused" if refused else "refused by the mail server's policy"
+            raise _reply_error(where, what, int(code), text, recipient_only=int(code) != 421,
+                               address_refused=refused) from e
         except smtplib.SMTPDataError as e:  # the server took the connection and refused this message
             raise _reply_error(where, "rejected", e.smtp_code, e.smtp_error, recipient_only=e.smtp_code != 421) from e
         except smtplib.SMTPAuthenticationError as e:
@@ -99,10 +101,12 @@ def address_refused(code: int, text: bytes | str) -> bool:
     return bool(_ADDRESS_WORDS.search(reply))
 
 
-def _reply_error(where: str, what: str, code: int, text: bytes | str, *, recipient_only: bool = False) -> DeliveryError:
+def _reply_error(where: str, what: str, code: int, text: bytes | str, *, recipient_only: bool = False,
+                 address_refused: bool = False) -> DeliveryError:
     reply = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
     msg = f"{where}: {what}: {code} {reply}".strip()
-    return DeliveryError(msg, permanent=500 <= code < 600, code=str(code), recipient_only=recipient_only)
+    return DeliveryError(msg, permanent=500 <= code < 600, code=str(code), recipient_only=recipient_only,
+                         address_refused=address_refused and 500 <= code < 600)
 
 
 class EmlFileSender:

@@ -45,7 +45,7 @@ from monitor.delivery.webhook import SlackSender, WebhookSender
 from monitor.errors import ChannelGoneError, DeliveryError
 from monitor.netguard import guarded_transport
 from monitor.storage.db import aware_utc, is_sqlite, naive_utc, storable_text, write_transaction
-from monitor.storage.tables import Delivery, DeliveryAttempt, Subscription
+from monitor.storage.tables import Delivery, DeliveryAttempt, SubscriberEvent, Subscription, Suppression
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def claim_one(engine: Engine, now: datetime, worker_id: str, lease_s: float) -> 
 
 def _record(engine: Engine, claim: _Claim, worker_id: str, now: datetime, *, outcome: str, status: str,
             code: str | None, error: str | None, duration_ms: float | None, next_attempt_at: datetime | None = None,
-            disable_reason: str | None = None, retry_scope: str | None = None) -> None:
+            disable_reason: str | None = None, retry_scope: str | None = None, suppress: str | None = None) -> None:
     n = naive_utc(now)
     error, disable_reason = storable_text(error), storable_text(disable_reason)  # receivers' replies
     with write_transaction(engine) as s:
@@ -243,6 +243,10 @@ def _record(engine: Engine, claim: _Claim, worker_id: str, now: datetime, *, out
             values["next_attempt_at"] = naive_utc(next_attempt_at)
         s.execute(update(Delivery).where(Delivery.id == claim.message.delivery_id, guard).values(**values)
                   .execution_options(synchronize_session=False))
+        if suppress is not None and suppress_address(s, claim.message.target, suppress, now):
+            log.warning("address suppressed: the mail server refused it permanently",
+                        extra={"channel": "email", "target": claim.message.target,
+                               "delivery_id": claim.message.delivery_id})
         if disable_reason is not None:
             s.execute(update(Subscription).where(Subscription.id == claim.subscription_id, Subscription.disabled_at.is_(None))
                       .values(disabled_at=n, disabled_reason=disable_reason).execution_options(synchronize_session=False))
@@ -338,8 +342,11 @@ async def _send_one(engine: Engine, claim: _Claim, senders: Mapping[str, Sender]
         age = now - claim.created_at
         reason = str(error) if error.permanent else (
             f"gave up after {msg.attempt} attempts over {age.days} d {age.seconds // 3600} h: {error}")
+        # An address the mail server refused for good is suppressed with this outcome, in its transaction
+        # (no digest is built for it again), instead of being looked for in the outbox on every digest tick.
+        suppress = f"{error.code} {error}" if error.address_refused and msg.kind == "email" else None
         await asyncio.to_thread(_record, engine, claim, worker_id, now, outcome="failed", status="failed",
-                                code=error.code, error=reason, duration_ms=ms)
+                                code=error.code, error=reason, duration_ms=ms, suppress=suppress)
         report.failed += 1
         _log_failed(reason, extra)
         return
@@ -353,6 +360,21 @@ async def _send_one(engine: Engine, claim: _Claim, senders: Mapping[str, Sender]
                             retry_scope="recipient" if error.recipient_only else "receiver")
     report.retried += 1
     log.warning("delivery will be retried in %.0f s: %s", delay, error, extra=extra)
+
+
+def suppress_address(session: Session, address: str, why: str, now: datetime) -> bool:
+    """Stop every digest to `address` after a permanent refusal of it by the mail server (a bounce), with
+    an event on each of its subscriptions; admins see it at /admin/suppressions. False when it already was."""
+    address = address.strip().lower()
+    if session.get(Suppression, address) is not None:
+        return False
+    session.add(Suppression(address=address, reason="bounce", detail=storable_text(why[:2000]) or "",
+                            created_at=naive_utc(now)))
+    for sub_id in session.scalars(select(Subscription.id).where(Subscription.kind == "email",
+                                                                Subscription.target == address)):
+        session.add(SubscriberEvent(subscription_id=sub_id, at=naive_utc(now), action="suppressed",
+                                    detail={"reason": "bounce", "detail": why[:500]}))
+    return True
 
 
 def requeue(session: Session, now: datetime, *, delivery_ids: list[int] | None = None,
