@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,35 @@ async def test_subscriber_input_errors_are_422_naming_the_field_and_no_token_is_
     assert path.read_text() == before
     with Session(engine) as s:
         assert s.scalars(select(AuditEntry)).first() is None
+
+
+async def test_the_test_fetch_and_the_channel_test_refuse_private_addresses(engine: Engine, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                            feed_server, monkeypatch) -> None:
+    """With allow_private_networks off (the default), the admin's test fetch and channel test reach no private
+    address: loopback by IP, name and IPv4-mapped IPv6, 0.0.0.0, and the cloud metadata address."""
+    import asyncio
+
+    from deliveryfixtures import http_receiver
+
+    from monitor.app.admin import operations
+    from monitor.config import load_config
+
+    feed_server.route("/feed.xml", body=b"<rss version='2.0'><channel><title>Private</title></channel></rss>")
+    port = feed_server.port
+    path = write_config(tmp_path)
+    app, _ctx = admin_app(engine, path)
+    async with client(app) as c:
+        for host in ("127.0.0.1", "localhost", "[::ffff:127.0.0.1]", "0.0.0.0", "169.254.169.254"):
+            r = await c.post("/api/v1/feeds/test", json={"url": f"http://{host}:{port}/feed.xml"}, headers=AUTH)
+            assert r.status_code == 200 and r.json()["status"] == "error" and r.json()["title"] is None, (host, r.text)
+            assert "private" in (r.json()["error"] or "").lower(), (host, r.json()["error"])
+    assert feed_server.requests_for("/feed.xml") == []
+    with http_receiver() as rx:
+        text = path.read_text() + ('\n[[channels]]\nname = "ops"\nkind = "webhook"\nurl_env = "OPS_URL"\n'
+                                   'secret_env = "OPS_SECRET"\n')
+        path.write_text(text)
+        monkeypatch.setenv("OPS_URL", rx.url)
+        monkeypatch.setenv("OPS_SECRET", "s" * 32)
+        answer = await asyncio.to_thread(operations.send_test_message, load_config(path), "ops", datetime.now(UTC))
+        assert answer.startswith("not delivered") and "private" in answer.lower(), answer
+        assert rx.requests == []
