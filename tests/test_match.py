@@ -240,3 +240,45 @@ def test_backtest_window_counts_back_from_the_newest_stored_item(tmp_path, engin
     assert r.exit_code == 0, r.output
     assert "newest stored item (2023-11-24 12:00 UTC)" in r.output
     assert "1 of 1 items would match" in r.output  # the storm, 10 days older, is outside the window
+
+
+STRONG = "ICC prosecutor seeks arrest warrants for Netanyahu and Hamas leaders"
+IMPLICIT = "Prosecutor's request for warrants against Netanyahu draws fury in Israel"
+
+
+def test_story_level_evidence_lifts_a_later_close_item_and_says_why(embedder) -> None:  # type: ignore[no-untyped-def]
+    topics = _topics(embedder)
+    texts = [STRONG, IMPLICIT, "Storm hits the coast"]
+    v = embedder.encode(texts)
+    assert float(v[0] @ v[1]) >= 0.6  # the fixture: close enough to be the same story
+    own = match.match_texts([1, 2, 3], texts, v, topics)
+    assert own[0].matched and own[1].score < own[0].score
+    hour = 3600.0
+    later = match.match_texts([1, 2, 3], texts, v, topics, times=[0.0, hour, 2 * hour])
+    assert later[0] == own[0]  # nothing earlier to inherit from
+    assert later[1].score > own[1].score
+    assert "similar recent item on topic" in later[1].reason and STRONG[:40] in later[1].reason
+    assert later[2].score == own[2].score  # unrelated: nothing inherited
+    earlier = match.match_texts([1, 2, 3], texts, v, topics, times=[hour, 0.0, 2 * hour])
+    assert earlier[1].score == own[1].score  # evidence only flows from earlier items
+    too_old = match.match_texts([1, 2, 3], texts, v, topics, times=[0.0, 100 * hour, 101 * hour])
+    assert too_old[1].score == own[1].score  # older than the 72 h window
+
+
+def test_recent_matches_come_from_stored_matches(engine, embedder) -> None:  # type: ignore[no-untyped-def]
+    stored = _store(engine, [STRONG, "Storm hits the coast"])
+    topics = _topics(embedder)
+    new = ItemRecord(id=10**6, feed_id=stored[0].feed_id, outlet="example.org", title=IMPLICIT, summary="",
+                     link=None, published_at=NOW, content_hash="new")
+    with db.write_transaction(engine) as s:
+        vectors = embed.ensure_vectors(s, embedder, stored)
+        saved = match.match_items(stored, vectors, topics)
+        assert match.save_matches(s, saved, NOW) == 1  # the strong one only
+    with db.session_factory(engine)() as s:
+        recent = match.recent_matches(s, embedder.model_id, embedder.dim, [new])
+        assert recent.texts == (STRONG,) and recent.topics == (frozenset({"icc-warrants"}),)
+        assert match.recent_matches(s, embedder.model_id, embedder.dim, [new], window_h=1).texts == ()
+    v = embedder.encode([IMPLICIT])
+    alone = match.match_items([new], v, topics)[0]
+    lifted = match.match_items([new], v, topics, recent)[0]
+    assert lifted.score > alone.score and "similar recent item on topic" in lifted.reason

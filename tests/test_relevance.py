@@ -100,3 +100,61 @@ def test_example_threshold_is_label_free_and_follows_the_examples() -> None:
     one = R.example_threshold(comb, PROTOS[:2], COUNTERS, [0.5])
     assert one is not None and 0.0 < one < 1.0
     assert R.example_threshold(comb, PROTOS[:1], COUNTERS, []) is None
+
+
+# --- story-level evidence: neighbour_lift -----------------------------------------------------------------
+
+HOUR = 3600.0
+
+
+def _pool(vectors: np.ndarray, logits: list[float], hours_ago: list[float], now: float = 100 * HOUR) -> R.Neighbours:
+    return R.Neighbours(vectors, np.array(logits), now - np.array(hours_ago) * HOUR)
+
+
+def test_a_near_duplicate_of_an_on_topic_item_inherits_its_evidence_by_closeness() -> None:
+    source = _unit([1, 0, 0])
+    close, far = _unit([1, 0.2, 0]), _unit([1, 1.2, 0])  # cosines ~0.98 and ~0.64 to the source
+    pool = _pool(source, [4.0], [5])
+    items = np.vstack([close, far])
+    lift = R.neighbour_lift(items, np.full(2, 100 * HOUR), np.array([-2.0, -2.0]), pool, threshold_logit=0.0,
+                            min_cos=0.6, share=1.0)
+    cos = (items @ source.T)[:, 0]
+    w = (cos - 0.6) / 0.4
+    assert lift.logits == pytest.approx(w * 6.0)  # share of the gap (4 - -2) weighted by closeness
+    assert lift.logits[0] > lift.logits[1] > 0
+    assert list(lift.source) == [0, 0] and lift.cosine == pytest.approx(cos)
+    assert all(-2.0 + lift.logits < 4.0)  # never passes its source
+    half = R.neighbour_lift(items, np.full(2, 100 * HOUR), np.array([-2.0, -2.0]), pool, threshold_logit=0.0,
+                            min_cos=0.6, share=0.5)
+    assert half.logits == pytest.approx(lift.logits / 2)
+
+
+@pytest.mark.parametrize(("why", "logit", "hours_ago", "vector"), [
+    ("the neighbour is not on topic by itself", -1.0, 5, [1, 0.1, 0]),
+    ("the neighbour is later than the item", 4.0, -1, [1, 0.1, 0]),
+    ("the neighbour is older than the window", 4.0, 80, [1, 0.1, 0]),
+    ("the neighbour is not similar enough", 4.0, 5, [0, 1, 0]),
+])
+def test_no_lift_when(why: str, logit: float, hours_ago: float, vector: list[float]) -> None:
+    pool = _pool(_unit(vector), [logit], [hours_ago])
+    lift = R.neighbour_lift(_unit([1, 0, 0]), np.array([100 * HOUR]), np.array([-2.0]), pool, threshold_logit=0.0,
+                            window_h=72)
+    assert lift.logits[0] == 0.0 and lift.source[0] == -1, why
+
+
+def test_the_strongest_gain_wins_and_stronger_items_or_vetoed_ones_get_none() -> None:
+    pool = _pool(_unit([1, 0.05, 0], [1, 0.3, 0]), [1.0, 5.0], [2, 2])
+    items = _unit([1, 0, 0], [1, 0, 0], [1, 0, 0])
+    lift = R.neighbour_lift(items, np.full(3, 100 * HOUR), np.array([-2.0, 6.0, -np.inf]), pool,
+                            threshold_logit=0.0)
+    sims = (items[0] @ pool.vectors.T)
+    w = (sims - R.NEIGHBOUR_MIN_COS) / (1 - R.NEIGHBOUR_MIN_COS)
+    assert lift.source[0] == int(np.argmax(w * (np.array([1.0, 5.0]) + 2.0)))
+    assert lift.logits[1] == 0.0  # already above every neighbour: nothing to inherit
+    assert lift.logits[2] == 0.0 and lift.source[2] == -1  # ruled out by a keyword veto: stays out
+
+
+def test_no_neighbours_no_lift() -> None:
+    empty = R.Neighbours(np.zeros((0, 3)), np.zeros(0), np.zeros(0))
+    lift = R.neighbour_lift(_unit([1, 0, 0]), np.array([0.0]), np.array([0.0]), empty, threshold_logit=0.0)
+    assert lift.logits.tolist() == [0.0] and lift.source.tolist() == [-1]

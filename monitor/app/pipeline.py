@@ -160,11 +160,12 @@ def _process_batch(rt: Runtime, items: list[ItemRecord]) -> _BatchReport:
     decisions: Counter[str] = Counter()
     with Session(rt.engine) as s:
         stored = embed.load_vectors(s, rt.embedder.model_id, [it.id for it in items])
+        recent = match.recent_matches(s, rt.embedder.model_id, rt.embedder.dim, items)  # story-level evidence
     missing = [it for it in items if it.id not in stored]
     fresh = embed.encode_items(rt.embedder, [it.title for it in missing], [it.text for it in missing])
     stored.update(zip((it.id for it in missing), fresh, strict=True))
     vectors = np.stack([stored[it.id] for it in items])
-    results = match.match_items(items, vectors, rt.topics)
+    results = match.match_items(items, vectors, rt.topics, recent)
     matched = [m for m in results if m.matched]
     now = rt.clock.now()
     # An item published long before its story window (a new feed's back catalogue, a feed back from an

@@ -15,8 +15,16 @@ Thresholds. `TopicConfig.threshold` (a probability) wins when set. Otherwise the
 `relevance.example_threshold`: the 10th percentile of the probabilities of the topic's own examples, each
 scored leave-one-out, so an admin's new topic gets a threshold from its definition alone.
 
+Story-level evidence (`relevance.neighbour_lift`). Given the items' publication times, an item close
+(cosine >= 0.6) to an item of the previous 72 hours that is on the topic by its OWN evidence inherits part
+of that item's log-odds, weighted by how close they are: the vocabulary of a story drifts ("ceasefire deal",
+"phase one", a freed hostage's name) while its items stay near one another. The candidates are the batch's
+own earlier items and the recent matches of the topic (`recent_matches`), each rescored on its own evidence,
+so evidence never travels in chains.
+
 Every verdict carries a reason: score and threshold (and where the threshold came from), the nearest
-example, a closer counterexample if any, the keyword evidence, and the features that weighed most.
+example, a closer counterexample if any, the keyword evidence, the similar recent item that lifted it,
+and the features that weighed most.
 """
 
 from __future__ import annotations
@@ -24,18 +32,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from monitor.config import TopicConfig
-from monitor.records import ItemRecord, TopicMatch
+from monitor.records import ItemRecord, TopicMatch, item_text
 from monitor.signal import relevance
 from monitor.signal.relevance import Combiner
 from monitor.storage.db import naive_utc
-from monitor.storage.tables import Match
+from monitor.storage.tables import Item, ItemVector, Match
 
 # Fitted by `monitor eval topics --calibrate --fit` (docs/topic-relevance.md) on the 4,669 labelled items of
 # the shared dev set and bench/data/topics/extra_* (all dated before 2023-11-16), pooled over the three default
@@ -112,6 +120,21 @@ class CompiledTopic:
     keyword_mode: str = "evidence"  # "evidence" | "gate"
     profile: relevance.TopicProfile = relevance.TopicProfile(1.0, 0.75)
     combiner: Combiner = SHIPPED_COMBINER
+
+
+@dataclass(frozen=True, slots=True)
+class Recent:
+    """Items of the last hours that matched some topic: candidates for story-level evidence
+    (`relevance.neighbour_lift`). `topics[i]` are the topic ids item i matched; `times` in epoch seconds."""
+
+    texts: tuple[str, ...]
+    vectors: np.ndarray  # (m, dim), L2-normalised
+    times: np.ndarray  # (m,)
+    topics: tuple[frozenset[str], ...]
+
+    @staticmethod
+    def empty(dim: int) -> Recent:
+        return Recent((), np.zeros((0, dim), dtype=np.float32), np.zeros(0), ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,22 +243,70 @@ def score_topic(t: CompiledTopic, texts: Sequence[str], vectors: np.ndarray
     return t.combiner.probability(sc.x), sc, ev
 
 
+def _logit(p: np.ndarray | float) -> np.ndarray:
+    q = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(q / (1 - q))
+
+
+def own_logits(t: CompiledTopic, texts: Sequence[str], vectors: np.ndarray) -> np.ndarray:
+    """Log-odds of `texts` for topic `t` on their own evidence; -inf where the keyword veto (or, with
+    `keyword_mode = "gate"`, a missing group) rules the text out: such a text lends no evidence."""
+    if len(texts) == 0:
+        return np.zeros(0)
+    prob, _sc, ev = score_topic(t, texts, vectors)
+    n_groups = len(t.gate.groups)
+    ok = np.array([e[2] is None and (t.keyword_mode != "gate" or e[0] == n_groups) for e in ev])
+    return np.where(ok, _logit(prob), -np.inf)
+
+
+def story_lift(t: CompiledTopic, logits: np.ndarray, vectors: np.ndarray, times: np.ndarray, texts: Sequence[str],
+               recent: Recent | None) -> tuple[relevance.Lift, list[str]]:
+    """`relevance.neighbour_lift` of a batch for one topic: the candidates are the batch's own items (their
+    own evidence: an earlier item of the batch can lift a later one) and the recent items that matched the
+    topic, rescored on their own evidence. Returns the lift and the candidates' texts (for the reason)."""
+    pool_texts = list(texts)
+    pool_vecs, pool_logits, pool_times = [vectors], [logits], [np.asarray(times, dtype=np.float64)]
+    if recent is not None and recent.texts:
+        keep = [i for i, tops in enumerate(recent.topics) if t.id in tops]
+        if keep:
+            r_texts = [recent.texts[i] for i in keep]
+            r_vecs = recent.vectors[keep]
+            pool_texts += r_texts
+            pool_vecs.append(r_vecs)
+            pool_logits.append(own_logits(t, r_texts, r_vecs))
+            pool_times.append(np.asarray(recent.times, dtype=np.float64)[keep])
+    pool = relevance.Neighbours(np.vstack(pool_vecs), np.concatenate(pool_logits), np.concatenate(pool_times))
+    lift = relevance.neighbour_lift(vectors, times, logits, pool, threshold_logit=float(_logit(t.threshold)))
+    return lift, pool_texts
+
+
 def match_texts(ids: Sequence[int], texts: Sequence[str], vectors: np.ndarray, topics: TopicSet,
-                *, use_gates: bool = True) -> list[TopicMatch]:
+                *, use_gates: bool = True, times: Sequence[float] | np.ndarray | None = None,
+                recent: Recent | None = None) -> list[TopicMatch]:
     """One TopicMatch per (text, topic), in input order then topic order. `use_gates=False` ignores the
-    keyword veto and gates (for evaluation); keyword evidence still counts."""
+    keyword veto and gates (for evaluation); keyword evidence still counts. With `times` (epoch seconds of
+    publication) story-level evidence counts too: from the batch's earlier items and from `recent`."""
     out: list[TopicMatch] = []
     if len(ids) == 0:
         return out
     per_topic = []
     for t in topics.topics:
         prob, sc, ev = score_topic(t, texts, vectors)
+        lifted = None
+        if times is not None:
+            n_groups = len(t.gate.groups)
+            ok = np.array([e[2] is None and (t.keyword_mode != "gate" or e[0] == n_groups) for e in ev])
+            own = np.where(ok, _logit(prob), -np.inf)
+            lift, pool_texts = story_lift(t, own, vectors, np.asarray(times, dtype=np.float64), texts, recent)
+            prob = np.where(lift.logits > 0, relevance.sigmoid(_logit(prob) + lift.logits), prob)
+            lifted = [(float(v), pool_texts[j] if j >= 0 else "", float(c))
+                      for v, j, c in zip(lift.logits, lift.source, lift.cosine, strict=True)]
         labels = [_EVIDENCE_LABELS.get(n, n) for n in t.combiner.names]
         cols = (sc.column("best").tolist(), sc.column("anti").tolist(), sc.column("hinge").tolist(),
                 sc.best_idx.tolist(), sc.counter_idx.tolist(), t.combiner.contributions(sc.x).tolist())
-        per_topic.append((prob.tolist(), ev, labels, cols))
+        per_topic.append((prob.tolist(), ev, labels, cols, lifted))
     for row, item_id in enumerate(ids):
-        for t, (prob, ev, labels, cols) in zip(topics.topics, per_topic, strict=True):
+        for t, (prob, ev, labels, cols, lifted) in zip(topics.topics, per_topic, strict=True):
             s = round(prob[row], 4)
             hit_groups, hits, veto = ev[row]
             why = ""
@@ -245,12 +316,13 @@ def match_texts(ids: Sequence[int], texts: Sequence[str], vectors: np.ndarray, t
                 why = "not every keyword group has a hit"
             matched = not why and s >= t.threshold
             out.append(TopicMatch(item_id=item_id, topic_id=t.id, score=s, matched=matched,
-                                  reason=_reason(t, labels, [c[row] for c in cols], s, hits, hit_groups, why)))
+                                  reason=_reason(t, labels, [c[row] for c in cols], s, hits, hit_groups, why,
+                                                 lifted[row] if lifted is not None else None)))
     return out
 
 
 def _reason(t: CompiledTopic, labels: list[str], row: list, s: float, hits: list[str],  # type: ignore[type-arg]
-            hit_groups: int, why: str) -> str:
+            hit_groups: int, why: str, lifted: tuple[float, str, float] | None = None) -> str:
     best, anti, hinge, best_idx, counter_idx, contrib = row
     parts = [f"score {s:.3f} {'>=' if s >= t.threshold else '<'} threshold {t.threshold:.3f} ({t.threshold_source})",
              f"nearest example {_short(t.prototype_texts[best_idx])!r} ({best:.2f})"]
@@ -262,6 +334,9 @@ def _reason(t: CompiledTopic, labels: list[str], row: list, s: float, hits: list
     merged: dict[str, float] = {}
     for label, v in zip(labels, contrib, strict=True):
         merged[label] = merged.get(label, 0.0) + v
+    if lifted is not None and lifted[0] > 0:
+        parts.append(f"similar recent item on topic {_short(lifted[1])!r} ({lifted[2]:.2f})")
+        merged["similar recent item"] = lifted[0]
     parts.append("evidence vs an average item (log-odds) "
                  + ", ".join(f"{k} {v:+.1f}" for k, v in sorted(merged.items(), key=lambda kv: -abs(kv[1]))))
     if why:
@@ -269,9 +344,46 @@ def _reason(t: CompiledTopic, labels: list[str], row: list, s: float, hits: list
     return "; ".join(parts)
 
 
-def match_items(items: Sequence[ItemRecord], vectors: np.ndarray, topics: TopicSet) -> list[TopicMatch]:
-    """Every (item, topic) verdict; `vectors` is aligned with `items` (from `embed.ensure_vectors`)."""
-    return match_texts([it.id for it in items], [it.text for it in items], vectors, topics)
+def match_items(items: Sequence[ItemRecord], vectors: np.ndarray, topics: TopicSet,
+                recent: Recent | None = None) -> list[TopicMatch]:
+    """Every (item, topic) verdict; `vectors` is aligned with `items` (from `embed.ensure_vectors`).
+    With `recent` (`recent_matches`; `Recent.empty(dim)` for none) story-level evidence counts too, from
+    the batch's earlier items and from `recent`, as the service matches; without it, own evidence only
+    (what the admin backtest's prefilter bounds)."""
+    times = np.array([it.published_at.timestamp() for it in items], dtype=np.float64) if recent is not None else None
+    return match_texts([it.id for it in items], [it.text for it in items], vectors, topics, times=times,
+                       recent=recent)
+
+
+def recent_matches(session: Session, model_id: str, dim: int, items: Sequence[ItemRecord],
+                   window_h: float = relevance.NEIGHBOUR_WINDOW_H) -> Recent:
+    """The stored items that matched any topic and were published in the `window_h` hours before the
+    latest of `items` (and after the earliest minus `window_h`), with their vectors for `model_id`:
+    the candidates of story-level evidence for a batch. Items without a stored vector are left out."""
+    if not items:
+        return Recent.empty(dim)
+    lo = naive_utc(min(it.published_at for it in items) - timedelta(hours=window_h))
+    hi = naive_utc(max(it.published_at for it in items))
+    batch = [it.id for it in items]
+    rows = session.execute(
+        select(Item.id, Item.title, Item.summary, Item.published_at, Match.topic_id, ItemVector.vector)
+        .join(Match, Match.item_id == Item.id)
+        .join(ItemVector, (ItemVector.item_id == Item.id) & (ItemVector.model_id == model_id))
+        .where(Item.published_at >= lo, Item.published_at < hi, Item.id.not_in(batch))).all()
+    by_id: dict[int, tuple[str, float, bytes, set[str]]] = {}
+    for item_id, title, summary, published, topic_id, blob in rows:
+        if item_id not in by_id:
+            when = published.replace(tzinfo=UTC) if published.tzinfo is None else published
+            by_id[item_id] = (item_text(title, summary or ""), when.timestamp(), blob, set())
+        by_id[item_id][3].add(topic_id)
+    if not by_id:
+        return Recent.empty(dim)
+    vals = [by_id[k] for k in sorted(by_id)]
+    vecs = np.stack([np.frombuffer(v[2], dtype=np.float32) for v in vals])
+    if vecs.shape[1] != dim:
+        return Recent.empty(dim)
+    return Recent(tuple(v[0] for v in vals), vecs, np.array([v[1] for v in vals]),
+                  tuple(frozenset(v[3]) for v in vals))
 
 
 def save_matches(session: Session, matches: Sequence[TopicMatch], now: datetime) -> int:

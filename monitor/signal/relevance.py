@@ -24,6 +24,9 @@ Label-free threshold (`example_threshold`): each of the topic's own examples is 
 item, against the *other* prototypes (leave-one-out) and the topic's counterexamples, with its own keyword
 evidence; the threshold is the EXAMPLE_QUANTILE (10th percentile) of those probabilities: an item must look
 at least as much like the topic as nine in ten of the admin's own examples do when each is held out.
+Story-level evidence (`neighbour_lift`): an item close to a recent item that is on the topic by its own
+evidence inherits part of that item's log-odds (the closer, the more), so a story's later items whose words
+drifted ("ceasefire deal", "phase one", a freed hostage's name) are carried by its earlier, explicit ones.
 How the shipped weights were fitted and measured is in docs/topic-relevance.md.
 """
 
@@ -38,6 +41,10 @@ FEATURES: tuple[str, ...] = ("best", "top3", "desc", "anti", "hinge", "margin", 
 TOP_N = 3
 COUNTER_WEIGHT = 5.0
 EXAMPLE_QUANTILE = 0.10
+NEIGHBOUR_MIN_COS = 0.6
+NEIGHBOUR_SHARE = 1.0
+NEIGHBOUR_WINDOW_H = 72.0
+_CHUNK = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +93,11 @@ class Combiner:
         return self._z(x) * np.asarray(self.weights)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
+
+
+_sigmoid = sigmoid
 
 
 def profile(prototypes: np.ndarray, counters: np.ndarray) -> TopicProfile:
@@ -199,3 +209,65 @@ def best_cut(scores: np.ndarray, gold: np.ndarray) -> float:
     i = int(np.argmax(f1))
     lower = s[i + 1] if i + 1 < len(s) else s[i]
     return float((s[i] + lower) / 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbours:
+    """Recent items an item may inherit topic evidence from (one topic): their vectors (L2-normalised), their
+    OWN log-odds for the topic (never a score that was itself lifted: evidence does not travel in chains) and
+    their times (seconds since the epoch)."""
+
+    vectors: np.ndarray  # (m, dim)
+    logits: np.ndarray  # (m,)
+    times: np.ndarray  # (m,)
+
+
+@dataclass(frozen=True, slots=True)
+class Lift:
+    """What `neighbour_lift` found for each item: the log-odds added (>= 0), the neighbour that gave it (an
+    index into `Neighbours`, -1 for none) and its cosine to the item."""
+
+    logits: np.ndarray
+    source: np.ndarray
+    cosine: np.ndarray
+
+
+def neighbour_lift(vectors: np.ndarray, times: np.ndarray, logits: np.ndarray, pool: Neighbours, *,
+                   threshold_logit: float, min_cos: float = NEIGHBOUR_MIN_COS, share: float = NEIGHBOUR_SHARE,
+                   window_h: float = NEIGHBOUR_WINDOW_H) -> Lift:
+    """Story-level evidence: an item close to a recent item that is on topic on its own inherits part of
+    that item's evidence. Among the neighbours published in the `window_h` hours before the item (strictly
+    earlier), with cosine >= `min_cos` and own log-odds >= `threshold_logit` (on topic by themselves), the
+    lift is  share * max_j w_j * (logit_j - logit_i),  w_j = (cos_j - min_cos) / (1 - min_cos),  never
+    negative: a near duplicate of an on-topic item inherits almost `share` of the gap, an item that merely
+    shares the war's vocabulary (cosine near `min_cos`) almost nothing; the item never passes its source.
+    An item whose own log-odds are -inf (ruled out by a keyword veto) gets no lift and lends none."""
+    n = vectors.shape[0]
+    lift = np.zeros(n, dtype=np.float64)
+    source = np.full(n, -1, dtype=np.int64)
+    cosine = np.zeros(n, dtype=np.float64)
+    on = np.flatnonzero(np.asarray(pool.logits) >= threshold_logit)
+    if n == 0 or on.size == 0:
+        return Lift(lift, source, cosine)
+    pv = np.asarray(pool.vectors, dtype=np.float64)[on]
+    pl = np.asarray(pool.logits, dtype=np.float64)[on]
+    pt = np.asarray(pool.times, dtype=np.float64)[on]
+    vecs = np.asarray(vectors, dtype=np.float64)
+    own = np.asarray(logits, dtype=np.float64)
+    when = np.asarray(times, dtype=np.float64)
+    for lo in range(0, n, _CHUNK):  # bounded memory: a replay scores a month of items at once
+        hi = min(n, lo + _CHUNK)
+        sims = vecs[lo:hi] @ pv.T
+        dt = when[lo:hi, None] - pt[None, :]
+        ok = (sims >= min_cos) & (dt > 0) & (dt <= window_h * 3600.0) & np.isfinite(own[lo:hi, None])
+        w = np.clip((sims - min_cos) / (1.0 - min_cos), 0.0, 1.0)
+        with np.errstate(invalid="ignore"):
+            gain = np.where(ok, w * (pl[None, :] - own[lo:hi, None]), 0.0)
+        best = np.argmax(gain, axis=1)
+        rows = np.arange(hi - lo)
+        g = gain[rows, best]
+        has = np.flatnonzero(g > 0)
+        lift[lo + has] = share * g[has]
+        source[lo + has] = on[best[has]]
+        cosine[lo + has] = sims[rows, best][has]
+    return Lift(lift, source, cosine)
