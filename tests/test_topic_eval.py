@@ -16,12 +16,16 @@ from monitor.lab.topic_eval import (
     FIT_CUTOFF,
     EvalDataError,
     EvalItem,
+    Stream,
     calibrate_threshold,
     evaluate,
+    item_time,
     keyword_baseline,
     merge,
+    neighbourhood,
     parse_items,
     parse_labels,
+    probabilities,
     protocols,
     scores,
     shipped,
@@ -165,3 +169,39 @@ def test_items_from_the_cutoff_on_are_reported_with_the_shipped_configuration_on
     assert r["items"] == int(late.sum())
     assert r["thresholds"] == {t.id: t.threshold for t in topic_set.topics}  # the configured ones, nothing fitted
     assert r["baseline"]["topics"]["alpha"]["f1"] == 1.0  # baseline built from the gold rule: perfect by construction
+
+
+def test_item_time_reads_the_eval_dates_as_utc() -> None:
+    it = EvalItem(id="1", date="2023-10-20 01:00:00", feed="f", title="t", summary="")
+    assert item_time(it) == 1697763600.0
+    assert item_time(EvalItem(id="1", date="2023-10-20T03:00:00+02:00", feed="f", title="t", summary="")) == 1697763600.0
+
+
+def _stream_near(items, vecs, topic_set, lag_h: float):  # type: ignore[no-untyped-def]
+    """A stream holding a copy of every labelled item's vector, published `lag_h` hours before it."""
+    times = np.array([item_time(it) for it in items]) - lag_h * 3600
+    stream = Stream(tuple(it.title for it in items), vecs.copy(), times)
+    return neighbourhood(items, vecs, stream, topic_set)
+
+
+def test_story_evidence_lifts_items_whose_earlier_neighbours_are_on_topic() -> None:
+    items, labels, vecs, topic_set = _synthetic()
+    pairs = topic_pairs(items, labels, vecs, topic_set)
+    p = pairs[0]
+    t = p.topic
+    own = probabilities(p, t.combiner, t.threshold, None)
+    before = probabilities(p, t.combiner, t.threshold, _stream_near(items, vecs, topic_set, lag_h=1))
+    after = probabilities(p, t.combiner, t.threshold, _stream_near(items, vecs, topic_set, lag_h=-1))
+    assert np.array_equal(after, own)  # a later twin lends nothing
+    assert (before >= own - 1e-12).all() and (before > own).any()  # an earlier twin lifts, never lowers
+    assert ((before >= t.threshold) >= (own >= t.threshold)).all()  # what matched on its own still does
+
+def test_protocols_with_story_evidence_never_use_labels_from_the_cutoff_on() -> None:
+    items, labels, vecs, topic_set = _synthetic()
+    flipped = {k: ({t: 1 - v for t, v in lab.items()} if items[int(k)].date >= FIT_CUTOFF else lab)
+               for k, lab in labels.items()}
+    near = _stream_near(items, vecs, topic_set, lag_h=1)
+    none: dict[str, set[str]] = {"alpha": set(), "beta": set()}
+    runs = [protocols(items, topic_pairs(items, lab, vecs, topic_set), none, names=("best", "hinge", "kw"), l2=1.0,
+                      near=near) for lab in (labels, flipped)]
+    assert runs[0] == runs[1]

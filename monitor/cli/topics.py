@@ -155,10 +155,18 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                   help="With --calibrate: print the combiner fitted on every labelled item before 2023-11-16.")
     @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                   help="Keep the items' vectors here (npy, keyed by model and texts) instead of re-encoding.")
+    @click.option("--stream", "stream_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  default=None, help="With --calibrate: the captured stream (.jsonl[.xz]) around the labelled "
+                                     "items, for story-level evidence (each item lifted by its on-topic "
+                                     "neighbours of the 72 h before it, as in the service).")
+    @click.option("--stream-from", default="2023-10-01", show_default=True,
+                  help="With --stream: first day of the stream read (it ends the day after the last labelled "
+                       "item); labelled items before it + 3 days have fewer neighbours than in the service.")
     @pass_ctx
     def eval_topics(ctx: CliContext, items_paths: tuple[Path, ...], labels_paths: tuple[Path, ...],
                     config_path: Path | None, as_json: bool, calibrate: bool, split_date: str, features: str,
-                    l2: float, show_fit: bool, cache_dir: Path | None) -> None:
+                    l2: float, show_fit: bool, cache_dir: Path | None, stream_file: Path | None,
+                    stream_from: str) -> None:
         """Per-topic precision, recall, F1 and macro-F1 of the matcher and of a keyword baseline.
 
         Labels dated from 2023-11-16 on are never used to fit or calibrate: such items are reported
@@ -199,14 +207,18 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         if calibrate:
             names = [n.strip() for n in features.split(",") if n.strip()]
             pairs = topic_eval.topic_pairs(items, labels, vectors, topic_set)
+            near = _neighbourhood(embedder, items, vectors, topic_set, stream_file, stream_from, cache_dir) \
+                if stream_file is not None else None
             try:
-                out = topic_eval.protocols(items, pairs, keyword, names=names, l2=l2, split_day=split_date)
+                out = topic_eval.protocols(items, pairs, keyword, names=names, l2=l2, split_day=split_date,
+                                           near=near)
             except ValueError as e:
                 raise click.UsageError(str(e)) from None
             fitted = out.pop("fitted")
+            out["story_evidence"] = near is not None
             late = np.array([it.date[:10] >= topic_eval.FIT_CUTOFF for it in items])
             if late.any():
-                out["reporting_only"] = topic_eval.shipped(items, pairs, keyword, late)
+                out["reporting_only"] = topic_eval.shipped(items, pairs, keyword, late, near)
             _print_protocols(out, names, l2, split_date)
             if show_fit:
                 click.echo("combiner fitted on every labelled item before "
@@ -218,8 +230,26 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         if as_json:
             click.echo(json.dumps(result, sort_keys=False))
 
+    def _neighbourhood(embedder: embed.Embedder, items: list[topic_eval.EvalItem], vectors: np.ndarray,
+                       topic_set: match.TopicSet, stream_file: Path, stream_from: str,
+                       cache_dir: Path | None) -> topic_eval.Neighbourhood:
+        from datetime import timedelta
+
+        from monitor.lab import story_eval
+
+        start = datetime.fromisoformat(stream_from).replace(tzinfo=UTC)
+        last = max(datetime.fromisoformat(it.date[:10]) for it in items)
+        end = last.replace(tzinfo=UTC) + timedelta(days=1)
+        records = story_eval.read_stream(stream_file, start, end)
+        stream_vectors = story_eval.cached_vectors(embedder, records, cache_dir)
+        stream = topic_eval.Stream(tuple(r.text for r in records), stream_vectors,
+                                   np.array([r.published_at.timestamp() for r in records]))
+        click.echo(f"story-level evidence: {len(records)} stream items {start:%Y-%m-%d} .. {end:%Y-%m-%d}")
+        return topic_eval.neighbourhood(items, vectors, stream, topic_set)
+
     def _print_protocols(out: dict, names: list[str], l2: float, split_date: str) -> None:  # type: ignore[type-arg]
-        click.echo(f"\ncombiner features {names}, l2 {l2}; labels used only before {topic_eval.FIT_CUTOFF}")
+        click.echo(f"\ncombiner features {names}, l2 {l2}; labels used only before {topic_eval.FIT_CUTOFF}; "
+                   f"story-level evidence {'on' if out.get('story_evidence') else 'off (no --stream)'}")
         for key, title in (("dev", "dev: fitted and calibrated on all labelled items"),
                            ("time_split", f"time split: fitted before {split_date}, measured from it"),
                            ("no_label", "new topic, no labels: combiner fitted on the other topics, "

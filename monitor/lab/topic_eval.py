@@ -20,6 +20,11 @@ figure is given three ways, each beside the keyword baseline on the same items:
     no_label    leave-one-topic-out: the combiner fitted on the OTHER topics only; the measured topic's
                 threshold from the label-free rule (its own examples); measured on all its items: what an
                 admin's new topic, written from its definition alone, gets
+
+Story-level evidence (`relevance.neighbour_lift`, as the service applies it) needs the items around the
+labelled ones: with a `Stream` (unlabelled items of the captured stream, their vectors and times) each
+protocol lifts an item by its on-topic neighbours of the 72 hours before it, the neighbours scored by that
+protocol's own combiner and threshold. Without one the figures are those of the items' own evidence.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -190,6 +195,27 @@ def merge(parts: Sequence[tuple[list[EvalItem], dict[str, dict[str, int]]]]
 
 
 @dataclass(frozen=True, slots=True)
+class Stream:
+    """Unlabelled items around the labelled ones (the captured stream): candidates of story-level evidence."""
+
+    texts: tuple[str, ...]
+    vectors: np.ndarray  # (m, dim)
+    times: np.ndarray  # (m,) epoch seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbourhood:
+    """What story-level evidence needs besides the features: the labelled items' vectors and times, and for
+    each topic the stream items' features and keyword verdicts (`stream_pairs`)."""
+
+    vectors: np.ndarray
+    times: np.ndarray
+    stream: Stream
+    stream_x: Mapping[str, np.ndarray]
+    stream_allowed: Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
 class TopicPairs:
     """Features of every item for one compiled topic, with the gold labels and keyword verdicts."""
 
@@ -199,17 +225,57 @@ class TopicPairs:
     allowed: np.ndarray  # (n,) bool: no exclude veto (and every group hit when keyword_mode = "gate")
 
 
+def _features(t: match.CompiledTopic, texts: Sequence[str], vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    _prob, sc, ev = match.score_topic(t, texts, vectors)
+    n_groups = len(t.gate.groups)
+    return sc.x, np.array([e[2] is None and (t.keyword_mode != "gate" or e[0] == n_groups) for e in ev], dtype=bool)
+
+
 def topic_pairs(items: Sequence[EvalItem], labels: Mapping[str, Mapping[str, int]], vectors: np.ndarray,
                 topic_set: match.TopicSet) -> list[TopicPairs]:
     texts = [it.text for it in items]
     out = []
     for t in topic_set.topics:
-        _prob, sc, ev = match.score_topic(t, texts, vectors)
-        n_groups = len(t.gate.groups)
-        allowed = np.array([e[2] is None and (t.keyword_mode != "gate" or e[0] == n_groups) for e in ev])
+        x, allowed = _features(t, texts, vectors)
         gold = np.array([labels[it.id].get(t.id, 0) for it in items])
-        out.append(TopicPairs(t, sc.x, gold, allowed))
+        out.append(TopicPairs(t, x, gold, allowed))
     return out
+
+
+def item_time(item: EvalItem) -> float:
+    """Epoch seconds of an item's date (UTC when no offset is given)."""
+    when = datetime.fromisoformat(item.date.strip().replace(" ", "T", 1))
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def neighbourhood(items: Sequence[EvalItem], vectors: np.ndarray, stream: Stream,
+                  topic_set: match.TopicSet) -> Neighbourhood:
+    """The labelled items' vectors and times with the stream's features for every topic."""
+    xs, oks = {}, {}
+    for t in topic_set.topics:
+        xs[t.id], oks[t.id] = _features(t, stream.texts, stream.vectors)
+    return Neighbourhood(np.asarray(vectors), np.array([item_time(it) for it in items]), stream, xs, oks)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-12, 1 - 1e-12)
+    return np.log(q / (1 - q))
+
+
+def probabilities(p: TopicPairs, combiner: relevance.Combiner, threshold: float,
+                  near: Neighbourhood | None) -> np.ndarray:
+    """P(on topic) of the labelled items for one topic: the combiner's, lifted by story-level evidence
+    (neighbours scored by the same combiner, on topic by the same threshold) when `near` is given."""
+    prob = combiner.probability(p.x)
+    if near is None:
+        return prob
+    own = np.where(p.allowed, _logit(prob), -np.inf)
+    pool = np.where(near.stream_allowed[p.topic.id],
+                    _logit(combiner.probability(near.stream_x[p.topic.id])), -np.inf)
+    lift = relevance.neighbour_lift(near.vectors, near.times, own,
+                                    relevance.Neighbours(near.stream.vectors, pool, near.stream.times),
+                                    threshold_logit=float(_logit(np.array(threshold))))
+    return np.where(lift.logits > 0, relevance.sigmoid(_logit(prob) + lift.logits), prob)
 
 
 def _f1(pred: np.ndarray, gold: np.ndarray) -> Scores:
@@ -240,9 +306,10 @@ def _label_free(p: TopicPairs, combiner: relevance.Combiner) -> float:
 
 def protocols(items: Sequence[EvalItem], pairs: Sequence[TopicPairs], baseline: Mapping[str, set[str]], *,
               names: Sequence[str], l2: float, split_day: str = SPLIT_DAY,
-              cutoff: str = FIT_CUTOFF) -> dict[str, object]:
+              cutoff: str = FIT_CUTOFF, near: Neighbourhood | None = None) -> dict[str, object]:
     """The three honest figures (module docstring), each with the keyword baseline on the same items, and
-    the combiner fitted on every labelled item before `cutoff` (what `--fit` ships)."""
+    the combiner fitted on every labelled item before `cutoff` (what `--fit` ships). With `near`, every
+    figure counts story-level evidence (thresholds are set on the items' own evidence, as the service's)."""
     dates = np.array([it.date[:10] for it in items])
     ids = np.array([it.id for it in items])
     usable = dates < cutoff
@@ -256,8 +323,8 @@ def protocols(items: Sequence[EvalItem], pairs: Sequence[TopicPairs], baseline: 
                        for p in pairs})
 
     def measure(combiner: relevance.Combiner, ths: Mapping[str, float], mask: np.ndarray) -> dict[str, object]:
-        res = _table({p.topic.id: _f1((combiner.probability(p.x) >= ths[p.topic.id]) & p.allowed & mask,
-                                      p.gold * mask) for p in pairs})
+        res = _table({p.topic.id: _f1((probabilities(p, combiner, ths[p.topic.id], near) >= ths[p.topic.id])
+                                      & p.allowed & mask, p.gold * mask) for p in pairs})
         res["thresholds"] = {k: round(v, 4) for k, v in ths.items()}
         return res
 
@@ -274,7 +341,8 @@ def protocols(items: Sequence[EvalItem], pairs: Sequence[TopicPairs], baseline: 
     for p in pairs:
         c = _fit([q for q in pairs if q is not p], usable, names, l2)
         ths[p.topic.id] = _label_free(p, c)
-        loto[p.topic.id] = _f1((c.probability(p.x) >= ths[p.topic.id]) & p.allowed & usable, p.gold * usable)
+        loto[p.topic.id] = _f1((probabilities(p, c, ths[p.topic.id], near) >= ths[p.topic.id]) & p.allowed & usable,
+                               p.gold * usable)
     nl = _table(loto)
     nl["thresholds"] = {k: round(v, 4) for k, v in ths.items()}
     out["no_label"] = {"label_free": nl, "baseline": base(usable), "items": int(usable.sum())}
@@ -283,11 +351,11 @@ def protocols(items: Sequence[EvalItem], pairs: Sequence[TopicPairs], baseline: 
 
 
 def shipped(items: Sequence[EvalItem], pairs: Sequence[TopicPairs], baseline: Mapping[str, set[str]],
-            mask: np.ndarray) -> dict[str, object]:
+            mask: np.ndarray, near: Neighbourhood | None = None) -> dict[str, object]:
     """The compiled topics as configured (their combiner and thresholds) on the items in `mask`."""
     ids = np.array([it.id for it in items])
-    res = _table({p.topic.id: _f1((p.topic.combiner.probability(p.x) >= p.topic.threshold) & p.allowed & mask,
-                                  p.gold * mask) for p in pairs})
+    res = _table({p.topic.id: _f1((probabilities(p, p.topic.combiner, p.topic.threshold, near) >= p.topic.threshold)
+                                  & p.allowed & mask, p.gold * mask) for p in pairs})
     res["thresholds"] = {p.topic.id: p.topic.threshold for p in pairs}
     res["baseline"] = _table({p.topic.id: _f1(np.isin(ids, list(baseline[p.topic.id])) & mask, p.gold * mask)
                               for p in pairs})
