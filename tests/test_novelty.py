@@ -191,7 +191,7 @@ def test_the_same_release_split_into_another_story_is_not_alerted_twice(embedder
     params = StoryParams(join_threshold=2.0)  # nothing joins: every item starts its own story
     (k1, a1), (k2, a2) = cluster(xs, params)
     assert k1 != k2 and a1.decision == "new_story"
-    assert a2.decision == "repeat" and "already alerted" in a2.reason
+    assert a2.decision == "repeat" and "same as the alert" in a2.reason
 
 
 def kinds(title: str) -> set[str]:

@@ -95,12 +95,33 @@ def test_story_state_survives_between_batches(engine: Engine, embedder) -> None:
         assert s.scalar(select(func.count()).select_from(Story)) == 1
 
 
+
+def test_what_subscribers_were_told_is_remembered_between_batches_and_after_the_story_closes(
+        engine: Engine, embedder) -> None:  # type: ignore[no-untyped-def]
+    """The alerted items' vectors and developments are stored with the story, and the topic keeps them for
+    `memory_h` after the story closes: the same release reported again four days later, in a new story,
+    is a repeat (it was a new story before: only open stories were consulted)."""
+    items = _store(engine, [(0, "reuters.com", *FIRST), (96, "bbc.co.uk", *FIRST)])
+    matched = _matched(embedder, items)
+    with Session(engine) as s, s.begin():
+        stories.assign(s, [matched[0]], matched[0].item.published_at, SETTINGS)
+    later = matched[1].item.published_at
+    with Session(engine) as s, s.begin():
+        assert stories.close_expired(s, later, SETTINGS.story_window_h) == 1
+        row = s.scalars(select(Story)).one()
+        assert row.alerted_vectors and len(row.alerted_vectors) == 4 * len(matched[0].vector)
+        [d] = stories.assign(s, [matched[1]], later, SETTINGS)
+    assert d.decision == "repeat", d.reason
+    assert "same as the alert" in d.reason
+
+
 @pytest.mark.slow
 def test_a_held_story_waits_across_batches_and_alerts_when_a_second_outlet_reports_it(engine: Engine, embedder) -> None:  # type: ignore[no-untyped-def]
-    """A weak match (score just over the topic threshold) is held; its state (typed, stored as JSON) survives
-    until another outlet's report arrives in a later poll, which alerts once as the new story."""
-    quiet = ("Hostage families wait for news in Tel Aviv", "Relatives gathered outside the defence ministry on Friday.")
-    again = ("Families of hostages keep vigil in Tel Aviv", "Relatives of those held in Gaza gathered on Friday night.")
+    """A weak match (score just over the topic threshold) reporting a development is held; its state (typed,
+    stored as JSON) survives until another outlet's report arrives in a later poll, which alerts once as the
+    new story."""
+    quiet = ("Hamas frees two hostages held in Gaza, Qatar says", "Two women were handed to the Red Cross on Friday.")
+    again = ("Two hostages freed by Hamas, Qatari mediators say", "The women were handed over at the Rafah crossing.")
     items = _store(engine, [(0, "reuters.com", *quiet), (2, "bbc.co.uk", *again)])
     matched = _matched(embedder, items, score=0.41, threshold=0.40)
     for m in matched:
@@ -125,7 +146,9 @@ def test_window_expiry_closes_stories_and_later_items_start_new_ones(engine: Eng
         assert stories.close_expired(s, T0 + timedelta(hours=73), 72) == 1
     with Session(engine) as s, s.begin():
         (d,) = stories.assign(s, [late], T0 + timedelta(hours=100), SETTINGS)
-    assert d.decision == "new_story"  # the same headline, but the first story has closed
+    # the first story has closed, so the same headline starts a new one; subscribers were told it four days
+    # ago (the topic remembers `memory_h`), so it does not alert again
+    assert d.decision == "repeat" and "same as the alert" in d.reason
     with Session(engine) as s:
         assert [st.closed for st in s.scalars(select(Story).order_by(Story.id))] == [True, False]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import lzma
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -163,3 +163,38 @@ def test_timeline_alerts_are_scored_against_development_labels(tmp_path: Path, e
                                         '"label": "maybe"}\n', encoding="utf-8")
     with pytest.raises(story_eval.EvalError, match="bad.jsonl:1"):
         story_eval.read_timelines(tmp_path / "bad.jsonl")
+
+
+def test_replay_alerts_are_judged_with_development_labels_as_a_reader_judges_them(tmp_path: Path) -> None:
+    """JUDGING.md with labels: right = on topic and a development no earlier alert of the topic reported;
+    commentary, off-topic items and repeats are wrong; a key development counts once any alert reports it;
+    an alert with no label is counted, never guessed."""
+    def at(h: int) -> datetime:
+        return datetime(2023, 10, 20, tzinfo=UTC) + timedelta(hours=h)
+
+    rows = [("t", 0, "Hamas frees two hostages", 1, "development", "d1", "kd-1"),
+            ("t", 1, "Two hostages freed by Hamas", 1, "development", "d1", "kd-1"),
+            ("t", 2, "What the release means", 1, "commentary", None, None),
+            ("t", 3, "Football results", 0, "off", None, None),
+            ("u", 4, "Two hostages freed by Hamas", 1, "development", "d1", None)]
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps(
+        {"topic": t, "date": at(h).strftime("%Y-%m-%d %H:%M:%S"), "title": title, "on_topic": on, "role": role,
+         "dev": dev, "kd": kd}) + "\n" for t, h, title, on, role, dev, kd in rows), encoding="utf-8")
+    labels = story_eval.read_development_labels(tmp_path / "labels.jsonl")
+
+    def alert(topic: str, h: int, title: str) -> story_eval.ReplayAlert:
+        return story_eval.ReplayAlert(topic=topic, decision="new_story", published=at(h), title=title, link=None,
+                                      story=1, outlet="example.org", what_is_new=None)
+
+    alerts = [alert("t", 0, "Hamas frees two hostages"), alert("t", 1, "Two  hostages freed by Hamas"),
+              alert("t", 2, "What the release means"), alert("t", 3, "Football results"),
+              alert("u", 4, "Two hostages freed by Hamas"), alert("t", 5, "Never labelled")]
+    j = story_eval.judge_replay(alerts, labels, [("kd-1", "t"), ("kd-1", "u"), ("kd-2", "t")])
+    assert (j.alerts, j.right, j.unlabelled) == (6, 2, 1)  # d1 in t, d1 in u (another topic's subscribers)
+    assert j.per_topic["t"] == {"alerts": 5, "right": 1, "off_topic": 1, "repeat": 1, "commentary": 1, "unlabelled": 1}
+    # development ids and their key developments are per topic: u's label names no key development
+    assert (j.kd_alerted, j.kd_pairs) == (1, 3) and j.missed_kds == ("kd-1 u", "kd-2 t")
+    with pytest.raises(story_eval.EvalError, match="role"):
+        (tmp_path / "bad.jsonl").write_text(json.dumps({"topic": "t", "date": "2023-10-20", "title": "x",
+                                                        "on_topic": 1, "role": "maybe"}) + "\n", encoding="utf-8")
+        story_eval.read_development_labels(tmp_path / "bad.jsonl")

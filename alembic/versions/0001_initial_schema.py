@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 17:59:56.498232
+Create Date: 2026-12-04 18:09:33.162990
 """
 from alembic import op
 import sqlalchemy as sa
@@ -270,6 +270,7 @@ def upgrade() -> None:
     sa.Column('sources', sa.JSON(), nullable=False),
     sa.Column('centroid', sa.LargeBinary(), nullable=True),
     sa.Column('member_vectors', sa.LargeBinary(), nullable=True),
+    sa.Column('alerted_vectors', sa.LargeBinary(), nullable=True),
     sa.Column('state', sa.JSON(), nullable=False),
     sa.Column('closed', sa.Boolean(), nullable=False),
     sa.Column('known_marks', sa.Integer(), server_default='0', nullable=False),

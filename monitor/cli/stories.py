@@ -1,4 +1,4 @@
-"""CLI commands: `stories list`, `eval stories` and `eval replay`."""
+"""CLI commands: `stories list`, `eval stories`, `eval alerts` and `eval replay`."""
 
 from __future__ import annotations
 
@@ -145,6 +145,70 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         if as_json:
             click.echo(json.dumps(report))
 
+    @eval_group.command(name="alerts")
+    @click.option("--labels", "labels_file", required=True,
+                  type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="Development labels (bench/data/stories/development_labels.jsonl): topic, date, title, summary, "
+                       "on_topic, role, dev, kd per (item, topic) candidate.")
+    @click.option("--fit", "do_fit", is_flag=True,
+                  help="Also fit the models on every label and choose the threshold across topics; print the "
+                       "model to paste into monitor.signal.newsworthy.SHIPPED_ALERT_MODEL.")
+    @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=_DEFAULT_CACHE,
+                  show_default=True, help="Where item vectors are cached between runs.")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+    @pass_ctx
+    def eval_alerts(ctx: CliContext, labels_file: Path, do_fit: bool, cache_dir: Path, as_json: bool) -> None:
+        """Measure the alert model (is an item a development its topic's subscribers were not told?) on
+        development labels read by hand: alert precision, developments alerted and key developments alerted,
+        simulated per topic in time order over the candidates the configured topics match. Reported with the
+        shipped weights and refitted per protocol: on all labels, across topics and across time."""
+        from monitor.lab import alert_eval, story_eval
+        from monitor.signal import embed, match, newsworthy, novelty
+
+        config: Config = ctx.config
+        cands = alert_eval.read_candidates(labels_file)
+        if not cands:
+            raise MonitorError(f"{labels_file}: no labels")
+        embedder = embed.load_embedder(config.settings)
+        vectors = story_eval.cached_vectors(embedder, [c.item for c in cands], cache_dir)
+        topic_set = match.compile_topics(config.topics, embedder)
+        known = {t.id for t in topic_set.topics}
+        missing = sorted({c.topic for c in cands} - known)
+        if missing:
+            raise MonitorError(f"{labels_file}: topics {', '.join(missing)} are not configured in {ctx.config_file}")
+        verdicts = {(m.item_id, m.topic_id): m for m in match.match_items([c.item for c in cands], vectors, topic_set)}
+        cands = [replace(c, vector=vectors[i], margin=verdicts[(c.item.id, c.topic)].score
+                         - topic_set.get(c.topic).threshold, matched=verdicts[(c.item.id, c.topic)].matched)
+                 for i, c in enumerate(cands)]
+        memory_h = novelty.StoryParams().memory_h
+        shipped = newsworthy.SHIPPED_ALERT_MODEL
+        threshold = shipped.threshold
+        if do_fit:
+            grid = [round(0.05 * k, 2) for k in range(2, 13)]
+            threshold = alert_eval.choose_threshold(cands, memory_h, grid)
+        report: dict[str, object] = {"memory_h": memory_h, "threshold": threshold}
+        click.echo(f"{labels_file.name}: {len(cands)} candidates, {sum(c.matched for c in cands)} matched by the "
+                   f"configured topics, {len({(c.topic, c.dev) for c in cands if c.dev})} developments")
+        click.echo(f"  {'protocol':<28} {'model':<8} {'alerts':>6} {'right':>6} {'precision':>9} "
+                   f"{'developments':>13} {'key developments':>17}")
+        for name, (fit_on, measure_on) in alert_eval.folds(cands).items():
+            models = {"shipped": shipped, "refit": alert_eval.fit_model(fit_on, memory_h, threshold)}
+            for mname, model in models.items():
+                r = alert_eval.simulate(measure_on, model, memory_h)
+                report[f"{name} / {mname}"] = r.as_dict()
+                click.echo(f"  {name:<28} {mname:<8} {r.alerts:>6} {r.right:>6} {r.precision:>9.3f} "
+                           f"{r.developments_alerted:>6}/{r.developments:<6} {r.kd_alerted:>8}/{r.kd_pairs:<8}")
+        every = alert_eval.simulate(cands, replace(shipped, threshold=0.0), memory_h)
+        click.echo(f"  {'every match alerts':<28} {'-':<8} {every.alerts:>6} {every.right:>6} {every.precision:>9.3f} "
+                   f"{every.developments_alerted:>6}/{every.developments:<6} {every.kd_alerted:>8}/{every.kd_pairs:<8}")
+        report["every match alerts"] = every.as_dict()
+        if do_fit:
+            model = alert_eval.fit_model(cands, memory_h, threshold)
+            click.echo(f"threshold chosen across topics: {threshold}")
+            click.echo(alert_eval.dump_model(model))
+        if as_json:
+            click.echo(json.dumps(report))
+
     @eval_group.command(name="replay")
     @click.option("--stream", "stream_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
                   help="Captured stream (.jsonl or .jsonl.xz: capture_day, feed, title, description, link, date_published).")
@@ -156,10 +220,18 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @click.option("--alerts-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
                   help="Also write every alert as one JSON line (topic, time, decision, headline, teaser, "
                        "what_is_new, ...) for judging by reading (JUDGING.md).")
+    @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  default=None, help="Development labels read by hand (bench/data/stories/development_labels.jsonl): "
+                                     "score the alerts as JUDGING.md does (on topic and a development not alerted "
+                                     "before).")
+    @click.option("--key-developments", "kd_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  default=None, help="Key developments (bench/data/stories/key_developments.jsonl): with --labels, "
+                                     "count the (development, topic) pairs that alerted.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
     @pass_ctx
     def eval_replay(ctx: CliContext, stream_file: Path, start: str, end: str, only: tuple[str, ...],
-                    cache_dir: Path, alerts_out: Path | None, as_json: bool) -> None:
+                    cache_dir: Path, alerts_out: Path | None, labels_file: Path | None, kd_file: Path | None,
+                    as_json: bool) -> None:
         """Replay the real stream through the configured topics and story clustering on a simulated clock;
         report per topic matches (the baseline: every match alerts), stories, alerts (new stories + updates),
         repeats and held stories, alerts per day, what waiting for corroboration cost (alerts dropped, delay)
@@ -171,6 +243,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         if not config.enabled_topics:  # a disabled topic matches nothing in service: not replayed
             raise MonitorError(f"{ctx.config_file}: no enabled [[topics]] to replay against")
         t0, t1 = _day(start), _day(end) + timedelta(days=1)
+        labels = story_eval.read_development_labels(labels_file) if labels_file is not None else None
+        kds = story_eval.read_key_developments(kd_file) if kd_file is not None else []
         items = story_eval.read_stream(stream_file, t0, t1)
         if not items:
             raise MonitorError(f"{stream_file}: no items published between {start} and {end}")
@@ -210,6 +284,22 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                 tag = "NEW" if a.decision == "new_story" else "UPD"
                 extra = f"  [{a.what_is_new}]" if a.what_is_new else ""
                 click.echo(f"  {a.published:%H:%M} {a.topic:<18} {tag} s{a.story:<4} {a.title} ({a.outlet}){extra}")
+        judged: dict[str, object] = {}
+        if labels is not None:
+            click.echo("")
+            click.echo("judged with the development labels (right = on topic and a development no earlier alert of "
+                       "its topic reported):")
+            every = story_eval.replay(items, vectors, topic_set, config.settings, params=replace(
+                params, corroboration=False, alert_model=replace(params.alert_model, threshold=0.0)))
+            for name, run in (("shipped", r), ("no wait", no_wait), ("earlier rule", earlier), ("every match", every)):
+                jr = story_eval.judge_replay(run.alerts, labels, kds)
+                judged[name] = jr.as_dict()
+                kd = f", key developments {jr.kd_alerted}/{jr.kd_pairs}" if jr.kd_pairs else ""
+                click.echo(f"  {name:<13} {jr.right}/{jr.alerts} = {jr.precision:.3f}{kd}"
+                           + (f"  ({jr.unlabelled} alerts have no label: read them)" if jr.unlabelled else ""))
+            jr = story_eval.judge_replay(r.alerts, labels, kds)
+            if jr.missed_kds:
+                click.echo(f"  key developments with no alert: {', '.join(jr.missed_kds)}")
         if alerts_out is not None:
             alerts_out.parent.mkdir(parents=True, exist_ok=True)
             with alerts_out.open("w", encoding="utf-8") as fh:
@@ -222,4 +312,5 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                 "no_wait": {t: c["alerts"] for t, c in no_wait.topics.items()},
                 "earlier_rule": {t: c["alerts"] for t, c in earlier.topics.items()},
                 "corroboration_cost": corr,
+                "judged": judged,
             }, ensure_ascii=False))

@@ -450,3 +450,111 @@ def corroboration_cost(waited: ReplayResult, no_wait: ReplayResult) -> dict[str,
             "held_stories": waited.held_stories, "alerted_after_wait": waited.held_alerted,
             "median_wait_h": round(float(np.median(waits)), 2) if waits else None,
             "max_wait_h": round(waits[-1], 2) if waits else None}
+
+
+# --- alerts scored against development labels (read by hand; bench/data/stories/development_labels.jsonl) ----
+
+
+@dataclass(frozen=True, slots=True)
+class DevelopmentLabel:
+    """One (item, topic) read by hand: on topic or not, and which development it reports (an id shared by every
+    item of the topic reporting the same development), or None for commentary, reactions and recaps."""
+
+    topic: str
+    on_topic: bool
+    dev: str | None
+    kd: str | None  # the key development it reports, if any
+
+
+@dataclass(frozen=True, slots=True)
+class JudgedReplay:
+    """A replay's alerts scored against development labels, as JUDGING.md scores them by reading: an alert is
+    right when it is on topic and reports a development no earlier alert of its topic reported."""
+
+    alerts: int
+    right: int
+    unlabelled: int  # alerts whose (item, topic) has no label: read them, or they count as wrong
+    kd_pairs: int
+    kd_alerted: int
+    per_topic: dict[str, dict[str, int]]
+    missed_kds: tuple[str, ...]  # "kd-012 prisoner-exchange"
+    wrong: tuple[tuple[str, str, str], ...]  # (topic, why, headline)
+
+    @property
+    def precision(self) -> float:
+        return self.right / self.alerts if self.alerts else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {"alerts": self.alerts, "right": self.right, "precision": round(self.precision, 4),
+                "unlabelled": self.unlabelled, "kd_pairs": self.kd_pairs, "kd_alerted": self.kd_alerted,
+                "per_topic": self.per_topic, "missed_kds": list(self.missed_kds)}
+
+
+def _label_key(topic: str, title: str, when: datetime) -> tuple[str, str, str]:
+    return (topic, " ".join(title.split()).lower(), when.astimezone(UTC).strftime("%Y-%m-%d %H:%M"))
+
+
+def read_development_labels(path: str | Path) -> dict[tuple[str, str, str], DevelopmentLabel]:
+    """Development labels keyed by (topic, headline, minute published): `topic, date, title, on_topic,
+    role, dev, kd` per line (role development|commentary|off; dev set only for role development)."""
+    what = "a development label (needs topic, date, title, on_topic, role, dev)"
+    out: dict[tuple[str, str, str], DevelopmentLabel] = {}
+    for n, r, item in _read_rows(path, what):
+        role = r.get("role")
+        if role not in ("development", "commentary", "off") or "topic" not in r or "on_topic" not in r:
+            raise EvalError(f"{path}:{n}: not {what}: role {role!r} must be development, commentary or off")
+        dev = r.get("dev") if role == "development" and r.get("on_topic") else None
+        out[_label_key(str(r["topic"]), item.title, item.published_at)] = DevelopmentLabel(
+            str(r["topic"]), bool(r["on_topic"]), str(dev) if dev else None, r.get("kd") or None)
+    return out
+
+
+def read_key_developments(path: str | Path) -> list[tuple[str, str]]:
+    """(kd, topic) pairs of a key-developments file (`kd, topics` per line)."""
+    try:
+        rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [(str(r["kd"]), str(t)) for r in rows for t in r["topics"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise EvalError(f"cannot read key developments from {path}: {e}") from e
+
+
+def judge_replay(alerts: Sequence[ReplayAlert], labels: dict[tuple[str, str, str], DevelopmentLabel],
+                 key_developments: Sequence[tuple[str, str]] = ()) -> JudgedReplay:
+    """Score `alerts` (time order) with the labels: per topic, an alert is right when its item is on topic and
+    reports a development (`dev`) that no earlier alert of the topic reported; a key development is alerted
+    when an alert of one of its topics reports a development carrying its kd id (any development of that id
+    counts, repeats included: the subscriber heard of it)."""
+    told: dict[str, set[str]] = {}
+    kd_told: set[tuple[str, str]] = set()
+    per_topic: dict[str, dict[str, int]] = {}
+    wrong: list[tuple[str, str, str]] = []
+    right = unlabelled = 0
+    dev_kd = {(lab.topic, lab.dev): lab.kd for lab in labels.values() if lab.dev and lab.kd}
+    for a in sorted(alerts, key=lambda a: a.published):
+        c = per_topic.setdefault(a.topic, {"alerts": 0, "right": 0, "off_topic": 0, "repeat": 0, "commentary": 0,
+                                           "unlabelled": 0})
+        c["alerts"] += 1
+        lab = labels.get(_label_key(a.topic, a.title, a.published))
+        if lab is None:
+            unlabelled += 1
+            c["unlabelled"] += 1
+            wrong.append((a.topic, "unlabelled", a.title))
+            continue
+        kd = lab.kd or (dev_kd.get((a.topic, lab.dev)) if lab.dev else None)
+        if kd:
+            kd_told.add((kd, a.topic))
+        seen = told.setdefault(a.topic, set())
+        why = ("off topic" if not lab.on_topic else "commentary" if lab.dev is None
+               else "repeat" if lab.dev in seen else "")
+        if why:
+            c[why.replace(" ", "_")] += 1
+            wrong.append((a.topic, why, a.title))
+            continue
+        seen.add(lab.dev)  # type: ignore[arg-type]
+        right += 1
+        c["right"] += 1
+    pairs = sorted(set(key_developments))
+    missed = tuple(f"{kd} {t}" for kd, t in pairs if (kd, t) not in kd_told)
+    return JudgedReplay(alerts=len(alerts), right=right, unlabelled=unlabelled, kd_pairs=len(pairs),
+                        kd_alerted=len(pairs) - len(missed), per_topic=per_topic, missed_kds=missed,
+                        wrong=tuple(wrong))

@@ -14,15 +14,17 @@ Clustering (parameters chosen on BASIL, AllSides and the near-miss set of look-a
   share none, or state counts/ordinals of the same thing that contradict each other ("second round" vs
   "third round"). The item joins the best story if the score clears `join_threshold`.
 
-Alerting (`decide`): an alert is a development the topic's subscribers have not been told about.
-* An item joining an alerted story is an `update` only when its headline reports a development that no
-  alert of the topic reported in the last `same_development_h` hours; "what's new" names it in words
-  ("release (17 more hostages, second exchange)"). Rephrasings, reactions and commentary are `repeat`s.
-* A new story whose development was already alerted in another story (same kind, arguments that agree,
-  and alike by cosine), or that has no development and retells a recent alert, is a `repeat`.
-* A new story alerts at once on clear evidence (a match `strong_margin` above the topic threshold and a
-  development in its headline); otherwise it is `held` until a second outlet reports it within
-  `corroboration_h` hours (or a clear report joins it), and then alerts as the new story.
+Alerting (`decide`): an alert is a development the topic's subscribers have not been told about, whatever
+story it lands in. monitor.signal.newsworthy judges it: p(new) = p(the item reports a development on topic)
+x (1 - p(it is the same development as an item the topic alerted on in the last `memory_h` hours)), two
+small topic-agnostic models fitted on hand-read development labels, plus a rule that a realised event on
+another day announced as a further one ("17 more hostages", "second exchange") is another development.
+* An item joining an alerted story is an `update` when p(new) clears the model's threshold; "what's new"
+  names the development in words ("release (17 more hostages, second exchange)"). Rephrasings, reactions
+  and commentary are `repeat`s, and so is a new story that is not news.
+* A new story that is news alerts at once on a clear match (`strong_margin` above the topic threshold);
+  otherwise it is `held` until a second outlet reports it within `corroboration_h` hours (or a clear match
+  that is news joins it), and then alerts as the new story.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import lru_cache
 
 import numpy as np
 
 from monitor.records import Decision, ItemRecord
 from monitor.signal.developments import Development, arguments, commentary, read_developments
+from monitor.signal.newsworthy import SHIPPED_ALERT_MODEL, AlertModel, Headline, Told
 
 # --- parameters -------------------------------------------------------------------------------------------
 
@@ -63,18 +67,14 @@ class StoryParams:
     args_conflict: float = 0.1  # subtracted when item and story state different counts/ordinals of one thing
     # --- alerting (see `decide`) ---
     material_updates: bool = True  # an update needs a development (False: any unseen figure/name/quote)
-    same_development_h: float = 18.0  # two mentions of one development kind this close are one development
     corroboration: bool = True  # a new story on weak evidence waits for a second outlet
     corroboration_h: float = 6.0  # how long a held story waits for a second outlet
     strong_margin: float = 0.05  # match score above the topic threshold that needs no corroboration
-    # a new story with no development in its headline this close to an alerted item of the topic retells it
-    echo_cosine: float = 0.6
-    echo_h: float = 48.0  # ... when that alert is at most this many hours older
-    same_development_cosine: float = 0.5  # a development of an alerted kind, in another story, this alike: the same
-    update_echo_cosine: float = 1.0  # an update this close to an alerted item of the topic retells it
-    # development kinds that make an update (the others can start a story but not update one)
-    update_kinds: frozenset[str] = frozenset(("release", "deal", "extension", "collapse", "start", "delay", "talks",
-                                              "travel", "call", "progress", "warrant", "count", "proposal", "stance"))
+    # how long the topic remembers what it alerted (closed stories included): a development told within this
+    # many hours is not news again, whichever story it turns up in
+    memory_h: float = 168.0
+    # is an item a development the topic's subscribers were not told? (monitor.signal.newsworthy)
+    alert_model: AlertModel = SHIPPED_ALERT_MODEL
 
 
 # The reference point: single pass in date order, one cosine threshold against story centroids, no window,
@@ -330,6 +330,7 @@ class OpenStory:
     alerted: bool = True  # subscribers have had an alert for this story (False while it waits)
     alerted_vectors: np.ndarray | None = None  # (k, dim) vectors of the items that alerted (last few)
     alerted_times: tuple[float, ...] = ()  # POSIX seconds of those items
+    alerted_titles: tuple[str, ...] = ()  # and their headlines
 
     @property
     def centroid(self) -> np.ndarray:
@@ -450,31 +451,28 @@ def topic_background(stories: Sequence[OpenStory], min_stories: int = 2) -> froz
 
 
 
-def alerted_developments(stories: Sequence[OpenStory]) -> list[SeenDevelopment]:
-    """Developments the topic's subscribers have been alerted to, over its open stories."""
-    return [d for st in stories for d in st.developments if d.alerted]
-
-
-def fresh_developments(devs: Sequence[Development], at: float, alerted: Sequence[SeenDevelopment],
-                       params: StoryParams) -> list[Development]:
-    """The developments of `devs` no alert has reported yet: no alerted development of the same kind,
-    with no contradicting argument, within `same_development_h` hours."""
-    span = params.same_development_h * 3600.0
-    return [d for d in devs if not any(abs(at - a.at) < span and d.same_as(a.development) for a in alerted)]
-
-
-def echo_of_alert(stories: Sequence[OpenStory], x: NoveltyItem, params: StoryParams) -> float:
-    """Highest cosine between `x` and an item of the topic that alerted in the last `echo_h` hours: a new
-    story that close to an alert retells it (a reaction, a profile of the freed, the same news split off)."""
-    t = x.item.published_at.timestamp()
-    best = -1.0
-    for st in stories:
-        if st.alerted_vectors is None or not len(st.alerted_times):
+def told_items(memory: Sequence[OpenStory], at: float, memory_h: float) -> list[Told]:
+    """What the topic's subscribers were told in the `memory_h` hours before `at` (POSIX seconds): every alerted
+    item kept by the stories of `memory`, with its vector and headline."""
+    out = []
+    for st in memory:
+        if st.alerted_vectors is None:
             continue
-        recent = [i for i, at in enumerate(st.alerted_times) if 0 <= t - at < params.echo_h * 3600.0]
-        if recent:
-            best = max(best, float((st.alerted_vectors[recent] @ x.vector).max()))
-    return best
+        for k, (t, title) in enumerate(zip(st.alerted_times, st.alerted_titles, strict=False)):
+            if 0 <= at - t < memory_h * 3600.0 and k < len(st.alerted_vectors):
+                out.append(Told(st.alerted_vectors[k], t, headline(title)))
+    return out
+
+
+def _fresh(x: Headline, told: Sequence[Told]) -> list[Development]:
+    """The item's developments that no told item reported (same kind, arguments that agree)."""
+    return [d for d in x.developments if not any(d.same_as(o) for t in told for o in t.headline.developments)]
+
+
+@lru_cache(maxsize=4096)
+def headline(title: str) -> Headline:
+    """What the alert model reads from a headline (pure; cached: told items are read again for every item)."""
+    return Headline.of(title)
 
 
 def _what(devs: Sequence[Development]) -> str:
@@ -495,19 +493,21 @@ def _choose(stories: Sequence[OpenStory], x: NoveltyItem, params: StoryParams) -
     return best_i, best_s, best_cos
 
 
-def decide(stories: Sequence[OpenStory], x: NoveltyItem, params: StoryParams) -> Assignment:
+def decide(stories: Sequence[OpenStory], x: NoveltyItem, params: StoryParams,
+           memory: Sequence[OpenStory] | None = None) -> Assignment:
     """Choose a story for `x` among the open `stories` of its topic and decide what subscribers get.
+    `memory` holds the topic's stories of the last `memory_h` hours, closed ones included (default: `stories`):
+    what subscribers were already told is read from it.
 
-    * `repeat` (no alert): a syndicated or near-identical copy; commentary, an explainer, a live blog or a
-      recap; or an item whose developments (`developments.read_developments`) an alert of this topic has
-      already reported, in whatever story.
-    * `update` (alert): the item joins an alerted story and reports a development not alerted yet; "what's
-      new" names it.
-    * `new_story` (alert): the item starts a story on clear evidence (a match `strong_margin` above the
-      topic threshold and a development in its headline), or a held story is corroborated: a second outlet
-      reports it within `corroboration_h` hours, or an item on clear evidence joins it.
-    * `held` (no alert yet): a new story on weak evidence (a marginal match, no development read, or
-      commentary) waits for corroboration; it never alerts if none comes in time.
+    * `repeat` (no alert): a syndicated or near-identical copy, or an item that is not news
+      (`newsworthy.AlertModel.judge`: commentary, a reaction, a recap, or a development the topic alerted on
+      in the last `memory_h` hours, in whatever story); the reason gives p(new) and its parts.
+    * `update` (alert): the item joins an alerted story and is news; "what's new" names the development.
+    * `new_story` (alert): the item starts a story, is news and matched clearly (`strong_margin` above the
+      topic threshold), or a held story is corroborated: a second outlet reports it within
+      `corroboration_h` hours, or a clear match that is news joins it.
+    * `held` (no alert yet): a new story that is news on a weak match waits for corroboration; it never
+      alerts if none comes in time.
     """
     best_i, best_s, best_cos = _choose(stories, x, params)
     for i, st in enumerate(stories):  # a syndicated copy belongs with its original, whatever the score
@@ -519,66 +519,41 @@ def decide(stories: Sequence[OpenStory], x: NoveltyItem, params: StoryParams) ->
         return Assignment("repeat", best_i, best_s, f"near-identical to an earlier report (cosine {best_cos:.2f})", None)
     if not params.material_updates:
         return _decide_by_facts(stories, x, best_i if joined else None, best_s, params)
-    f = x.facts
     t = x.item.published_at.timestamp()
-    alerted = alerted_developments(stories)
-    fresh = fresh_developments(f.developments, t, alerted, params)
-    clear = (x.margin is None or x.margin >= params.strong_margin) and bool(f.developments)
+    told = told_items(stories if memory is None else memory, t, params.memory_h)
+    h = headline(x.item.title)
+    j = params.alert_model.judge(h, x.vector, t, x.margin, told)
+    news = j.p_new >= params.alert_model.threshold
+    clear = x.margin is None or x.margin >= params.strong_margin
+    what = _what(_fresh(h, told) or list(h.developments)) or "a development not alerted yet"
+    old = None if best_i is None else best_s
     if joined:
         st = stories[best_i]  # type: ignore[index]
-        if f.commentary:
-            return Assignment("repeat", best_i, best_s, f"same story (score {best_s:.2f}); {f.commentary}", None)
         if st.alerted:
-            # talks and trips update a story when they move somewhere new ("talks move to Cairo"), not when
-            # they merely continue
-            fresh = [d for d in fresh if d.kind in params.update_kinds
-                     and (d.kind not in ("talks", "travel") or any(a.startswith("place:") for a in d.args))]
-            echo = echo_of_alert(stories, x, params) if fresh and params.update_echo_cosine < 1.0 else -1.0
-            if echo >= params.update_echo_cosine:
-                return Assignment("repeat", best_i, best_s, f"same story (score {best_s:.2f}), retells an alert "
-                                  f"(cosine {echo:.2f})", None)
-            if fresh:
-                what = _what(fresh)
-                return Assignment("update", best_i, best_s, f"same story (score {best_s:.2f}), new development: {what}",
-                                  what)
-            why = "development already alerted" if f.developments else "no development in the headline"
-            return Assignment("repeat", best_i, best_s, f"same story (score {best_s:.2f}), {why}", None)
+            if news:
+                return Assignment("update", best_i, best_s, f"same story (score {best_s:.2f}), new development: "
+                                  f"{what}; {j.explain()}", what)
+            return Assignment("repeat", best_i, best_s, f"same story (score {best_s:.2f}), not news: {j.explain()}",
+                              None)
         # the story waits for corroboration
         waited_h = (t - st.first_seen.timestamp()) / 3600.0
         second_outlet = x.item.outlet not in st.sources and waited_h <= params.corroboration_h
-        if not (second_outlet or clear):
+        # another outlet reporting it corroborates the story (unless what it reports was told meanwhile); so
+        # does a clear match that is news
+        corroborated = second_outlet and j.p_same < 0.5 and not h.commentary
+        if not (corroborated or (news and clear)):
             return Assignment("held", best_i, best_s, f"same story (score {best_s:.2f}), still waiting for a "
-                              "second outlet", None)
-        pending = [d.development for d in st.developments if not d.alerted]
-        if ((f.developments or pending) and not fresh and not fresh_developments(pending, t, alerted, params)
-                and echo_of_alert(stories, x, params) >= params.same_development_cosine):
-            return Assignment("repeat", best_i, best_s, "corroborated, but its development was already alerted", None)
-        quiet = not f.developments and not pending
-        echo = echo_of_alert(stories, x, params) if quiet and params.echo_cosine < 1.0 else -1.0
-        if echo >= params.echo_cosine:
-            return Assignment("repeat", best_i, best_s, f"corroborated, but it retells an alert of the last "
-                              f"{params.echo_h:g} h (cosine {echo:.2f})", None)
+                              f"second outlet; {j.explain()}", None)
         how = (f"corroborated by a second outlet ({x.item.outlet}, {waited_h:.1f} h after the first report)"
-               if second_outlet else "corroborated by a clear match reporting a development")
-        return Assignment("new_story", best_i, best_s, f"story {how}", None)
+               if corroborated else "corroborated by a clear match")
+        return Assignment("new_story", best_i, best_s, f"story {how}; {j.explain()}", None)
     reason = "first report" if best_i is None else f"no open story close enough (best {best_s:.2f})"
-    if f.commentary:
-        return Assignment("held", None, None if best_i is None else best_s,
-                          f"{reason}; {f.commentary}: waits for a report of a development", None)
-    echo = echo_of_alert(stories, x, params)
-    # in another story: the same kind of development is the same development only if the reports are alike
-    if f.developments and not fresh and echo >= params.same_development_cosine:
-        return Assignment("repeat", None, None if best_i is None else best_s,
-                          f"{reason}, but its development was already alerted: {_what(f.developments)} "
-                          f"(cosine {echo:.2f} to that alert)", None)
-    if not f.developments and echo >= params.echo_cosine:
-        return Assignment("repeat", None, None if best_i is None else best_s,
-                          f"{reason}, but it retells an alert of the last {params.echo_h:g} h (cosine {echo:.2f})", None)
+    if not news:
+        return Assignment("repeat", None, old, f"{reason}, but not news: {j.explain()}", None)
     if not params.corroboration or clear:
-        return Assignment("new_story", None, None if best_i is None else best_s, reason, None)
-    weak = "no development in the headline" if not f.developments else f"match margin {x.margin:.2f}"
-    return Assignment("held", None, None if best_i is None else best_s,
-                      f"{reason}; weak evidence ({weak}): waits {params.corroboration_h:g} h for a second outlet", None)
+        return Assignment("new_story", None, old, f"{reason}; {j.explain()}", None)
+    return Assignment("held", None, old, f"{reason}; weak match (margin {x.margin:.2f}): waits "
+                      f"{params.corroboration_h:g} h for a second outlet; {j.explain()}", None)
 
 
 def _decide_by_facts(stories: Sequence[OpenStory], x: NoveltyItem, best_i: int | None, best_s: float,
@@ -614,6 +589,7 @@ def start_story(key: int, x: NoveltyItem, decision: Decision = "new_story") -> O
         alerted=decision != "held",
         alerted_vectors=x.vector[None, :].astype(np.float32) if alerting else None,
         alerted_times=(x.item.published_at.timestamp(),) if alerting else (),
+        alerted_titles=(x.item.title,) if alerting else (),
     )
 
 
@@ -644,6 +620,7 @@ def absorb(story: OpenStory, x: NoveltyItem, params: StoryParams, decision: Deci
         alerted_vectors=_keep_alerted(story.alerted_vectors, x.vector) if alerting else story.alerted_vectors,
         alerted_times=(*story.alerted_times, x.item.published_at.timestamp())[-_MAX_ALERTED:] if alerting
         else story.alerted_times,
+        alerted_titles=(*story.alerted_titles, x.item.title)[-_MAX_ALERTED:] if alerting else story.alerted_titles,
     )
 
 
@@ -655,7 +632,7 @@ def _keep_alerted(vecs: np.ndarray | None, v: np.ndarray) -> np.ndarray:
     return out[-_MAX_ALERTED:].astype(np.float32)
 
 
-_MAX_DEVELOPMENTS = 64  # per story: the most recent; older ones are past `same_development_h` anyway
+_MAX_DEVELOPMENTS = 64  # per story: the most recent (what's new and `monitor stories list` show them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -667,10 +644,12 @@ class Step:
     created: bool
 
 
-def cluster_step(open_stories: Sequence[OpenStory], x: NoveltyItem, new_key: int, params: StoryParams) -> Step:
+def cluster_step(open_stories: Sequence[OpenStory], x: NoveltyItem, new_key: int, params: StoryParams,
+                 memory: Sequence[OpenStory] | None = None) -> Step:
     """Decide for one item and return the updated (or new) story. `open_stories` must already exclude the
-    stories closed by the window at the item's time (see `is_open`)."""
-    a = decide(open_stories, x, params)
+    stories closed by the window at the item's time (see `is_open`); `memory` is the topic's stories of the
+    last `memory_h` hours, closed ones included (see `decide`)."""
+    a = decide(open_stories, x, params, memory)
     if a.story_index is None:
         return Step(a, start_story(new_key, x, a.decision), True)
     return Step(a, absorb(open_stories[a.story_index], x, params, a.decision), False)
@@ -679,18 +658,21 @@ def cluster_step(open_stories: Sequence[OpenStory], x: NoveltyItem, new_key: int
 def cluster(items: Iterable[NoveltyItem], params: StoryParams) -> list[tuple[int, Assignment]]:
     """Cluster items in the order given (date order) with no persistence; returns (story key, assignment)
     per item. Used by evaluation; the service goes through monitor.signal.stories with the same steps."""
-    open_by_topic: dict[str, list[OpenStory]] = {}
+    recent_by_topic: dict[str, list[OpenStory]] = {}
     out: list[tuple[int, Assignment]] = []
     next_key = 0
+    keep_h = max(params.window_h, params.memory_h)
     for x in items:
         at = x.item.published_at
-        live = [s for s in open_by_topic.get(x.topic_id, []) if is_open(s, at, params.window_h)]
-        step = cluster_step(live, x, next_key, params)
+        recent = [s for s in recent_by_topic.get(x.topic_id, []) if is_open(s, at, keep_h)]
+        live_idx = [i for i, s in enumerate(recent) if is_open(s, at, params.window_h)]
+        step = cluster_step([recent[i] for i in live_idx], x, next_key, params,
+                            [s for s in recent if is_open(s, at, params.memory_h)])
         if step.created:
-            live.append(step.story)
+            recent.append(step.story)
             next_key += 1
         else:
-            live[step.assignment.story_index] = step.story  # type: ignore[index]
-        open_by_topic[x.topic_id] = live
+            recent[live_idx[step.assignment.story_index]] = step.story  # type: ignore[index]
+        recent_by_topic[x.topic_id] = recent
         out.append((step.story.key, step.assignment))
     return out

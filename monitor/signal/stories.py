@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from monitor.config import Settings
@@ -58,6 +58,8 @@ class StoryState:
     args: tuple[str, ...] = ()
     developments: tuple[SeenDevelopment, ...] = ()
     alerted: bool = True
+    alerted_times: tuple[float, ...] = ()  # POSIX seconds of the items in `Story.alerted_vectors`
+    alerted_titles: tuple[str, ...] = ()  # and their headlines
 
     @classmethod
     def of(cls, story: OpenStory) -> StoryState:
@@ -66,13 +68,15 @@ class StoryState:
             hashes=tuple(sorted(story.hashes)[:_MAX_REMEMBERED]), words=tuple(sorted(story.words)[:_MAX_REMEMBERED]),
             names=tuple(sorted(story.names)), numbers=tuple(sorted(story.numbers)), quotes=tuple(sorted(story.quotes)),
             args=tuple(sorted(story.args)), developments=story.developments, alerted=story.alerted,
+            alerted_times=tuple(story.alerted_times), alerted_titles=tuple(story.alerted_titles),
         )
 
     def to_json(self) -> dict[str, object]:
         return {
             "dim": self.dim, "times": list(self.times), "hashes": list(self.hashes), "words": list(self.words),
             "names": list(self.names), "numbers": list(self.numbers), "quotes": list(self.quotes),
-            "args": list(self.args), "alerted": self.alerted,
+            "args": list(self.args), "alerted": self.alerted, "alerted_times": list(self.alerted_times),
+            "alerted_titles": list(self.alerted_titles),
             "developments": [{"kind": d.development.kind, "args": sorted(d.development.args),
                               "phrase": d.development.phrase, "at": d.at, "alerted": d.alerted}
                              for d in self.developments],
@@ -96,6 +100,8 @@ class StoryState:
             dim=int(st.get("dim", 0) or 384), times=tuple(float(t) for t in st.get("times") or ()),
             hashes=strs("hashes"), words=strs("words"), names=strs("names"), numbers=strs("numbers"),
             quotes=strs("quotes"), args=strs("args"), developments=tuple(devs), alerted=bool(st.get("alerted", True)),
+            alerted_times=tuple(float(t) for t in st.get("alerted_times") or ()),
+            alerted_titles=strs("alerted_titles"),
         )
 
 
@@ -104,6 +110,10 @@ def _to_open(row: Story) -> OpenStory:
     vecs = np.frombuffer(row.member_vectors or row.centroid or b"", dtype=np.float32)
     vecs = vecs.reshape(-1, st.dim) if vecs.size else np.zeros((0, st.dim), dtype=np.float32)
     times = st.times or (aware_utc(row.last_seen).timestamp(),)  # type: ignore[union-attr]
+    told = np.frombuffer(row.alerted_vectors or b"", dtype=np.float32)
+    told_times, told_titles = st.alerted_times, st.alerted_titles
+    if not told.size or told.size != len(told_times) * st.dim or len(told_titles) != len(told_times):
+        told, told_times, told_titles = np.zeros((0, st.dim), dtype=np.float32), (), ()  # written before the column
     return OpenStory(
         key=row.id, topic_id=row.topic_id, first_seen=aware_utc(row.first_seen),  # type: ignore[arg-type]
         last_seen=aware_utc(row.last_seen), vectors=vecs.copy(), times=times,  # type: ignore[arg-type]
@@ -111,6 +121,8 @@ def _to_open(row: Story) -> OpenStory:
         hashes=frozenset(st.hashes), words=frozenset(st.words), names=frozenset(st.names),
         numbers=frozenset(st.numbers), quotes=frozenset(st.quotes), title=row.title, args=frozenset(st.args),
         developments=st.developments, alerted=st.alerted,
+        alerted_vectors=told.reshape(-1, st.dim).copy() if len(told_times) else None, alerted_times=told_times,
+        alerted_titles=told_titles,
     )
 
 
@@ -121,6 +133,8 @@ def _write(row: Story, story: OpenStory) -> None:
     row.sources = list(story.sources)
     row.centroid = story.centroid.tobytes()
     row.member_vectors = np.ascontiguousarray(story.vectors, dtype=np.float32).tobytes()
+    told = story.alerted_vectors
+    row.alerted_vectors = np.ascontiguousarray(told, dtype=np.float32).tobytes() if told is not None and len(told) else None
     row.state = StoryState.of(story).to_json()
 
 
@@ -153,18 +167,23 @@ def assign(session: Session, matched: Sequence[MatchedItem], now: datetime, sett
         if m.topic_id not in rows:
             # In id order, as SQLite happens to return them and as evaluation (novelty.cluster) holds them;
             # PostgreSQL returns rows in storage order, which changes as stories are updated.
-            found = session.scalars(select(Story).where(Story.topic_id == m.topic_id, Story.closed.is_(False))
-                                    .order_by(Story.id)).all()
+            # the open stories, and the closed ones still in the topic's memory (what it alerted recently)
+            since = naive_utc(now - timedelta(hours=max(p.window_h, p.memory_h)))
+            found = session.scalars(select(Story).where(
+                Story.topic_id == m.topic_id, or_(Story.closed.is_(False), Story.last_seen >= since))
+                .order_by(Story.id)).all()
             rows[m.topic_id] = {r.id: r for r in found}
             opened[m.topic_id] = [_to_open(r) for r in found]
         at = m.item.published_at
         stories = opened[m.topic_id]
-        live_idx = [i for i, s in enumerate(stories) if is_open(s, at, p.window_h)]
+        live_idx = [i for i, s in enumerate(stories)
+                    if not rows[m.topic_id][s.key].closed and is_open(s, at, p.window_h)]
         live = [stories[i] for i in live_idx]
+        memory = [s for s in stories if is_open(s, at, p.memory_h)]
         margin = None if m.threshold is None else m.score - m.threshold
         x = novelty_item(m.item, m.topic_id, m.vector, margin)
         row: Story
-        step = cluster_step(live, x, 0, p)
+        step = cluster_step(live, x, 0, p, memory)
         if step.created:
             row = Story(topic_id=m.topic_id, title=m.item.title, link=m.item.link, first_item_id=m.item.id,
                         first_seen=naive_utc(at), last_seen=naive_utc(at), item_count=1, sources=[],

@@ -124,6 +124,9 @@ class Story(Base):
     centroid: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 representative vector
     # float32 (k, dim) matrix of member vectors (first item + most recent): novelty compares to members.
     member_vectors: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # float32 (k, dim) vectors of the story's items that alerted (the last few): what subscribers were told,
+    # compared with later items of the topic to recognise a retelling.
+    alerted_vectors: Mapped[bytes | None] = mapped_column(LargeBinary)
     state: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)  # novelty's own memory (facts seen...)
     closed: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     # Readers' "already knew this" marks on its alerts: each pair of marks asks one more new fact of an update.

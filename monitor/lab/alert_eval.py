@@ -1,0 +1,209 @@
+"""Fit and measure the alert model (monitor.signal.newsworthy) on development labels read by hand
+(`monitor eval alerts`).
+
+The labels (bench/data/stories/development_labels.jsonl) are the (item, topic) candidates of 2023-10-07..11-15
+that the shipped topics matched or came close to (score >= 0.6 x threshold), each read in time order: on topic
+or not, and which development it reports (an id shared by every report of the same development), or none for
+commentary, reactions and recaps. From them:
+
+* the development model learns from every candidate (does it report a development on topic?);
+* the same-development model learns from every pair of development reports of one topic at most `memory_h`
+  apart (the same id or not);
+* a policy is simulated per topic in time order over the candidates the topics matched: an item alerts when
+  p(new) clears the threshold, and then joins what the topic told. An alert is right when it reports a
+  development no earlier alert of its topic reported (JUDGING.md, with labels instead of a second reading).
+
+Figures are reported fitted on all labels (optimistic), across topics (fit on prisoner-exchange, measured on
+the others, and the reverse) and across time (fit before 11-01, measured on 11-01..15): the product meets topics
+and weeks nobody labelled. The threshold is chosen on the cross-topic folds (the best lower F1 of the two),
+never on the fitted-on-all figure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from monitor.errors import MonitorError
+from monitor.records import ItemRecord
+from monitor.signal.newsworthy import (
+    DEVELOPMENT_FEATURES,
+    SAME_FEATURES,
+    AlertModel,
+    Headline,
+    Logistic,
+    Told,
+    another_occurrence,
+    development_features,
+    fit_logistic,
+    same_features,
+)
+
+FIT_CUTOFF = datetime(2023, 11, 16, tzinfo=UTC)  # labels from here on are for reporting only, never fitted
+TIME_SPLIT = datetime(2023, 11, 1, tzinfo=UTC)
+
+
+class AlertEvalError(MonitorError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A labelled (item, topic) candidate, with what the models need."""
+
+    item: ItemRecord
+    topic: str
+    on_topic: bool
+    dev: str | None  # development id; None for commentary, reactions, recaps and off-topic items
+    kd: str | None
+    headline: Headline
+    vector: np.ndarray | None = None
+    margin: float | None = None  # match score minus the topic's threshold
+    matched: bool = True
+
+
+def read_candidates(path: str | Path) -> list[Candidate]:
+    """The labelled candidates of a development-labels file, by topic and date."""
+    from monitor.lab.story_eval import _read_rows
+
+    what = "a development label (needs topic, date, title, on_topic, role)"
+    out = []
+    for n, r, item in _read_rows(path, what):
+        role = r.get("role")
+        if role not in ("development", "commentary", "off") or "topic" not in r or "on_topic" not in r:
+            raise AlertEvalError(f"{path}:{n}: not {what}: role {role!r} must be development, commentary or off")
+        if role == "development" and r.get("on_topic") and not r.get("dev"):
+            raise AlertEvalError(f"{path}:{n}: a development row needs its development id (dev)")
+        dev = str(r["dev"]) if role == "development" and r.get("on_topic") else None
+        out.append(Candidate(item=item, topic=str(r["topic"]), on_topic=bool(r["on_topic"]), dev=dev,
+                             kd=r.get("kd") or None, headline=Headline.of(item.title)))
+    out.sort(key=lambda c: (c.topic, c.item.published_at))
+    return out
+
+
+def development_rows(cands: Sequence[Candidate]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.array([development_features(c.headline, c.margin) for c in cands], dtype=np.float64)
+    y = np.array([1.0 if c.dev else 0.0 for c in cands])
+    return x, y
+
+
+def same_rows(cands: Sequence[Candidate], memory_h: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of development reports of one topic at most `memory_h` hours apart (later, earlier)."""
+    xs, ys = [], []
+    for topic in sorted({c.topic for c in cands}):
+        devs = [c for c in cands if c.topic == topic and c.dev and c.vector is not None]
+        for j, c in enumerate(devs):
+            for e in devs[:j]:
+                gap_h = (c.item.published_at - e.item.published_at).total_seconds() / 3600.0
+                if gap_h > memory_h or another_occurrence(c.headline, e.headline, gap_h):
+                    continue  # too old to be remembered, or a rule already tells them apart
+                xs.append(same_features(c.headline, e.headline, float(c.vector @ e.vector), gap_h))  # type: ignore[operator]
+                ys.append(1.0 if c.dev == e.dev else 0.0)
+    return np.array(xs, dtype=np.float64).reshape(-1, len(SAME_FEATURES)), np.array(ys)
+
+
+def fit_model(cands: Sequence[Candidate], memory_h: float, threshold: float, l2: float = 5.0) -> AlertModel:
+    late = [c for c in cands if c.item.published_at >= FIT_CUTOFF]
+    if late:
+        raise AlertEvalError(f"{len(late)} labels are dated {FIT_CUTOFF:%Y-%m-%d} or later: they are for reporting "
+                             "only and are never fitted on")
+    xa, ya = development_rows(cands)
+    xb, yb = same_rows(cands, memory_h)
+    return AlertModel(fit_logistic(xa, ya, DEVELOPMENT_FEATURES, l2=l2), fit_logistic(xb, yb, SAME_FEATURES, l2=l2),
+                      threshold)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyResult:
+    alerts: int
+    right: int
+    developments: int  # distinct (topic, development) among the matched candidates
+    developments_alerted: int
+    kd_pairs: int  # (kd, topic) pairs among the matched candidates
+    kd_alerted: int
+
+    @property
+    def precision(self) -> float:
+        return self.right / self.alerts if self.alerts else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.developments_alerted / self.developments if self.developments else 0.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {"alerts": self.alerts, "right": self.right, "precision": round(self.precision, 4),
+                "developments": self.developments, "developments_alerted": self.developments_alerted,
+                "recall": round(self.recall, 4), "f1": round(self.f1, 4), "kd_pairs": self.kd_pairs,
+                "kd_alerted": self.kd_alerted}
+
+
+def simulate(cands: Sequence[Candidate], model: AlertModel, memory_h: float) -> PolicyResult:
+    """Run the policy per topic in time order over the matched candidates and score it with the labels."""
+    alerts = right = 0
+    devs: set[tuple[str, str]] = set()
+    alerted_devs: set[tuple[str, str]] = set()
+    kds: set[tuple[str, str]] = set()
+    kd_alerted: set[tuple[str, str]] = set()
+    for topic in sorted({c.topic for c in cands}):
+        told: list[tuple[Told, Candidate]] = []
+        for c in (c for c in cands if c.topic == topic and c.matched and c.vector is not None):
+            at = c.item.published_at.timestamp()
+            if c.dev:
+                devs.add((topic, c.dev))
+                if c.kd:
+                    kds.add((c.kd, topic))
+            recent = [t for t, _c in told if at - t.at < memory_h * 3600.0]
+            j = model.judge(c.headline, c.vector, at, c.margin, recent)  # type: ignore[arg-type]
+            if j.p_new < model.threshold:
+                continue
+            alerts += 1
+            if c.dev and (topic, c.dev) not in alerted_devs:
+                right += 1
+                alerted_devs.add((topic, c.dev))
+            if c.dev and c.kd:
+                kd_alerted.add((c.kd, topic))
+            told.append((Told(c.vector, at, c.headline), c))  # type: ignore[arg-type]
+    return PolicyResult(alerts, right, len(devs), len(alerted_devs), len(kds), len(kd_alerted & kds))
+
+
+def folds(cands: Sequence[Candidate]) -> dict[str, tuple[list[Candidate], list[Candidate]]]:
+    """(fit on, measure on) for each protocol: all, across topics (the largest topic against the rest, both
+    ways) and across time."""
+    topics = sorted({c.topic for c in cands}, key=lambda t: -sum(c.topic == t for c in cands))
+    big = topics[0] if topics else ""
+    one = [c for c in cands if c.topic == big]
+    rest = [c for c in cands if c.topic != big]
+    early = [c for c in cands if c.item.published_at < TIME_SPLIT]
+    late = [c for c in cands if c.item.published_at >= TIME_SPLIT]
+    return {"all -> all": (list(cands), list(cands)), f"{big} -> others": (one, rest),
+            f"others -> {big}": (rest, one), "before 11-01 -> 11-01..15": (early, late)}
+
+
+def choose_threshold(cands: Sequence[Candidate], memory_h: float, grid: Sequence[float]) -> float:
+    """The threshold with the best lower development F1 of the two cross-topic folds."""
+    fs = folds(cands)
+    cross = [v for k, v in fs.items() if "others" in k]
+    best, best_t = -1.0, grid[0]
+    for t in grid:
+        worst = min(simulate(te, fit_model(tr, memory_h, t), memory_h).f1 for tr, te in cross)
+        if worst > best:
+            best, best_t = worst, t
+    return best_t
+
+
+def dump_model(model: AlertModel) -> str:
+    """The Python literal of `model`, for monitor.signal.newsworthy.SHIPPED_ALERT_MODEL."""
+    def logistic(m: Logistic, names: str) -> str:
+        return (f"Logistic(\n        names={names},\n        mean={m.mean},\n        scale={m.scale},\n"
+                f"        weights={m.weights},\n        bias={m.bias})")
+    return (f"AlertModel(\n    development={logistic(model.development, 'DEVELOPMENT_FEATURES')},\n"
+            f"    same={logistic(model.same, 'SAME_FEATURES')},\n    threshold={model.threshold},\n)")

@@ -1,0 +1,149 @@
+"""The alert model (monitor.signal.newsworthy) and its evaluation (monitor.lab.alert_eval) on tiny fixtures:
+what each feature reads, that fitting recovers a signal, that a retelling scores below a new development,
+that another day's release is another development, and that the labels are scored as JUDGING.md scores."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor.lab import alert_eval
+from monitor.signal.newsworthy import (
+    DEVELOPMENT_FEATURES,
+    SAME_FEATURES,
+    SHIPPED_ALERT_MODEL,
+    AlertModel,
+    Headline,
+    Told,
+    another_occurrence,
+    development_features,
+    fit_logistic,
+    same_features,
+)
+
+T0 = datetime(2023, 10, 20, 12, 0, tzinfo=UTC).timestamp()
+
+
+def feature(names: tuple[str, ...], values: tuple[float, ...], name: str) -> float:
+    return values[names.index(name)]
+
+
+def test_development_features_read_commentary_events_family_and_margin() -> None:
+    explainer = development_features(Headline.of("Analysis: what the release of two hostages means"), 0.2)
+    release = development_features(Headline.of("Hamas frees two more hostages"), 0.2)
+    family = development_features(Headline.of("Family of freed hostage speaks of relief"), 0.2)
+    assert feature(DEVELOPMENT_FEATURES, explainer, "commentary") == 1.0
+    assert feature(DEVELOPMENT_FEATURES, release, "commentary") == 0.0
+    assert feature(DEVELOPMENT_FEATURES, release, "event") == 1.0 and feature(DEVELOPMENT_FEATURES, release, "count") == 1.0
+    assert feature(DEVELOPMENT_FEATURES, family, "family") == 1.0
+    # the margin is clipped, and an unknown margin counts as a clear match
+    assert feature(DEVELOPMENT_FEATURES, development_features(Headline.of("x"), 5.0), "margin") == 0.7
+    assert feature(DEVELOPMENT_FEATURES, development_features(Headline.of("x"), None), "margin") > 0
+
+
+def test_same_features_read_time_kinds_and_further_markers() -> None:
+    a = Headline.of("Hamas frees two American hostages")
+    b = Headline.of("Hamas frees two more hostages, elderly Israeli women")
+    f = same_features(b, a, 0.8, 72.0)
+    assert feature(SAME_FEATURES, f, "cosine") == 0.8
+    assert feature(SAME_FEATURES, f, "log_gap_h") == pytest.approx(np.log1p(72.0))
+    assert feature(SAME_FEATURES, f, "both_event") == 1.0 and feature(SAME_FEATURES, f, "further") == 1.0
+    assert 0 < feature(SAME_FEATURES, f, "words_shared") < 1
+
+
+def test_fit_logistic_recovers_a_separable_signal_and_refuses_one_class() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 2))
+    y = (x[:, 0] > 0).astype(float)
+    m = fit_logistic(x, y, ("signal", "noise"), l2=1.0)
+    assert m.weights[0] > 1.0 and abs(m.weights[1]) < abs(m.weights[0]) / 5
+    assert m.probability([2.0, 0.0]) > 0.9 > 0.1 > m.probability([-2.0, 0.0])
+    assert m.evidence([2.0, 0.0])[0][0] == "signal"
+    with pytest.raises(ValueError, match="both positive and negative"):
+        fit_logistic(x, np.ones(200), ("signal", "noise"))
+    with pytest.raises(ValueError, match="must be"):
+        fit_logistic(x, y, ("signal",))
+
+
+def _vec(seed: int, near: np.ndarray | None = None, mix: float = 0.0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=16)
+    if near is not None:
+        v = mix * near + (1 - mix) * v / np.linalg.norm(v)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def test_a_retelling_of_what_was_told_is_less_news_than_the_first_report() -> None:
+    told_v = _vec(1)
+    told = [Told(told_v, T0, Headline.of("Hamas frees two American hostages, a mother and daughter"))]
+    again = Headline.of("Two American hostages freed by Hamas, mother and daughter")
+    first = SHIPPED_ALERT_MODEL.judge(again, _vec(2, told_v, 0.9), T0 + 3600, 0.3, [])
+    retold = SHIPPED_ALERT_MODEL.judge(again, _vec(2, told_v, 0.9), T0 + 3600, 0.3, told)
+    assert retold.p_new < first.p_new and retold.same_as is told[0]
+    assert "same as the alert" in retold.explain() and "same as" not in first.explain()
+    # the same story a week later is no longer in what the caller passes (memory_h): news again
+    assert SHIPPED_ALERT_MODEL.judge(again, _vec(2, told_v, 0.9), T0 + 3600, 0.3, []).p_new == first.p_new
+
+
+def test_commentary_is_less_news_than_a_report_and_says_why() -> None:
+    report = SHIPPED_ALERT_MODEL.judge(Headline.of("Hamas frees two hostages, Qatar says"), _vec(5), T0, 0.2, [])
+    comment = SHIPPED_ALERT_MODEL.judge(Headline.of("Analysis: why the hostage talks must not fail"), _vec(5), T0,
+                                        0.2, [])
+    assert comment.p_new < report.p_new
+    assert "commentary" in comment.explain()
+
+
+def test_another_days_release_announced_as_further_is_another_development() -> None:
+    day1 = Headline.of("Hamas releases 24 hostages on first day of Gaza truce")
+    day2 = Headline.of("Hamas releases 17 more hostages in second exchange after delay")
+    assert another_occurrence(day2, day1, gap_h=26.0)
+    assert not another_occurrence(day2, day1, gap_h=2.0)  # the same day: sub-counts of one release
+    assert not another_occurrence(Headline.of("Two Americans freed by Hamas"),
+                                  Headline.of("Hamas releases two American hostages"), gap_h=20.0)
+    v = _vec(7)
+    told = [Told(v, T0, day1)]
+    j = SHIPPED_ALERT_MODEL.judge(day2, _vec(8, v, 0.95), T0 + 26 * 3600, 0.3, told)
+    assert j.p_same == 0.0 and j.same_as is None
+
+
+def _label_row(topic: str, hours: float, title: str, role: str, dev: str | None, kd: str | None = None,
+               on: int = 1) -> dict[str, object]:
+    when = datetime(2023, 10, 20, tzinfo=UTC) + timedelta(hours=hours)
+    return {"topic": topic, "id": f"{hours}", "date": when.strftime("%Y-%m-%d %H:%M:%S"), "source": "example.org",
+            "title": title, "summary": "", "on_topic": on, "role": role, "dev": dev, "kd": kd}
+
+
+def test_candidates_are_read_checked_and_scored_like_a_reader_scores_alerts(tmp_path: Path) -> None:
+    rows = [_label_row("t", 0, "Hamas frees two hostages", "development", "d1", "kd-1"),
+            _label_row("t", 1, "Two hostages freed by Hamas", "development", "d1", "kd-1"),
+            _label_row("t", 2, "What the release means", "commentary", None),
+            _label_row("t", 3, "Football results", "off", None, on=0),
+            _label_row("t", 30, "Hamas frees two more hostages", "development", "d2")]
+    path = tmp_path / "labels.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cands = alert_eval.read_candidates(path)
+    assert [c.dev for c in cands] == ["d1", "d1", None, None, "d2"]
+    v = [_vec(1), _vec(2, _vec(1), 0.95), _vec(3), _vec(4), _vec(5, _vec(1), 0.5)]
+    cands = [replace(c, vector=v[i], margin=0.3) for i, c in enumerate(cands)]
+    every = alert_eval.simulate(cands, AlertModel(SHIPPED_ALERT_MODEL.development, SHIPPED_ALERT_MODEL.same, 0.0), 168)
+    # every candidate alerts: 2 of 5 are right (the first report of d1 and of d2), both developments alerted
+    assert (every.alerts, every.right, every.developments_alerted, every.kd_alerted, every.kd_pairs) == (5, 2, 2, 1, 1)
+    none = alert_eval.simulate(cands, AlertModel(SHIPPED_ALERT_MODEL.development, SHIPPED_ALERT_MODEL.same, 1.01), 168)
+    assert (none.alerts, none.right, none.precision, none.recall) == (0, 0, 0.0, 0.0)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(_label_row("t", 0, "x", "development", None)) + "\n", encoding="utf-8")
+    with pytest.raises(alert_eval.AlertEvalError, match="development id"):
+        alert_eval.read_candidates(bad)
+
+
+def test_fitting_refuses_labels_from_the_reporting_period(tmp_path: Path) -> None:
+    rows = [_label_row("t", h, f"Hamas frees {h} hostages", "development", f"d{h}") for h in (0, 1)]
+    rows.append(_label_row("t", 24 * 40, "Hamas frees hostages on the truce's first day", "development", "late"))
+    path = tmp_path / "labels.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(alert_eval.AlertEvalError, match="reporting only"):
+        alert_eval.fit_model(alert_eval.read_candidates(path), 168, 0.5)
