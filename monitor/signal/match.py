@@ -364,14 +364,16 @@ def recent_matches(session: Session, model_id: str, dim: int, items: Sequence[It
         return Recent.empty(dim)
     lo = naive_utc(min(it.published_at for it in items) - timedelta(hours=window_h))
     hi = naive_utc(max(it.published_at for it in items))
-    batch = [it.id for it in items]
+    batch = {it.id for it in items}  # filtered here, not in SQL: a batch has up to 1,024 ids
     rows = session.execute(
         select(Item.id, Item.title, Item.summary, Item.published_at, Match.topic_id, ItemVector.vector)
         .join(Match, Match.item_id == Item.id)
         .join(ItemVector, (ItemVector.item_id == Item.id) & (ItemVector.model_id == model_id))
-        .where(Item.published_at >= lo, Item.published_at < hi, Item.id.not_in(batch))).all()
+        .where(Item.published_at >= lo, Item.published_at < hi)).all()
     by_id: dict[int, tuple[str, float, bytes, set[str]]] = {}
     for item_id, title, summary, published, topic_id, blob in rows:
+        if item_id in batch:
+            continue
         if item_id not in by_id:
             when = published.replace(tzinfo=UTC) if published.tzinfo is None else published
             by_id[item_id] = (item_text(title, summary or ""), when.timestamp(), blob, set())
