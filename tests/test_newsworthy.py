@@ -101,7 +101,10 @@ def test_another_days_release_announced_as_further_is_another_development() -> N
     day1 = Headline.of("Hamas releases 24 hostages on first day of Gaza truce")
     day2 = Headline.of("Hamas releases 17 more hostages in second exchange after delay")
     assert another_occurrence(day2, day1, gap_h=26.0)
-    assert not another_occurrence(day2, day1, gap_h=2.0)  # the same day: sub-counts of one release
+    assert another_occurrence(Headline.of("Second group of 14 hostages freed by Hamas"), day1, gap_h=2.0)
+    # the same day, a different count with no "more"/"second" is a part of the same release; a day later it is not
+    part = Headline.of("Hamas frees 13 Israeli hostages in Gaza")
+    assert not another_occurrence(part, day1, gap_h=2.0) and another_occurrence(part, day1, gap_h=26.0)
     assert not another_occurrence(Headline.of("Two Americans freed by Hamas"),
                                   Headline.of("Hamas releases two American hostages"), gap_h=20.0)
     v = _vec(7)

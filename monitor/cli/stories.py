@@ -150,6 +150,10 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                   type=click.Path(exists=True, dir_okay=False, path_type=Path),
                   help="Development labels (bench/data/stories/development_labels.jsonl): topic, date, title, summary, "
                        "on_topic, role, dev, kd per (item, topic) candidate.")
+    @click.option("--stream", "stream_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                  help="The captured stream the labelled items come from: match them within it, with story-level "
+                       "evidence from the items around them, as the service and `eval replay` do (otherwise each "
+                       "labelled item is matched on its own evidence).")
     @click.option("--fit", "do_fit", is_flag=True,
                   help="Also fit the models on every label and choose the threshold across topics; print the "
                        "model to paste into monitor.signal.newsworthy.SHIPPED_ALERT_MODEL.")
@@ -157,12 +161,13 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                   show_default=True, help="Where item vectors are cached between runs.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
     @pass_ctx
-    def eval_alerts(ctx: CliContext, labels_file: Path, do_fit: bool, cache_dir: Path, as_json: bool) -> None:
+    def eval_alerts(ctx: CliContext, labels_file: Path, stream_file: Path | None, do_fit: bool, cache_dir: Path,
+                    as_json: bool) -> None:
         """Measure the alert model (is an item a development its topic's subscribers were not told?) on
         development labels read by hand: alert precision, developments alerted and key developments alerted,
         simulated per topic in time order over the candidates the configured topics match. Reported with the
         shipped weights and refitted per protocol: on all labels, across topics and across time."""
-        from monitor.lab import alert_eval, story_eval
+        from monitor.lab import alert_eval
         from monitor.signal import embed, match, newsworthy, novelty
 
         config: Config = ctx.config
@@ -170,16 +175,14 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         if not cands:
             raise MonitorError(f"{labels_file}: no labels")
         embedder = embed.load_embedder(config.settings)
-        vectors = story_eval.cached_vectors(embedder, [c.item for c in cands], cache_dir)
         topic_set = match.compile_topics(config.topics, embedder)
         known = {t.id for t in topic_set.topics}
         missing = sorted({c.topic for c in cands} - known)
         if missing:
             raise MonitorError(f"{labels_file}: topics {', '.join(missing)} are not configured in {ctx.config_file}")
-        verdicts = {(m.item_id, m.topic_id): m for m in match.match_items([c.item for c in cands], vectors, topic_set)}
-        cands = [replace(c, vector=vectors[i], margin=verdicts[(c.item.id, c.topic)].score
-                         - topic_set.get(c.topic).threshold, matched=verdicts[(c.item.id, c.topic)].matched)
-                 for i, c in enumerate(cands)]
+        cands, found = alert_eval.with_matches(cands, embedder, topic_set, cache_dir, stream_file)
+        if stream_file is not None:
+            click.echo(f"{found} of {len(cands)} labelled items found in {stream_file.name} and matched there")
         memory_h = novelty.StoryParams().memory_h
         shipped = newsworthy.SHIPPED_ALERT_MODEL
         threshold = shipped.threshold

@@ -22,7 +22,7 @@ never on the fitted-on-all figure.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -207,3 +207,39 @@ def dump_model(model: AlertModel) -> str:
                 f"        weights={m.weights},\n        bias={m.bias})")
     return (f"AlertModel(\n    development={logistic(model.development, 'DEVELOPMENT_FEATURES')},\n"
             f"    same={logistic(model.same, 'SAME_FEATURES')},\n    threshold={model.threshold},\n)")
+
+
+def with_matches(cands: Sequence[Candidate], embedder, topic_set, cache_dir: Path | None,  # type: ignore[no-untyped-def]
+                 stream: Path | None = None) -> tuple[list[Candidate], int]:
+    """The candidates with their vectors, match margins and whether their topic matched them. With `stream`,
+    each labelled item is looked up in the captured stream (headline and minute published) and matched there,
+    with story-level evidence from the items around it, as the service and `eval replay` match; items not
+    found, and every item without `stream`, are matched on their own evidence. Returns (candidates, found)."""
+    from datetime import timedelta
+
+    from monitor.lab.story_eval import cached_vectors, read_stream
+    from monitor.signal import match
+
+    items = [c.item for c in cands]
+    vectors = cached_vectors(embedder, items, cache_dir)
+    own = {(m.item_id, m.topic_id): m for m in match.match_items(items, vectors, topic_set)}
+    hit: dict[tuple[int, str], tuple[np.ndarray, object]] = {}
+    if stream is not None and cands:
+        start = min(c.item.published_at for c in cands) - timedelta(days=3)
+        end = max(c.item.published_at for c in cands) + timedelta(minutes=1)
+        s_items = read_stream(stream, start, end)
+        s_vectors = cached_vectors(embedder, s_items, cache_dir)
+        s_verdicts = {(m.item_id, m.topic_id): m for m in match.match_items(
+            s_items, s_vectors, topic_set, recent=match.Recent.empty(s_vectors.shape[1]))}
+        where = {(" ".join(it.title.split()).lower(), it.published_at.strftime("%Y-%m-%d %H:%M")): k
+                 for k, it in enumerate(s_items)}
+        for c in cands:
+            k = where.get((" ".join(c.item.title.split()).lower(), c.item.published_at.strftime("%Y-%m-%d %H:%M")))
+            if k is not None:
+                hit[(c.item.id, c.topic)] = (s_vectors[k], s_verdicts[(s_items[k].id, c.topic)])
+    out = []
+    for i, c in enumerate(cands):
+        vec, verdict = hit.get((c.item.id, c.topic), (vectors[i], own[(c.item.id, c.topic)]))
+        out.append(replace(c, vector=vec, margin=verdict.score - topic_set.get(c.topic).threshold,  # type: ignore[attr-defined]
+                           matched=verdict.matched))  # type: ignore[attr-defined]
+    return out, len(hit)

@@ -381,7 +381,8 @@ def replay(items: Sequence[ItemRecord], vectors: np.ndarray, topic_set, settings
 
     engine = create_engine("sqlite://")
     Base.metadata.create_all(engine)
-    verdicts = match.match_items(items, vectors, topic_set)
+    # with story-level evidence, as the service matches (each item may borrow from similar earlier ones)
+    verdicts = match.match_items(items, vectors, topic_set, recent=match.Recent.empty(vectors.shape[1]))
     index = {it.id: i for i, it in enumerate(items)}
     matched = [MatchedItem(item=items[index[m.item_id]], topic_id=m.topic_id, score=m.score,
                            vector=vectors[index[m.item_id]], threshold=topic_set.get(m.topic_id).threshold)
