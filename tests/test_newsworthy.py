@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from monitor.lab import alert_eval
+from monitor.signal.logistic import fit_logistic
 from monitor.signal.newsworthy import (
     DEVELOPMENT_FEATURES,
     SAME_FEATURES,
@@ -22,7 +23,6 @@ from monitor.signal.newsworthy import (
     Told,
     another_occurrence,
     development_features,
-    fit_logistic,
     same_features,
 )
 

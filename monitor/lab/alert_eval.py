@@ -30,16 +30,15 @@ import numpy as np
 
 from monitor.errors import MonitorError
 from monitor.records import ItemRecord
+from monitor.signal.logistic import Logistic, fit_logistic
 from monitor.signal.newsworthy import (
     DEVELOPMENT_FEATURES,
     SAME_FEATURES,
     AlertModel,
     Headline,
-    Logistic,
     Told,
     another_occurrence,
     development_features,
-    fit_logistic,
     same_features,
 )
 

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from monitor.signal.logistic import fit_logistic
+
 FEATURES: tuple[str, ...] = ("best", "top3", "desc", "anti", "hinge", "margin", "rel", "kw")
 TOP_N = 3
 COUNTER_WEIGHT = 5.0
@@ -174,25 +176,8 @@ def fit(x: np.ndarray, y: np.ndarray, names: Sequence[str], *, l2: float = 10.0,
     unknown = [n for n in names if n not in FEATURES]
     if unknown or not names:
         raise ValueError(f"unknown features {unknown}; choose among {FEATURES}")
-    sub = x[:, [FEATURES.index(n) for n in names]]
-    mean = sub.mean(axis=0)
-    scale = sub.std(axis=0)
-    scale[scale < 1e-9] = 1.0
-    z = np.hstack([np.ones((sub.shape[0], 1)), (sub - mean) / scale])
-    w = np.zeros(z.shape[1])
-    penalty = np.full(z.shape[1], float(l2))
-    penalty[0] = 0.0
-    for _ in range(iterations):
-        p = _sigmoid(z @ w)
-        grad = z.T @ (p - y) + penalty * w
-        hess = (z * (p * (1 - p))[:, None]).T @ z + np.diag(penalty) + 1e-9 * np.eye(z.shape[1])
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-10:
-            break
-    return Combiner(names=tuple(names), mean=tuple(round(float(v), 6) for v in mean),
-                    scale=tuple(round(float(v), 6) for v in scale), weights=tuple(round(float(v), 6) for v in w[1:]),
-                    bias=round(float(w[0]), 6))
+    m = fit_logistic(x[:, [FEATURES.index(n) for n in names]], y, names, l2=l2, iterations=iterations)
+    return Combiner(names=m.names, mean=m.mean, scale=m.scale, weights=m.weights, bias=m.bias)
 
 
 def best_cut(scores: np.ndarray, gold: np.ndarray) -> float:
