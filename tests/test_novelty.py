@@ -234,3 +234,22 @@ def test_arguments_read_counts_ordinals_and_places_but_not_title_case_words() ->
     args = arguments("Second group of 17 hostages handed over in Rafah")
     assert {"ord:2", "count:17:hostage", "place:rafah"} <= args
     assert not any(a.startswith("place:") for a in arguments("US Pressing Israel To Delay Gaza Invasion To Win Release"))
+
+
+@pytest.mark.slow
+def test_a_late_arrival_of_news_already_alerted_is_a_repeat(embedder) -> None:  # type: ignore[no-untyped-def]
+    """An item from a slow feed, published a few minutes before a report that already alerted, arrives after
+    it: what subscribers were told covers reports published after it too."""
+    xs = _items(embedder, [(0.1, "reuters.com", *RELEASE), (0.0, "bbc.co.uk", *RELEASE_AGAIN)], topic="exchange")
+    (_k1, a1), (_k2, a2) = cluster(xs, StoryParams(join_threshold=2.0))  # in arrival order; no story joins
+    assert a1.decision == "new_story" and a2.decision == "repeat", a2.reason
+
+
+@pytest.mark.slow
+def test_a_story_opened_by_commentary_alerts_its_first_development_as_a_new_story(embedder) -> None:  # type: ignore[no-untyped-def]
+    """Commentary that opens a story is not news and tells subscribers nothing: the first development that
+    joins the story alerts as a new story (with its own headline), not as an update of a story nobody got."""
+    xs = _items(embedder, [(0, "nytimes.com", *EXPLAINER), (1, "reuters.com", *RELEASE)], topic="exchange")
+    steps = cluster(xs, StoryParams(join_threshold=0.0))  # everything joins the first story
+    assert [a.decision for _k, a in steps] == ["repeat", "new_story"], [a.reason for _k, a in steps]
+    assert len({k for k, _a in steps}) == 1

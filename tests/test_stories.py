@@ -28,6 +28,8 @@ SETTINGS = Settings(story_window_h=72)
 
 FIRST = ("Hamas releases 24 hostages on first day of Gaza truce",
          "Hamas freed 13 Israelis, 10 Thais and a Filipino on Friday after a four-day truce took effect, Qatar said.")
+DEAL = ("Israel and Hamas agree four-day truce to free 50 hostages",
+        "Qatar announced the deal after weeks of talks; the truce is to start on Thursday.")
 SECOND = ("Hamas releases 17 more hostages in second exchange after delay",
           "Thirteen Israelis and four Thais were freed on Saturday in exchange for 39 Palestinian prisoners.")
 
@@ -99,9 +101,9 @@ def test_story_state_survives_between_batches(engine: Engine, embedder) -> None:
 def test_what_subscribers_were_told_is_remembered_between_batches_and_after_the_story_closes(
         engine: Engine, embedder) -> None:  # type: ignore[no-untyped-def]
     """The alerted items' vectors and developments are stored with the story, and the topic keeps them for
-    `memory_h` after the story closes: the same release reported again four days later, in a new story,
+    `memory_h` after the story closes: the same deal reported again four days later, in a new story,
     is a repeat (it was a new story before: only open stories were consulted)."""
-    items = _store(engine, [(0, "reuters.com", *FIRST), (96, "bbc.co.uk", *FIRST)])
+    items = _store(engine, [(0, "reuters.com", *DEAL), (96, "bbc.co.uk", *DEAL)])
     matched = _matched(embedder, items)
     with Session(engine) as s, s.begin():
         stories.assign(s, [matched[0]], matched[0].item.published_at, SETTINGS)
@@ -113,6 +115,23 @@ def test_what_subscribers_were_told_is_remembered_between_batches_and_after_the_
         [d] = stories.assign(s, [matched[1]], later, SETTINGS)
     assert d.decision == "repeat", d.reason
     assert "same as the alert" in d.reason
+
+
+
+def test_an_update_readers_already_knew_is_not_remembered_as_told(engine: Engine, embedder) -> None:  # type: ignore[no-untyped-def]
+    """Readers marked the story "already knew this" twice: a one-development update becomes a repeat, and
+    the story does not remember it as told (nobody received it, so it must not silence a later report)."""
+    items = _store(engine, [(0, "reuters.com", *FIRST), (26, "bbc.co.uk", "Hamas releases 17 more hostages", "")])
+    first, more = _matched(embedder, items)
+    with Session(engine) as s, s.begin():
+        stories.assign(s, [first], first.item.published_at, SETTINGS)
+        s.scalars(select(Story)).one().known_marks = 2
+    with Session(engine) as s, s.begin():
+        [d] = stories.assign(s, [more], more.item.published_at, SETTINGS)
+    assert d.decision == "repeat" and "readers already knew" in d.reason, d.reason
+    with Session(engine) as s:
+        state = stories.StoryState.from_json(s.scalars(select(Story)).one().state)
+        assert state.alerted_titles == (FIRST[0],)
 
 
 @pytest.mark.slow
@@ -138,7 +157,7 @@ def test_a_held_story_waits_across_batches_and_alerts_when_a_second_outlet_repor
 
 @pytest.mark.slow
 def test_window_expiry_closes_stories_and_later_items_start_new_ones(engine: Engine, embedder) -> None:  # type: ignore[no-untyped-def]
-    items = _store(engine, [(0, "reuters.com", *FIRST), (100, "usnews.com", *FIRST)])
+    items = _store(engine, [(0, "reuters.com", *DEAL), (100, "usnews.com", *DEAL)])
     first, late = _matched(embedder, items)
     with Session(engine) as s, s.begin():
         stories.assign(s, [first], T0, SETTINGS)

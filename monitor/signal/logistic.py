@@ -23,7 +23,8 @@ class Logistic:
 
     def probability(self, x: Sequence[float] | np.ndarray) -> float:
         z = (np.asarray(x, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
-        return float(1.0 / (1.0 + math.exp(-(self.bias + float(z @ np.asarray(self.weights))))))
+        logit = self.bias + float(z @ np.asarray(self.weights))
+        return float(1.0 / (1.0 + math.exp(-min(max(logit, -30.0), 30.0))))
 
     def evidence(self, x: Sequence[float] | np.ndarray) -> list[tuple[str, float]]:
         """Each feature's contribution in log-odds against an average item, largest first."""

@@ -327,7 +327,8 @@ class OpenStory:
     title: str = ""
     args: frozenset[str] = frozenset()  # counted figures, ordinals and places of its headlines
     developments: tuple[SeenDevelopment, ...] = ()
-    alerted: bool = True  # subscribers have had an alert for this story (False while it waits)
+    alerted: bool = True  # subscribers have had an alert for this story
+    waiting: bool = False  # held: news on a weak match, waiting for a second outlet (never alerted yet)
     alerted_vectors: np.ndarray | None = None  # (k, dim) vectors of the items that alerted (last few)
     alerted_times: tuple[float, ...] = ()  # POSIX seconds of those items
     alerted_titles: tuple[str, ...] = ()  # and their headlines
@@ -452,14 +453,15 @@ def topic_background(stories: Sequence[OpenStory], min_stories: int = 2) -> froz
 
 
 def told_items(memory: Sequence[OpenStory], at: float, memory_h: float) -> list[Told]:
-    """What the topic's subscribers were told in the `memory_h` hours before `at` (POSIX seconds): every alerted
-    item kept by the stories of `memory`, with its vector and headline."""
+    """What the topic's subscribers were told about items published within `memory_h` hours of `at` (POSIX
+    seconds; after it too: an item from a slow feed can arrive after the alert on a later report of the same
+    news): every alerted item kept by the stories of `memory`, with its vector and headline."""
     out = []
     for st in memory:
         if st.alerted_vectors is None:
             continue
         for k, (t, title) in enumerate(zip(st.alerted_times, st.alerted_titles, strict=False)):
-            if 0 <= at - t < memory_h * 3600.0 and k < len(st.alerted_vectors):
+            if abs(at - t) < memory_h * 3600.0 and k < len(st.alerted_vectors):
                 out.append(Told(st.alerted_vectors[k], t, headline(title)))
     return out
 
@@ -535,18 +537,21 @@ def decide(stories: Sequence[OpenStory], x: NoveltyItem, params: StoryParams,
                                   f"{what}; {j.explain()}", what)
             return Assignment("repeat", best_i, best_s, f"same story (score {best_s:.2f}), not news: {j.explain()}",
                               None)
-        # the story waits for corroboration
+        # no alert yet: the story waits for corroboration (held), or nothing in it was news so far
         waited_h = (t - st.first_seen.timestamp()) / 3600.0
         second_outlet = x.item.outlet not in st.sources and waited_h <= params.corroboration_h
-        # another outlet reporting it corroborates the story (unless what it reports was told meanwhile); so
-        # does a clear match that is news
-        corroborated = second_outlet and j.p_same < 0.5 and not h.commentary
-        if not (corroborated or (news and clear)):
-            return Assignment("held", best_i, best_s, f"same story (score {best_s:.2f}), still waiting for a "
-                              f"second outlet; {j.explain()}", None)
-        how = (f"corroborated by a second outlet ({x.item.outlet}, {waited_h:.1f} h after the first report)"
-               if corroborated else "corroborated by a clear match")
-        return Assignment("new_story", best_i, best_s, f"story {how}; {j.explain()}", None)
+        # another outlet reporting a held story corroborates it (unless what it reports was told meanwhile); so
+        # does a clear match that is news, in any story not alerted yet
+        corroborated = st.waiting and second_outlet and j.p_same < 0.5 and not h.commentary
+        if corroborated or (news and clear):
+            how = (f"corroborated by a second outlet ({x.item.outlet}, {waited_h:.1f} h after the first report)"
+                   if corroborated else "a clear match that is news")
+            return Assignment("new_story", best_i, best_s, f"story {how}; {j.explain()}", None)
+        if news or st.waiting:
+            return Assignment("held", best_i, best_s, f"same story (score {best_s:.2f}), waiting for a second "
+                              f"outlet; {j.explain()}", None)
+        return Assignment("repeat", best_i, best_s, f"same story (score {best_s:.2f}), not news: {j.explain()}",
+                          None)
     reason = "first report" if best_i is None else f"no open story close enough (best {best_s:.2f})"
     if not news:
         return Assignment("repeat", None, old, f"{reason}, but not news: {j.explain()}", None)
@@ -585,8 +590,9 @@ def start_story(key: int, x: NoveltyItem, decision: Decision = "new_story") -> O
         sources=(x.item.outlet,), hashes=frozenset({x.item.content_hash} - {""}), words=f.words,
         names=f.names, numbers=f.numbers, quotes=f.quotes, title=x.item.title, args=f.args,
         developments=_seen(x, alerting),
-        # a story whose first report repeats an alerted development is known to subscribers
-        alerted=decision != "held",
+        # a story whose first item was not news (commentary, a repeat) is neither alerted nor waiting: a later
+        # item that is news alerts it as a new story
+        alerted=alerting, waiting=decision == "held",
         alerted_vectors=x.vector[None, :].astype(np.float32) if alerting else None,
         alerted_times=(x.item.published_at.timestamp(),) if alerting else (),
         alerted_titles=(x.item.title,) if alerting else (),
@@ -617,19 +623,24 @@ def absorb(story: OpenStory, x: NoveltyItem, params: StoryParams, decision: Deci
         quotes=story.quotes | f.quotes, args=story.args | f.args,
         developments=(*devs, *_seen(x, alerting))[-_MAX_DEVELOPMENTS:],
         alerted=story.alerted or alerting,
-        alerted_vectors=_keep_alerted(story.alerted_vectors, x.vector) if alerting else story.alerted_vectors,
-        alerted_times=(*story.alerted_times, x.item.published_at.timestamp())[-_MAX_ALERTED:] if alerting
-        else story.alerted_times,
-        alerted_titles=(*story.alerted_titles, x.item.title)[-_MAX_ALERTED:] if alerting else story.alerted_titles,
+        waiting=(story.waiting or decision == "held") and not alerting,
+        **(_told_with(story, x, params.memory_h) if alerting else {}),
     )
 
 
-_MAX_ALERTED = 8  # alerted item vectors kept per story
+_MAX_ALERTED = 32  # told items kept per story (besides the time limit, `memory_h`)
 
 
-def _keep_alerted(vecs: np.ndarray | None, v: np.ndarray) -> np.ndarray:
-    out = v[None, :] if vecs is None or not len(vecs) else np.vstack([vecs, v[None, :]])
-    return out[-_MAX_ALERTED:].astype(np.float32)
+def _told_with(story: OpenStory, x: NoveltyItem, memory_h: float) -> dict[str, object]:
+    """The story's told items (vectors, times, headlines) with `x` added, those older than `memory_h` before `x`
+    dropped, and at most `_MAX_ALERTED` kept."""
+    t = x.item.published_at.timestamp()
+    old = story.alerted_vectors if story.alerted_vectors is not None else np.zeros((0, len(x.vector)), np.float32)
+    keep = [k for k, at in enumerate(story.alerted_times[:len(old)]) if t - at < memory_h * 3600.0]
+    keep = keep[-(_MAX_ALERTED - 1):]
+    return {"alerted_vectors": np.vstack([old[keep], x.vector[None, :]]).astype(np.float32),
+            "alerted_times": (*(story.alerted_times[k] for k in keep), t),
+            "alerted_titles": (*(story.alerted_titles[k] for k in keep), x.item.title)}
 
 
 _MAX_DEVELOPMENTS = 64  # per story: the most recent (what's new and `monitor stories list` show them)
@@ -649,7 +660,11 @@ def cluster_step(open_stories: Sequence[OpenStory], x: NoveltyItem, new_key: int
     """Decide for one item and return the updated (or new) story. `open_stories` must already exclude the
     stories closed by the window at the item's time (see `is_open`); `memory` is the topic's stories of the
     last `memory_h` hours, closed ones included (see `decide`)."""
-    a = decide(open_stories, x, params, memory)
+    return apply(open_stories, x, decide(open_stories, x, params, memory), new_key, params)
+
+
+def apply(open_stories: Sequence[OpenStory], x: NoveltyItem, a: Assignment, new_key: int, params: StoryParams) -> Step:
+    """The story `x` belongs to once decision `a` is final (a caller may lower an update to a repeat first)."""
     if a.story_index is None:
         return Step(a, start_story(new_key, x, a.decision), True)
     return Step(a, absorb(open_stories[a.story_index], x, params, a.decision), False)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import numpy as np
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from monitor.config import Settings
@@ -24,7 +24,8 @@ from monitor.signal.novelty import (
     OpenStory,
     SeenDevelopment,
     StoryParams,
-    cluster_step,
+    apply,
+    decide,
     is_open,
     novelty_item,
 )
@@ -58,6 +59,7 @@ class StoryState:
     args: tuple[str, ...] = ()
     developments: tuple[SeenDevelopment, ...] = ()
     alerted: bool = True
+    waiting: bool = False
     alerted_times: tuple[float, ...] = ()  # POSIX seconds of the items in `Story.alerted_vectors`
     alerted_titles: tuple[str, ...] = ()  # and their headlines
 
@@ -68,14 +70,15 @@ class StoryState:
             hashes=tuple(sorted(story.hashes)[:_MAX_REMEMBERED]), words=tuple(sorted(story.words)[:_MAX_REMEMBERED]),
             names=tuple(sorted(story.names)), numbers=tuple(sorted(story.numbers)), quotes=tuple(sorted(story.quotes)),
             args=tuple(sorted(story.args)), developments=story.developments, alerted=story.alerted,
-            alerted_times=tuple(story.alerted_times), alerted_titles=tuple(story.alerted_titles),
+            waiting=story.waiting, alerted_times=tuple(story.alerted_times), alerted_titles=tuple(story.alerted_titles),
         )
 
     def to_json(self) -> dict[str, object]:
         return {
             "dim": self.dim, "times": list(self.times), "hashes": list(self.hashes), "words": list(self.words),
             "names": list(self.names), "numbers": list(self.numbers), "quotes": list(self.quotes),
-            "args": list(self.args), "alerted": self.alerted, "alerted_times": list(self.alerted_times),
+            "args": list(self.args), "alerted": self.alerted, "waiting": self.waiting,
+            "alerted_times": list(self.alerted_times),
             "alerted_titles": list(self.alerted_titles),
             "developments": [{"kind": d.development.kind, "args": sorted(d.development.args),
                               "phrase": d.development.phrase, "at": d.at, "alerted": d.alerted}
@@ -100,6 +103,7 @@ class StoryState:
             dim=int(st.get("dim", 0) or 384), times=tuple(float(t) for t in st.get("times") or ()),
             hashes=strs("hashes"), words=strs("words"), names=strs("names"), numbers=strs("numbers"),
             quotes=strs("quotes"), args=strs("args"), developments=tuple(devs), alerted=bool(st.get("alerted", True)),
+            waiting=bool(st.get("waiting", False)),
             alerted_times=tuple(float(t) for t in st.get("alerted_times") or ()),
             alerted_titles=strs("alerted_titles"),
         )
@@ -112,15 +116,19 @@ def _to_open(row: Story) -> OpenStory:
     times = st.times or (aware_utc(row.last_seen).timestamp(),)  # type: ignore[union-attr]
     told = np.frombuffer(row.alerted_vectors or b"", dtype=np.float32)
     told_times, told_titles = st.alerted_times, st.alerted_titles
-    if not told.size or told.size != len(told_times) * st.dim or len(told_titles) != len(told_times):
-        told, told_times, told_titles = np.zeros((0, st.dim), dtype=np.float32), (), ()  # written before the column
+    n = min(len(told_times), len(told_titles), told.size // st.dim if st.dim else 0)
+    if n != len(told_times) or told.size != n * st.dim or len(told_titles) != n:
+        if told.size or told_times:  # rows written before the column existed have neither: nothing to say
+            log.warning("story memory truncated: told vectors, times and headlines differ in length",
+                        extra={"story_id": row.id, "topic": row.topic_id})
+        told, told_times, told_titles = told[:n * st.dim], told_times[:n], told_titles[:n]
     return OpenStory(
         key=row.id, topic_id=row.topic_id, first_seen=aware_utc(row.first_seen),  # type: ignore[arg-type]
         last_seen=aware_utc(row.last_seen), vectors=vecs.copy(), times=times,  # type: ignore[arg-type]
         item_count=row.item_count, sources=tuple(row.sources or ()),
         hashes=frozenset(st.hashes), words=frozenset(st.words), names=frozenset(st.names),
         numbers=frozenset(st.numbers), quotes=frozenset(st.quotes), title=row.title, args=frozenset(st.args),
-        developments=st.developments, alerted=st.alerted,
+        developments=st.developments, alerted=st.alerted, waiting=st.waiting,
         alerted_vectors=told.reshape(-1, st.dim).copy() if len(told_times) else None, alerted_times=told_times,
         alerted_titles=told_titles,
     )
@@ -157,6 +165,7 @@ def assign(session: Session, matched: Sequence[MatchedItem], now: datetime, sett
         serialize(session, f"stories:{topic_id}")
     done = {(r[0], r[1]) for r in session.execute(
         select(Alert.item_id, Alert.topic_id).where(Alert.item_id.in_({m.item.id for m in todo})))}
+    earliest = todo[0].item.published_at  # memory is measured from each item's time: load from the earliest
     rows: dict[str, dict[int, Story]] = {}
     opened: dict[str, list[OpenStory]] = {}
     out: list[NoveltyDecision] = []
@@ -168,9 +177,10 @@ def assign(session: Session, matched: Sequence[MatchedItem], now: datetime, sett
             # In id order, as SQLite happens to return them and as evaluation (novelty.cluster) holds them;
             # PostgreSQL returns rows in storage order, which changes as stories are updated.
             # the open stories, and the closed ones still in the topic's memory (what it alerted recently)
-            since = naive_utc(now - timedelta(hours=max(p.window_h, p.memory_h)))
+            since = naive_utc(earliest - timedelta(hours=p.memory_h))
             found = session.scalars(select(Story).where(
-                Story.topic_id == m.topic_id, or_(Story.closed.is_(False), Story.last_seen >= since))
+                Story.topic_id == m.topic_id,
+                or_(Story.closed.is_(False), and_(Story.last_seen >= since, Story.alerted_vectors.is_not(None))))
                 .order_by(Story.id)).all()
             rows[m.topic_id] = {r.id: r for r in found}
             opened[m.topic_id] = [_to_open(r) for r in found]
@@ -183,7 +193,10 @@ def assign(session: Session, matched: Sequence[MatchedItem], now: datetime, sett
         margin = None if m.threshold is None else m.score - m.threshold
         x = novelty_item(m.item, m.topic_id, m.vector, margin)
         row: Story
-        step = cluster_step(live, x, 0, p, memory)
+        a = decide(live, x, p, memory)
+        if a.story_index is not None:
+            a = raise_bar_if_known(a, rows[m.topic_id][live[a.story_index].key].known_marks or 0)
+        step = apply(live, x, a, 0, p)
         if step.created:
             row = Story(topic_id=m.topic_id, title=m.item.title, link=m.item.link, first_item_id=m.item.id,
                         first_seen=naive_utc(at), last_seen=naive_utc(at), item_count=1, sources=[],
@@ -199,7 +212,6 @@ def assign(session: Session, matched: Sequence[MatchedItem], now: datetime, sett
             stories[idx] = story
             row = rows[m.topic_id][story.key]
         _write(row, story)
-        a = raise_bar_if_known(step.assignment, row.known_marks or 0)
         session.add(Alert(
             item_id=m.item.id, topic_id=m.topic_id, story_id=row.id, decision=a.decision, reason=a.reason,
             what_is_new=a.what_is_new, similarity=a.similarity, title=m.item.title, link=m.item.link,
