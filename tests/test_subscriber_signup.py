@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email import message_from_bytes, policy
@@ -195,16 +197,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def test_an_smtp_5xx_at_send_suppresses_the_address(tmp_path, engine) -> None:
-    handler = RefusingSmtp(refuse={"gone@example.org": "550 5.1.1 <gone@example.org>: no such user"})
+@contextmanager
+def one_refused_address(tmp_path, engine, reply: str) -> Iterator[tuple[RefusingSmtp, object]]:  # type: ignore[no-untyped-def]
+    """A real SMTP server that answers `reply` to gone@example.org, and a configuration sending to it and to
+    ok@example.org immediately: (the server's handler, the configuration)."""
+    handler = RefusingSmtp(refuse={"gone@example.org": reply})
     port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
     try:
         subs = "".join(f'[[subscribers]]\nemail = "{a}"\ncadence = "immediate"\n' for a in ("gone@example.org",
                                                                                            "ok@example.org"))
-        config = make_config(tmp_path, subs, settings=f'[settings.smtp]\nhost = "127.0.0.1"\nport = {port}\n'
-                                                        'security = "none"', engine=engine)
+        yield handler, make_config(tmp_path, subs, settings=f'[settings.smtp]\nhost = "127.0.0.1"\n'
+                                   f'port = {port}\nsecurity = "none"', engine=engine)
+    finally:
+        controller.stop()
+
+
+async def test_an_smtp_5xx_at_send_suppresses_the_address(tmp_path, engine) -> None:
+    with one_refused_address(tmp_path, engine, "550 5.1.1 <gone@example.org>: no such user") as (handler, config):
         world = World(engine)
         world.new_story("s1", "icc", "ICC ruling", at=T0)
         assert len(digest.build_due_digests(engine, config, T0, secret_key=KEY)) == 2
@@ -225,23 +236,13 @@ async def test_an_smtp_5xx_at_send_suppresses_the_address(tmp_path, engine) -> N
         with Session(engine) as s:
             assert s.scalars(select(Delivery.status).order_by(Delivery.id.desc())).first() == "failed"
             assert [r.address for r in s.scalars(select(Suppression))] == ["gone@example.org"]
-    finally:
-        controller.stop()
 
 
 async def test_a_refused_address_is_suppressed_when_the_refusal_is_recorded_and_digest_ticks_read_no_outbox(
         tmp_path, engine) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy import event
 
-    handler = RefusingSmtp(refuse={"gone@example.org": "550 5.1.1 <gone@example.org>: User unknown"})
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        subs = "".join(f'[[subscribers]]\nemail = "{a}"\ncadence = "immediate"\n' for a in ("gone@example.org",
-                                                                                           "ok@example.org"))
-        config = make_config(tmp_path, subs, settings=f'[settings.smtp]\nhost = "127.0.0.1"\nport = {port}\n'
-                                                        'security = "none"', engine=engine)
+    with one_refused_address(tmp_path, engine, "550 5.1.1 <gone@example.org>: User unknown") as (_handler, config):
         World(engine).new_story("s1", "icc", "ICC ruling", at=T0)
         assert len(digest.build_due_digests(engine, config, T0, secret_key=KEY)) == 2
         await outbox.deliver_due(engine, config, T0, worker_id="w")
@@ -260,8 +261,6 @@ async def test_a_refused_address_is_suppressed_when_the_refusal_is_recorded_and_
         finally:
             event.remove(engine, "before_cursor_execute", seen)
         assert statements and not [q for q in statements if "delivery_attempts" in q]
-    finally:
-        controller.stop()
 
 
 async def test_a_relay_that_refuses_every_recipient_suppresses_nobody(tmp_path, engine) -> None:
