@@ -4,7 +4,8 @@ Usage: python bench/data/stories/check.py [FOLDER]
 Checks: required fields and types, unique ids (per file; per timeline for timelines.jsonl),
 dates before 2023-11-16, label values and time order of timelines, that every near-miss family
 has at least two stories, and that every evidence id of key_developments.jsonl is an item of
-this folder, of ../shared/data/topics/dev_items.jsonl or of the stream (when those are present). Exits 1 and lists problems if any.
+this folder, of ../shared/data/topics/dev_items.jsonl or of the stream (when those are present); and the development labels against their registry.
+Exits 1 and lists problems if any.
 """
 
 from __future__ import annotations
@@ -121,6 +122,39 @@ def check_key_developments(path: Path, problems: list[str], known_ids: set[str])
                     problems.append(f"{where}: evidence id {i} is in neither the stream sample nor dev_items")
 
 
+def check_development_labels(path: Path, registry: Path, problems: list[str], kds: dict[str, set[str]]) -> None:
+    """Every (item, topic) candidate once, a role, a development id exactly for on-topic development rows, each
+    id in the registry with the row's topic, and a kd only where that kd's topics include the row's topic."""
+    regs = {r.get("dev"): r for r in _rows(registry, problems)}
+    seen: set[tuple[str, str]] = set()
+    used: set[str] = set()
+    fields = {"cid": str, "topic": str, "id": str, "date": str, "title": str, "role": str}
+    for n, r in enumerate(_rows(path, problems), 1):
+        where = f"{path.name}:{n}"
+        if not _need(r, fields, where, problems):
+            continue
+        _date_ok(r["date"], where, problems)
+        if (r["id"], r["topic"]) in seen:
+            problems.append(f"{where}: ({r['id']}, {r['topic']}) labelled twice")
+        seen.add((r["id"], r["topic"]))
+        if r["topic"] not in TOPICS or r.get("on_topic") not in (0, 1):
+            problems.append(f"{where}: topic {r['topic']!r} unknown or on_topic not 0/1")
+        if r["role"] not in ("development", "commentary", "off") or (r["role"] == "off") != (r.get("on_topic") == 0):
+            problems.append(f"{where}: role {r['role']!r} must be development|commentary for on-topic rows, off otherwise")
+        dev = r.get("dev")
+        if (r["role"] == "development") != bool(dev):
+            problems.append(f"{where}: a development row needs a dev id, other rows none")
+        if dev:
+            used.add(dev)
+            if dev not in regs or regs[dev].get("topic") != r["topic"]:
+                problems.append(f"{where}: dev {dev} not in {registry.name} with topic {r['topic']}")
+        kd = r.get("kd")
+        if kd and r["topic"] not in kds.get(kd, set()):
+            problems.append(f"{where}: kd {kd} unknown or not tagged {r['topic']}")
+    for dev in set(regs) - used:
+        problems.append(f"{registry.name}: development {dev} has no row")
+
+
 def _stream_ids(path: Path) -> set[str]:
     """Ids of stream items published before the cutoff: sha1(link)[:12], as in dev_items.jsonl."""
     import hashlib
@@ -155,6 +189,12 @@ def main(argv: list[str]) -> int:
     if (folder / "key_developments.jsonl").exists():
         check_key_developments(folder / "key_developments.jsonl", problems, known)
         counts["key_developments"] = len(_rows(folder / "key_developments.jsonl", []))
+    labels, registry = folder / "development_labels.jsonl", folder / "development_registry.jsonl"
+    if labels.exists() and registry.exists():
+        kd_topics = {r["kd"]: set(r.get("topics") or ()) for r in _rows(folder / "key_developments.jsonl", [])
+                     if "kd" in r} if (folder / "key_developments.jsonl").exists() else {}
+        check_development_labels(labels, registry, problems, kd_topics)
+        counts["development_labels"] = len(_rows(labels, []))
     for p in problems:
         sys.stderr.write(p + "\n")
     sys.stdout.write(json.dumps({"counts": counts, "problems": len(problems)}) + "\n")
