@@ -33,7 +33,6 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from functools import lru_cache
 
 import numpy as np
 
@@ -462,19 +461,13 @@ def told_items(memory: Sequence[OpenStory], at: float, memory_h: float) -> list[
             continue
         for k, (t, title) in enumerate(zip(st.alerted_times, st.alerted_titles, strict=False)):
             if abs(at - t) < memory_h * 3600.0 and k < len(st.alerted_vectors):
-                out.append(Told(st.alerted_vectors[k], t, headline(title)))
+                out.append(Told(st.alerted_vectors[k], t, Headline.of(title)))
     return out
 
 
 def _fresh(x: Headline, told: Sequence[Told]) -> list[Development]:
     """The item's developments that no told item reported (same kind, arguments that agree)."""
     return [d for d in x.developments if not any(d.same_as(o) for t in told for o in t.headline.developments)]
-
-
-@lru_cache(maxsize=4096)
-def headline(title: str) -> Headline:
-    """What the alert model reads from a headline (pure; cached: told items are read again for every item)."""
-    return Headline.of(title)
 
 
 def _what(devs: Sequence[Development]) -> str:
@@ -523,7 +516,7 @@ def decide(stories: Sequence[OpenStory], x: NoveltyItem, params: StoryParams,
         return _decide_by_facts(stories, x, best_i if joined else None, best_s, params)
     t = x.item.published_at.timestamp()
     told = told_items(stories if memory is None else memory, t, params.memory_h)
-    h = headline(x.item.title)
+    h = Headline.of(x.item.title)
     j = params.alert_model.judge(h, x.vector, t, x.margin, told)
     news = j.p_new >= params.alert_model.threshold
     clear = x.margin is None or x.margin >= params.strong_margin
