@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 
 from monitor.ingest.parse import text_hash
 from monitor.records import ALERT_DECISIONS, ItemRecord
 from monitor.signal.developments import arguments, commentary, read_developments
 from monitor.signal.embed import encode_items
-from monitor.signal.novelty import StoryParams, cluster, extract_facts, novelty_item
+from monitor.signal.novelty import StoryParams, absorb, cluster, extract_facts, novelty_item, start_story
 
 T0 = datetime(2023, 9, 9, 6, 0, tzinfo=UTC)
 
@@ -253,3 +254,21 @@ def test_a_story_opened_by_commentary_alerts_its_first_development_as_a_new_stor
     steps = cluster(xs, StoryParams(join_threshold=0.0))  # everything joins the first story
     assert [a.decision for _k, a in steps] == ["repeat", "new_story"], [a.reason for _k, a in steps]
     assert len({k for k, _a in steps}) == 1
+
+
+def test_a_story_remembers_what_it_told_for_memory_h_not_for_a_fixed_count() -> None:
+    """A long-running story alerting several times a day keeps every told item of the last `memory_h` hours
+    (a count cap of 8 used to forget the truce's first days after two), and drops older ones."""
+    rng = np.random.default_rng(4)
+    params = StoryParams(memory_h=48.0)
+    first = ItemRecord(id=1, feed_id=1, outlet="a.org", title="Hamas frees 13 hostages", summary="", link=None,
+                       published_at=T0, content_hash="h1")
+    story = start_story(0, novelty_item(first, "exchange", rng.normal(size=8).astype(np.float32)))
+    for k in range(1, 25):  # an alerting item every 3 hours for 3 days
+        it = ItemRecord(id=k + 1, feed_id=1, outlet="a.org", title=f"Hamas frees {k} more hostages", summary="",
+                        link=None, published_at=T0 + timedelta(hours=3 * k), content_hash=f"h{k + 1}")
+        story = absorb(story, novelty_item(it, "exchange", rng.normal(size=8).astype(np.float32)), params, "update")
+    last = T0.timestamp() + 3 * 24 * 3600
+    assert story.alerted_times[-1] == last and len(story.alerted_titles) == len(story.alerted_times)
+    assert min(story.alerted_times) > last - 48 * 3600 and len(story.alerted_times) == 16  # 48 h / 3 h
+    assert story.alerted_vectors is not None and len(story.alerted_vectors) == 16
