@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -19,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from monitor.cli import main
 from monitor.delivery import digest, outbox
+from monitor.lab.receiver import free_port
 from monitor.storage.db import naive_utc
 from monitor.storage.tables import Delivery, DeliveryAttempt
 
@@ -44,12 +44,6 @@ class SmtpHandler:
             return self.data_replies.pop(0)
         self.messages.append((list(envelope.rcpt_tos), envelope.content))
         return "250 Message accepted"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from adminfixtures import CONFIG, PASSWORD
 from aiosmtpd.controller import Controller
-from browser import artifact, chromium, free_port, serve
+from browser import artifact, chromium, serve
 from deliveryfixtures import World
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -26,6 +26,7 @@ from monitor.app.subscriber import SubscriberContext
 from monitor.app.subscriber import routes as subscriber_routes
 from monitor.config import load_config
 from monitor.delivery import digest, outbox
+from monitor.lab.receiver import free_port
 from monitor.storage import db, workers
 from monitor.storage.tables import Delivery
 

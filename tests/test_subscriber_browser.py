@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from aiosmtpd.controller import Controller
-from browser import artifact, chromium, free_port, serve
+from browser import artifact, chromium, serve
 from click.testing import CliRunner
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -33,6 +33,7 @@ from monitor.app.subscriber.adminpages import admin_routes
 from monitor.cli import main
 from monitor.config import load_config
 from monitor.delivery import links, unsubscribe
+from monitor.lab.receiver import free_port
 from monitor.signal import embed, match
 from monitor.storage import db
 from monitor.storage.tables import Alert, AuditEntry, Feed, Item

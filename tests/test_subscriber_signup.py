@@ -5,10 +5,8 @@ complaint report fed to `monitor subscribers bounce`) stop every digest to the a
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import timedelta
 from email import message_from_bytes, policy
 from urllib.parse import urlsplit
@@ -21,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
+from test_email import SmtpHandler, free_port
 
 from monitor.app.subscriber import SubscriberContext, routes, signup
 from monitor.cli import main
@@ -172,36 +171,11 @@ def test_sign_up_is_off_unless_the_admin_enables_it(tmp_path, engine) -> None:
 # --- bounces --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RefusingSmtp:
-    refuse: dict[str, str]
-    messages: list[bytes] = field(default_factory=list)
-    data_reply: str | None = None  # e.g. a 554 for the message itself (its content), not for the address
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
-        if address in self.refuse:
-            return self.refuse[address]
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
-        if self.data_reply:
-            return self.data_reply
-        self.messages.append(envelope.content)
-        return "250 Message accepted"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
-def one_refused_address(tmp_path, engine, reply: str) -> Iterator[tuple[RefusingSmtp, object]]:  # type: ignore[no-untyped-def]
+def one_refused_address(tmp_path, engine, reply: str) -> Iterator[tuple[SmtpHandler, object]]:  # type: ignore[no-untyped-def]
     """A real SMTP server that answers `reply` to gone@example.org, and a configuration sending to it and to
     ok@example.org immediately: (the server's handler, the configuration)."""
-    handler = RefusingSmtp(refuse={"gone@example.org": reply})
+    handler = SmtpHandler(refuse={"gone@example.org": reply})
     port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
@@ -228,7 +202,7 @@ async def test_an_smtp_5xx_at_send_suppresses_the_address(tmp_path, engine) -> N
             [row] = s.scalars(select(Suppression)).all()
             assert (row.address, row.reason) == ("gone@example.org", "bounce") and "550" in row.detail
         # A 5xx for the message (its content), not for the recipient, fails that delivery but suppresses nobody.
-        handler.data_reply = "554 5.7.1 message content rejected"
+        handler.data_replies.extend(["554 5.7.1 message content rejected"] * 2)  # both messages waiting for ok@
         world.new_story("s3", "icc", "ICC third ruling", at=T0 + timedelta(minutes=3))
         assert len(digest.build_due_digests(engine, config, T0 + timedelta(minutes=4), secret_key=KEY)) == 1
         await outbox.deliver_due(engine, config, T0 + timedelta(minutes=4), worker_id="w")
@@ -268,7 +242,7 @@ async def test_a_relay_that_refuses_every_recipient_suppresses_nobody(tmp_path, 
     Suppressing on it would silence the whole list for good."""
     relay_denied = "554 5.7.1 <{}>: Relay access denied"
     addresses = ("ana@example.org", "bo@example.org")
-    handler = RefusingSmtp(refuse={a: relay_denied.format(a) for a in addresses})
+    handler = SmtpHandler(refuse={a: relay_denied.format(a) for a in addresses})
     port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
