@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.errors import MonitorError
+from monitor.lab.story_eval import EvalError, read_development_rows
+from monitor.lab.topic_eval import FIT_CUTOFF as _CUTOFF_DAY
 from monitor.records import ItemRecord
 from monitor.signal.logistic import Logistic, fit_logistic
 from monitor.signal.newsworthy import (
@@ -44,12 +45,12 @@ from monitor.signal.newsworthy import (
     same_features,
 )
 
-FIT_CUTOFF = datetime(2023, 11, 16, tzinfo=UTC)  # labels from here on are for reporting only, never fitted
+# labels from here on are for reporting only, never fitted (the same day as `monitor eval topics`)
+FIT_CUTOFF = datetime.fromisoformat(_CUTOFF_DAY).replace(tzinfo=UTC)
 TIME_SPLIT = datetime(2023, 11, 1, tzinfo=UTC)
 
 
-class AlertEvalError(MonitorError):
-    pass
+AlertEvalError = EvalError  # a labels file that cannot be read or fitted on, named with its line
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,20 +69,10 @@ class Candidate:
 
 
 def read_candidates(path: str | Path) -> list[Candidate]:
-    """The labelled candidates of a development-labels file, by topic and date."""
-    from monitor.lab.story_eval import _read_rows
-
-    what = "a development label (needs topic, date, title, on_topic, role)"
-    out = []
-    for n, r, item in _read_rows(path, what):
-        role = r.get("role")
-        if role not in ("development", "commentary", "off") or "topic" not in r or "on_topic" not in r:
-            raise AlertEvalError(f"{path}:{n}: not {what}: role {role!r} must be development, commentary or off")
-        if role == "development" and r.get("on_topic") and not r.get("dev"):
-            raise AlertEvalError(f"{path}:{n}: a development row needs its development id (dev)")
-        dev = str(r["dev"]) if role == "development" and r.get("on_topic") else None
-        out.append(Candidate(item=item, topic=str(r["topic"]), on_topic=bool(r["on_topic"]), dev=dev,
-                             kd=r.get("kd") or None, headline=Headline.of(item.title)))
+    """The labelled candidates of a development-labels file (`story_eval.read_development_rows`), by topic and
+    date."""
+    out = [Candidate(item=item, topic=lab.topic, on_topic=lab.on_topic, dev=lab.dev, kd=lab.kd,
+                     headline=Headline.of(item.title)) for item, lab in read_development_rows(path)]
     out.sort(key=lambda c: (c.topic, c.item.published_at))
     return out
 

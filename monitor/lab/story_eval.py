@@ -495,19 +495,26 @@ def _label_key(topic: str, title: str, when: datetime) -> tuple[str, str, str]:
     return (topic, " ".join(title.split()).lower(), when.astimezone(UTC).strftime("%Y-%m-%d %H:%M"))
 
 
-def read_development_labels(path: str | Path) -> dict[tuple[str, str, str], DevelopmentLabel]:
-    """Development labels keyed by (topic, headline, minute published): `topic, date, title, on_topic,
-    role, dev, kd` per line (role development|commentary|off; dev set only for role development)."""
+def read_development_rows(path: str | Path) -> list[tuple[ItemRecord, DevelopmentLabel]]:
+    """The rows of a development-labels file (`topic, date, title, summary, on_topic, role, dev, kd` per line;
+    role development|commentary|off; a development id exactly on the on-topic development rows), checked."""
     what = "a development label (needs topic, date, title, on_topic, role, dev)"
-    out: dict[tuple[str, str, str], DevelopmentLabel] = {}
+    out = []
     for n, r, item in _read_rows(path, what):
         role = r.get("role")
         if role not in ("development", "commentary", "off") or "topic" not in r or "on_topic" not in r:
             raise EvalError(f"{path}:{n}: not {what}: role {role!r} must be development, commentary or off")
-        dev = r.get("dev") if role == "development" and r.get("on_topic") else None
-        out[_label_key(str(r["topic"]), item.title, item.published_at)] = DevelopmentLabel(
-            str(r["topic"]), bool(r["on_topic"]), str(dev) if dev else None, r.get("kd") or None)
+        developing = role == "development" and bool(r.get("on_topic"))
+        if developing and not r.get("dev"):
+            raise EvalError(f"{path}:{n}: a development row needs its development id (dev)")
+        out.append((item, DevelopmentLabel(str(r["topic"]), bool(r["on_topic"]), str(r["dev"]) if developing else None,
+                                           r.get("kd") or None)))
     return out
+
+
+def read_development_labels(path: str | Path) -> dict[tuple[str, str, str], DevelopmentLabel]:
+    """Development labels keyed by (topic, headline, minute published), to score alerts by."""
+    return {_label_key(lab.topic, item.title, item.published_at): lab for item, lab in read_development_rows(path)}
 
 
 def read_key_developments(path: str | Path) -> list[tuple[str, str]]:
