@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tomllib
 from collections import defaultdict
 from pathlib import Path
 
@@ -122,7 +123,8 @@ def check_key_developments(path: Path, problems: list[str], known_ids: set[str])
                     problems.append(f"{where}: evidence id {i} is in neither the stream sample nor dev_items")
 
 
-def check_development_labels(path: Path, registry: Path, problems: list[str], kds: dict[str, set[str]]) -> None:
+def check_development_labels(path: Path, registry: Path, problems: list[str], kds: dict[str, set[str]],
+                             topics: frozenset[str] | set[str] = TOPICS) -> None:
     """Every (item, topic) candidate once, a role, a development id exactly for on-topic development rows, each
     id in the registry with the row's topic, and a kd only where that kd's topics include the row's topic."""
     regs = {r.get("dev"): r for r in _rows(registry, problems)}
@@ -137,7 +139,7 @@ def check_development_labels(path: Path, registry: Path, problems: list[str], kd
         if (r["id"], r["topic"]) in seen:
             problems.append(f"{where}: ({r['id']}, {r['topic']}) labelled twice")
         seen.add((r["id"], r["topic"]))
-        if r["topic"] not in TOPICS or r.get("on_topic") not in (0, 1):
+        if r["topic"] not in topics or r.get("on_topic") not in (0, 1):
             problems.append(f"{where}: topic {r['topic']!r} unknown or on_topic not 0/1")
         if r["role"] not in ("development", "commentary", "off") or (r["role"] == "off") != (r.get("on_topic") == 0):
             problems.append(f"{where}: role {r['role']!r} must be development|commentary for on-topic rows, off otherwise")
@@ -193,7 +195,11 @@ def main(argv: list[str]) -> int:
     if labels.exists() and registry.exists():
         kd_topics = {r["kd"]: set(r.get("topics") or ()) for r in _rows(folder / "key_developments.jsonl", [])
                      if "kd" in r} if (folder / "key_developments.jsonl").exists() else {}
-        check_development_labels(labels, registry, problems, kd_topics)
+        # a folder with its own topics.toml (bench/data/analogs) labels those topics, not the shipped three
+        own = folder / "topics.toml"
+        topics = {t["id"] for t in tomllib.loads(own.read_text(encoding="utf-8")).get("topics", [])} \
+            if own.exists() else TOPICS
+        check_development_labels(labels, registry, problems, kd_topics, topics)
         counts["development_labels"] = len(_rows(labels, []))
     for p in problems:
         sys.stderr.write(p + "\n")
