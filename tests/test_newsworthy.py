@@ -160,3 +160,26 @@ def test_fitting_refuses_labels_from_the_reporting_period(tmp_path: Path) -> Non
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     with pytest.raises(alert_eval.AlertEvalError, match="reporting only"):
         alert_eval.fit_model(alert_eval.read_candidates(path), 168, 0.5)
+
+
+def test_analog_labels_are_only_fitted_on_and_respect_the_time_split(tmp_path: Path) -> None:
+    rows = [_label_row("big", h, f"Hamas frees {h} hostages", "development", f"b{h}") for h in (0, 1, 2)]
+    rows += [_label_row("small", 3, "Talks resume in Doha", "development", "s1"),
+             _label_row("big", 24 * 13, "Hamas frees hostages", "development", "b-late")]  # 11-02: after the split
+    analog_rows = [_label_row("other", 5, "Ukraine and Russia swap prisoners", "development", "o1"),
+                   _label_row("other", 24 * 14, "Ukraine and Russia swap more prisoners", "development", "o2")]
+    path, analog_path = tmp_path / "labels.jsonl", tmp_path / "analogs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    analog_path.write_text("".join(json.dumps(r) + "\n" for r in analog_rows), encoding="utf-8")
+    cands, analogs = alert_eval.read_candidates(path), alert_eval.read_candidates(analog_path)
+    plain = alert_eval.folds(cands)
+    with_analogs = alert_eval.folds(cands, analogs)
+    assert set(with_analogs) == set(plain) | {"analogs only -> all"}
+    for name, (fit_on, measure_on) in with_analogs.items():
+        assert not {c.topic for c in measure_on} & {"other"}, f"{name} measures an analog"
+        assert measure_on == (cands if name == "analogs only -> all" else plain[name][1])
+    # the time protocol fits on no label, analog or not, dated from its split on
+    time_fit, _ = with_analogs["before 11-01 -> 11-01..15"]
+    assert all(c.item.published_at < alert_eval.TIME_SPLIT for c in time_fit)
+    assert [c.dev for c in time_fit if c.topic == "other"] == ["o1"]
+    assert [c.dev for c in with_analogs["big -> others"][0] if c.topic == "other"] == ["o1", "o2"]

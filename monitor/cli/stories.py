@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from monitor.cli import parse_since, window_start
-from monitor.config import Config, Settings
+from monitor.config import Config, Settings, load_config
 from monitor.errors import MonitorError
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([dhw])\s*$")
@@ -154,6 +154,14 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                   help="The captured stream the labelled items come from: match them within it, with story-level "
                        "evidence from the items around them, as the service and `eval replay` do (otherwise each "
                        "labelled item is matched on its own evidence).")
+    @click.option("--analogs", "analogs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  default=None, help="Development labels of other topics and months (bench/data/analogs/"
+                                     "development_labels.jsonl), matched by their own topics (--analog-topics) on "
+                                     "their own evidence: only ever fitted on, and one more protocol fits on them "
+                                     "alone.")
+    @click.option("--analog-topics", "analog_topics", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  default=None, help="The configuration holding the analog labels' topics (default: topics.toml "
+                                     "beside the --analogs file).")
     @click.option("--fit", "do_fit", is_flag=True,
                   help="Also fit the models on every label and choose the threshold across topics; print the "
                        "model to paste into monitor.signal.newsworthy.SHIPPED_ALERT_MODEL.")
@@ -161,8 +169,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                   show_default=True, help="Where item vectors are cached between runs.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
     @pass_ctx
-    def eval_alerts(ctx: CliContext, labels_file: Path, stream_file: Path | None, do_fit: bool, cache_dir: Path,
-                    as_json: bool) -> None:
+    def eval_alerts(ctx: CliContext, labels_file: Path, stream_file: Path | None, analogs_file: Path | None,
+                    analog_topics: Path | None, do_fit: bool, cache_dir: Path, as_json: bool) -> None:
         """Measure the alert model (is an item a development its topic's subscribers were not told?) on
         development labels read by hand: alert precision, developments alerted and key developments alerted,
         simulated per topic in time order over the candidates the configured topics match. Reported with the
@@ -183,18 +191,30 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         cands, found = alert_eval.with_matches(cands, embedder, topic_set, cache_dir, stream_file)
         if stream_file is not None:
             click.echo(f"{found} of {len(cands)} labelled items found in {stream_file.name} and matched there")
+        analogs: list[alert_eval.Candidate] = []
+        if analogs_file is not None:
+            analog_topics = analog_topics or analogs_file.parent / "topics.toml"
+            analog_set = match.compile_topics(load_config(analog_topics).topics, embedder)
+            analogs = alert_eval.read_candidates(analogs_file)
+            unknown = sorted({c.topic for c in analogs} - {t.id for t in analog_set.topics})
+            if unknown:
+                raise MonitorError(f"{analogs_file}: topics {', '.join(unknown)} are not in {analog_topics}")
+            analogs, _found = alert_eval.with_matches(analogs, embedder, analog_set, cache_dir)
+            click.echo(f"{analogs_file.name}: {len(analogs)} analog candidates of {len({c.topic for c in analogs})} "
+                       f"topics, {sum(c.matched for c in analogs)} matched, "
+                       f"{len({(c.topic, c.dev) for c in analogs if c.dev})} developments (fitted on only)")
         memory_h = novelty.StoryParams().memory_h
         shipped = newsworthy.SHIPPED_ALERT_MODEL
         threshold = shipped.threshold
         if do_fit:
             grid = [round(0.05 * k, 2) for k in range(2, 13)]
-            threshold = alert_eval.choose_threshold(cands, memory_h, grid)
+            threshold = alert_eval.choose_threshold(cands, memory_h, grid, analogs)
         report: dict[str, object] = {"memory_h": memory_h, "threshold": threshold}
         click.echo(f"{labels_file.name}: {len(cands)} candidates, {sum(c.matched for c in cands)} matched by the "
                    f"configured topics, {len({(c.topic, c.dev) for c in cands if c.dev})} developments")
         click.echo(f"  {'protocol':<28} {'model':<8} {'alerts':>6} {'right':>6} {'precision':>9} "
                    f"{'developments':>13} {'key developments':>17}")
-        for name, (fit_on, measure_on) in alert_eval.folds(cands).items():
+        for name, (fit_on, measure_on) in alert_eval.folds(cands, analogs).items():
             models = {"shipped": shipped, "refit": alert_eval.fit_model(fit_on, memory_h, threshold)}
             for mname, model in models.items():
                 r = alert_eval.simulate(measure_on, model, memory_h)
@@ -208,7 +228,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                    f"{every.developments_alerted:>6}/{every.developments:<6} {every.kd_alerted:>8}/{every.kd_pairs:<8}")
         report["every match alerts"] = every.as_dict()
         if do_fit:
-            model = alert_eval.fit_model(cands, memory_h, threshold)
+            model = alert_eval.fit_model([*cands, *analogs], memory_h, threshold)
             click.echo(f"threshold chosen across topics: {threshold} (the best lower development F1 of the two "
                        "cross-topic rows' measured halves: those rows are not blind to it)")
             click.echo(alert_eval.dump_model(model))

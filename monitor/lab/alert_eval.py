@@ -168,23 +168,31 @@ def simulate(cands: Sequence[Candidate], model: AlertModel, memory_h: float) -> 
     return PolicyResult(alerts, right, len(devs), len(alerted_devs), len(kds), len(kd_alerted & kds))
 
 
-def folds(cands: Sequence[Candidate]) -> dict[str, tuple[list[Candidate], list[Candidate]]]:
+def folds(cands: Sequence[Candidate], analogs: Sequence[Candidate] = ()) -> dict[str, tuple[list[Candidate], list[Candidate]]]:
     """(fit on, measure on) for each protocol: all, across topics (the largest topic against the rest, both
-    ways) and across time."""
+    ways) and across time. `analogs` (labels of other topics and months, bench/data/analogs) are only ever fitted
+    on: they join every fit half (those dated from the time split on left out of the time protocol), and one more
+    protocol fits on them alone and measures every candidate (topics the models never saw)."""
     topics = sorted({c.topic for c in cands}, key=lambda t: -sum(c.topic == t for c in cands))
     big = topics[0] if topics else ""
     one = [c for c in cands if c.topic == big]
     rest = [c for c in cands if c.topic != big]
     early = [c for c in cands if c.item.published_at < TIME_SPLIT]
     late = [c for c in cands if c.item.published_at >= TIME_SPLIT]
-    return {"all -> all": (list(cands), list(cands)), f"{big} -> others": (one, rest),
-            f"others -> {big}": (rest, one), "before 11-01 -> 11-01..15": (early, late)}
+    extra = list(analogs)
+    out = {"all -> all": (list(cands) + extra, list(cands)), f"{big} -> others": (one + extra, rest),
+           f"others -> {big}": (rest + extra, one),
+           "before 11-01 -> 11-01..15": (early + [c for c in extra if c.item.published_at < TIME_SPLIT], late)}
+    if extra:
+        out["analogs only -> all"] = (extra, list(cands))
+    return out
 
 
-def choose_threshold(cands: Sequence[Candidate], memory_h: float, grid: Sequence[float]) -> float:
+def choose_threshold(cands: Sequence[Candidate], memory_h: float, grid: Sequence[float],
+                     analogs: Sequence[Candidate] = ()) -> float:
     """The threshold with the best lower development F1 of the two cross-topic folds (measured on each fold's
     held-out half: those figures are then not blind to the threshold)."""
-    fs = folds(cands)
+    fs = folds(cands, analogs)
     cross = [v for k, v in fs.items() if "others" in k]
     best, best_t = -1.0, grid[0]
     for t in grid:
