@@ -240,28 +240,31 @@ class AlertModel:
         return Judgement(p_dev * (1.0 - best), p_dev, best, best_t, top, h.commentary)
 
 
-# Fitted by `monitor eval alerts --fit --stream ...` on the 440 (item, topic) development labels of
-# 2023-10-07..11-15 (bench/data/stories/development_labels.jsonl), with the shipped topics' match margins as
-# the service computes them (story-level evidence from the stream around each item); the development model on
-# the 325 the topics matched (the population it judges), the same-development model on every pair of reports
-# the rule does not already tell apart; l2 = 5. The threshold is the one with the best lower development F1 of
-# the two cross-topic folds' measured halves (monitor.lab.alert_eval): not blind, but not the replay's figure.
+# Fitted by `monitor eval alerts --fit --stream ... --analogs bench/data/analogs/development_labels.jsonl` on
+# the 440 (item, topic) development labels of 2023-10-07..11-15 (bench/data/stories/development_labels.jsonl),
+# with the shipped topics' match margins as the service computes them (story-level evidence from the stream
+# around each item), and the 987 labels of five analog topics of 2023-03..11 (bench/data/analogs: a prisoner swap,
+# a grain deal's extensions and collapse, truces in Sudan, a court's arrest warrant), matched by their own topics:
+# the development model on the 1,117 candidates the topics matched (the population it judges), the
+# same-development model on every pair of reports the rule does not already tell apart; l2 = 5. The threshold is
+# the one with the best lower development F1 of the two cross-topic folds' measured halves
+# (monitor.lab.alert_eval): not blind, but not the replay's figure.
 SHIPPED_ALERT_MODEL = AlertModel(
     development=Logistic(
         names=DEVELOPMENT_FEATURES,
-        mean=(0.073846, 0.310769, 0.273846, 0.276923, 0.030769, 0.061538, 0.249231, 0.263781, 0.08, 0.384615,
-              0.144615, 0.113846),
-        scale=(0.26152, 0.462809, 0.445931, 0.447478, 0.172692, 0.240315, 0.432568, 0.164814, 0.271293, 0.486504,
-               0.351713, 0.317624),
-        weights=(-0.17843, 0.020348, 0.32419, 0.388485, 0.361809, 0.322051, 0.227042, 0.628893, -0.585691, 0.242024,
-                 0.366351, -0.873816),
-        bias=0.356674),
+        mean=(0.096688, 0.19427, 0.121755, 0.196061, 0.08684, 0.090421, 0.411817, 0.266894, 0.025962, 0.327663,
+              0.089526, 0.094002),
+        scale=(0.295532, 0.395638, 0.327002, 0.397015, 0.2816, 0.286784, 0.492162, 0.187615, 0.159023, 0.469361,
+               0.285501, 0.291831),
+        weights=(-0.082353, 0.328335, 0.359139, 0.45895, 0.151341, 0.011725, -0.063811, 0.865055, -0.31774,
+                 0.171879, 0.203138, -0.773234),
+        bias=-0.294421),
     same=Logistic(
         names=SAME_FEATURES,
-        mean=(0.613365, 3.954916, 0.203795, 0.166445, 0.201065, 0.065579, 0.064913, 0.068575, 0.101258, 0.033289),
-        scale=(0.120317, 1.149642, 0.314597, 0.372479, 0.400797, 0.247545, 0.246373, 0.25273, 0.101995, 0.17939),
-        weights=(0.783092, -1.250218, 0.543432, -0.41757, -0.245161, 0.007514, 0.934211, -0.091928, 0.236056,
-                 0.146768),
-        bias=-3.069901),
-    threshold=0.45,
+        mean=(0.622337, 3.694566, 0.225511, 0.220456, 0.120428, 0.034046, 0.056134, 0.084693, 0.130569, 0.028981),
+        scale=(0.124609, 1.303143, 0.357017, 0.414554, 0.325461, 0.181348, 0.23018, 0.278425, 0.116912, 0.167754),
+        weights=(0.983519, -1.698434, 0.330828, -0.536755, -0.096431, 0.046956, 0.716812, -0.106896, -0.023404,
+                 0.124395),
+        bias=-2.807682),
+    threshold=0.3,
 )
