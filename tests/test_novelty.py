@@ -204,6 +204,12 @@ def test_a_release_that_happened_is_not_a_release_that_is_offered() -> None:
     assert "release" in kinds("Hamas frees two more hostages")
     offered = kinds("Hamas says it is ready to release civilian hostages")
     assert "release" not in offered and "proposal" in offered
+    # a release as the goal of talks, terms or pressure is no release; one that happened on a day still is
+    for goal in ("Hamas official reveals conditions for hostages' release", "Negotiations ongoing for release of "
+                 "15 captives", "Talks on release of hostages stall", "Israel and Hamas agree on release of 50 hostages"):
+        assert "release" not in kinds(goal) and "proposal" in kinds(goal), goal
+    assert "release" in kinds("Hostages freed on Friday after 50 days in Gaza")
+    assert "release" in kinds("Release of 50 hostages delayed")
 
 
 def test_deals_extensions_collapses_and_talks_moving_city_are_developments() -> None:

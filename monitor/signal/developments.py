@@ -51,7 +51,10 @@ _UNREALISED = re.compile(
     r"\b(?:to|will|would|could|may|might|should|ready|willing|prepared|preparing|plans?|seeks?|seeking|hopes?|"
     r"hopeful|expected|expects|set|poised|push(?:es|ing)?|efforts?|urges?|urging|calls? for|calling for|"
     r"if|unless|only|until|demands?|wants?|offers?|vows?|threatens?|pledges?|considers?|weighs?|mulls?|"
-    r"possible|potential|close to|nears?|nearing|cannot|can't|won't|not|no|refuses?|refused|fails? to|without)\b",
+    r"possible|potential|close to|nears?|nearing|cannot|can't|won't|not|no|refuses?|refused|fails? to|without|"
+    # the release as a goal: talks, terms or pressure *for* it ("conditions for hostages' release", "negotiations
+    # on the release of", "deal over prisoners' release") report no release
+    r"for|on|over|about|towards?|secure|securing|negotiat\w*|talks|conditions|terms)\b",
     re.IGNORECASE,
 )
 
