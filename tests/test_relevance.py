@@ -102,6 +102,22 @@ def test_example_threshold_is_label_free_and_follows_the_examples() -> None:
     assert R.example_threshold(comb, PROTOS[:1], COUNTERS, []) is None
 
 
+def test_examples_left_out_of_the_threshold_count_as_if_the_topic_did_not_have_them() -> None:
+    x, y = _toy()
+    comb = R.fit(x, y, ("best", "hinge", "kw"))
+    protos = np.vstack([PROTOS, _unit([1, 0.05, 0.05])])  # a third example, next to the other two
+    without = R.example_threshold(comb, PROTOS, COUNTERS, [0.5, 0.5])
+    # the third example misses the keywords: its own score is low and would drag the 10th percentile down
+    dragged = R.example_threshold(comb, protos, COUNTERS, [0.5, 0.5, -0.5])
+    assert dragged < without
+    left_out = R.example_threshold(comb, protos, COUNTERS, [0.5, 0.5, -0.5], keep=[True, True, False])
+    assert left_out == pytest.approx(without)
+    assert R.example_threshold(comb, protos, COUNTERS, [0.5, 0.5, -0.5], keep=[True] * 3) == pytest.approx(dragged)
+    assert R.example_threshold(comb, protos, COUNTERS, [0.5, 0.5, -0.5], keep=[False] * 3) is None
+    with pytest.raises(ValueError, match="one flag per example"):
+        R.example_threshold(comb, protos, COUNTERS, [0.5, 0.5, -0.5], keep=[True])
+
+
 # --- story-level evidence: neighbour_lift -----------------------------------------------------------------
 
 HOUR = 3600.0

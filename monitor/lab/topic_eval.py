@@ -299,8 +299,9 @@ def _fit(pairs: Sequence[TopicPairs], mask: np.ndarray, names: Sequence[str], l2
 
 def _label_free(p: TopicPairs, combiner: relevance.Combiner) -> float:
     t = p.topic
-    th = relevance.example_threshold(combiner, t.prototypes, t.counters,
-                                     match.keyword_features(t.gate, t.prototype_texts[1:]))
+    examples = t.prototype_texts[1:]
+    th = relevance.example_threshold(combiner, t.prototypes, t.counters, match.keyword_features(t.gate, examples),
+                                     keep=match.threshold_sample(t.gate, examples).keep)
     return 0.5 if th is None else th
 
 

@@ -13,7 +13,9 @@ The combiner's weights are `SHIPPED_COMBINER` (how they were fitted and measured
 
 Thresholds. `TopicConfig.threshold` (a probability) wins when set. Otherwise the label-free rule of
 `relevance.example_threshold`: the 10th percentile of the probabilities of the topic's own examples, each
-scored leave-one-out, so an admin's new topic gets a threshold from its definition alone.
+scored leave-one-out, so an admin's new topic gets a threshold from its definition alone. The examples that
+miss one of the topic's keyword groups are left out of it (`threshold_sample`; `example_warnings` tells the
+admin), unless fewer than MIN_THRESHOLD_EXAMPLES would remain.
 
 Story-level evidence (`relevance.neighbour_lift`). Given the items' publication times, an item close
 (cosine >= 0.6) to an item of the previous 72 hours that is on the topic by its OWN evidence inherits part
@@ -57,6 +59,10 @@ SHIPPED_COMBINER = Combiner(
     weights=(1.677673, 2.022483),
     bias=-7.557336,
 )
+
+# The label-free threshold is taken over at least this many examples: with fewer that meet the topic's
+# keyword requirement, every example counts (`threshold_sample`).
+MIN_THRESHOLD_EXAMPLES = 3
 
 _EVIDENCE_LABELS = {"best": "similarity", "top3": "agreeing examples", "desc": "description",
                     "anti": "counterexample", "hinge": "counterexample", "margin": "similarity",
@@ -111,7 +117,7 @@ class CompiledTopic:
     id: str
     name: str
     threshold: float
-    threshold_source: str  # "config" | "label-free"
+    threshold_source: str  # "config" | "label-free" (with which examples it left out: `threshold_sample`)
     prototypes: np.ndarray  # (1 + n_examples, dim): description then examples
     prototype_texts: tuple[str, ...]
     counters: np.ndarray  # (n_counterexamples, dim)
@@ -191,12 +197,71 @@ def raw_scores(vectors: np.ndarray, prototypes: np.ndarray, counters: np.ndarray
 
 
 def label_free_threshold(prototypes: np.ndarray, counters: np.ndarray, example_kw: Sequence[float] | None = None,
-                         combiner: Combiner = SHIPPED_COMBINER) -> float:
+                         combiner: Combiner = SHIPPED_COMBINER, *, keep: Sequence[bool] | None = None) -> float:
     """The label-free threshold of `relevance.example_threshold` (example keyword features default to
-    neutral); 0.5 when the topic has no example."""
+    neutral; `keep`: the examples it is taken over, `threshold_sample`); 0.5 when the topic has no example."""
     kw = list(example_kw) if example_kw is not None else [0.0] * (prototypes.shape[0] - 1)
-    th = relevance.example_threshold(combiner, prototypes, counters, kw)
+    th = relevance.example_threshold(combiner, prototypes, counters, kw, keep=keep)
     return 0.5 if th is None else float(round(th, 4))
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdSample:
+    """The examples a topic's label-free threshold is taken over (`threshold_sample`)."""
+
+    keep: tuple[bool, ...]  # one flag per example
+    source: str  # the threshold's source in a verdict's reason: "label-free", and which examples it left out
+
+
+def threshold_sample(gate: KeywordGate, examples: Sequence[str]) -> ThresholdSample:
+    """The label-free threshold is taken over the examples that meet the topic's own keyword requirement (a
+    hit in every keyword group: `require_any`, each `require_all` group). An example that misses a group gets
+    strongly negative keyword evidence and scores near 0: it says nothing about where the topic's matches lie
+    but drags the 10th percentile down (one such example of ten set a threshold of 0.001, docs/
+    topic-relevance.md), so it is left out, as if the topic did not have it (it stays a prototype: items are
+    still compared with it). With fewer than MIN_THRESHOLD_EXAMPLES examples meeting the requirement every
+    example counts, and the source says so. A topic without keywords keeps every example."""
+    n_groups = len(gate.groups)
+    hits = tuple(gate.evidence(e)[0] == n_groups for e in examples)
+    n, kept = len(hits), sum(hits)
+    if kept == n:
+        return ThresholdSample(hits, "label-free")
+    if kept < MIN_THRESHOLD_EXAMPLES:
+        return ThresholdSample((True,) * n, f"label-free from every example: only {kept} of {n} contain the keywords")
+    return ThresholdSample(hits, f"label-free, {n - kept} of {n} examples without the keywords left out")
+
+
+def keyword_group_names(topic: TopicConfig) -> tuple[str, ...]:
+    """How the config names each keyword group of `KeywordGate.groups` ("require_any", "require_all[1]")."""
+    names = ("require_any",) if keyword_pattern(topic.require_any) is not None else ()
+    return names + tuple(f"require_all[{i}]" for i, g in enumerate(topic.require_all)
+                         if keyword_pattern(g) is not None)
+
+
+def example_warnings(topic: TopicConfig) -> list[str]:
+    """Valid but probably unintended, in words for the admin (`monitor config check`, the topic editor): each
+    example that contains no keyword of one of the topic's keyword groups, and what that does to the
+    label-free threshold (`threshold_sample`). None when the topic's threshold is configured."""
+    if topic.threshold is not None:
+        return []
+    gate = compile_gate(topic)
+    names = keyword_group_names(topic)
+    sample = threshold_sample(gate, topic.examples)
+    misses = [[name for name, pattern in zip(names, gate.groups, strict=True) if pattern.search(text) is None]
+              for text in topic.examples]
+    n_with = sum(not m for m in misses)
+    out = []
+    for i, (text, missing, kept) in enumerate(zip(topic.examples, misses, sample.keep, strict=True)):
+        if not missing:
+            continue
+        effect = ("it is left out of the label-free threshold" if not kept else
+                  f"only {n_with} of {len(topic.examples)} examples contain the keywords, too few to leave it "
+                  "out, so it lowers the label-free threshold")
+        if topic.keyword_mode == "gate":
+            effect += " (and with keyword_mode = \"gate\" no item like it can match)"
+        out.append(f"topics[{topic.id!r}].examples[{i}] ({_short(text, 60)!r}) contains none of "
+                   f"{' and none of '.join(missing)}: {effect}; add a keyword to it or to {' and '.join(missing)}")
+    return out
 
 
 def compile_topics(topics: Sequence[TopicConfig], embedder, *,  # type: ignore[no-untyped-def]
@@ -223,8 +288,10 @@ def compile_topic(t: TopicConfig, prototypes: np.ndarray, counters: np.ndarray, 
     if t.threshold is not None:
         threshold, source = float(t.threshold), "config"
     else:
-        threshold = label_free_threshold(prototypes, counters, keyword_features(gate, t.examples), combiner)
-        source = "label-free"
+        sample = threshold_sample(gate, t.examples)
+        threshold = label_free_threshold(prototypes, counters, keyword_features(gate, t.examples), combiner,
+                                         keep=sample.keep)
+        source = sample.source
     return CompiledTopic(
         id=t.id, name=t.name, threshold=threshold, threshold_source=source,
         prototypes=prototypes, prototype_texts=(t.description, *t.examples),

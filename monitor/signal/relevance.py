@@ -23,7 +23,9 @@ items, and nothing in them names a topic.
 Label-free threshold (`example_threshold`): each of the topic's own examples is scored as if it were an
 item, against the *other* prototypes (leave-one-out) and the topic's counterexamples, with its own keyword
 evidence; the threshold is the EXAMPLE_QUANTILE (10th percentile) of those probabilities: an item must look
-at least as much like the topic as nine in ten of the admin's own examples do when each is held out.
+at least as much like the topic as nine in ten of the admin's own examples do when each is held out. The
+caller may leave some examples out (`keep`): the matcher leaves out those that miss the topic's own keyword
+groups (`match.threshold_sample`), whose strongly negative keyword evidence would drag the quantile to ~0.
 Story-level evidence (`neighbour_lift`): an item close to a recent item that is on the topic by its own
 evidence inherits part of that item's log-odds (the closer, the more), so a story's later items whose words
 drifted ("ceasefire deal", "phase one", a freed hostage's name) are carried by its earlier, explicit ones.
@@ -147,10 +149,19 @@ def features(vectors: np.ndarray, prototypes: np.ndarray, counters: np.ndarray, 
 
 
 def example_threshold(combiner: Combiner, prototypes: np.ndarray, counters: np.ndarray,
-                      example_kw: Sequence[float], quantile: float = EXAMPLE_QUANTILE) -> float | None:
+                      example_kw: Sequence[float], quantile: float = EXAMPLE_QUANTILE, *,
+                      keep: Sequence[bool] | None = None) -> float | None:
     """The label-free threshold (module docstring): the `quantile` of the leave-one-out probabilities of
     the examples (rows 1.. of `prototypes`; `example_kw` their keyword features). An example held out is
-    still compared with the description, so one example is enough; None without any."""
+    still compared with the description, so one example is enough; None without any. `keep` (one flag per
+    example) leaves the examples marked False out entirely, as if the topic did not have them: the
+    threshold is the one the topic would get without them (`match.threshold_sample` says which)."""
+    if keep is not None:
+        if len(keep) != prototypes.shape[0] - 1:
+            raise ValueError(f"keep needs one flag per example ({prototypes.shape[0] - 1}), got {len(keep)}")
+        rows_kept = [0] + [i + 1 for i, k in enumerate(keep) if k]
+        prototypes = prototypes[rows_kept]
+        example_kw = [kw for kw, k in zip(example_kw, keep, strict=True) if k]
     n_ex = prototypes.shape[0] - 1
     if n_ex < 1:
         return None
