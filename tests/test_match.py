@@ -282,3 +282,82 @@ def test_recent_matches_come_from_stored_matches(engine, embedder) -> None:  # t
     alone = match.match_items([new], v, topics)[0]
     lifted = match.match_items([new], v, topics, recent)[0]
     assert lifted.score > alone.score and "similar recent item on topic" in lifted.reason
+
+
+# --- examples without the topic's keywords: left out of the label-free threshold, and the admin is told ------
+
+POW = """
+[[topics]]
+id = "pow-swaps"
+name = "POW swaps"
+description = "Exchanges of prisoners of war between Ukraine and Russia: each swap, how many came home, talks."
+examples = ["Ukraine and Russia swap more than 100 prisoners of war",
+            "Kyiv and Moscow exchange bodies of fallen soldiers",
+            "Russia says 95 servicemen returned from Ukrainian captivity",
+            "Zelensky says 45 Ukrainian defenders have come home in latest exchange"]
+counterexamples = ["Russia strikes Kyiv with drones overnight"]
+require_any = ["Ukraine", "Ukrainian", "Russia", "Kyiv", "Moscow", "Zelensky"]
+"""
+NO_KEYWORD = "Azovstal defenders freed in prisoner swap"  # names neither country
+
+
+def _pow(**overrides) -> TopicConfig:  # type: ignore[no-untyped-def]
+    return parse_config(POW).topics[0].model_copy(update=overrides)
+
+
+def test_an_example_without_the_keywords_is_left_out_of_the_label_free_threshold(embedder) -> None:  # type: ignore[no-untyped-def]
+    base = _pow()
+    odd = _pow(examples=[*base.examples[:2], NO_KEYWORD, *base.examples[2:]])
+    without, with_odd = match.compile_topics([base, odd], embedder).topics
+    assert with_odd.threshold == without.threshold
+    assert without.threshold_source == "label-free"
+    assert with_odd.threshold_source == "label-free, 1 of 5 examples without the keywords left out"
+    # every example counted (the former rule): its missing keywords drag the threshold down
+    every = match.label_free_threshold(with_odd.prototypes, with_odd.counters,
+                                       match.keyword_features(with_odd.gate, odd.examples))
+    assert every < with_odd.threshold
+    # it is still an example: an item like it is compared with it, and the reason says how the threshold was set
+    text = ["Ukraine says Azovstal defenders freed in prisoner swap with Russia"]
+    [verdict] = match.match_texts([1], text, embedder.encode(text), match.TopicSet(embedder.model_id, (with_odd,)))
+    assert "nearest example 'Azovstal" in verdict.reason and "1 of 5 examples without the keywords" in verdict.reason
+    [warning] = match.example_warnings(odd)
+    assert warning.startswith(f"topics['pow-swaps'].examples[2] ({NO_KEYWORD!r}) contains none of require_any")
+    assert "left out of the label-free threshold" in warning and warning.endswith("to it or to require_any")
+    assert match.example_warnings(base) == []
+
+
+def test_with_too_few_examples_left_every_example_counts_and_the_reason_says_so(embedder) -> None:  # type: ignore[no-untyped-def]
+    few = _pow(examples=[*_pow().examples[:2], NO_KEYWORD])  # two with the keywords: too few for a quantile
+    [t] = match.compile_topics([few], embedder).topics
+    assert t.threshold_source == "label-free from every example: only 2 of 3 contain the keywords"
+    assert t.threshold == match.label_free_threshold(t.prototypes, t.counters, match.keyword_features(t.gate, few.examples))
+    [warning] = match.example_warnings(few)
+    assert warning.startswith("topics['pow-swaps'].examples[2]") and "too few to leave it out" in warning
+
+
+def test_example_warnings_name_the_group_missed_and_stay_quiet_where_they_do_not_apply() -> None:
+    two_groups = _pow(require_any=[], require_all=[["prisoners", "captivity", "swap", "come home"],
+                                                    ["Ukraine", "Ukrainian", "Russia", "Kyiv"]],
+                      keyword_mode="gate")
+    # examples[1] has no word of group 0; the Azovstal example has none of group 1
+    got = match.example_warnings(two_groups.model_copy(update={"examples": [*two_groups.examples, NO_KEYWORD]}))
+    assert [w.split(" (")[0] for w in got] == ["topics['pow-swaps'].examples[1]", "topics['pow-swaps'].examples[4]"]
+    assert "contains none of require_all[0]:" in got[0] and "contains none of require_all[1]:" in got[1]
+    assert 'keyword_mode = "gate"' in got[1]  # in gate mode no item like it can match at all
+    assert match.example_warnings(_pow(examples=[NO_KEYWORD], threshold=0.4)) == []  # threshold configured
+    assert match.example_warnings(_pow(examples=[NO_KEYWORD], require_any=[])) == []  # no keywords at all
+    shipped_topics = load_config(ROOT / "feeds.toml").topics
+    assert [w for t in shipped_topics for w in match.example_warnings(t)] == []
+    assert all(all(match.threshold_sample(match.compile_gate(t), t.examples).keep) for t in shipped_topics)
+
+
+def test_config_check_warns_about_an_example_without_the_keywords_and_still_passes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = tmp_path / "feeds.toml"
+    cfg.write_text(POW.replace('"Kyiv and Moscow exchange bodies of fallen soldiers",',
+                               f'"Kyiv and Moscow exchange bodies of fallen soldiers", "{NO_KEYWORD}",'))
+    r = CliRunner().invoke(main, ["--config", str(cfg), "config", "check"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith(f"{cfg}: OK (1 warning)")
+    assert f"warning: topics['pow-swaps'].examples[2] ({NO_KEYWORD!r}) contains none of require_any" in r.output
+    r = CliRunner().invoke(main, ["--config", str(ROOT / "feeds.toml"), "config", "check"])
+    assert r.exit_code == 0 and "warning" not in r.output.lower(), r.output

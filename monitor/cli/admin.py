@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from sqlalchemy.engine import make_url
 
+from monitor.signal import match
 from monitor.storage import db
 
 
@@ -18,10 +19,13 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @config_group.command(name="check")
     @pass_ctx
     def config_check(ctx: CliContext) -> None:
-        """Validate the configuration file and print a summary."""
+        """Validate the configuration file and print a summary, then any warnings: what is valid but probably
+        unintended (an example without its topic's keywords). Warnings do not fail the check."""
         c = ctx.config
         s = c.settings
-        click.echo(f"{ctx.config_file}: OK")
+        warnings = [w for t in c.topics for w in match.example_warnings(t)]
+        click.echo(f"{ctx.config_file}: OK" + (f" ({len(warnings)} warning{'s' * (len(warnings) != 1)})"
+                                               if warnings else ""))
         click.echo(f"  database:    {make_url(s.database_url).render_as_string(hide_password=True)}")
         enabled = sum(f.enabled for f in c.feeds)
         click.echo(f"  feeds:       {len(c.feeds)} ({enabled} enabled)")
@@ -30,6 +34,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         click.echo(f"  channels:    {len(c.channels)}")
         click.echo(f"  mail:        {'SMTP ' + s.smtp.host if s.smtp else 'files in ' + s.outbox_dir}")
         click.echo(f"  model:       {s.embedding_model} ({s.embedding_backend})")
+        for w in warnings:
+            click.echo(f"warning: {w}")
 
     @main.group(name="db")
     def db_group() -> None:
