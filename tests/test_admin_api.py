@@ -264,3 +264,33 @@ async def test_the_test_fetch_and_the_channel_test_refuse_private_addresses(engi
         answer = await asyncio.to_thread(operations.send_test_message, load_config(path), "ops", datetime.now(UTC))
         assert answer.startswith("not delivered") and "private" in answer.lower(), answer
         assert rx.requests == []
+
+
+ODD_TOPIC = {"id": "pow-swaps", "name": "POW swaps", "description": "Prisoner exchanges between Ukraine and Russia",
+             "examples": ["Ukraine and Russia swap prisoners of war", "Kyiv and Moscow exchange bodies of soldiers",
+                          "Russia says 95 servicemen returned from Ukrainian captivity",
+                          "Azovstal defenders freed in prisoner swap"],
+             "require_any": ["Ukraine", "Ukrainian", "Russia", "Kyiv", "Moscow"]}
+
+
+async def test_an_example_without_the_keywords_is_saved_with_a_warning_naming_it(engine: Engine, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                                embedder) -> None:
+    from monitor.app.admin.backtest import Backtester
+    from monitor.config import Settings
+
+    path = write_config(tmp_path)
+    tester = Backtester(engine, embedder, Settings())
+    app, _ctx = admin_app(engine, path, backtester=lambda: tester)
+    async with client(app) as c:
+        r = await c.post("/api/v1/topics/new/backtest", json={"topic": ODD_TOPIC, "days": 3}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        [preview] = r.json()["warnings"]
+        assert preview.startswith("topics['pow-swaps'].examples[3] ('Azovstal defenders freed in prisoner swap') "
+                                  "contains none of require_any")
+        r = await c.post("/api/v1/topics", json=ODD_TOPIC, headers=AUTH)
+        assert r.status_code == 201, r.text  # valid: saved, not refused
+        assert r.json()["warnings"] == [preview]
+        assert _topics(path)["pow-swaps"]["examples"][3] == "Azovstal defenders freed in prisoner swap"
+        fixed = {**ODD_TOPIC, "examples": [*ODD_TOPIC["examples"][:3], "Azovstal defenders freed in Ukraine swap"]}
+        r = await c.put("/api/v1/topics/pow-swaps", json=fixed, headers=AUTH)
+        assert r.status_code == 200 and r.json()["warnings"] == [], r.text

@@ -266,3 +266,32 @@ def test_create_user_cli_stores_only_an_argon2_hash(engine: Engine, tmp_path: Pa
     assert auth.verify_user(engine, "bob", "a long password")
     assert not auth.verify_user(engine, "bob", "a long passwore")
     assert not auth.verify_user(engine, "nobody", "a long password")
+
+
+async def test_the_editor_warns_about_an_example_without_the_keywords_in_the_preview_and_after_saving(
+        alice: Engine, tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    app, _ctx = admin_app(alice, path)  # no backtester: the model is "still loading", the warning still shows
+    odd = "Azovstal defenders freed in prisoner swap"
+    async with client(app) as c:
+        await login(c)
+        page = await c.get("/admin/topics/new")
+        assert "topic-warning" not in page.text
+        form = _form(page.text, id="pow-swaps", name="POW swaps", description="Prisoner exchanges of Ukraine and Russia",
+                     examples=f"Ukraine and Russia swap prisoners\nKyiv and Moscow exchange bodies\n"
+                              f"Russia frees Ukrainian soldiers\n{odd}",
+                     require_any="Ukraine\nUkrainian\nRussia\nKyiv\nMoscow", threshold="")
+        preview = await c.post("/admin/topics/new/backtest", data=form)
+        assert preview.status_code == 200 and "still loading" in preview.text
+        warning = ("topics[&#39;pow-swaps&#39;].examples[3] (&#39;Azovstal defenders freed in prisoner swap&#39;) "
+                   "contains none of require_any: it is left out of the label-free threshold")
+        assert warning in preview.text
+        r = await c.post("/admin/topics/new", data=form)
+        assert r.status_code == 303, r.text  # a warning, not a refusal
+        saved = await c.get(r.headers["location"])
+        assert "Saved to feeds.toml" in saved.text and warning in saved.text
+        # fixed: no warning; a topic without keywords (hostage-talks) never gets one
+        form = _form(saved.text, examples=form["examples"].replace(odd, "Azovstal defenders freed in Ukraine"))
+        assert "topic-warning" not in (await c.post("/admin/topics/pow-swaps/backtest", data=form)).text
+        assert "topic-warning" not in (await c.get("/admin/topics/hostage-talks")).text
+    assert load_config(path).topic("pow-swaps").examples[3] == odd

@@ -2,6 +2,8 @@
 pages do. Auth: `Authorization: Bearer $MONITOR_ADMIN_TOKEN`, or a logged-in admin session whose requests
 that change something carry the `X-CSRF-Token` header. Invalid input answers 422 naming the field; no or a
 wrong token answers 401. Bodies are the same pydantic models as feeds.toml (`TopicConfig`, `FeedConfig`).
+What is valid but probably unintended (an example without its topic's keywords) is saved and listed in the
+answer's `warnings`, as `monitor config check` and the topic editor say it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from monitor.app.admin import AdminContext, backtest, configfile, forms, operati
 from monitor.app.admin.auth import CSRF_HEADER, token_matches
 from monitor.config import Cadence, FeedConfig, SubscriberConfig, TopicConfig
 from monitor.errors import ConfigError
+from monitor.signal import match
 
 API_PREFIX = "/api/v1"
 
@@ -65,6 +68,14 @@ class SavedOut(BaseModel):
     diff: str = Field(description="What changed, field by field.")
 
 
+_WARNINGS = ("Valid but probably unintended, in words (as `monitor config check` says them): e.g. an example "
+             "that contains none of the topic's keywords, left out of the label-free threshold.")
+
+
+class TopicSavedOut(SavedOut):
+    warnings: list[str] = Field(default_factory=list, description=_WARNINGS)
+
+
 class HitOut(BaseModel):
     item_id: int
     title: str
@@ -100,6 +111,7 @@ class BacktestOut(BaseModel):
     hits: list[HitOut]
     pending: bool = Field(description="True when the stories and alerts took too long and are not included.")
     seconds: float
+    warnings: list[str] = Field(default_factory=list, description=_WARNINGS)
 
 
 def _hit(h: backtest.Hit) -> HitOut:
@@ -160,16 +172,16 @@ def create_api(ctx: AdminContext) -> FastAPI:
         response.headers["ETag"] = f'"{sha}"'
         return topic
 
-    @api.post(f"{API_PREFIX}/topics", response_model=SavedOut, status_code=201, tags=["topics"])
+    @api.post(f"{API_PREFIX}/topics", response_model=TopicSavedOut, status_code=201, tags=["topics"])
     async def create_topic(topic: TopicConfig, who: str = Depends(actor)) -> Any:
         try:
             saved = await run_in_threadpool(forms.save_topic, ctx.engine, ctx.config_path, topic, original_id=None,
                                             actor=who)
         except ConfigError as e:
             raise config_error(e) from None
-        return SavedOut(revision=saved.revision_id, diff=saved.diff)
+        return TopicSavedOut(revision=saved.revision_id, diff=saved.diff, warnings=match.example_warnings(topic))
 
-    @api.put(f"{API_PREFIX}/topics/{{topic_id}}", response_model=SavedOut, tags=["topics"],
+    @api.put(f"{API_PREFIX}/topics/{{topic_id}}", response_model=TopicSavedOut, tags=["topics"],
              responses={404: {"model": Problem}})
     async def replace_topic(topic_id: str, topic: TopicConfig, who: str = Depends(actor),
                             if_match: str | None = Header(None)) -> Any:
@@ -180,7 +192,7 @@ def create_api(ctx: AdminContext) -> FastAPI:
                                             original_id=topic_id, actor=who, expected_sha=_etag(if_match))
         except ConfigError as e:
             raise config_error(e) from None
-        return SavedOut(revision=saved.revision_id, diff=saved.diff)
+        return TopicSavedOut(revision=saved.revision_id, diff=saved.diff, warnings=match.example_warnings(topic))
 
     @api.delete(f"{API_PREFIX}/topics/{{topic_id}}", status_code=204, tags=["topics"],
                 responses={404: {"model": Problem}})
@@ -223,7 +235,8 @@ def create_api(ctx: AdminContext) -> FastAPI:
             saved_matches=len(saved.hits) if saved else None, saved_alerts=saved.alerts if saved else None,
             items_gained=[_hit(h) for h in d.gained], items_lost=[_hit(h) for h in d.lost],
             alerts_gained=[h.item.id for h in d.alerts_gained], alerts_lost=[h.item.id for h in d.alerts_lost],
-            hits=[_hit(h) for h in result.hits], pending=result.pending, seconds=round(result.seconds, 4))
+            hits=[_hit(h) for h in result.hits], pending=result.pending, seconds=round(result.seconds, 4),
+            warnings=match.example_warnings(body.topic))
 
     @api.get(f"{API_PREFIX}/feeds", response_model=list[FeedConfig], tags=["feeds"])
     async def list_feeds(who: str = Depends(actor)) -> Any:

@@ -28,6 +28,7 @@ from monitor.app.admin import AdminContext, backtest, charts, configfile, forms
 from monitor.app.admin.auth import CSRF_FIELD, CSRF_HEADER, WebSession, verify_user
 from monitor.delivery.render import safe_url
 from monitor.errors import ConfigError
+from monitor.signal import match
 
 log = logging.getLogger(__name__)
 
@@ -208,10 +209,12 @@ def routes(ctx: AdminContext, env: jinja2.Environment | None = None) -> list[Bas
                             saved=request.query_params.get("saved", ""))
 
     def editor(session: WebSession, *, topic_id: str | None, values: dict[str, str], errors: dict[str, str],
-               base_sha: str, status: int = 200, days: int = backtest.DEFAULT_DAYS, saved: str = "") -> Response:
+               base_sha: str, status: int = 200, days: int = backtest.DEFAULT_DAYS, saved: str = "",
+               warnings: list[str] | None = None) -> Response:
         return pages.render("admin/topic_edit.html", session, status, title=f"Topic {topic_id}" if topic_id
                             else "New topic", nav="topics", topic_id=topic_id, fields=forms.TOPIC_FIELDS,
                             values=values, errors=errors, base_sha=base_sha, days=days, saved=saved,
+                            warnings=warnings or [],
                             backtest_url=f"/admin/topics/{quote(topic_id)}/backtest" if topic_id
                             else "/admin/topics/new/backtest")
 
@@ -223,7 +226,8 @@ def routes(ctx: AdminContext, env: jinja2.Environment | None = None) -> list[Bas
             return pages.render("admin/error.html", session, 404, title="No such topic",
                                 message=f"There is no topic {topic_id!r} in {ctx.config_path.name}.")
         return editor(session, topic_id=topic_id, values=forms.form_values(topic, forms.TOPIC_FIELDS), errors={},
-                      base_sha=sha, saved=request.query_params.get("saved", ""))
+                      base_sha=sha, saved=request.query_params.get("saved", ""),
+                      warnings=match.example_warnings(topic) if topic is not None else [])
 
     def topic_save(request: Request, session: WebSession, form: Form) -> Response:
         topic_id = request.path_params.get("topic_id")
@@ -245,21 +249,25 @@ def routes(ctx: AdminContext, env: jinja2.Environment | None = None) -> list[Bas
     def topic_backtest(request: Request, session: WebSession, form: Form) -> Response:
         topic_id = request.path_params.get("topic_id")
         days = _days(form)
-        tester = ctx.backtester()
-        if tester is None:
-            return pages.render("admin/_backtest.html", session, result=None, diff=None, saved=None, errors={},
-                                message="The embedding model is still loading; the backtest starts in a moment.")
         try:
             edited = configfile.validate_topic(forms.parse_form(form, forms.TOPIC_FIELDS))
         except configfile.FieldErrors as e:
             return pages.render("admin/_backtest.html", session, result=None, diff=None, saved=None,
-                                errors=e.errors, message="Fix the fields marked below to see the backtest.")
+                                errors=e.errors, warnings=[],
+                                message="Fix the fields marked below to see the backtest.")
+        # Valid but probably unintended (an example without the topic's keywords): said, never refused.
+        warnings = match.example_warnings(edited)
+        tester = ctx.backtester()
+        if tester is None:
+            return pages.render("admin/_backtest.html", session, result=None, diff=None, saved=None, errors={},
+                                warnings=warnings,
+                                message="The embedding model is still loading; the backtest starts in a moment.")
         config, _sha = configfile.current_config(ctx.config_path)
         saved_topic = forms.find_topic(config, topic_id) if topic_id else None
         now = ctx.clock()
         result, saved, d = tester.compare(edited, saved_topic, days=days, now=now, wait_s=PAGE_WAIT_S)
         return pages.render("admin/_backtest.html", session, result=result, saved=saved, diff=d, errors={},
-                            message="", per_day=charts.bars_svg(
+                            warnings=warnings, message="", per_day=charts.bars_svg(
                                 [charts.DayCount(day, m, a) for day, m, a in result.per_day(now)],
                                 width=420, height=40, label="matches and alerts per day"),
                             is_new=topic_id is None, disabled=not edited.enabled)
