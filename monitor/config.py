@@ -130,7 +130,7 @@ class TopicConfig(_Strict):
     id: str = Field(description="Stable identifier (lower-case letters, digits, dashes).")
     name: str = Field(description="Human name shown in digests.")
     description: str = Field(description="What the topic is about, in a sentence or two.")
-    examples: list[str] = Field(description="Headlines that should match.")
+    examples: list[str] = Field(description="Headlines that should match. Write each with the topic's keywords: an example with no keyword of a `require_any` / `require_all` group is left out of the label-free threshold (`monitor config check` and the topic editor warn).")
     counterexamples: list[str] = Field(default_factory=list, description="Near misses that must not match.")
     require_any: list[str] = Field(default_factory=list, description="Keywords: at least one should occur (case-insensitive; evidence or a gate, see keyword_mode).")
     require_all: list[list[str]] = Field(

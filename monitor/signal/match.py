@@ -217,7 +217,7 @@ def threshold_sample(gate: KeywordGate, examples: Sequence[str]) -> ThresholdSam
     """The label-free threshold is taken over the examples that meet the topic's own keyword requirement (a
     hit in every keyword group: `require_any`, each `require_all` group). An example that misses a group gets
     strongly negative keyword evidence and scores near 0: it says nothing about where the topic's matches lie
-    but drags the 10th percentile down (one such example of ten set a threshold of 0.001, docs/
+    but drags the 10th percentile down (two such examples of ten set a threshold of 0.001, docs/
     topic-relevance.md), so it is left out, as if the topic did not have it (it stays a prototype: items are
     still compared with it). With fewer than MIN_THRESHOLD_EXAMPLES examples meeting the requirement every
     example counts, and the source says so. A topic without keywords keeps every example."""
