@@ -175,7 +175,7 @@ def test_analog_labels_are_only_fitted_on_and_respect_the_time_split(tmp_path: P
     plain = alert_eval.folds(cands)
     with_analogs = alert_eval.folds(cands, analogs)
     assert set(with_analogs) == set(plain) | {"analogs only -> all"}
-    for name, (fit_on, measure_on) in with_analogs.items():
+    for name, (_fit_on, measure_on) in with_analogs.items():
         assert not {c.topic for c in measure_on} & {"other"}, f"{name} measures an analog"
         assert measure_on == (cands if name == "analogs only -> all" else plain[name][1])
     # the time protocol fits on no label, analog or not, dated from its split on
