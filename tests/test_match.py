@@ -361,3 +361,20 @@ def test_config_check_warns_about_an_example_without_the_keywords_and_still_pass
     assert f"warning: topics['pow-swaps'].examples[2] ({NO_KEYWORD!r}) contains none of require_any" in r.output
     r = CliRunner().invoke(main, ["--config", str(ROOT / "feeds.toml"), "config", "check"])
     assert r.exit_code == 0 and "warning" not in r.output.lower(), r.output
+
+
+def test_a_keyword_group_is_named_as_the_config_writes_it_even_after_an_empty_group() -> None:
+    # require_all[0] has no term, so it is no group: the gate's groups and the config's indexes differ
+    topic = _pow(require_any=["Kyiv", "Moscow"], require_all=[[" "], ["prisoners", "swap"], ["Ukraine", "Russia"]])
+    gate = match.compile_gate(topic)
+    assert gate.names == ("require_any", "require_all[1]", "require_all[2]") and len(gate.groups) == 3
+    texts = [*topic.examples, NO_KEYWORD]
+    missed = match.missed_groups(gate, texts)
+    assert missed[0] == ("require_any",) and missed[-1] == ("require_any", "require_all[2]")
+    # the same groups as the keyword evidence of scoring counts
+    assert [len(gate.groups) - len(m) for m in missed] == [gate.evidence(t)[0] for t in texts]
+    [*_, last] = match.example_warnings(topic.model_copy(update={"examples": texts}))
+    assert last.startswith("topics['pow-swaps'].examples[4]")
+    assert "contains none of require_any and none of require_all[2]:" in last
+    with pytest.raises(ValueError, match="one name per group"):
+        match.KeywordGate(gate.require_any, gate.require_all, None, names=("require_any",))

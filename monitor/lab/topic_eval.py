@@ -133,8 +133,8 @@ def baseline_gate(topic: TopicConfig) -> KeywordGate:
     gate = compile_gate(topic)
     if gate.require_any is None and not gate.require_all:
         words = re.findall(r"\w+", topic.name)
-        groups = tuple(p for p in (keyword_pattern([w]) for w in words) if p is not None)
-        gate = KeywordGate(None, groups, gate.exclude)
+        named = [(f"name word {w!r}", p) for w, p in ((w, keyword_pattern([w])) for w in words) if p is not None]
+        gate = KeywordGate(None, tuple(p for _, p in named), gate.exclude, names=tuple(n for n, _ in named))
     return gate
 
 

@@ -14,8 +14,8 @@ The combiner's weights are `SHIPPED_COMBINER` (how they were fitted and measured
 Thresholds. `TopicConfig.threshold` (a probability) wins when set. Otherwise the label-free rule of
 `relevance.example_threshold`: the 10th percentile of the probabilities of the topic's own examples, each
 scored leave-one-out, so an admin's new topic gets a threshold from its definition alone. The examples that
-miss one of the topic's keyword groups are left out of it (`threshold_sample`; `example_warnings` tells the
-admin), unless fewer than MIN_THRESHOLD_EXAMPLES would remain.
+miss one of the topic's keyword groups (`missed_groups`) are left out of it (`threshold_sample`;
+`example_warnings` tells the admin), unless fewer than MIN_THRESHOLD_EXAMPLES would remain.
 
 Story-level evidence (`relevance.neighbour_lift`). Given the items' publication times, an item close
 (cosine >= 0.6) to an item of the previous 72 hours that is on the topic by its OWN evidence inherits part
@@ -71,11 +71,17 @@ _EVIDENCE_LABELS = {"best": "similarity", "top3": "agreeing examples", "desc": "
 
 @dataclass(frozen=True, slots=True)
 class KeywordGate:
-    """Compiled keywords of one topic. Each pattern matches whole words, case-insensitively."""
+    """Compiled keywords of one topic (`compile_gate`). Each pattern matches whole words, case-insensitively."""
 
     require_any: re.Pattern[str] | None
     require_all: tuple[re.Pattern[str], ...]
     exclude: re.Pattern[str] | None
+    names: tuple[str, ...]  # how the config names each of `groups`, in order ("require_any", "require_all[1]")
+
+    def __post_init__(self) -> None:
+        if len(self.names) != len(self.groups):
+            raise ValueError(f"a keyword gate needs one name per group: {len(self.names)} names for "
+                             f"{len(self.groups)} groups")
 
     @property
     def groups(self) -> tuple[re.Pattern[str], ...]:
@@ -169,8 +175,19 @@ def _found(pattern: re.Pattern[str], text: str) -> list[str]:
 
 
 def compile_gate(topic: TopicConfig) -> KeywordGate:
-    groups = tuple(p for p in (keyword_pattern(g) for g in topic.require_all) if p is not None)
-    return KeywordGate(keyword_pattern(topic.require_any), groups, keyword_pattern(topic.exclude))
+    """The topic's keywords; a group without a term is no group, and each group keeps its config name."""
+    any_ = keyword_pattern(topic.require_any)
+    named = [(f"require_all[{i}]", p) for i, p in enumerate(keyword_pattern(g) for g in topic.require_all)
+             if p is not None]
+    return KeywordGate(any_, tuple(p for _, p in named), keyword_pattern(topic.exclude),
+                       names=(("require_any",) if any_ is not None else ()) + tuple(n for n, _ in named))
+
+
+def missed_groups(gate: KeywordGate, texts: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """Per text, the names of the keyword groups it has no hit in (`KeywordGate.names`); empty: the text meets
+    the topic's keyword requirement (a topic without keywords: every text)."""
+    return tuple(tuple(name for name, pattern in zip(gate.names, gate.groups, strict=True)
+                       if pattern.search(text) is None) for text in texts)
 
 
 def keyword_features(gate: KeywordGate, texts: Sequence[str]) -> np.ndarray:
@@ -211,6 +228,7 @@ class ThresholdSample:
 
     keep: tuple[bool, ...]  # one flag per example
     source: str  # the threshold's source in a verdict's reason: "label-free", and which examples it left out
+    missed: tuple[tuple[str, ...], ...]  # per example, the keyword groups it misses (`missed_groups`)
 
 
 def threshold_sample(gate: KeywordGate, examples: Sequence[str]) -> ThresholdSample:
@@ -221,37 +239,27 @@ def threshold_sample(gate: KeywordGate, examples: Sequence[str]) -> ThresholdSam
     topic-relevance.md), so it is left out, as if the topic did not have it (it stays a prototype: items are
     still compared with it). With fewer than MIN_THRESHOLD_EXAMPLES examples meeting the requirement every
     example counts, and the source says so. A topic without keywords keeps every example."""
-    n_groups = len(gate.groups)
-    hits = tuple(gate.evidence(e)[0] == n_groups for e in examples)
+    missed = missed_groups(gate, examples)
+    hits = tuple(not m for m in missed)
     n, kept = len(hits), sum(hits)
     if kept == n:
-        return ThresholdSample(hits, "label-free")
+        return ThresholdSample(hits, "label-free", missed)
     if kept < MIN_THRESHOLD_EXAMPLES:
-        return ThresholdSample((True,) * n, f"label-free from every example: only {kept} of {n} contain the keywords")
-    return ThresholdSample(hits, f"label-free, {n - kept} of {n} examples without the keywords left out")
-
-
-def keyword_group_names(topic: TopicConfig) -> tuple[str, ...]:
-    """How the config names each keyword group of `KeywordGate.groups` ("require_any", "require_all[1]")."""
-    names = ("require_any",) if keyword_pattern(topic.require_any) is not None else ()
-    return names + tuple(f"require_all[{i}]" for i, g in enumerate(topic.require_all)
-                         if keyword_pattern(g) is not None)
+        return ThresholdSample((True,) * n, f"label-free from every example: only {kept} of {n} contain the keywords",
+                               missed)
+    return ThresholdSample(hits, f"label-free, {n - kept} of {n} examples without the keywords left out", missed)
 
 
 def example_warnings(topic: TopicConfig) -> list[str]:
-    """Valid but probably unintended, in words for the admin (`monitor config check`, the topic editor): each
-    example that contains no keyword of one of the topic's keyword groups, and what that does to the
-    label-free threshold (`threshold_sample`). None when the topic's threshold is configured."""
+    """Valid but probably unintended, in words for the admin (`monitor config check`, the topic editor, the
+    admin API): each example that contains no keyword of one of the topic's keyword groups, and what that does
+    to the label-free threshold (`threshold_sample`). None when the topic's threshold is configured."""
     if topic.threshold is not None:
         return []
-    gate = compile_gate(topic)
-    names = keyword_group_names(topic)
-    sample = threshold_sample(gate, topic.examples)
-    misses = [[name for name, pattern in zip(names, gate.groups, strict=True) if pattern.search(text) is None]
-              for text in topic.examples]
-    n_with = sum(not m for m in misses)
+    sample = threshold_sample(compile_gate(topic), topic.examples)
+    n_with = sum(not m for m in sample.missed)
     out = []
-    for i, (text, missing, kept) in enumerate(zip(topic.examples, misses, sample.keep, strict=True)):
+    for i, (text, missing, kept) in enumerate(zip(topic.examples, sample.missed, sample.keep, strict=True)):
         if not missing:
             continue
         effect = ("it is left out of the label-free threshold" if not kept else
