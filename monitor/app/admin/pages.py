@@ -209,12 +209,10 @@ def routes(ctx: AdminContext, env: jinja2.Environment | None = None) -> list[Bas
                             saved=request.query_params.get("saved", ""))
 
     def editor(session: WebSession, *, topic_id: str | None, values: dict[str, str], errors: dict[str, str],
-               base_sha: str, status: int = 200, days: int = backtest.DEFAULT_DAYS, saved: str = "",
-               warnings: list[str] | None = None) -> Response:
+               base_sha: str, status: int = 200, days: int = backtest.DEFAULT_DAYS, saved: str = "") -> Response:
         return pages.render("admin/topic_edit.html", session, status, title=f"Topic {topic_id}" if topic_id
                             else "New topic", nav="topics", topic_id=topic_id, fields=forms.TOPIC_FIELDS,
                             values=values, errors=errors, base_sha=base_sha, days=days, saved=saved,
-                            warnings=warnings or [],
                             backtest_url=f"/admin/topics/{quote(topic_id)}/backtest" if topic_id
                             else "/admin/topics/new/backtest")
 
@@ -226,8 +224,7 @@ def routes(ctx: AdminContext, env: jinja2.Environment | None = None) -> list[Bas
             return pages.render("admin/error.html", session, 404, title="No such topic",
                                 message=f"There is no topic {topic_id!r} in {ctx.config_path.name}.")
         return editor(session, topic_id=topic_id, values=forms.form_values(topic, forms.TOPIC_FIELDS), errors={},
-                      base_sha=sha, saved=request.query_params.get("saved", ""),
-                      warnings=match.example_warnings(topic) if topic is not None else [])
+                      base_sha=sha, saved=request.query_params.get("saved", ""))
 
     def topic_save(request: Request, session: WebSession, form: Form) -> Response:
         topic_id = request.path_params.get("topic_id")
@@ -255,7 +252,8 @@ def routes(ctx: AdminContext, env: jinja2.Environment | None = None) -> list[Bas
             return pages.render("admin/_backtest.html", session, result=None, diff=None, saved=None,
                                 errors=e.errors, warnings=[],
                                 message="Fix the fields marked below to see the backtest.")
-        # Valid but probably unintended (an example without the topic's keywords): said, never refused.
+        # Valid but probably unintended (an example without the topic's keywords): said, never refused; only
+        # here, in the preview of the form as it stands (the page itself has none: it would stay after a fix).
         warnings = match.example_warnings(edited)
         tester = ctx.backtester()
         if tester is None:
