@@ -291,6 +291,13 @@ async def test_an_example_without_the_keywords_is_saved_with_a_warning_naming_it
         assert r.status_code == 201, r.text  # valid: saved, not refused
         assert r.json()["warnings"] == [preview]
         assert _topics(path)["pow-swaps"]["examples"][3] == "Azovstal defenders freed in prisoner swap"
-        fixed = {**ODD_TOPIC, "examples": [*ODD_TOPIC["examples"][:3], "Azovstal defenders freed in Ukraine swap"]}
-        r = await c.put("/api/v1/topics/pow-swaps", json=fixed, headers=AUTH)
+        got = await c.get("/api/v1/topics/pow-swaps", headers=AUTH)
+        assert got.status_code == 200 and got.json()["warnings"] == [preview], got.text
+        r = await c.post("/api/v1/topics/pow-swaps/backtest", json={"topic": got.json(), "days": 3}, headers=AUTH)
+        assert r.status_code == 200 and r.json()["warnings"] == [preview], r.text
+        # the GET answer sent back with the example fixed: its (stale) warnings are ignored, never saved
+        fixed = {**got.json(), "examples": [*ODD_TOPIC["examples"][:3], "Azovstal defenders freed in Ukraine swap"]}
+        r = await c.put("/api/v1/topics/pow-swaps", json=fixed, headers={**AUTH, "If-Match": got.headers["etag"]})
         assert r.status_code == 200 and r.json()["warnings"] == [], r.text
+        assert "warnings" not in _topics(path)["pow-swaps"] and "warnings" not in r.json()["diff"]
+        assert (await c.get("/api/v1/topics/pow-swaps", headers=AUTH)).json()["warnings"] == []

@@ -3,7 +3,8 @@ pages do. Auth: `Authorization: Bearer $MONITOR_ADMIN_TOKEN`, or a logged-in adm
 that change something carry the `X-CSRF-Token` header. Invalid input answers 422 naming the field; no or a
 wrong token answers 401. Bodies are the same pydantic models as feeds.toml (`TopicConfig`, `FeedConfig`).
 What is valid but probably unintended (an example without its topic's keywords) is saved and listed in the
-answer's `warnings`, as `monitor config check` and the topic editor say it.
+answer's `warnings`, as `monitor config check` and the topic editor say it. A topic's GET lists them too; its
+answer may be sent back as it is in a PUT (`warnings` is read-only: ignored in a body).
 """
 
 from __future__ import annotations
@@ -76,6 +77,21 @@ class TopicSavedOut(SavedOut):
     warnings: list[str] = Field(default_factory=list, description=_WARNINGS)
 
 
+class TopicDoc(TopicConfig):
+    """A topic as GET answers it: feeds.toml's fields and the warnings about them. A PUT, POST or backtest body
+    may be such an answer sent back as it is: its `warnings` are ignored (`config`)."""
+
+    warnings: list[str] = Field(default_factory=list, description=_WARNINGS + " Read-only: ignored in a body.")
+
+    @classmethod
+    def of(cls, topic: TopicConfig) -> TopicDoc:
+        return cls.model_validate({**topic.model_dump(), "warnings": match.example_warnings(topic)})
+
+    def config(self) -> TopicConfig:
+        """The topic alone, as feeds.toml has it (the warnings are never saved)."""
+        return TopicConfig.model_validate(self.model_dump(exclude={"warnings"}))
+
+
 class HitOut(BaseModel):
     item_id: int
     title: str
@@ -90,7 +106,7 @@ class HitOut(BaseModel):
 
 
 class BacktestIn(BaseModel):
-    topic: TopicConfig
+    topic: TopicDoc
     days: int = Field(backtest.DEFAULT_DAYS, ge=1, le=90, description="How many days back.")
 
 
@@ -160,20 +176,21 @@ def create_api(ctx: AdminContext) -> FastAPI:
     async def list_topics(who: str = Depends(actor)) -> Any:
         return (await run_in_threadpool(load)).topics
 
-    @api.get(f"{API_PREFIX}/topics/{{topic_id}}", response_model=TopicConfig, tags=["topics"],
+    @api.get(f"{API_PREFIX}/topics/{{topic_id}}", response_model=TopicDoc, tags=["topics"],
              responses={404: {"model": Problem}})
     async def get_topic(topic_id: str, response: Response, who: str = Depends(actor)) -> Any:
-        """The topic; the `ETag` header is feeds.toml's hash: send it back as `If-Match` with a PUT or DELETE
-        and the change is refused (409) if someone saved feeds.toml meanwhile."""
+        """The topic, with its `warnings`; the `ETag` header is feeds.toml's hash: send it back as `If-Match`
+        with a PUT or DELETE and the change is refused (409) if someone saved feeds.toml meanwhile."""
         config, sha = await run_in_threadpool(configfile.current_config, ctx.config_path)
         topic = forms.find_topic(config, topic_id)
         if topic is None:
             raise HTTPException(404, f"no topic {topic_id!r}")
         response.headers["ETag"] = f'"{sha}"'
-        return topic
+        return TopicDoc.of(topic)
 
     @api.post(f"{API_PREFIX}/topics", response_model=TopicSavedOut, status_code=201, tags=["topics"])
-    async def create_topic(topic: TopicConfig, who: str = Depends(actor)) -> Any:
+    async def create_topic(body: TopicDoc, who: str = Depends(actor)) -> Any:
+        topic = body.config()
         try:
             saved = await run_in_threadpool(forms.save_topic, ctx.engine, ctx.config_path, topic, original_id=None,
                                             actor=who)
@@ -183,8 +200,9 @@ def create_api(ctx: AdminContext) -> FastAPI:
 
     @api.put(f"{API_PREFIX}/topics/{{topic_id}}", response_model=TopicSavedOut, tags=["topics"],
              responses={404: {"model": Problem}})
-    async def replace_topic(topic_id: str, topic: TopicConfig, who: str = Depends(actor),
+    async def replace_topic(topic_id: str, body: TopicDoc, who: str = Depends(actor),
                             if_match: str | None = Header(None)) -> Any:
+        topic = body.config()
         if forms.find_topic(await run_in_threadpool(load), topic_id) is None:
             raise HTTPException(404, f"no topic {topic_id!r}")
         try:
@@ -226,9 +244,10 @@ def create_api(ctx: AdminContext) -> FastAPI:
         tester = ctx.backtester()
         if tester is None:
             raise HTTPException(503, "the embedding model is still loading; try again in a moment")
+        topic = body.topic.config()
         saved_topic = forms.find_topic(await run_in_threadpool(load), topic_id)
         result, saved, d = await run_in_threadpool(
-            lambda: tester.compare(body.topic, saved_topic, days=body.days, now=ctx.clock(), wait_s=300.0))
+            lambda: tester.compare(topic, saved_topic, days=body.days, now=ctx.clock(), wait_s=300.0))
         return BacktestOut(
             topic_id=result.topic_id, days=result.days, scanned=result.scanned, threshold=result.threshold,
             matches=len(result.hits), alerts=result.alerts, stories=len(result.stories),
@@ -236,7 +255,7 @@ def create_api(ctx: AdminContext) -> FastAPI:
             items_gained=[_hit(h) for h in d.gained], items_lost=[_hit(h) for h in d.lost],
             alerts_gained=[h.item.id for h in d.alerts_gained], alerts_lost=[h.item.id for h in d.alerts_lost],
             hits=[_hit(h) for h in result.hits], pending=result.pending, seconds=round(result.seconds, 4),
-            warnings=match.example_warnings(body.topic))
+            warnings=match.example_warnings(topic))
 
     @api.get(f"{API_PREFIX}/feeds", response_model=list[FeedConfig], tags=["feeds"])
     async def list_feeds(who: str = Depends(actor)) -> Any:
