@@ -51,10 +51,17 @@ _UNREALISED = re.compile(
     r"\b(?:to|will|would|could|may|might|should|ready|willing|prepared|preparing|plans?|seeks?|seeking|hopes?|"
     r"hopeful|expected|expects|set|poised|push(?:es|ing)?|efforts?|urges?|urging|calls? for|calling for|"
     r"if|unless|only|until|demands?|wants?|offers?|vows?|threatens?|pledges?|considers?|weighs?|mulls?|"
-    r"possible|potential|close to|nears?|nearing|cannot|can't|won't|not|no|refuses?|refused|fails? to|without|"
-    # the release as a goal: talks, terms or pressure *for* it ("conditions for hostages' release", "negotiations
-    # on the release of", "deal over prisoners' release") report no release
-    r"for|on|over|about|towards?|secure|securing|negotiat\w*|talks|conditions|terms)\b",
+    r"possible|potential|close to|nears?|nearing|cannot|can't|won't|not|no|refuses?|refused|fails? to|without)\b",
+    re.IGNORECASE,
+)
+# The noun "release" as the goal of talks, terms or pressure ("conditions for hostages' release", "talks on the
+# release of", "negotiations ongoing for release of") reports no release; matched against the words just before
+# it (its noun phrase), so "freed after weeks of talks" or "about 100 freed" are untouched.
+_GOAL_OF = re.compile(
+    r"(?:\b(?:for|towards?|agree(?:s|d)? on)|\b(?:talks|negotiations?|negotiating|conditions?|terms|deal|agreement|"
+    r"bid|efforts?|plea|appeals?|push|pressure|demands?|calls?)(?:\s+(?:on|for|over|about|towards?))?)\s+"
+    r"(?:the\s+|a\s+)?"
+    r"(?:[\w-]+['’]s?\s+)?$",
     re.IGNORECASE,
 )
 
@@ -231,9 +238,12 @@ def _actor(title: str) -> str | None:
     return None
 
 
-def _realised(title: str, start: int) -> bool:
-    """The verb at `start` is not under a future/conditional marker within the few words before it."""
-    before = title[max(0, start - 40):start]
+def _realised(title: str, m: re.Match[str]) -> bool:
+    """The event word `m` is not under a future/conditional marker within the few words before it, nor the
+    noun "release" named as a goal (`_GOAL_OF`)."""
+    before = title[max(0, m.start() - 40):m.start()]
+    if m.group(0).lower() == "release" and _GOAL_OF.search(before):
+        return False
     return not _UNREALISED.search(" ".join(before.split()[-4:]))
 
 
@@ -251,8 +261,11 @@ def read_developments(title: str) -> tuple[Development, ...]:
         if not m:
             continue
         k, lab = kind, label
-        if kind in ("release", "deal", "extension", "start") and not _realised(title, m.start()):
-            k, lab = "proposal", "proposal or terms"
+        if kind in ("release", "deal", "extension", "start"):
+            # realised when any mention is ("US works for release of more hostages after 2 are freed")
+            m = next((r for r in pat.finditer(title) if _realised(title, r)), None) or m
+            if not _realised(title, m):
+                k, lab = "proposal", "proposal or terms"
         if k in kinds:
             continue
         kinds.add(k)
