@@ -167,15 +167,21 @@ def test_analog_labels_are_only_fitted_on_and_respect_the_time_split(tmp_path: P
     rows += [_label_row("small", 3, "Talks resume in Doha", "development", "s1"),
              _label_row("big", 24 * 13, "Hamas frees hostages", "development", "b-late")]  # 11-02: after the split
     analog_rows = [_label_row("other", 5, "Ukraine and Russia swap prisoners", "development", "o1"),
-                   _label_row("other", 24 * 14, "Ukraine and Russia swap more prisoners", "development", "o2")]
+                   _label_row("other", 24 * 14, "Ukraine and Russia swap more prisoners", "development", "o2"),
+                   _label_row("other", 3, "Talks resume in Doha", "off", None, on=0)]  # also a shipped candidate
     path, analog_path = tmp_path / "labels.jsonl", tmp_path / "analogs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     analog_path.write_text("".join(json.dumps(r) + "\n" for r in analog_rows), encoding="utf-8")
     cands, analogs = alert_eval.read_candidates(path), alert_eval.read_candidates(analog_path)
     plain = alert_eval.folds(cands)
     with_analogs = alert_eval.folds(cands, analogs)
-    assert set(with_analogs) == set(plain) | {"analogs only -> all"}
-    for name, (_fit_on, measure_on) in with_analogs.items():
+    assert set(with_analogs) == set(plain) | {"analogs only -> all", "all -> analogs"}
+    for name, (fit_on, measure_on) in with_analogs.items():
+        # an item labelled in both files is never fitted on where it is measured
+        assert not {(c.item.title, c.topic) for c in fit_on} & {("Talks resume in Doha", "other")}, name
+        if name == "all -> analogs":
+            assert fit_on == cands and [c.dev for c in measure_on] == ["o1", "o2"]
+            continue
         assert not {c.topic for c in measure_on} & {"other"}, f"{name} measures an analog"
         assert measure_on == (cands if name == "analogs only -> all" else plain[name][1])
     # the time protocol fits on no label, analog or not, dated from its split on
