@@ -189,3 +189,25 @@ def test_analog_labels_are_only_fitted_on_and_respect_the_time_split(tmp_path: P
     assert all(c.item.published_at < alert_eval.TIME_SPLIT for c in time_fit)
     assert [c.dev for c in time_fit if c.topic == "other"] == ["o1"]
     assert [c.dev for c in with_analogs["big -> others"][0] if c.topic == "other"] == ["o1", "o2"]
+
+
+@pytest.mark.slow
+def test_eval_alerts_refuses_analog_labels_of_a_topic_its_analog_config_lacks(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    labels, analogs = tmp_path / "labels.jsonl", tmp_path / "analogs.jsonl"
+    labels.write_text("".join(json.dumps(_label_row("prisoner-exchange", h, f"Hamas frees {h + 2} hostages",
+                                                    "development", f"d{h}")) + "\n" for h in (0, 30)),
+                      encoding="utf-8")
+    analogs.write_text(json.dumps(_label_row("grain-deal", 0, "Russia quits grain deal", "development", "g1")) + "\n",
+                       encoding="utf-8")
+    (tmp_path / "topics.toml").write_text(  # the analogs' own config, found beside them
+        '[[topics]]\nid = "sudan-talks"\nname = "Sudan talks"\ndescription = "Talks to end the war in Sudan."\n'
+        'examples = ["Sudan army and RSF sign truce in Jeddah"]\n', encoding="utf-8")
+    config = Path(__file__).resolve().parents[1] / "feeds.toml"
+    r = CliRunner().invoke(main, ["--config", str(config), "eval", "alerts", "--labels", str(labels), "--analogs",
+                                  str(analogs), "--cache-dir", str(tmp_path / "cache")])
+    assert r.exit_code != 0
+    assert "grain-deal" in r.output and "topics.toml" in r.output, r.output
