@@ -80,9 +80,12 @@ def test_backtest_is_what_the_matcher_and_novelty_decide(engine: Engine, embedde
         result = tester.run(TOPIC, days=7, now=NOW)
     finally:
         tester.close()
-    # The pipeline's own verdicts on the same items and vectors.
+    # The pipeline's own verdicts on the same items and vectors, story-level evidence included (each item's
+    # lenders: the window's earlier items), as the service matches them.
     vectors = embed.encode_items(embedder, HEADLINES, HEADLINES)
-    verdicts = match.match_items(records, vectors, match.compile_topics([TOPIC], embedder))
+    verdicts = match.match_items(records, vectors, match.compile_topics([TOPIC], embedder),
+                                 match.Recent.empty(embedder.dim))
+    assert any("similar recent item on topic" in v.reason for v in verdicts if v.matched)  # the fixture lends
     expected = [v for v in verdicts if v.matched]
     assert [h.item.id for h in result.hits] == [v.item_id for v in expected]
     assert [h.score for h in result.hits] == [v.score for v in expected]
@@ -153,7 +156,8 @@ def test_keyword_rules_give_the_matchers_verdicts_across_edits(engine: Engine, e
         for edit in (gated, gated.model_copy(update={"examples": [*gated.examples, "Talks in Doha continue"]}),
                      gated.model_copy(update={"exclude": []})):
             got = tester.run(edit, days=7, now=NOW)
-            want = [v for v in match.match_items(records, vectors, match.compile_topics([edit], embedder)) if v.matched]
+            want = [v for v in match.match_items(records, vectors, match.compile_topics([edit], embedder),
+                                                 match.Recent.empty(embedder.dim)) if v.matched]
             assert [(h.item.id, h.score, h.reason) for h in got.hits] == [(v.item_id, v.score, v.reason) for v in want]
     finally:
         tester.close()

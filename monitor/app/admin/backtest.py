@@ -10,8 +10,17 @@ and `monitor.signal.novelty.cluster`. Speed comes from three caches held by `Bac
 * the topic texts' vectors: an example typed into the editor is encoded once (`CachedEncoder`);
 * the facts novelty reads from each item (figures, names), extracted once per item.
 
-`match.raw_scores` (one matrix product) picks the candidates that can reach the threshold; `match_texts` then
-gives each candidate its exact verdict and reason, so the backtest says what the matcher says.
+`match.raw_scores` (one matrix product) picks the candidates that can reach the threshold on their own evidence;
+`match_texts` then gives each candidate its exact verdict and reason, so the backtest says what the matcher says.
+
+Story-level evidence is counted as the service counts it (`relevance.neighbour_lift`, through `match_texts`'
+`times` / `recent`): an item's lenders are the window's items published strictly earlier, within 72 h, that are
+on the topic by their own evidence, so the backtest lists what `match.match_items(window, ...,
+match.Recent.empty(dim))` matches. An item below the own-score bound can still be lifted, so the candidates
+are the prefiltered items plus the items close enough to a lender to be lifted to the threshold. Which items
+are close to which is a property of the window alone (vectors and times, not the topic): each lender's close
+later items are found once per window (`LenderNeighbours`, kept across keystrokes and refreshes), and the
+lenders themselves come from an own-evidence pass over the prefiltered items.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -32,7 +42,7 @@ from sqlalchemy.orm import Session
 
 from monitor.config import Settings, TopicConfig
 from monitor.records import ALERT_DECISIONS, ItemRecord
-from monitor.signal import match, novelty
+from monitor.signal import match, novelty, relevance
 from monitor.signal.embed import Embedder
 from monitor.signal.stories import params_for
 from monitor.storage.db import aware_utc, naive_utc
@@ -46,6 +56,21 @@ MAX_WINDOWS = 3
 # match_texts rounds a score to 4 decimals before comparing it with the threshold, so a raw score up to
 # this much below the threshold can still match: such items are candidates too.
 _ROUNDING_MARGIN = 1e-4
+# Lender neighbours are kept with their cosine as float16 (about 1e-3 apart near 0.6..1): the candidates are
+# taken with this much slack, and `match_texts` recomputes every cosine it uses.
+_COS_SLACK = 2e-3
+# ... and published up to 72 h and this much after the lender (the matcher compares differences of times).
+_TIME_SLACK_S = 1.0
+# Edges (lender, close later item) remembered per window (6 bytes each); beyond this the memory keeps only the
+# lenders of the backtest that asked.
+MAX_NEIGHBOUR_EDGES = 16_000_000
+# Rows are scored in time-ordered chunks: lenders are looked for in bands of this many rows of falling own
+# log-odds (each band against the lenders above it), and `match_texts` is given this many rows at a time.
+_LIFT_CHUNK = 1024
+_BAND = 256
+_VERDICT_CHUNK = 512
+# Topics whose last lenders are remembered (`_LiftState`).
+LIFT_STATES = 4
 # Story computations are kept going for the versions asked for most recently (several admins, or the saved
 # and the edited version of one topic); older ones are abandoned.
 WANTED_VERSIONS = 6
@@ -108,6 +133,99 @@ class _MemoGate:
         return getattr(self._gate, name)
 
 
+class LenderNeighbours:
+    """For each window row that has been a lender (on some topic by its own evidence): the window's rows
+    published after it, within `relevance.NEIGHBOUR_WINDOW_H`, whose cosine to it is at least
+    `relevance.NEIGHBOUR_MIN_COS` (less `_COS_SLACK`), with that cosine. It depends on the window's vectors and
+    times only, so it is computed once per lender and kept for every topic and keystroke; a refreshed window
+    carries it over (`carried`). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # lender row -> (rows int32, cosines float16)
+        self._edges = 0
+        self._lock = threading.Lock()
+
+    @property
+    def edges(self) -> int:
+        return self._edges
+
+    def close_to(self, corpus: Corpus, lenders: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cosines) of every (lender, close later row) pair of `lenders` (sorted window rows)."""
+        wanted = lenders.tolist()
+        with self._lock:
+            have = {r: self._rows[r] for r in wanted if r in self._rows}
+        missing = np.array([r for r in wanted if r not in have], dtype=np.int64)
+        if missing.size:
+            found = _close_later(corpus.vectors, corpus.times, missing)
+            have.update(found)
+            with self._lock:
+                if self._edges + sum(len(f[0]) for f in found.values()) > MAX_NEIGHBOUR_EDGES:
+                    self._rows = dict(have)  # bounded memory: the lenders asked for now are kept
+                else:
+                    self._rows.update(found)
+                self._edges = sum(len(v[0]) for v in self._rows.values())
+        if not wanted:
+            return np.zeros(0, np.int32), np.zeros(0, np.float16)
+        return np.concatenate([have[r][0] for r in wanted]), np.concatenate([have[r][1] for r in wanted])
+
+    def carried(self, new_row: np.ndarray, vectors: np.ndarray, times: np.ndarray, added: np.ndarray
+                ) -> LenderNeighbours:
+        """This memory for a refreshed window: `new_row[old row]` is the row's new index (-1: dropped out of
+        the window), `added` the new window's rows that were not in the old one (their closeness to the kept
+        lenders is computed here)."""
+        out = LenderNeighbours()
+        with self._lock:
+            entries = list(self._rows.items())
+        kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for r, (rows, cos) in entries:
+            nr = int(new_row[r])
+            if nr < 0:
+                continue
+            moved = new_row[rows]
+            keep = moved >= 0
+            kept[nr] = (moved[keep].astype(np.int32), cos[keep])
+        if kept and added.size:
+            lenders = np.array(sorted(kept), dtype=np.int64)
+            extra: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+            for lo in range(0, added.size, 256):
+                block = added[lo:lo + 256]
+                sims = vectors[block] @ vectors[lenders].T  # (block, lenders)
+                dt = times[block][:, None] - times[lenders][None, :]
+                ok = (sims >= relevance.NEIGHBOUR_MIN_COS - _COS_SLACK) & (dt > 0) \
+                    & (dt <= relevance.NEIGHBOUR_WINDOW_H * 3600.0 + _TIME_SLACK_S)
+                for b in np.flatnonzero(ok.any(axis=0)).tolist():
+                    a = np.flatnonzero(ok[:, b])
+                    extra.setdefault(int(lenders[b]), []).append((block[a].astype(np.int32),
+                                                                  sims[a, b].astype(np.float16)))
+            for r, parts in extra.items():
+                rows, cos = kept[r]
+                kept[r] = (np.concatenate([rows, *(x[0] for x in parts)]), np.concatenate([cos, *(x[1] for x in parts)]))
+        out._rows = kept
+        out._edges = sum(len(v[0]) for v in kept.values())
+        return out
+
+
+def _close_later(vectors: np.ndarray, times: np.ndarray, lenders: np.ndarray
+                 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """`LenderNeighbours`' entries for `lenders` (window rows; the window is in published order, so each
+    lender's later rows within the time window are one slice: [first, last) below)."""
+    lenders = np.sort(lenders)
+    first = np.searchsorted(times, times[lenders], side="right")  # published strictly after the lender
+    last = np.searchsorted(times, times[lenders] + relevance.NEIGHBOUR_WINDOW_H * 3600.0 + _TIME_SLACK_S,
+                           side="right")
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for lo in range(0, lenders.size, 128):
+        block, a, b = lenders[lo:lo + 128], first[lo:lo + 128], last[lo:lo + 128]
+        start, end = int(a.min()), int(b.max())
+        sims = vectors[block] @ vectors[start:end].T
+        col = np.arange(start, end)
+        ok = (sims >= relevance.NEIGHBOUR_MIN_COS - _COS_SLACK) & (col >= a[:, None]) & (col < b[:, None])
+        for k, r in enumerate(block.tolist()):
+            cols = np.flatnonzero(ok[k])
+            out[r] = ((start + cols).astype(np.int32), sims[k, cols].astype(np.float16))
+    return out
+
+
 @dataclass
 class Corpus:
     """Stored items published since `since` that have a vector for `model_id`, in published order."""
@@ -120,6 +238,11 @@ class Corpus:
     vectors: np.ndarray  # (n, dim) float32
     max_item_id: int
     facts: dict[int, novelty.Facts] = field(default_factory=dict)
+    neighbours: LenderNeighbours = field(default_factory=LenderNeighbours)
+    times: np.ndarray = field(init=False)  # (n,) publication, epoch seconds (what the matcher compares)
+
+    def __post_init__(self) -> None:
+        self.times = np.array([it.published_at.timestamp() for it in self.items], dtype=np.float64)
 
     @property
     def size(self) -> int:
@@ -139,6 +262,18 @@ def load_rows(session: Session, model_id: str, since: datetime, after_id: int = 
                                 published_at=aware_utc(r[6]), content_hash=r[7]))  # type: ignore[arg-type]
         blobs.append(r[8])
     return items, blobs
+
+
+def _before(corpus: Corpus, lenders: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The `lenders` (sorted window rows) that can lend to some of `rows` (sorted): published from
+    `relevance.NEIGHBOUR_WINDOW_H` before the first of them, in rows before the last of them."""
+    start = np.searchsorted(corpus.times, corpus.times[rows[0]] - relevance.NEIGHBOUR_WINDOW_H * 3600.0)
+    return lenders[np.searchsorted(lenders, start):np.searchsorted(lenders, rows[-1])]
+
+
+def _logit(p: np.ndarray | float) -> np.ndarray:
+    q = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(q / (1 - q))
 
 
 def _stack(blobs: list[bytes], dim: int) -> np.ndarray:
@@ -252,6 +387,20 @@ class _Scored:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class _LiftState:
+    """What the last backtest of a topic found over one window (`Corpus`, by weak reference): each row's own
+    log-odds (NaN where not computed), which rows lent (own log-odds >= the threshold's), and, for the rows
+    scored, the lender that gives each its story-level evidence (-1: none). A later version of the topic
+    reuses a row's lender when neither the row's own log-odds nor that lender's changed."""
+
+    corpus: weakref.ref[Corpus]
+    own: np.ndarray
+    lender: np.ndarray
+    scored: np.ndarray
+    source: np.ndarray
+
+
 class _Stale(Exception):
     """A story computation nobody waits for any more (the admin typed on)."""
 
@@ -276,6 +425,7 @@ class Backtester:
         self._corpora: OrderedDict[int, Corpus] = OrderedDict()  # by window (days), least recently used first
         self._scored: OrderedDict[str, _Scored] = OrderedDict()
         self._gate_memos: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lifts: OrderedDict[str, _LiftState] = OrderedDict()  # by topic id
         self._clustered: OrderedDict[str, tuple[Hit, ...]] = OrderedDict()
         self._jobs: dict[str, Future[tuple[Hit, ...]]] = {}
         self._wanted: OrderedDict[str, None] = OrderedDict()  # the versions asked for most recently
@@ -311,9 +461,15 @@ class Backtester:
                         merged = [c.items[i] for i in keep] + items
                         vecs = np.vstack([c.vectors[keep], _stack(blobs, self.encoder.dim)])
                         order = sorted(range(len(merged)), key=lambda i: (merged[i].published_at, merged[i].id))
+                        position = np.empty(len(merged), dtype=np.int64)  # merged index -> new row
+                        position[order] = np.arange(len(merged))
+                        new_row = np.full(c.size, -1, dtype=np.int64)
+                        new_row[keep] = position[:len(keep)]
+                        old = c
                         c = Corpus(c.model_id, since, self._monotonic(), c.version + 1,
                                    [merged[i] for i in order], vecs[order],
                                    max(c.max_item_id, max((it.id for it in items), default=0)), c.facts)
+                        c.neighbours = old.neighbours.carried(new_row, c.vectors, c.times, position[len(keep):])
                     else:
                         c.loaded_at, c.since = self._monotonic(), since
             with self._lock:
@@ -351,18 +507,10 @@ class Backtester:
         topic_set = replace(topic_set, topics=(compiled,))
         hits: list[Hit] = []
         rows: list[int] = []
-        if corpus.size:
-            # raw_scores bounds match_texts' score from above: only items that can reach the threshold are
-            # given to match_texts, whose verdict (and reason) is the matcher's own.
-            bound = match.raw_scores(corpus.vectors, compiled.prototypes, compiled.counters)[0]
-            cand = np.nonzero(bound >= compiled.threshold - _ROUNDING_MARGIN)[0]
-            items = [corpus.items[i] for i in cand]
-            verdicts = match.match_texts([it.id for it in items], [it.text for it in items],
-                                         corpus.vectors[cand], topic_set)
-            for it, v, i in zip(items, verdicts, cand, strict=True):
-                if v.matched:
-                    hits.append(Hit(it, v.score, v.reason))
-                    rows.append(int(i))
+        for i, v in self._verdicts(corpus, compiled, topic_set):
+            if v.matched:
+                hits.append(Hit(corpus.items[i], v.score, v.reason))
+                rows.append(i)
         scored = _Scored(key, topic, compiled.threshold, compiled.threshold_source, corpus.size, tuple(hits),
                          corpus.vectors[rows] if rows else np.zeros((0, self.encoder.dim), np.float32),
                          time.perf_counter() - started)
@@ -371,6 +519,123 @@ class Backtester:
             while len(self._scored) > 32:
                 self._scored.popitem(last=False)
         return scored
+
+    def _verdicts(self, corpus: Corpus, compiled: match.CompiledTopic, topic_set: match.TopicSet
+                  ) -> list[tuple[int, match.TopicMatch]]:
+        """(window row, the matcher's verdict) for every row that can match, in published order: what
+        `match.match_items(window, vectors, topic_set, match.Recent.empty(dim))` says of them (the rows left
+        out cannot match).
+
+        1. `raw_scores` bounds each row's own score from above: the rows that can reach the threshold on their
+           own evidence; their own log-odds (`match.own_logits`) tell the lenders (on topic on their own).
+        2. A row below that bound is lifted to the threshold only by a lender published in the 72 h before it
+           at a cosine of at least `min_cos + (1 - min_cos) * (t - u) / (share * (l - u))` (u: the row's bound
+           in log-odds, t: the threshold's, l: the best lender's), since the lift moves its log-odds at most
+           that share of the way to the lender's: such rows are candidates too (`LenderNeighbours`).
+        3. Each candidate's lender (`_sources`: `relevance.neighbour_lift` over the lenders that can lift it).
+        4. `match_texts` with the rows' times scores the candidates in time-ordered chunks, each batch with the
+           chunk's lenders from step 3: each row's pool holds the lender that lifts it most, and only rows of
+           the window, so the lift, the verdict and the reason are the matcher's own."""
+        if not corpus.size:
+            return []
+        bound = match.raw_scores(corpus.vectors, compiled.prototypes, compiled.counters, compiled.combiner)[0]
+        near = bound >= compiled.threshold - _ROUNDING_MARGIN
+        cand = np.flatnonzero(near)
+        floor = float(_logit(compiled.threshold - _ROUNDING_MARGIN))  # at or below every lender's log-odds
+        own = np.full(corpus.size, np.nan)
+        own[cand] = match.own_logits(compiled, [corpus.items[i].text for i in cand], corpus.vectors[cand])
+        lenders = cand[own[cand] >= floor]
+        if lenders.size:
+            rows, cos = corpus.neighbours.close_to(corpus, lenders)
+            u = _logit(bound)
+            share = relevance.NEIGHBOUR_SHARE * np.maximum(float(own[lenders].max()) - u, 1e-12)
+            needed = relevance.NEIGHBOUR_MIN_COS + (1 - relevance.NEIGHBOUR_MIN_COS) * (floor - u) / share
+            needed = np.clip(needed - _COS_SLACK, 0.0, 2.0).astype(np.float16)  # over 1: cannot be lifted
+            near[rows[cos >= needed[rows]]] = True
+            more = np.flatnonzero(near & np.isnan(own))
+            own[more] = match.own_logits(compiled, [corpus.items[i].text for i in more], corpus.vectors[more])
+            cand = np.flatnonzero(near)
+        # A keyword veto (or a failed gate) rules an item out whatever its neighbours: own log-odds -inf.
+        cand = cand[np.isfinite(own[cand])]
+        source = self._sources(corpus, compiled, cand, own)
+        out: list[tuple[int, match.TopicMatch]] = []
+        # Chunks of equal size (no short last one) and the chunk's lenders in the batch, not in `recent`: a few
+        # rows multiplied at a time can differ from the same rows in a large batch in the last bits (BLAS
+        # kernels), which could move a score rounded to 4 decimals. The lenders' own verdicts are dropped.
+        for chunk in np.array_split(cand, max(1, -(-cand.size // _VERDICT_CHUNK))):
+            batch = np.union1d(chunk, source[chunk][source[chunk] >= 0])
+            items = [corpus.items[i] for i in batch]
+            verdicts = match.match_texts([it.id for it in items], [it.text for it in items], corpus.vectors[batch],
+                                         topic_set, times=corpus.times[batch], recent=None)
+            wanted = np.isin(batch, chunk)
+            out += [(int(r), v) for r, v, w in zip(batch, verdicts, wanted, strict=True) if w]
+        return out
+
+    def _sources(self, corpus: Corpus, compiled: match.CompiledTopic, cand: np.ndarray, own: np.ndarray
+                 ) -> np.ndarray:
+        """For each window row in `cand` (sorted), the row of the lender whose evidence lifts it most
+        (`relevance.neighbour_lift`, as `match.story_lift` calls it), -1 for none; other rows -1.
+
+        The topic's previous backtest over the same window is reused: a row whose own log-odds are unchanged
+        and whose lender still lends with unchanged log-odds keeps that lender unless a lender that is new or
+        changed does better (only those are tried); the other rows are tried against every lender of the 72 h
+        before them whose own log-odds are above theirs (a lower one gives no lift)."""
+        theta = float(_logit(compiled.threshold))
+        lender = own >= theta  # NaN: False
+        source = np.full(corpus.size, -1, dtype=np.int64)
+        with self._lock:
+            old = self._lifts.get(compiled.id)
+        if old is not None and old.corpus() is corpus:
+            same = own == old.own  # NaN: False
+            changed = (lender != old.lender) | ((lender | old.lender) & ~same)
+            up = np.flatnonzero(lender & changed)  # lends now, and did not or with other log-odds
+            was = old.source[cand]
+            dirty = ~old.scored[cand] | ~same[cand] | ((was >= 0) & changed[np.maximum(was, 0)])
+            clean = cand[~dirty]
+            source[clean] = old.source[clean]
+            if up.size:
+                def pool(rows: np.ndarray) -> np.ndarray:
+                    kept = source[rows]
+                    return np.union1d(_before(corpus, up, rows), kept[kept >= 0])
+
+                self._lend(corpus, clean, own, theta, source, pool)
+            todo = cand[dirty]
+        else:
+            todo = cand
+        lenders = np.flatnonzero(lender)
+        for lo in range(0, todo.size, _LIFT_CHUNK):
+            chunk = todo[lo:lo + _LIFT_CHUNK]
+            span = _before(corpus, lenders, chunk)
+            by_own = chunk[np.argsort(-own[chunk], kind="stable")]
+            for b in range(0, by_own.size, _BAND):
+                band = np.sort(by_own[b:b + _BAND])
+                self._lend(corpus, band, own, theta, source, lambda rows, span=span: span[own[span] > own[rows].min()],
+                           chunk=band.size)
+        scored = np.zeros(corpus.size, dtype=bool)
+        scored[cand] = True
+        state = _LiftState(weakref.ref(corpus), own, lender, scored, source)
+        with self._lock:
+            self._lifts[compiled.id] = state
+            self._lifts.move_to_end(compiled.id)
+            while len(self._lifts) > LIFT_STATES:
+                self._lifts.popitem(last=False)
+        return source
+
+    @staticmethod
+    def _lend(corpus: Corpus, rows: np.ndarray, own: np.ndarray, theta: float, source: np.ndarray,
+              pool_of: Any, chunk: int = _LIFT_CHUNK) -> None:
+        """Set `source[rows]` from `relevance.neighbour_lift` against `pool_of(chunk rows)` (lender rows, sorted:
+        ties go to the earliest lender, as in the service's pool)."""
+        for lo in range(0, rows.size, chunk):
+            part = rows[lo:lo + chunk]
+            pool = pool_of(part)
+            if not pool.size:
+                source[part] = -1
+                continue
+            lift = relevance.neighbour_lift(
+                corpus.vectors[part], corpus.times[part], own[part],
+                relevance.Neighbours(corpus.vectors[pool], own[pool], corpus.times[pool]), threshold_logit=theta)
+            source[part] = np.where(lift.source >= 0, pool[np.maximum(lift.source, 0)], -1)
 
     def _gate_memo(self, topic: TopicConfig) -> dict[str, Any]:
         key = json.dumps([topic.require_any, topic.require_all, topic.exclude])
