@@ -78,4 +78,5 @@ def test_topics_test_leaves_out_a_disabled_topic(tmp_path, embedder, monkeypatch
     cfg.write_text(config_text(tmp_path, EXTRA))
     r = CliRunner().invoke(main, ["--config", str(cfg), "topics", "test", "Storm floods coastal towns"])
     assert r.exit_code == 0, r.output
-    assert [line.split()[0] for line in r.output.strip().splitlines()] == ["doha-talks", "icc"]
+    *topics, note = r.output.strip().splitlines()  # the last line says what the scores count
+    assert [line.split()[0] for line in topics] == ["doha-talks", "icc"] and "evidence" in note

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, make_url, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.cli import parse_since, window_start
 from monitor.config import load_config
@@ -49,20 +50,69 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @topics_group.command(name="test")
     @click.argument("headline")
     @click.option("--summary", default="", help="Teaser text, matched together with the headline.")
+    @click.option("--at", "at", default=None, metavar="ISO-TIME",
+                  help="Score HEADLINE as if published at this time (UTC unless it says otherwise; default: "
+                       "now): story-level evidence comes from the stored matches of the 72 h before it.")
     @pass_ctx
-    def topics_test(ctx: CliContext, headline: str, summary: str) -> None:
+    def topics_test(ctx: CliContext, headline: str, summary: str, at: str | None) -> None:
         """Print every enabled topic's score, decision and reason for HEADLINE (`monitor backtest TOPIC`
-        tries a disabled one)."""
+        tries a disabled one). As in the service, the configured database's matches of the 72 h before
+        HEADLINE lend it story-level evidence; without a database or such matches the score is HEADLINE's
+        own evidence only (the last line says which)."""
         config = ctx.config
         if not config.enabled_topics:
             raise ConfigError(f"{ctx.config_file}: no enabled [[topics]] defined")
+        when = _parse_at(at)
         embedder = embed.load_embedder(config.settings)
         topic_set = match.compile_topics(config.enabled_topics, embedder)
-        text = f"{headline}. {summary}" if summary else headline
-        vec = embed.encode_items(embedder, [headline], [text])
-        for v in match.match_texts([0], [text], vec, topic_set):
+        record = ItemRecord(id=0, feed_id=0, outlet="", title=headline, summary=summary, link=None,
+                            published_at=when, content_hash="")
+        vec = embed.encode_items(embedder, [headline], [record.text])
+        recent, note = _recent_matches(config.settings.database_url, embedder, record)
+        verdicts = match.match_items([record], vec, topic_set, recent) if recent is not None \
+            else match.match_texts([0], [record.text], vec, topic_set)
+        for v in verdicts:
             decision = "MATCH" if v.matched else "no"
             click.echo(f"{v.topic_id:<20} {v.score:.3f}  {decision:<5}  {v.reason}")
+        click.echo(note)
+
+    def _parse_at(at: str | None) -> datetime:
+        if at is None:
+            return db.utcnow()
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            raise click.BadParameter(f"{at!r}: use an ISO time, e.g. 2023-11-24T12:00 or 2023-11-24T12:00+02:00",
+                                     param_hint="--at") from None
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+    def _recent_matches(url: str, embedder: embed.Embedder, record: ItemRecord) -> tuple[match.Recent | None, str]:
+        """The stored matches of the 72 h before `record` (`match.recent_matches`, as the service reads them)
+        and a line saying what the scores count; None when there is no database to read or no such match.
+        A missing SQLite file is not created."""
+        window_h = relevance.NEIGHBOUR_WINDOW_H
+        before = f"the {window_h:g} h before {record.published_at:%Y-%m-%d %H:%M} UTC"
+        own = "scores are own evidence only (no story-level evidence): "
+        try:
+            parsed = make_url(url)
+            path = parsed.database if parsed.get_backend_name() == "sqlite" else None
+            if path is not None and (path in ("", ":memory:") or not Path(path).exists()):
+                return None, own + f"no database at {path or ':memory:'}"
+            engine = db.make_engine(url)
+            try:
+                if not db.has_schema(engine):
+                    return None, own + "the database has no schema (`monitor db upgrade`)"
+                with db.session_factory(engine)() as s:
+                    recent = match.recent_matches(s, embedder.model_id, embedder.dim, [record], window_h)
+            finally:
+                engine.dispose()
+        except (SQLAlchemyError, MonitorError, OSError) as e:
+            return None, own + f"the database could not be read ({type(e).__name__}: {str(e).splitlines()[0]})"
+        if not recent.texts:
+            return None, own + f"no stored match in {before}"
+        n = len(recent.texts)
+        return recent, (f"story-level evidence counted, as in the service: {n} stored match{'es' if n != 1 else ''} "
+                        f"of {before}")
 
     @main.command(name="backtest")
     @click.argument("topic_id")
@@ -89,7 +139,9 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         have = [it for it in items if it.id in stored]
         skipped = len(items) - len(have)
         vectors = np.stack([stored[it.id] for it in have]) if have else np.zeros((0, embedder.dim), np.float32)
-        verdicts = match.match_items(have, vectors, topic_set)
+        # Story-level evidence as the service counts it: each item's lenders are the window's earlier items
+        # (72 h) on the topic by their own evidence (the same verdicts as the admin backtest's).
+        verdicts = match.match_items(have, vectors, topic_set, match.Recent.empty(embedder.dim))
         by_id = {it.id: it for it in have}
         hits = [v for v in verdicts if v.matched]
         click.echo(f"topic {topic.id} ({topic.name}), threshold {topic_set.topics[0].threshold:.3f}, "
