@@ -26,6 +26,7 @@ from monitor.signal.novelty import (
     StoryParams,
     apply,
     decide,
+    headline_parser,
     is_open,
     novelty_item,
 )
@@ -155,6 +156,7 @@ def assign(session: Session, matched: Sequence[MatchedItem], now: datetime, sett
     stories and one Alert row per decision, and return the decisions. An (item, topic) already decided
     is skipped, so re-running a batch is harmless."""
     p = params or params_for(settings)
+    parse = headline_parser(4096)  # the batch's decisions read the same told headlines
     todo = sorted(matched, key=lambda m: (m.item.published_at, m.item.id))
     if not todo:
         return []
@@ -193,7 +195,7 @@ def assign(session: Session, matched: Sequence[MatchedItem], now: datetime, sett
         margin = None if m.threshold is None else m.score - m.threshold
         x = novelty_item(m.item, m.topic_id, m.vector, margin)
         row: Story
-        a = decide(live, x, p, memory)
+        a = decide(live, x, p, memory, parse)
         if a.story_index is not None:
             a = raise_bar_if_known(a, rows[m.topic_id][live[a.story_index].key].known_marks or 0)
         step = apply(live, x, a, 0, p)
