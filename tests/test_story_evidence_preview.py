@@ -228,3 +228,9 @@ def test_topics_test_without_a_database_scores_own_evidence_only(tmp_path: Path,
     assert not (tmp_path / "absent").exists()  # a preview creates no database
     line, last = _topics_test(_config(tmp_path, None, topic), LENDER)
     assert " MATCH " in line and "own evidence only" in last
+    # A database that cannot be reached: the same scores, and the last line says why.
+    unreachable = _config(tmp_path, None, topic)
+    unreachable.write_text(unreachable.read_text().replace(
+        f"sqlite:///{tmp_path / 'absent' / 'monitor.db'}", "postgresql+psycopg://nobody@127.0.0.1:1/monitor"))
+    line, last = _topics_test(unreachable, LENDER)
+    assert " MATCH " in line and "own evidence only" in last and "could not be read" in last

@@ -107,7 +107,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             finally:
                 engine.dispose()
         except (SQLAlchemyError, MonitorError, OSError) as e:
-            return None, own + f"the database could not be read ({type(e).__name__}: {str(e).splitlines()[0]})"
+            first = (str(e).splitlines() or [""])[0]
+            return None, own + f"the database could not be read ({type(e).__name__}: {first})"
         if not recent.texts:
             return None, own + f"no stored match in {before}"
         n = len(recent.texts)
