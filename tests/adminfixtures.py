@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -14,6 +14,10 @@ from starlette.applications import Starlette
 from monitor.app.admin import AdminContext, auth, make_context, routes
 from monitor.app.admin.backtest import Backtester
 from monitor.config import load_config
+from monitor.records import ItemRecord
+from monitor.signal import embed
+from monitor.storage import db
+from monitor.storage.tables import Feed, Item
 
 TOKEN = "test-admin-token-0123456789"
 PASSWORD = "correct horse battery staple"
@@ -107,3 +111,26 @@ def reader_said_not_relevant(engine, now: datetime) -> None:  # type: ignore[no-
         s.add(a)
         s.flush()
         feedback.record(s, sub.id, a.id, "not_relevant", now)
+
+
+def store_items(engine, embedder, placed: list[tuple[str, datetime]], *,  # type: ignore[no-untyped-def]
+                first_id: int = 1) -> list[ItemRecord]:
+    """(headline, published) -> stored items with their stored vectors, as the pipeline leaves them (one feed,
+    created on first use), for the backtest's tests."""
+    records = []
+    with db.write_transaction(engine) as s:
+        if s.get(Feed, 1) is None:
+            first = min(published for _t, published in placed)
+            s.add(Feed(id=1, url="https://wire.example/rss", config_url="https://wire.example/rss", name="Wire",
+                       enabled=True, error_count=0, created_at=db.naive_utc(first - timedelta(days=30))))
+            s.flush()
+        for i, (title, published) in enumerate(placed, start=first_id):
+            s.add(Item(id=i, feed_id=1, outlet="wire.example", key=f"k{i}", title=title, summary="",
+                       published_at=db.naive_utc(published), fetched_at=db.naive_utc(published),
+                       content_hash=f"h{i}", processed_at=db.naive_utc(published)))
+            records.append(ItemRecord(id=i, feed_id=1, outlet="wire.example", title=title, summary="", link=None,
+                                      published_at=published, content_hash=f"h{i}"))
+        s.flush()
+        titles = [title for title, _ in placed]
+        embed.store_vectors(s, embedder, [r.id for r in records], embed.encode_items(embedder, titles, titles))
+    return records

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from adminfixtures import store_items
 from sqlalchemy import Engine
 
 from monitor.app.admin.backtest import Backtester
@@ -13,8 +14,6 @@ from monitor.config import Settings, TopicConfig
 from monitor.records import ItemRecord
 from monitor.signal import embed, match, novelty
 from monitor.signal.stories import params_for
-from monitor.storage import db
-from monitor.storage.tables import Feed, Item
 
 pytestmark = pytest.mark.slow
 
@@ -53,23 +52,9 @@ def topic(embedder) -> TopicConfig:  # type: ignore[no-untyped-def]
 
 def _store(engine: Engine, embedder, headlines: list[str], start_id: int = 1,  # type: ignore[no-untyped-def]
            hours_ago: float = 40.0) -> list[ItemRecord]:
-    records = []
-    with db.write_transaction(engine) as s:
-        if start_id == 1:
-            s.add(Feed(id=1, url="https://wire.example/rss", config_url="https://wire.example/rss", enabled=True,
-                       error_count=0, created_at=db.naive_utc(NOW)))
-            s.flush()
-        for i, title in enumerate(headlines, start=start_id):
-            published = NOW - timedelta(hours=hours_ago - 4 * (i - start_id))
-            s.add(Item(id=i, feed_id=1, outlet="wire.example", key=f"k{i}", title=title, summary="",
-                       published_at=db.naive_utc(published), fetched_at=db.naive_utc(published),
-                       content_hash=f"h{i}", processed_at=db.naive_utc(published)))
-            records.append(ItemRecord(id=i, feed_id=1, outlet="wire.example", title=title, summary="", link=None,
-                                      published_at=published, content_hash=f"h{i}"))
-        s.flush()
-        vectors = embed.encode_items(embedder, headlines, headlines)
-        embed.store_vectors(s, embedder, [r.id for r in records], vectors)
-    return records
+    """The headlines 4 h apart from `hours_ago` before NOW."""
+    return store_items(engine, embedder, [(t, NOW - timedelta(hours=hours_ago - 4 * k)) for k, t in enumerate(headlines)],
+                       first_id=start_id)
 
 
 def test_backtest_is_what_the_matcher_and_novelty_decide(engine: Engine, embedder, topic) -> None:  # type: ignore[no-untyped-def]

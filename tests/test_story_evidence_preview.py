@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from adminfixtures import store_items
 from click.testing import CliRunner
 from sqlalchemy import Engine
 
@@ -21,7 +22,6 @@ from monitor.config import Settings, TopicConfig
 from monitor.records import ItemRecord
 from monitor.signal import embed, match
 from monitor.storage import db
-from monitor.storage.tables import Feed, Item
 
 pytestmark = pytest.mark.slow
 
@@ -54,27 +54,6 @@ def topic(embedder) -> TopicConfig:  # type: ignore[no-untyped-def]
     return TOPIC.model_copy(update={"threshold": threshold})
 
 
-def _store(engine: Engine, embedder, placed: list[tuple[str, datetime]], *, first_id: int = 1  # type: ignore[no-untyped-def]
-           ) -> list[ItemRecord]:
-    """Items with their stored vectors, as the pipeline leaves them."""
-    records = []
-    with db.write_transaction(engine) as s:
-        if s.get(Feed, 1) is None:
-            s.add(Feed(id=1, url="https://wire.example/rss", config_url="https://wire.example/rss", name="Wire",
-                       enabled=True, error_count=0, created_at=db.naive_utc(NOW - timedelta(days=30))))
-            s.flush()
-        for i, (title, published) in enumerate(placed, start=first_id):
-            s.add(Item(id=i, feed_id=1, outlet="wire.example", key=f"k{i}", title=title, summary="",
-                       published_at=db.naive_utc(published), fetched_at=db.naive_utc(published),
-                       content_hash=f"h{i}", processed_at=db.naive_utc(published)))
-            records.append(ItemRecord(id=i, feed_id=1, outlet="wire.example", title=title, summary="", link=None,
-                                      published_at=published, content_hash=f"h{i}"))
-        s.flush()
-        titles = [title for title, _ in placed]
-        embed.store_vectors(s, embedder, [r.id for r in records], embed.encode_items(embedder, titles, titles))
-    return records
-
-
 def _service_verdicts(embedder, records: list[ItemRecord], topic: TopicConfig,  # type: ignore[no-untyped-def]
                       encoder=None) -> list[tuple[int, float, str]]:  # type: ignore[no-untyped-def]
     """What the service's matcher says of the window's items with story-level evidence (each item's lenders:
@@ -94,7 +73,7 @@ def _lent(reason: str) -> bool:
 
 def test_backtest_lists_a_near_duplicate_lifted_by_an_earlier_on_topic_item(engine: Engine, embedder,  # type: ignore[no-untyped-def]
                                                                            topic) -> None:
-    records = _store(engine, embedder, [(LENDER, NOW - timedelta(hours=30)),
+    records = store_items(engine, embedder, [(LENDER, NOW - timedelta(hours=30)),
                                         (NEAR_DUPLICATE, NOW - timedelta(hours=20)),
                                         (OTHER, NOW - timedelta(hours=10))])
     tester = Backtester(engine, embedder, Settings())
@@ -120,7 +99,7 @@ def test_backtest_lists_a_near_duplicate_lifted_by_an_earlier_on_topic_item(engi
 ], ids=["lender-older-than-72h", "lender-later", "lender-outside-the-window"])
 def test_backtest_does_not_lift_without_a_lender_in_the_72_hours_before(engine: Engine, embedder, topic,  # type: ignore[no-untyped-def]
                                                                        lender_at, duplicate_at, days) -> None:
-    records = _store(engine, embedder, [(LENDER, lender_at), (NEAR_DUPLICATE, duplicate_at)])
+    records = store_items(engine, embedder, [(LENDER, lender_at), (NEAR_DUPLICATE, duplicate_at)])
     tester = Backtester(engine, embedder, Settings())
     try:
         titles = [h.item.title for h in tester.run(topic, days=days, now=NOW).hits]
@@ -139,12 +118,12 @@ def test_backtest_does_not_lift_without_a_lender_in_the_72_hours_before(engine: 
 
 def test_edits_and_new_items_change_what_lends(engine: Engine, embedder, topic) -> None:  # type: ignore[no-untyped-def]
     """The backtester remembers lenders between keystrokes and refreshes; what it lists stays the service's."""
-    records = _store(engine, embedder, [(LENDER, NOW - timedelta(hours=30)), (OTHER, NOW - timedelta(hours=25))])
+    records = store_items(engine, embedder, [(LENDER, NOW - timedelta(hours=30)), (OTHER, NOW - timedelta(hours=25))])
     clock = [0.0]
     tester = Backtester(engine, embedder, Settings(), refresh_s=30.0, monotonic=lambda: clock[0])
     try:
         assert [h.item.title for h in tester.run(topic, days=7, now=NOW).hits] == [LENDER]
-        records += _store(engine, embedder, [(NEAR_DUPLICATE, NOW - timedelta(hours=20))], first_id=10)
+        records += store_items(engine, embedder, [(NEAR_DUPLICATE, NOW - timedelta(hours=20))], first_id=10)
         clock[0] = 31.0  # the window is refreshed: the new item is close to a lender already known
         got = tester.run(topic, days=7, now=NOW).hits
         assert [h.item.title for h in got] == [LENDER, NEAR_DUPLICATE] and _lent(got[1].reason)
@@ -165,7 +144,7 @@ def test_edits_and_new_items_change_what_lends(engine: Engine, embedder, topic) 
 
 def test_backtest_command_counts_story_level_evidence(tmp_path: Path, engine: Engine, embedder, topic,  # type: ignore[no-untyped-def]
                                                       monkeypatch) -> None:
-    _store(engine, embedder, [(LENDER, NOW - timedelta(hours=30)), (NEAR_DUPLICATE, NOW - timedelta(hours=20))])
+    store_items(engine, embedder, [(LENDER, NOW - timedelta(hours=30)), (NEAR_DUPLICATE, NOW - timedelta(hours=20))])
     monkeypatch.setattr(embed, "load_embedder", lambda settings: embedder)
     r = CliRunner().invoke(main, ["--config", str(_config(tmp_path, engine, topic)), "backtest", topic.id,
                                   "--since", "7d"])
@@ -196,7 +175,7 @@ def _topics_test(config: Path, *args: str) -> tuple[str, str]:
 @pytest.mark.databases("sqlite", "postgresql")
 def test_topics_test_counts_the_stored_matches_of_the_72_hours_before(tmp_path: Path, engine: Engine, embedder,  # type: ignore[no-untyped-def]
                                                                       topic, monkeypatch) -> None:
-    records = _store(engine, embedder, [(LENDER, NOW - timedelta(hours=10)), (OTHER, NOW - timedelta(hours=9))])
+    records = store_items(engine, embedder, [(LENDER, NOW - timedelta(hours=10)), (OTHER, NOW - timedelta(hours=9))])
     with db.write_transaction(engine) as s:  # what the service stored: the lender matched on its own
         vectors = embed.load_vectors(s, embedder.model_id, [r.id for r in records])
         saved = match.match_items(records, np.stack([vectors[r.id] for r in records]),
