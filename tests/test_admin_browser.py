@@ -222,6 +222,18 @@ def test_edit_a_topic_see_the_backtest_change_before_saving_then_save(service: d
             # The saved version is the new baseline: no difference any more.
             expect(page.locator("#diff")).to_contain_text("Same matches and alerts", timeout=60_000)
 
+            # A keyword group most examples miss, with the label-free threshold: the preview names each such
+            # example before anything is saved (a warning, not a refusal).
+            saved = config.read_text()
+            page.fill("#f-threshold", "")
+            page.fill("#f-require_any", "Qatar")
+            warnings = page.locator(".topic-warning")
+            expect(warnings.first).to_contain_text("contains none of require_any", timeout=60_000)
+            expect(warnings).to_have_count(3)  # the three examples that say Doha, mediators or Cairo
+            expect(warnings.nth(0)).to_contain_text("examples[1]")
+            page.screenshot(path=str(ARTIFACTS / "topic-editor-warning.png"), full_page=False)
+            assert config.read_text() == saved, "a warning writes nothing"
+
             # The feeds page (health at a glance), for the screenshot.
             page.goto(f"{base}/admin/feeds")
             expect(page.locator("table.feeds")).to_contain_text("Live wire")
