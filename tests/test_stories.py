@@ -97,6 +97,36 @@ def test_story_state_survives_between_batches(engine: Engine, embedder) -> None:
         assert s.scalar(select(func.count()).select_from(Story)) == 1
 
 
+@pytest.mark.slow
+def test_a_story_stored_with_the_old_developments_list_still_loads_and_decides_the_same(
+        engine: Engine, embedder) -> None:  # type: ignore[no-untyped-def]
+    """Rows written before the story state stopped keeping "developments" (what each headline reported, read
+    by nothing) still hold that key: such a story loads, later items are decided as before (a re-report is a
+    repeat, the next release an update), and the key is gone once the story is written again."""
+    items = _store(engine, [(0, "reuters.com", *FIRST), (3, "usnews.com", *FIRST), (26, "bbc.co.uk", *SECOND)])
+    matched = _matched(embedder, items)
+    with Session(engine) as s, s.begin():
+        stories.assign(s, [matched[0]], matched[0].item.published_at, SETTINGS)
+    old_developments = [{"kind": "release", "args": ["count:24:hostage", "ord:1"], "phrase": "release (24 hostages)",
+                         "at": T0.timestamp(), "alerted": True}]
+    with Session(engine) as s, s.begin():
+        row = s.scalars(select(Story)).one()
+        new_state = dict(row.state)
+        row.state = {**new_state, "developments": old_developments}  # as the old code wrote it
+    with Session(engine) as s:
+        stored = s.scalars(select(Story)).one().state
+        assert stored["developments"] == old_developments
+        assert stories.StoryState.from_json(stored) == stories.StoryState.from_json(new_state)
+    for m in matched[1:]:
+        with Session(engine) as s, s.begin():
+            stories.assign(s, [m], m.item.published_at, SETTINGS)
+    with Session(engine) as s:
+        alerts = s.scalars(select(Alert).order_by(Alert.id)).all()
+        assert [a.decision for a in alerts] == ["new_story", "repeat", "update"]
+        assert "17" in (alerts[2].what_is_new or "")
+        row = s.scalars(select(Story)).one()
+        assert row.item_count == 3 and "developments" not in row.state
+
 
 def test_what_subscribers_were_told_is_remembered_between_batches_and_after_the_story_closes(
         engine: Engine, embedder) -> None:  # type: ignore[no-untyped-def]

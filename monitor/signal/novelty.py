@@ -6,8 +6,10 @@ Clustering (parameters chosen on BASIL, AllSides and the near-miss set of look-a
 `StoryParams` and monitor.lab.story_eval):
 
 * Every item carries its L2-normalised embedding and the *facts* read from its text: figures, capitalised
-  names, quoted phrases, and from its headline the developments it reports (monitor.signal.developments:
-  a release, a deal, an extension, talks and where, a new count...) with their arguments.
+  names, quoted phrases, and from its headline the arguments of what it reports (counts, ordinals, places:
+  monitor.signal.developments). The developments themselves (a release, a deal, an extension, talks and
+  where, a new count...) are read from the headline when deciding (newsworthy.Headline), for the item and
+  for the items the topic alerted on.
 * An item is compared with each open story of its topic (open while its last item is less than `window_h`
   hours older). The score is average-link cosine over the story's member vectors, minus a time penalty
   growing with the gap, minus evidence against a join: the item and the story name people/places and
@@ -38,7 +40,7 @@ from datetime import datetime
 import numpy as np
 
 from monitor.records import Decision, ItemRecord
-from monitor.signal.developments import Development, arguments, commentary, read_developments
+from monitor.signal.developments import Development, arguments
 from monitor.signal.newsworthy import SHIPPED_ALERT_MODEL, AlertModel, Headline, Told
 
 # --- parameters -------------------------------------------------------------------------------------------
@@ -134,8 +136,6 @@ class Facts:
     name_phrases: tuple[tuple[str, str], ...] = ()  # (first token, phrase as written)
     title_quotes: frozenset[str] = frozenset()  # quoted phrases of the headline
     args: frozenset[str] = frozenset()  # the headline's counted figures, ordinals, places ("count:17:hostage")
-    developments: tuple[Development, ...] = ()  # what the headline says happened
-    commentary: str | None = None  # why the headline is commentary/explainer/live blog, if it is
 
 
 def _norm_number(raw: str, scale: str | None, pct: str | None) -> str:
@@ -273,8 +273,6 @@ def extract_facts(title: str, summary: str, outlet: str = "") -> Facts:
         name_phrases=tuple((n, p) for n, p in title_names if n not in outlet_words),
         title_quotes=frozenset(_quotes(title)),
         args=arguments(title),
-        developments=read_developments(title),
-        commentary=commentary(title),
     )
 
 
@@ -299,15 +297,6 @@ def novelty_item(item: ItemRecord, topic_id: str, vector: np.ndarray, margin: fl
 
 
 @dataclass(frozen=True, slots=True)
-class SeenDevelopment:
-    """A development a story's items reported, when (POSIX seconds), and whether subscribers were alerted."""
-
-    development: Development
-    at: float
-    alerted: bool
-
-
-@dataclass(frozen=True, slots=True)
 class OpenStory:
     """A story still accepting items: what clustering and novelty need to remember."""
 
@@ -326,7 +315,6 @@ class OpenStory:
     quotes: frozenset[str]
     title: str = ""
     args: frozenset[str] = frozenset()  # counted figures, ordinals and places of its headlines
-    developments: tuple[SeenDevelopment, ...] = ()
     alerted: bool = True  # subscribers have had an alert for this story
     waiting: bool = False  # held: news on a weak match, waiting for a second outlet (never alerted yet)
     alerted_vectors: np.ndarray | None = None  # (k, dim) vectors of the items that alerted (last few)
@@ -571,11 +559,6 @@ def _decide_by_facts(stories: Sequence[OpenStory], x: NoveltyItem, best_i: int |
     return Assignment("repeat", best_i, best_s, f"same story (score {best_s:.2f}), nothing new", None)
 
 
-def _seen(x: NoveltyItem, alerted: bool) -> tuple[SeenDevelopment, ...]:
-    t = x.item.published_at.timestamp()
-    return tuple(SeenDevelopment(d, t, alerted) for d in x.facts.developments)
-
-
 def start_story(key: int, x: NoveltyItem, decision: Decision = "new_story") -> OpenStory:
     f = x.facts
     alerting = decision in ("new_story", "update")
@@ -584,7 +567,6 @@ def start_story(key: int, x: NoveltyItem, decision: Decision = "new_story") -> O
         vectors=x.vector[None, :].astype(np.float32), times=(x.item.published_at.timestamp(),), item_count=1,
         sources=(x.item.outlet,), hashes=frozenset({x.item.content_hash} - {""}), words=f.words,
         names=f.names, numbers=f.numbers, quotes=f.quotes, title=x.item.title, args=f.args,
-        developments=_seen(x, alerting),
         # a story whose first item was not news (commentary, a repeat) is neither alerted nor waiting: a later
         # item that is news alerts it as a new story
         alerted=alerting, waiting=decision == "held",
@@ -596,7 +578,7 @@ def start_story(key: int, x: NoveltyItem, decision: Decision = "new_story") -> O
 
 def absorb(story: OpenStory, x: NoveltyItem, params: StoryParams, decision: Decision = "repeat") -> OpenStory:
     """The story with `x` added (first member always kept, then the most recent ones). When `x` alerts
-    (new_story / update), the developments the story held back are now alerted too."""
+    (new_story / update), it joins the story's told items (what later decisions compare with)."""
     vecs = np.vstack([story.vectors, x.vector[None, :]])
     times = (*story.times, x.item.published_at.timestamp())
     if len(vecs) > params.max_members:
@@ -604,9 +586,6 @@ def absorb(story: OpenStory, x: NoveltyItem, params: StoryParams, decision: Deci
         vecs, times = vecs[keep], tuple(times[k] for k in keep)
     f = x.facts
     alerting = decision in ("new_story", "update")
-    devs = story.developments
-    if decision == "new_story":
-        devs = tuple(replace(d, alerted=True) for d in devs)
     return replace(
         story,
         first_seen=min(story.first_seen, x.item.published_at),
@@ -616,7 +595,6 @@ def absorb(story: OpenStory, x: NoveltyItem, params: StoryParams, decision: Deci
         hashes=story.hashes | ({x.item.content_hash} - {""}),
         words=story.words | f.words, names=story.names | f.names, numbers=story.numbers | f.numbers,
         quotes=story.quotes | f.quotes, args=story.args | f.args,
-        developments=(*devs, *_seen(x, alerting))[-_MAX_DEVELOPMENTS:],
         alerted=story.alerted or alerting,
         waiting=(story.waiting or decision == "held") and not alerting,
         **(_told_with(story, x, params.memory_h) if alerting else {}),
@@ -636,9 +614,6 @@ def _told_with(story: OpenStory, x: NoveltyItem, memory_h: float) -> dict[str, o
     return {"alerted_vectors": np.vstack([old[keep], x.vector[None, :]]).astype(np.float32),
             "alerted_times": (*(story.alerted_times[k] for k in keep), t),
             "alerted_titles": (*(story.alerted_titles[k] for k in keep), x.item.title)}
-
-
-_MAX_DEVELOPMENTS = 64  # per story: the most recent (what's new and `monitor stories list` show them)
 
 
 @dataclass(frozen=True, slots=True)

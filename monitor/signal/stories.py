@@ -18,11 +18,9 @@ from sqlalchemy.orm import Session
 
 from monitor.config import Settings
 from monitor.records import MatchedItem, NoveltyDecision
-from monitor.signal.developments import Development
 from monitor.signal.novelty import (
     Assignment,
     OpenStory,
-    SeenDevelopment,
     StoryParams,
     apply,
     decide,
@@ -48,7 +46,9 @@ def params_for(settings: Settings) -> StoryParams:
 @dataclass(frozen=True, slots=True)
 class StoryState:
     """What novelty remembers about a story besides its vectors, as stored in `stories.state` (JSON). A typed
-    record: `from_json` accepts rows written before a field existed (it takes the field's default)."""
+    record: `from_json` accepts rows written before a field existed (it takes the field's default) and ignores
+    keys no longer kept (older rows hold "developments", the developments each headline reported, which no
+    decision or page read: ignored, and gone from the row at the story's next write)."""
 
     dim: int = 384
     times: tuple[float, ...] = ()
@@ -58,7 +58,6 @@ class StoryState:
     numbers: tuple[str, ...] = ()
     quotes: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
-    developments: tuple[SeenDevelopment, ...] = ()
     alerted: bool = True
     waiting: bool = False
     alerted_times: tuple[float, ...] = ()  # POSIX seconds of the items in `Story.alerted_vectors`
@@ -70,8 +69,8 @@ class StoryState:
             dim=int(story.vectors.shape[1]), times=tuple(story.times),
             hashes=tuple(sorted(story.hashes)[:_MAX_REMEMBERED]), words=tuple(sorted(story.words)[:_MAX_REMEMBERED]),
             names=tuple(sorted(story.names)), numbers=tuple(sorted(story.numbers)), quotes=tuple(sorted(story.quotes)),
-            args=tuple(sorted(story.args)), developments=story.developments, alerted=story.alerted,
-            waiting=story.waiting, alerted_times=tuple(story.alerted_times), alerted_titles=tuple(story.alerted_titles),
+            args=tuple(sorted(story.args)), alerted=story.alerted, waiting=story.waiting,
+            alerted_times=tuple(story.alerted_times), alerted_titles=tuple(story.alerted_titles),
         )
 
     def to_json(self) -> dict[str, object]:
@@ -81,9 +80,6 @@ class StoryState:
             "args": list(self.args), "alerted": self.alerted, "waiting": self.waiting,
             "alerted_times": list(self.alerted_times),
             "alerted_titles": list(self.alerted_titles),
-            "developments": [{"kind": d.development.kind, "args": sorted(d.development.args),
-                              "phrase": d.development.phrase, "at": d.at, "alerted": d.alerted}
-                             for d in self.developments],
         }
 
     @classmethod
@@ -93,17 +89,10 @@ class StoryState:
         def strs(key: str) -> tuple[str, ...]:
             return tuple(str(v) for v in st.get(key) or ())
 
-        devs = []
-        for d in st.get("developments") or ():
-            if isinstance(d, dict):
-                devs.append(SeenDevelopment(
-                    Development(str(d.get("kind", "")), frozenset(str(a) for a in d.get("args") or ()),
-                                str(d.get("phrase", ""))),
-                    float(d.get("at", 0.0)), bool(d.get("alerted", True))))
         return cls(
             dim=int(st.get("dim", 0) or 384), times=tuple(float(t) for t in st.get("times") or ()),
             hashes=strs("hashes"), words=strs("words"), names=strs("names"), numbers=strs("numbers"),
-            quotes=strs("quotes"), args=strs("args"), developments=tuple(devs), alerted=bool(st.get("alerted", True)),
+            quotes=strs("quotes"), args=strs("args"), alerted=bool(st.get("alerted", True)),
             waiting=bool(st.get("waiting", False)),
             alerted_times=tuple(float(t) for t in st.get("alerted_times") or ()),
             alerted_titles=strs("alerted_titles"),
@@ -129,7 +118,7 @@ def _to_open(row: Story) -> OpenStory:
         item_count=row.item_count, sources=tuple(row.sources or ()),
         hashes=frozenset(st.hashes), words=frozenset(st.words), names=frozenset(st.names),
         numbers=frozenset(st.numbers), quotes=frozenset(st.quotes), title=row.title, args=frozenset(st.args),
-        developments=st.developments, alerted=st.alerted, waiting=st.waiting,
+        alerted=st.alerted, waiting=st.waiting,
         alerted_vectors=told.reshape(-1, st.dim).copy() if len(told_times) else None, alerted_times=told_times,
         alerted_titles=told_titles,
     )
