@@ -25,6 +25,7 @@ lenders themselves come from an own-evidence pass over the prefiltered items.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -69,6 +70,8 @@ MAX_NEIGHBOUR_EDGES = 16_000_000
 _LIFT_CHUNK = 1024
 _BAND = 256
 _VERDICT_CHUNK = 512
+# Ids per query when a refresh loads the rows its cached window lacks (bound parameters: SQLite allows 32,766).
+_IDS_PER_QUERY = 500
 # Topics whose last lenders are remembered (`_LiftState`).
 LIFT_STATES = 4
 # Story computations are kept going for the versions asked for most recently (several admins, or the saved
@@ -233,10 +236,11 @@ class Corpus:
     model_id: str
     since: datetime
     loaded_at: float
-    version: int  # bumped on every change of the rows, part of the cache key of results
+    # this load of the window, unique within its Backtester (a refresh that changes the rows is a new load): the
+    # cache key of results (not the object's address, which a load dropped from memory hands to a later one)
+    version: int
     items: list[ItemRecord]
     vectors: np.ndarray  # (n, dim) float32
-    max_item_id: int
     facts: dict[int, novelty.Facts] = field(default_factory=dict)
     neighbours: LenderNeighbours = field(default_factory=LenderNeighbours)
     times: np.ndarray = field(init=False)  # (n,) publication, epoch seconds (what the matcher compares)
@@ -249,19 +253,33 @@ class Corpus:
         return len(self.items)
 
 
-def load_rows(session: Session, model_id: str, since: datetime, after_id: int = 0
+def load_rows(session: Session, model_id: str, since: datetime, ids: Sequence[int] | None = None
               ) -> tuple[list[ItemRecord], list[bytes]]:
+    """The stored items published since `since` that have a vector for `model_id` (only those of `ids` when
+    given), in published order (ties by id), and their vectors."""
     q = (select(Item.id, Item.feed_id, Item.outlet, Item.title, Item.summary, Item.link, Item.published_at,
                 Item.content_hash, ItemVector.vector)
          .join(ItemVector, ItemVector.item_id == Item.id)
-         .where(ItemVector.model_id == model_id, Item.published_at >= naive_utc(since), Item.id > after_id)
+         .where(ItemVector.model_id == model_id, Item.published_at >= naive_utc(since))
          .order_by(Item.published_at, Item.id))
     items, blobs = [], []
-    for r in session.execute(q):
-        items.append(ItemRecord(id=r[0], feed_id=r[1], outlet=r[2], title=r[3], summary=r[4] or "", link=r[5],
-                                published_at=aware_utc(r[6]), content_hash=r[7]))  # type: ignore[arg-type]
-        blobs.append(r[8])
+    wanted = sorted(ids) if ids is not None else None
+    for lo in range(0, 1 if wanted is None else len(wanted), _IDS_PER_QUERY):
+        part = q if wanted is None else q.where(Item.id.in_(wanted[lo:lo + _IDS_PER_QUERY]))
+        for r in session.execute(part):
+            items.append(ItemRecord(id=r[0], feed_id=r[1], outlet=r[2], title=r[3], summary=r[4] or "", link=r[5],
+                                    published_at=aware_utc(r[6]), content_hash=r[7]))  # type: ignore[arg-type]
+            blobs.append(r[8])
+    if wanted is not None:
+        order = sorted(range(len(items)), key=lambda i: (items[i].published_at, items[i].id))
+        items, blobs = [items[i] for i in order], [blobs[i] for i in order]
     return items, blobs
+
+
+def window_ids(session: Session, model_id: str, since: datetime) -> set[int]:
+    """The ids of the rows `load_rows` would return now (ids only: what a refresh compares with its cache)."""
+    return set(session.scalars(select(Item.id).join(ItemVector, ItemVector.item_id == Item.id)
+                               .where(ItemVector.model_id == model_id, Item.published_at >= naive_utc(since))))
 
 
 def _before(corpus: Corpus, lenders: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -432,6 +450,7 @@ class Backtester:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backtest-stories")
         self._lock = threading.Lock()
         self._loading = threading.Lock()  # held while a window is read from the database
+        self._loads = itertools.count(1)  # `Corpus.version`
 
     def corpus(self, days: int, now: datetime) -> Corpus:
         """The window's items, loaded once and topped up with newer rows at most every `refresh_s`. At most
@@ -451,11 +470,18 @@ class Backtester:
             with Session(self.engine) as s:
                 if c is None or c.model_id != self.encoder.model_id:
                     items, blobs = load_rows(s, self.encoder.model_id, since)
-                    c = Corpus(self.encoder.model_id, since, self._monotonic(), 0, items,
-                               _stack(blobs, self.encoder.dim), max((it.id for it in items), default=0))
+                    c = Corpus(self.encoder.model_id, since, self._monotonic(), next(self._loads), items,
+                               _stack(blobs, self.encoder.dim))
                 else:
-                    items, blobs = load_rows(s, self.encoder.model_id, since, after_id=c.max_item_id)
-                    keep = [i for i, it in enumerate(c.items) if it.published_at >= since]
+                    # The rows the window holds now, compared by id with the cached ones: not only the rows
+                    # above the highest id cached, since workers store vectors out of id order (an older batch
+                    # encoded after a newer one) and rows leave (retention, `reembed --all`). The window is then
+                    # what a fresh load would give (`load_rows`): the result depends on the stored items and the
+                    # window, not on when this process happened to read them.
+                    listed = window_ids(s, self.encoder.model_id, since)
+                    cached = {it.id for it in c.items}
+                    items, blobs = load_rows(s, self.encoder.model_id, since, ids=sorted(listed - cached))
+                    keep = [i for i, it in enumerate(c.items) if it.id in listed]
                     changed = bool(items) or len(keep) != len(c.items)
                     if changed:
                         merged = [c.items[i] for i in keep] + items
@@ -466,9 +492,8 @@ class Backtester:
                         new_row = np.full(c.size, -1, dtype=np.int64)
                         new_row[keep] = position[:len(keep)]
                         old = c
-                        c = Corpus(c.model_id, since, self._monotonic(), c.version + 1,
-                                   [merged[i] for i in order], vecs[order],
-                                   max(c.max_item_id, max((it.id for it in items), default=0)), c.facts)
+                        c = Corpus(c.model_id, since, self._monotonic(), next(self._loads),
+                                   [merged[i] for i in order], vecs[order], c.facts)
                         c.neighbours = old.neighbours.carried(new_row, c.vectors, c.times, position[len(keep):])
                     else:
                         c.loaded_at, c.since = self._monotonic(), since
@@ -496,7 +521,7 @@ class Backtester:
 
     def _score(self, topic: TopicConfig, days: int, now: datetime) -> _Scored:
         corpus = self.corpus(days, now)
-        key = f"{days}:{id(corpus)}:{corpus.version}:{topic.model_dump_json()}"
+        key = f"{days}:{corpus.version}:{topic.model_dump_json()}"
         with self._lock:
             if key in self._scored:
                 self._scored.move_to_end(key)
@@ -661,7 +686,9 @@ class Backtester:
                 if f is None:
                     f = novelty.extract_facts(h.item.title, h.item.summary, h.item.outlet)
                     corpus_facts[h.item.id] = f
-                yield novelty.NoveltyItem(h.item, scored.topic.id, vec, f)
+                # the match margin, as the service's `stories.assign` gives it: how clearly the item is on topic
+                # is a feature of the development model, and a weak match that is news waits for a second outlet
+                yield novelty.NoveltyItem(h.item, scored.topic.id, vec, f, h.score - scored.threshold)
 
         decided = novelty.cluster(items(), self.params)
         out = tuple(replace(h, story_key=k, decision=a.decision, why=a.reason, what_is_new=a.what_is_new)
