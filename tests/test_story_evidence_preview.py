@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from adminfixtures import store_items
 from click.testing import CliRunner
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete
 
 from monitor.app.admin.backtest import Backtester
 from monitor.cli import main
@@ -22,6 +22,7 @@ from monitor.config import Settings, TopicConfig
 from monitor.records import ItemRecord
 from monitor.signal import embed, match
 from monitor.storage import db
+from monitor.storage.tables import ItemVector
 
 pytestmark = pytest.mark.slow
 
@@ -150,6 +151,53 @@ def test_backtest_command_counts_story_level_evidence(tmp_path: Path, engine: En
                                   "--since", "7d"])
     assert r.exit_code == 0, r.output
     assert "2 of 2 items would match" in r.output and NEAR_DUPLICATE in r.output
+
+
+@pytest.mark.databases("sqlite", "postgresql")
+def test_backtest_command_lists_what_scoring_every_item_of_the_window_lists(tmp_path: Path, engine: Engine,  # type: ignore[no-untyped-def]
+                                                                            embedder, topic, monkeypatch) -> None:
+    """`monitor backtest` goes through the editor's prefilter (`Backtester.matches`), and prints what scoring
+    every stored item of its window with story-level evidence gives (`match.match_items`, the command's earlier
+    way): the same header, items, scores and days, line for line."""
+    other_day = "International Criminal Court issues warrants for Israeli leaders over Gaza"
+    records = store_items(engine, embedder, [
+        (LENDER, NOW - timedelta(days=9)),  # before the window
+        (other_day, NOW - timedelta(days=4)),
+        (LENDER, NOW - timedelta(hours=30)),
+        (OTHER, NOW - timedelta(hours=25)),
+        (NEAR_DUPLICATE, NOW - timedelta(hours=20)),  # on topic only by story-level evidence
+        ("ICC judges issue warrants for Israeli leaders", NOW - timedelta(hours=2)),  # no vector (yet)
+    ])
+    unencoded = records[-1]
+    with db.write_transaction(engine) as s:
+        s.execute(delete(ItemVector).where(ItemVector.item_id == unencoded.id))
+        stored = embed.load_vectors(s, embedder.model_id, [r.id for r in records])
+    anchor = unencoded.published_at  # the newest stored item: the window counts back from it (a replayed database)
+    window = sorted((r for r in records if r.published_at >= anchor - timedelta(days=7) and r.id in stored),
+                    key=lambda r: (r.published_at, r.id))
+    topic_set = match.compile_topics([topic], embedder)
+    hits = [v for v in match.match_items(window, np.stack([stored[r.id] for r in window]), topic_set,
+                                         match.Recent.empty(embedder.dim)) if v.matched]
+    by_id = {r.id: r for r in window}
+    assert NEAR_DUPLICATE in [by_id[v.item_id].title for v in hits] and len({by_id[v.item_id].published_at.date()
+                                                                             for v in hits}) == 2
+    monkeypatch.setattr(embed, "load_embedder", lambda settings: embedder)
+    config = _config(tmp_path, engine, topic)
+    for limit in (200, 2):
+        r = CliRunner().invoke(main, ["--config", str(config), "backtest", topic.id, "--since", "7d",
+                                      "--limit", str(limit)])
+        assert r.exit_code == 0, r.output
+        days: dict[str, int] = {}
+        for v in hits:
+            day = by_id[v.item_id].published_at.strftime("%Y-%m-%d")
+            days[day] = days.get(day, 0) + 1
+        assert r.output.splitlines() == [
+            f"topic {topic.id} ({topic.name}), threshold {topic_set.topics[0].threshold:.3f}, in the 7d before the "
+            f"newest stored item ({anchor:%Y-%m-%d %H:%M} UTC): {len(hits)} of {len(window)} items would match",
+            f"skipped 1 items without a stored vector for {embedder.model_id!r} (run `monitor reembed`)",
+            *[f"{by_id[v.item_id].published_at:%Y-%m-%d %H:%M}  {'Wire':<28}  {v.score:.3f}  {by_id[v.item_id].title}"
+              for v in hits[:limit]],
+            "per day:", *[f"  {day}  {n}" for day, n in sorted(days.items())]]
 
 
 def _config(tmp_path: Path, engine: Engine | None, topic: TopicConfig) -> Path:

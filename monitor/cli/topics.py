@@ -122,38 +122,41 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @pass_ctx
     def backtest(ctx: CliContext, topic_id: str, since: str, limit: int) -> None:
         """What TOPIC would have matched among stored items (stored vectors only; nothing is re-encoded)."""
+        from monitor.app.admin.backtest import Backtester
+
         config = ctx.config
         topic = config.topic(topic_id)
         window = parse_since(since)
         embedder = embed.load_embedder(config.settings)  # encodes the topic's own texts only
-        topic_set = match.compile_topics([topic], embedder)
         engine = ctx.engine()
         with db.session_factory(engine)() as s:
             start, anchor = window_start(s, window)
-            cutoff = db.naive_utc(start)
-            rows = s.execute(select(Item, func.coalesce(Feed.name, Feed.title, Feed.url))
-                             .join(Feed, Feed.id == Item.feed_id)
-                             .where(Item.published_at >= cutoff).order_by(Item.published_at)).all()
-            items = [_record(r[0]) for r in rows]
-            feed_names = {r[0].id: r[1] for r in rows}
-            stored = embed.load_vectors(s, embedder.model_id, [it.id for it in items])
-        have = [it for it in items if it.id in stored]
-        skipped = len(items) - len(have)
-        vectors = np.stack([stored[it.id] for it in have]) if have else np.zeros((0, embedder.dim), np.float32)
-        # Story-level evidence as the service counts it: each item's lenders are the window's earlier items
-        # (72 h) on the topic by their own evidence (the same verdicts as the admin backtest's).
-        verdicts = match.match_items(have, vectors, topic_set, match.Recent.empty(embedder.dim))
-        by_id = {it.id: it for it in have}
-        hits = [v for v in verdicts if v.matched]
-        click.echo(f"topic {topic.id} ({topic.name}), threshold {topic_set.topics[0].threshold:.3f}, "
-                   f"in the {since} before {anchor}: {len(hits)} of {len(have)} items would match")
-        if skipped:
+            in_window = s.scalar(select(func.count()).select_from(Item)
+                                 .where(Item.published_at >= db.naive_utc(start))) or 0
+        # The editor's backtest, matches only: the items that can match found by its prefilter, each given the
+        # matcher's verdict with story-level evidence as the service counts it (each item's lenders: the window's
+        # earlier items of the 72 h before it, on the topic by their own evidence), so it lists what scoring
+        # every item of the window with `match.match_items` lists.
+        tester = Backtester(engine, embedder, config.settings)
+        try:
+            scored = tester.matches(topic, since=start)
+        finally:
+            tester.close()
+        hits = scored.hits
+        with db.session_factory(engine)() as s:
+            feed_names = {fid: name for fid, name in s.execute(
+                select(Feed.id, func.coalesce(Feed.name, Feed.title, Feed.url))
+                .where(Feed.id.in_({h.item.feed_id for h in hits[:limit]})))}
+        click.echo(f"topic {topic.id} ({topic.name}), threshold {scored.threshold:.3f}, "
+                   f"in the {since} before {anchor}: {len(hits)} of {scored.scanned} items would match")
+        skipped = in_window - scored.scanned
+        if skipped > 0:
             click.echo(f"skipped {skipped} items without a stored vector for {embedder.model_id!r} "
                        "(run `monitor reembed`)")
-        for v in hits[:limit]:
-            it = by_id[v.item_id]
-            click.echo(f"{it.published_at:%Y-%m-%d %H:%M}  {feed_names[it.id][:28]:<28}  {v.score:.3f}  {it.title}")
-        per_day = Counter(by_id[v.item_id].published_at.strftime("%Y-%m-%d") for v in hits)
+        for h in hits[:limit]:
+            it = h.item
+            click.echo(f"{it.published_at:%Y-%m-%d %H:%M}  {feed_names[it.feed_id][:28]:<28}  {h.score:.3f}  {it.title}")
+        per_day = Counter(h.item.published_at.strftime("%Y-%m-%d") for h in hits)
         if per_day:
             click.echo("per day:")
             for day in sorted(per_day):

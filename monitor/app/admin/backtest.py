@@ -392,7 +392,7 @@ def diff(saved: Result | None, edited: Result) -> Diff:
 
 
 @dataclass(frozen=True, slots=True)
-class _Scored:
+class Scored:
     """Phase 1: the matcher's verdicts (exact) for one topic over one window."""
 
     key: str
@@ -441,7 +441,7 @@ class Backtester:
         self.refresh_s = refresh_s
         self._monotonic = monotonic
         self._corpora: OrderedDict[int, Corpus] = OrderedDict()  # by window (days), least recently used first
-        self._scored: OrderedDict[str, _Scored] = OrderedDict()
+        self._scored: OrderedDict[str, Scored] = OrderedDict()
         self._gate_memos: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._lifts: OrderedDict[str, _LiftState] = OrderedDict()  # by topic id
         self._clustered: OrderedDict[str, tuple[Hit, ...]] = OrderedDict()
@@ -519,9 +519,24 @@ class Backtester:
 
     # --- phase 1: the matcher ---------------------------------------------------------------------------
 
-    def _score(self, topic: TopicConfig, days: int, now: datetime) -> _Scored:
+    def _score(self, topic: TopicConfig, days: int, now: datetime) -> Scored:
         corpus = self.corpus(days, now)
-        key = f"{days}:{corpus.version}:{topic.model_dump_json()}"
+        return self._scan(topic, corpus, f"{days}:{corpus.version}")
+
+    def matches(self, topic: TopicConfig, *, since: datetime) -> Scored:
+        """The matcher's verdicts for `topic` over the stored items published since `since` (phase 1 only: no
+        stories): what `match.match_items(window, vectors, topic_set, match.Recent.empty(dim))` matches, found
+        through the editor's prefilter. The window is read once and not kept (for one-shot callers such as
+        `monitor backtest`; the editor's windows are `corpus(days, now)`)."""
+        with self._loading, Session(self.engine) as s:
+            items, blobs = load_rows(s, self.encoder.model_id, since)
+            corpus = Corpus(self.encoder.model_id, since, self._monotonic(), next(self._loads), items,
+                            _stack(blobs, self.encoder.dim))
+        return self._scan(topic, corpus, f"since {since.isoformat()}:{corpus.version}", keep=False)
+
+    def _scan(self, topic: TopicConfig, corpus: Corpus, window: str, *, keep: bool = True) -> Scored:
+        """`topic`'s verdicts over `corpus`, cached under `window` (a key naming the load) unless not `keep`."""
+        key = f"{window}:{topic.model_dump_json()}"
         with self._lock:
             if key in self._scored:
                 self._scored.move_to_end(key)
@@ -536,13 +551,14 @@ class Backtester:
             if v.matched:
                 hits.append(Hit(corpus.items[i], v.score, v.reason))
                 rows.append(i)
-        scored = _Scored(key, topic, compiled.threshold, compiled.threshold_source, corpus.size, tuple(hits),
-                         corpus.vectors[rows] if rows else np.zeros((0, self.encoder.dim), np.float32),
-                         time.perf_counter() - started)
-        with self._lock:
-            self._scored[key] = scored
-            while len(self._scored) > 32:
-                self._scored.popitem(last=False)
+        scored = Scored(key, topic, compiled.threshold, compiled.threshold_source, corpus.size, tuple(hits),
+                        corpus.vectors[rows] if rows else np.zeros((0, self.encoder.dim), np.float32),
+                        time.perf_counter() - started)
+        if keep:
+            with self._lock:
+                self._scored[key] = scored
+                while len(self._scored) > 32:
+                    self._scored.popitem(last=False)
         return scored
 
     def _verdicts(self, corpus: Corpus, compiled: match.CompiledTopic, topic_set: match.TopicSet
@@ -675,7 +691,7 @@ class Backtester:
 
     # --- phase 2: stories and alerts --------------------------------------------------------------------
 
-    def _stories_job(self, scored: _Scored, corpus_facts: dict[int, novelty.Facts]) -> tuple[Hit, ...]:
+    def _stories_job(self, scored: Scored, corpus_facts: dict[int, novelty.Facts]) -> tuple[Hit, ...]:
         key = scored.key
 
         def items() -> Iterator[novelty.NoveltyItem]:
@@ -699,7 +715,7 @@ class Backtester:
                 self._clustered.popitem(last=False)
         return out
 
-    def _stories(self, scored: _Scored, days: int, now: datetime) -> Future[tuple[Hit, ...]]:
+    def _stories(self, scored: Scored, days: int, now: datetime) -> Future[tuple[Hit, ...]]:
         facts = self.corpus(days, now).facts  # before taking the lock: corpus() takes it too (not reentrant)
         with self._lock:
             done = self._clustered.get(scored.key)
@@ -718,7 +734,7 @@ class Backtester:
         with self._lock:
             self._jobs.pop(key, None)
 
-    def _result(self, scored: _Scored, hits: tuple[Hit, ...] | None, days: int, seconds: float) -> Result:
+    def _result(self, scored: Scored, hits: tuple[Hit, ...] | None, days: int, seconds: float) -> Result:
         if hits is None:
             return Result(scored.topic.id, scored.threshold, scored.threshold_source, days, scored.scanned,
                           scored.hits, (), seconds, pending=True)
