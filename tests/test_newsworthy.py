@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from monitor.lab import alert_eval
-from monitor.signal.logistic import fit_logistic
+from monitor.signal.logistic import Logistic, fit_logistic
 from monitor.signal.newsworthy import (
     DEVELOPMENT_FEATURES,
     SAME_FEATURES,
@@ -211,3 +211,25 @@ def test_eval_alerts_refuses_analog_labels_of_a_topic_its_analog_config_lacks(tm
                                   str(analogs), "--cache-dir", str(tmp_path / "cache")])
     assert r.exit_code != 0
     assert "grain-deal" in r.output and "topics.toml" in r.output, r.output
+
+
+def test_development_auc_ranks_reports_of_a_development_above_the_rest(tmp_path: Path) -> None:
+    rows = [_label_row("t", 0, "Hamas frees two hostages", "development", "d1"),
+            _label_row("t", 1, "Why the truce matters", "commentary", None),
+            _label_row("t", 2, "Qatar says deal signed", "development", "d2"),
+            _label_row("t", 3, "Opinion: lessons of the war", "commentary", None)]
+    path = tmp_path / "labels.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cands = alert_eval.read_candidates(path)
+    # a stub development model that reads only the margin: reports get the clearer matches, then the reverse
+    names = DEVELOPMENT_FEATURES
+    margin_only = Logistic(names, (0.0,) * len(names), (1.0,) * len(names),
+                           tuple(1.0 if n == "margin" else 0.0 for n in names), 0.0)
+    model = AlertModel(margin_only, SHIPPED_ALERT_MODEL.same, 0.5)
+    right = [replace(c, margin=0.4 if c.dev else -0.1) for c in cands]
+    wrong = [replace(c, margin=-0.1 if c.dev else 0.4) for c in cands]
+    assert alert_eval.development_auc(right, model) == 1.0
+    assert alert_eval.development_auc(wrong, model) == 0.0
+    # unmatched candidates are not judged by the development model, and one kind alone says nothing
+    assert alert_eval.development_auc([replace(c, matched=False) for c in right], model) == 0.5
+    assert alert_eval.development_auc([c for c in right if c.dev], model) == 0.5

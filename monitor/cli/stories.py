@@ -213,17 +213,19 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         click.echo(f"{labels_file.name}: {len(cands)} candidates, {sum(c.matched for c in cands)} matched by the "
                    f"configured topics, {len({(c.topic, c.dev) for c in cands if c.dev})} developments")
         click.echo(f"  {'protocol':<28} {'model':<8} {'alerts':>6} {'right':>6} {'precision':>9} "
-                   f"{'developments':>13} {'key developments':>17}")
+                   f"{'developments':>13} {'key developments':>17} {'AUC dev':>8}")
         protocols = alert_eval.folds(cands, analogs)
         for name, (fit_on, measure_on) in protocols.items():
             models = {"shipped": shipped, "refit": alert_eval.fit_model(fit_on, memory_h, threshold)}
             for mname, model in models.items():
                 r = alert_eval.simulate(measure_on, model, memory_h)
-                report[f"{name} / {mname}"] = r.as_dict()
+                auc = alert_eval.development_auc(measure_on, model)
+                report[f"{name} / {mname}"] = {**r.as_dict(), "development_auc": round(auc, 4)}
                 click.echo(f"  {name:<28} {mname:<8} {r.alerts:>6} {r.right:>6} {r.precision:>9.3f} "
-                           f"{r.developments_alerted:>6}/{r.developments:<6} {r.kd_alerted:>8}/{r.kd_pairs:<8}")
+                           f"{r.developments_alerted:>6}/{r.developments:<6} {r.kd_alerted:>8}/{r.kd_pairs:<8} "
+                           f"{auc:>8.3f}")
         click.echo("  shipped = the shipped weights, fitted on every label (in-sample on every row); refit = fitted "
-                   "on the row's first half only")
+                   "on the row's first half only; AUC dev = p(development) on the measured half's matched candidates")
         every = alert_eval.simulate(cands, replace(shipped, threshold=0.0), memory_h)
         click.echo(f"  {'every match alerts':<28} {'-':<8} {every.alerts:>6} {every.right:>6} {every.precision:>9.3f} "
                    f"{every.developments_alerted:>6}/{every.developments:<6} {every.kd_alerted:>8}/{every.kd_pairs:<8}")

@@ -168,6 +168,19 @@ def simulate(cands: Sequence[Candidate], model: AlertModel, memory_h: float) -> 
     return PolicyResult(alerts, right, len(devs), len(alerted_devs), len(kds), len(kd_alerted & kds))
 
 
+def development_auc(cands: Sequence[Candidate], model: AlertModel) -> float:
+    """AUC of p(development) on the matched candidates: how well the development model ranks reports of a
+    development above the rest (0.5 when one kind is missing). A feature can lift it and still not help the
+    policy, which needs the *first* report of a development above commentary and off-topic news."""
+    x, y = development_rows([c for c in cands if c.matched])
+    p = np.array([model.development.probability(r) for r in x])
+    pos, neg = p[y == 1.0], p[y == 0.0]
+    if not len(pos) or not len(neg):
+        return 0.5
+    return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum())
+                 / (len(pos) * len(neg)))
+
+
 def _key(c: Candidate) -> tuple[str, str]:
     return " ".join(c.item.title.split()).lower(), c.item.published_at.strftime("%Y-%m-%d %H:%M")
 
