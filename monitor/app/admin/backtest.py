@@ -5,8 +5,9 @@ sent, and the difference from the saved version of the topic.
 Scoring and story decisions are the pipeline's own: `monitor.signal.match.compile_topics` / `match_texts`
 and `monitor.signal.novelty.cluster`. Speed comes from three caches held by `Backtester`:
 
-* the window of stored items (ids, texts, one float32 matrix of vectors), loaded once and topped up with
-  newer rows every `refresh_s`;
+* the window of stored items (ids, texts, one float32 matrix of vectors), loaded once and reconciled with the
+  stored rows every `refresh_s` (rows added, including out of id order, and rows gone or stored again under a
+  reused id, are compared by id and content hash: the window is then what a fresh load gives);
 * the topic texts' vectors: an example typed into the editor is encoded once (`CachedEncoder`);
 * the facts novelty reads from each item (figures, names), extracted once per item.
 
@@ -276,10 +277,12 @@ def load_rows(session: Session, model_id: str, since: datetime, ids: Sequence[in
     return items, blobs
 
 
-def window_ids(session: Session, model_id: str, since: datetime) -> set[int]:
-    """The ids of the rows `load_rows` would return now (ids only: what a refresh compares with its cache)."""
-    return set(session.scalars(select(Item.id).join(ItemVector, ItemVector.item_id == Item.id)
-                               .where(ItemVector.model_id == model_id, Item.published_at >= naive_utc(since))))
+def window_ids(session: Session, model_id: str, since: datetime) -> dict[int, str]:
+    """The rows `load_rows` would return now, as id -> content hash: what a refresh compares with its cache (an id
+    alone is not enough: SQLite hands a deleted newest row's id to the next item stored)."""
+    rows = session.execute(select(Item.id, Item.content_hash).join(ItemVector, ItemVector.item_id == Item.id)
+                           .where(ItemVector.model_id == model_id, Item.published_at >= naive_utc(since)))
+    return {item_id: content_hash for item_id, content_hash in rows}
 
 
 def _before(corpus: Corpus, lenders: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -424,8 +427,9 @@ class _Stale(Exception):
 
 
 class Backtester:
-    """Runs backtests for the admin pages and API. One per process, built by the composition root with the
-    service's engine and embedder; thread-safe (pages run it in the thread pool).
+    """Runs backtests for the admin pages and API: one per process, built by the composition root with the
+    service's engine and embedder; thread-safe (pages run it in the thread pool). One-shot callers
+    (`monitor backtest`, `monitor topics suggest`) build their own and use `matches` or `run` once.
 
     Two phases: the matcher's verdicts over every stored item (one matrix product, then `match_texts` on
     the candidates) come back at once; the stories and alerts (`novelty.cluster` over the matched items,
@@ -453,7 +457,7 @@ class Backtester:
         self._loads = itertools.count(1)  # `Corpus.version`
 
     def corpus(self, days: int, now: datetime) -> Corpus:
-        """The window's items, loaded once and topped up with newer rows at most every `refresh_s`. At most
+        """The window's items, loaded once and reconciled with the stored rows at most every `refresh_s`. At most
         `MAX_WINDOWS` windows are kept (the least recently used one is dropped), and the database is read
         outside the cache lock: a backtest whose window is cached never waits for another window's load."""
         since = now - timedelta(days=days)
@@ -479,9 +483,10 @@ class Backtester:
                     # what a fresh load would give (`load_rows`): the result depends on the stored items and the
                     # window, not on when this process happened to read them.
                     listed = window_ids(s, self.encoder.model_id, since)
-                    cached = {it.id for it in c.items}
-                    items, blobs = load_rows(s, self.encoder.model_id, since, ids=sorted(listed - cached))
-                    keep = [i for i, it in enumerate(c.items) if it.id in listed]
+                    cached = {it.id: it.content_hash for it in c.items}
+                    items, blobs = load_rows(s, self.encoder.model_id, since,
+                                             ids=sorted(i for i, h in listed.items() if cached.get(i) != h))
+                    keep = [i for i, it in enumerate(c.items) if listed.get(it.id) == it.content_hash]
                     changed = bool(items) or len(keep) != len(c.items)
                     if changed:
                         merged = [c.items[i] for i in keep] + items
@@ -492,8 +497,10 @@ class Backtester:
                         new_row = np.full(c.size, -1, dtype=np.int64)
                         new_row[keep] = position[:len(keep)]
                         old = c
+                        kept = {c.items[i].id for i in keep}  # an id stored again is another item: new facts
                         c = Corpus(c.model_id, since, self._monotonic(), next(self._loads),
-                                   [merged[i] for i in order], vecs[order], c.facts)
+                                   [merged[i] for i in order], vecs[order],
+                                   {k: f for k, f in c.facts.items() if k in kept})
                         c.neighbours = old.neighbours.carried(new_row, c.vectors, c.times, position[len(keep):])
                     else:
                         c.loaded_at, c.since = self._monotonic(), since
