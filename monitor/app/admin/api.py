@@ -101,7 +101,9 @@ class HitOut(BaseModel):
     score: float
     reason: str
     story: int | None = Field(description="Story number within this backtest (None while pending).")
-    decision: str | None = Field(description="new_story, update or repeat (None while pending).")
+    decision: str | None = Field(description="new_story, update, repeat, or held (a new story on a weak match "
+                                             "waiting for a second outlet; it alerts only if one comes); None "
+                                             "while pending.")
     why: str
 
 
