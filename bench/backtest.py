@@ -35,6 +35,7 @@ Prints one JSON object (last line).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -43,8 +44,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -122,15 +125,11 @@ def fill(engine, items, base: np.ndarray, n: int, now: datetime, model_id: str, 
             conn.execute(ItemVector.__table__.insert(), vecs)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--items", type=int, default=100_000)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--days", type=int, default=7)
-    ap.add_argument("--topic", default="prisoner-exchange", help="A topic of feeds.toml (default: the broadest).")
-    args = ap.parse_args()
-
-    from monitor.app.admin.backtest import Backtester
+@contextlib.contextmanager
+def bench_database(n: int, now: datetime, days: int, topic_id: str) -> Iterator[tuple[Any, Any, Any, Any, float]]:
+    """A fresh SQLite database in a temporary folder holding `n` bench items (`fill`) spread over the `days`
+    before `now`, with what a backtest needs: (engine, embedder, settings, the feeds.toml topic `topic_id`,
+    seconds the fill took). Shared by the backtest benches."""
     from monitor.config import Settings, load_config
     from monitor.lab.demo import BUNDLED
     from monitor.lab.replay import load_items
@@ -141,14 +140,37 @@ def main() -> None:
     embedder = load_embedder(settings)
     items = [it for it in load_items(BUNDLED) if it.title.strip()]
     base = base_vectors(embedder, items)
-    topic = load_config(ROOT / "feeds.toml").topic(args.topic)
-    now = datetime.now(UTC)
+    topic = load_config(ROOT / "feeds.toml").topic(topic_id)
     with tempfile.TemporaryDirectory() as tmp:
         engine = db.make_engine(f"sqlite:///{Path(tmp) / 'bench.db'}")
         db.upgrade(engine)
         t0 = time.perf_counter()
-        fill(engine, items, base, args.items, now, embedder.model_id)
-        fill_s = time.perf_counter() - t0
+        fill(engine, items, base, n, now, embedder.model_id, days=days)
+        try:
+            yield engine, embedder, settings, topic, time.perf_counter() - t0
+        finally:
+            engine.dispose()
+
+
+def bench_args(doc: str | None, *, days: int, repeats: int) -> argparse.Namespace:
+    """The backtest benches' options: --items, --days, --repeats, --topic."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--days", type=int, default=days)
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--topic", default="prisoner-exchange", help="A topic of feeds.toml (default: the broadest).")
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = bench_args(__doc__, days=7, repeats=7)
+
+    from monitor.app.admin.backtest import Backtester
+    from monitor.storage import db
+
+    now = datetime.now(UTC)
+    with bench_database(args.items, now, args.days, args.topic) as bench:
+        engine, embedder, settings, topic, fill_s = bench
         since = db.naive_utc(now - timedelta(days=args.days)).isoformat(sep=" ")
 
         scans, colds, lives, stories, live_cpu, refreshes = [], [], [], [], [], []
@@ -179,7 +201,6 @@ def main() -> None:
             tester.corpus(args.days, now)
             refreshes.append(time.perf_counter() - t0)
             tester.close()
-        engine.dispose()
     assert result is not None and saved is not None and diff is not None
     out = {
         "benchmark": "backtest", "items": args.items, "items_in_window": result.scanned, "sql_rows": scanned,

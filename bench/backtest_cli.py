@@ -14,12 +14,10 @@ Prints one JSON object (last line): medians of --repeats, and their ratio.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +27,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backtest import ROOT, base_vectors, code_state, fill  # the bench data, shared
+from backtest import bench_args, bench_database, code_state  # the bench data and options, shared
 
 NOW = datetime(2023, 11, 30, 12, 0, tzinfo=UTC)  # fixed: runs compare
 
@@ -71,30 +69,11 @@ def prefiltered(engine, embedder, settings, topic, start: datetime) -> list[tupl
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--items", type=int, default=100_000)
-    ap.add_argument("--days", type=int, default=30)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--topic", default="prisoner-exchange", help="A topic of feeds.toml (default: the broadest).")
-    args = ap.parse_args()
+    args = bench_args(__doc__, days=30, repeats=3)
 
-    from monitor.config import Settings, load_config
-    from monitor.lab.demo import BUNDLED
-    from monitor.lab.replay import load_items
-    from monitor.signal.embed import load_embedder
-    from monitor.storage import db
-
-    settings = Settings()
-    embedder = load_embedder(settings)
-    items = [it for it in load_items(BUNDLED) if it.title.strip()]
-    base = base_vectors(embedder, items)
-    topic = load_config(ROOT / "feeds.toml").topic(args.topic)
     start = NOW - timedelta(days=args.days)
     old_s, new_s = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = db.make_engine(f"sqlite:///{Path(tmp) / 'bench.db'}")
-        db.upgrade(engine)
-        fill(engine, items, base, args.items, NOW, embedder.model_id, days=args.days)
+    with bench_database(args.items, NOW, args.days, args.topic) as (engine, embedder, settings, topic, _fill_s):
         for r in range(args.repeats):
             runs = [("old", score_every_item, (engine, embedder, topic, start)),
                     ("new", prefiltered, (engine, embedder, settings, topic, start))]
@@ -105,7 +84,6 @@ def main() -> None:
                 (old_s if name == "old" else new_s).append(time.perf_counter() - t0)
             if got["old"] != got["new"]:
                 raise SystemExit(f"the two paths differ: {len(got['old'])} vs {len(got['new'])} matches")
-        engine.dispose()
     out = {
         "benchmark": "backtest_cli", "items": args.items, "days": args.days, "topic": topic.id,
         "matches": len(got["new"]), "same_verdicts": True,
