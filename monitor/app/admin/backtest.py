@@ -473,9 +473,7 @@ class Backtester:
                 c = self._corpora.get(days)
             with Session(self.engine) as s:
                 if c is None or c.model_id != self.encoder.model_id:
-                    items, blobs = load_rows(s, self.encoder.model_id, since)
-                    c = Corpus(self.encoder.model_id, since, self._monotonic(), next(self._loads), items,
-                               _stack(blobs, self.encoder.dim))
+                    c = self._load(s, since)
                 else:
                     # The rows the window holds now, compared by id with the cached ones: not only the rows
                     # above the highest id cached, since workers store vectors out of id order (an older batch
@@ -511,6 +509,12 @@ class Backtester:
                     self._corpora.popitem(last=False)
             return c
 
+    def _load(self, session: Session, since: datetime) -> Corpus:
+        """A new load of the stored rows published since `since` (a version of its own)."""
+        items, blobs = load_rows(session, self.encoder.model_id, since)
+        return Corpus(self.encoder.model_id, since, self._monotonic(), next(self._loads), items,
+                      _stack(blobs, self.encoder.dim))
+
     def _fresh_corpus(self, days: int) -> Corpus | None:
         """The cached window when it needs no refresh (call with the lock held)."""
         c = self._corpora.get(days)
@@ -536,9 +540,7 @@ class Backtester:
         through the editor's prefilter. The window is read once and not kept (for one-shot callers such as
         `monitor backtest`; the editor's windows are `corpus(days, now)`)."""
         with self._loading, Session(self.engine) as s:
-            items, blobs = load_rows(s, self.encoder.model_id, since)
-            corpus = Corpus(self.encoder.model_id, since, self._monotonic(), next(self._loads), items,
-                            _stack(blobs, self.encoder.dim))
+            corpus = self._load(s, since)
         return self._scan(topic, corpus, f"since {since.isoformat()}:{corpus.version}", keep=False)
 
     def _scan(self, topic: TopicConfig, corpus: Corpus, window: str, *, keep: bool = True) -> Scored:
