@@ -4,7 +4,8 @@ download), against a real `monitor run` subprocess polling a real local feed ser
 Log in; open a topic; add a counterexample; the backtest list and the diff change before anything is saved;
 save; feeds.toml keeps its comments; the service reloads and its next match uses the edited topic. Also: an
 unauthenticated /admin/topics goes to the login page and a form post without the CSRF token is refused.
-Screenshots of the topic editor and the feeds page are saved under $MONITOR_TEST_ARTIFACTS (default
+A weak match that is news shows as held (waiting for a second outlet). Screenshots of the topic editor and
+the feeds page are saved under $MONITOR_TEST_ARTIFACTS (default
 test-artifacts/admin/)."""
 
 from __future__ import annotations
@@ -233,6 +234,20 @@ def test_edit_a_topic_see_the_backtest_change_before_saving_then_save(service: d
             expect(warnings.nth(0)).to_contain_text("examples[1]")
             page.screenshot(path=str(ARTIFACTS / "topic-editor-warning.png"), full_page=False)
             assert config.read_text() == saved, "a warning writes nothing"
+
+            # A weak match that is news waits for a second outlet, as in the service: with the threshold just
+            # under the best score, the backtest shows that item held, styled apart from a repeat.
+            page.fill("#f-require_any", "")
+            expect(warnings).to_have_count(0, timeout=60_000)
+            expect(stories.locator(".decision").first).to_be_visible(timeout=60_000)
+            best = max(float(t) for t in stories.locator(".score").all_inner_texts())
+            page.fill("#f-threshold", f"{best - 0.004:.3f}")
+            held = stories.locator(".decision.held")
+            expect(held.first).to_be_visible(timeout=60_000)
+            expect(held.first).to_have_text("held")
+            assert held.first.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(251, 240, 208)"
+            page.screenshot(path=str(ARTIFACTS / "topic-editor-held.png"), full_page=False)
+            assert config.read_text() == saved, "a preview writes nothing"
 
             # The feeds page (health at a glance), for the screenshot.
             page.goto(f"{base}/admin/feeds")
