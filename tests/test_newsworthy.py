@@ -213,6 +213,50 @@ def test_eval_alerts_refuses_analog_labels_of_a_topic_its_analog_config_lacks(tm
     assert "grain-deal" in r.output and "topics.toml" in r.output, r.output
 
 
+@pytest.mark.slow
+def test_eval_alerts_fits_on_several_analog_files_each_with_its_own_topics(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in (
+        _label_row("prisoner-exchange", 0, "Hamas frees 2 hostages", "development", "d0"),
+        _label_row("prisoner-exchange", 2, "Two hostages freed by Hamas", "development", "d0"),
+        _label_row("prisoner-exchange", 5, "Hamas frees hostages: what it means", "commentary", None),
+        _label_row("prisoner-exchange", 30, "Qatar says talks on a hostage deal resume", "development", "d30"))),
+        encoding="utf-8")
+    files = []
+    for folder, topic, title, later in (
+            ("one", "grain-deal", "Russia quits grain deal", "Putin says Russia could return to the grain deal"),
+            ("two", "sudan-talks", "Sudan army and RSF sign truce in Jeddah", "Sudan army and RSF truce agreed in Jeddah collapses")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "topics.toml").write_text(
+            f'[[topics]]\nid = "{topic}"\nname = "{topic}"\ndescription = "{title}."\nexamples = ["{title}"]\n'
+            'threshold = 0.05\n', encoding="utf-8")
+        rows = [_label_row(topic, 0, title, "development", "a1"),
+                _label_row(topic, 1, f"Report: {title}", "development", "a1"),
+                _label_row(topic, 9, f"{title}: what it means", "commentary", None),
+                _label_row(topic, 20, later, "development", "a2")]
+        files.append(tmp_path / folder / "development_labels.jsonl")
+        files[-1].write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = Path(__file__).resolve().parents[1] / "feeds.toml"
+    base = ["--config", str(config), "eval", "alerts", "--labels", str(labels), "--cache-dir", str(tmp_path / "c")]
+    r = CliRunner().invoke(main, [*base, "--analogs", str(files[0]), "--analogs", str(files[1]), "--json"])
+    assert r.exit_code == 0, r.output
+    for f in files:  # each file is matched by the topics beside it (one topic each, two developments each)
+        assert f"{f}: 4 analog candidates of 1 topics" in r.output
+    report = json.loads(r.output.strip().splitlines()[-1])
+    assert report["all -> analogs / refit"]["developments"] == 4  # both files' developments are measured there
+    # one analog topic labelled in two files would be fitted on twice: refused, naming it
+    twice = CliRunner().invoke(main, [*base, "--analogs", str(files[0]), "--analogs", str(files[0])])
+    assert twice.exit_code != 0 and "grain-deal" in twice.output
+    # --analog-topics names one file's topics; with two files it is ambiguous
+    both = CliRunner().invoke(main, [*base, "--analogs", str(files[0]), "--analogs", str(files[1]),
+                                     "--analog-topics", str(tmp_path / "one" / "topics.toml")])
+    assert both.exit_code != 0 and "--analog-topics" in both.output
+
+
 def test_development_auc_ranks_reports_of_a_development_above_the_rest(tmp_path: Path) -> None:
     rows = [_label_row("t", 0, "Hamas frees two hostages", "development", "d1"),
             _label_row("t", 1, "Why the truce matters", "commentary", None),

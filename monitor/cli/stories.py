@@ -154,14 +154,15 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                   help="The captured stream the labelled items come from: match them within it, with story-level "
                        "evidence from the items around them, as the service and `eval replay` do (otherwise each "
                        "labelled item is matched on its own evidence).")
-    @click.option("--analogs", "analogs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                  default=None, help="Development labels of other topics and months (bench/data/analogs/"
-                                     "development_labels.jsonl), matched by their own topics (--analog-topics) on "
-                                     "their own evidence: only ever fitted on, and one more protocol fits on them "
-                                     "alone.")
+    @click.option("--analogs", "analogs_files", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  multiple=True, help="Development labels of other topics and months (bench/data/analogs/"
+                                      "development_labels.jsonl; repeat it to add bench/data/analogs2/...), each "
+                                      "file matched by its own topics (topics.toml beside it, or --analog-topics) "
+                                      "on their own evidence: only ever fitted on, and one more protocol fits on "
+                                      "them alone.")
     @click.option("--analog-topics", "analog_topics", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                  default=None, help="The configuration holding the analog labels' topics (default: topics.toml "
-                                     "beside the --analogs file).")
+                  default=None, help="With one --analogs file: the configuration holding its topics (default: "
+                                     "topics.toml beside it).")
     @click.option("--fit", "do_fit", is_flag=True,
                   help="Also fit the models on every label and choose the threshold across topics; print the "
                        "model to paste into monitor.signal.newsworthy.SHIPPED_ALERT_MODEL.")
@@ -169,7 +170,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                   show_default=True, help="Where item vectors are cached between runs.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
     @pass_ctx
-    def eval_alerts(ctx: CliContext, labels_file: Path, stream_file: Path | None, analogs_file: Path | None,
+    def eval_alerts(ctx: CliContext, labels_file: Path, stream_file: Path | None, analogs_files: tuple[Path, ...],
                     analog_topics: Path | None, do_fit: bool, cache_dir: Path, as_json: bool) -> None:
         """Measure the alert model (is an item a development its topic's subscribers were not told?) on
         development labels read by hand: alert precision, developments alerted and key developments alerted,
@@ -191,18 +192,26 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         cands, found = alert_eval.with_matches(cands, embedder, topic_set, cache_dir, stream_file)
         if stream_file is not None:
             click.echo(f"{found} of {len(cands)} labelled items found in {stream_file.name} and matched there")
+        if analog_topics is not None and len(analogs_files) != 1:
+            raise click.UsageError("--analog-topics names the topics of one --analogs file; with several, each "
+                                   "file's topics are the topics.toml beside it")
         analogs: list[alert_eval.Candidate] = []
-        if analogs_file is not None:
-            analog_topics = analog_topics or analogs_file.parent / "topics.toml"
-            analog_set = match.compile_topics(load_config(analog_topics).topics, embedder)
-            analogs = alert_eval.read_candidates(analogs_file)
-            unknown = sorted({c.topic for c in analogs} - {t.id for t in analog_set.topics})
+        for analogs_file in analogs_files:
+            topics_file = analog_topics or analogs_file.parent / "topics.toml"
+            analog_set = match.compile_topics(load_config(topics_file).topics, embedder)
+            part = alert_eval.read_candidates(analogs_file)
+            unknown = sorted({c.topic for c in part} - {t.id for t in analog_set.topics})
             if unknown:
-                raise MonitorError(f"{analogs_file}: topics {', '.join(unknown)} are not in {analog_topics}")
-            analogs, _found = alert_eval.with_matches(analogs, embedder, analog_set, cache_dir)
-            click.echo(f"{analogs_file.name}: {len(analogs)} analog candidates of {len({c.topic for c in analogs})} "
-                       f"topics, {sum(c.matched for c in analogs)} matched, "
-                       f"{len({(c.topic, c.dev) for c in analogs if c.dev})} developments (fitted on only)")
+                raise MonitorError(f"{analogs_file}: topics {', '.join(unknown)} are not in {topics_file}")
+            clash = sorted({c.topic for c in part} & ({c.topic for c in analogs} | known))
+            if clash:
+                raise MonitorError(f"{analogs_file}: topics {', '.join(clash)} are already labelled by another "
+                                   "--analogs file or are configured topics; give each analog topic one file")
+            part, _found = alert_eval.with_matches(part, embedder, analog_set, cache_dir)
+            analogs += part
+            click.echo(f"{analogs_file}: {len(part)} analog candidates of {len({c.topic for c in part})} "
+                       f"topics, {sum(c.matched for c in part)} matched, "
+                       f"{len({(c.topic, c.dev) for c in part if c.dev})} developments (fitted on only)")
         memory_h = novelty.StoryParams().memory_h
         shipped = newsworthy.SHIPPED_ALERT_MODEL
         threshold = shipped.threshold
