@@ -16,9 +16,11 @@ from monitor.lab.topic_eval import (
     FIT_CUTOFF,
     EvalDataError,
     EvalItem,
+    FitOnly,
     Stream,
     calibrate_threshold,
     evaluate,
+    fit_only_pairs,
     item_time,
     keyword_baseline,
     merge,
@@ -132,6 +134,42 @@ def test_protocols_never_use_labels_from_the_cutoff_on() -> None:
     assert runs[0]["dev"]["calibrated"]["macro_f1"] > 0.5  # the informative direction was found
 
 
+def test_other_topics_labels_join_each_fit_only_when_dated_before_its_cut_off() -> None:
+    items, labels, vecs, topic_set = _synthetic()
+    pairs = topic_pairs(items, labels, vecs, topic_set)
+    none: dict[str, set[str]] = {"alpha": set(), "beta": set()}
+
+    def run(fit_only: FitOnly | None) -> dict[str, object]:
+        return protocols(items, pairs, none, names=("best", "hinge", "kw"), l2=1.0, fit_only=fit_only)
+
+    def contrary(day: str) -> FitOnly:  # three times as many pairs as labelled, each labelled the wrong way round
+        n = 3 * len(items)
+        rng = np.random.default_rng(7)
+        v = vecs[rng.integers(0, len(items), n)]
+        return fit_only_pairs([f"x {k}" for k in range(n)], v, ["alpha"] * n, (v[:, 0] <= 0.7).astype(int),
+                              [day] * n, topic_set)
+
+    plain = run(None)
+    after_cutoff, after_split, before_split = (run(contrary(d)) for d in ("2023-11-20", "2023-11-05", "2023-10-20"))
+    assert after_cutoff == plain  # never fitted on, like the labels of those days
+
+    def weights(out: dict[str, object]) -> tuple[float, ...]:
+        return out["fitted"].weights  # type: ignore[attr-defined]
+
+    def split_thresholds(out: dict[str, object]) -> object:
+        return out["time_split"]["label_free"]["thresholds"]  # type: ignore[index]
+
+    # dated between the split and the cut-off: the dev / no-label fits take them, the time split's does not
+    assert weights(after_split) != weights(plain) and split_thresholds(after_split) == split_thresholds(plain)
+    # dated before the split: every fit takes them (here they turn the similarity's weight around)
+    assert split_thresholds(before_split) != split_thresholds(plain)
+    assert weights(before_split)[0] < 0 < weights(plain)[0]
+    # never measured: the same items are scored in every run
+    assert before_split["time_split"]["items"] == plain["time_split"]["items"]
+    with pytest.raises(EvalDataError, match="gamma"):
+        fit_only_pairs(["x"], vecs[:1], ["gamma"], [1], ["2023-10-20"], topic_set)
+
+
 def test_protocols_need_both_sides_of_the_split() -> None:
     items, labels, vecs, topic_set = _synthetic()
     early = [it for it in items if it.date < "2023-11-01"]
@@ -158,6 +196,45 @@ def test_eval_topics_accepts_several_files(embedder, monkeypatch, tmp_path) -> N
     assert json.loads(again.output.strip().splitlines()[-1])["macro_f1"] == 0.4
     odd = CliRunner().invoke(main, args[:6] + ["--items", str(tmp_path / "b.jsonl")])
     assert odd.exit_code == 2 and "one --labels file per --items file" in odd.output
+
+
+def test_eval_topics_fits_on_other_topics_labels_named_by_their_own_config(embedder, monkeypatch,  # type: ignore[no-untyped-def]
+                                                                           tmp_path) -> None:
+    monkeypatch.setattr(embed, "load_embedder", lambda settings: embedder)
+    rows = [json.loads(line) for line in (FIX / "topics_items.jsonl").read_text().splitlines()]
+    for r in rows[3:]:  # the time split needs labelled items on both sides of 2023-11-01
+        r["date"] = "2023-11-05 10:00:00"
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "analogs").mkdir()
+    (tmp_path / "analogs" / "topics.toml").write_text(
+        '[[topics]]\nid = "sudan-talks"\nname = "Sudan talks"\ndescription = "Talks to end the war in Sudan."\n'
+        'examples = ["Sudan army and RSF sign truce in Jeddah", "Jeddah talks on Sudan resume"]\n')
+
+    def label(topic: str, day: str, title: str, on: int) -> str:
+        return json.dumps({"topic": topic, "date": f"{day} 09:00:00", "source": "example.org", "title": title,
+                           "summary": "", "on_topic": on, "role": "development" if on else "off",
+                           "dev": "s1" if on else None, "kd": None}) + "\n"
+
+    analogs = tmp_path / "analogs" / "development_labels.jsonl"
+    analogs.write_text(label("sudan-talks", "2023-05-06", "Sudan truce talks open in Jeddah", 1)
+                       + label("sudan-talks", "2023-05-07", "Fighting rages in Khartoum", 0)
+                       + label("sudan-talks", "2023-05-20", "Sudan's warring sides agree week-long truce", 1))
+    args = ["eval", "topics", "--items", str(items), "--labels", str(FIX / "topics_labels.jsonl"), "--config",
+            str(FIX / "topics_config.toml"), "--calibrate", "--cache-dir", str(tmp_path / "cache"), "--json"]
+    plain = CliRunner().invoke(main, args)
+    with_analogs = CliRunner().invoke(main, [*args, "--analogs", str(analogs)])
+    assert plain.exit_code == 0 and with_analogs.exit_code == 0, with_analogs.output
+    assert f"{analogs}: 3 labelled pairs of 1 other topics (2 on topic), fitted on only" in with_analogs.output
+    fitted = [json.loads(r.output.strip().splitlines()[-1])["fitted"]["weights"] for r in (plain, with_analogs)]
+    assert fitted[0] != fitted[1]  # they joined the shipped fit
+    # a configured topic's labels are not another topic's: refused, naming it
+    analogs.write_text(label("doha-talks", "2023-05-06", "Talks resume in Doha", 1))
+    (tmp_path / "analogs" / "topics.toml").write_text(
+        '[[topics]]\nid = "doha-talks"\nname = "Doha talks"\ndescription = "Talks in Doha."\n'
+        'examples = ["Talks resume in Doha"]\n')
+    clash = CliRunner().invoke(main, [*args, "--analogs", str(analogs)])
+    assert clash.exit_code != 0 and "doha-talks" in clash.output and "configured topics" in clash.output
 
 
 def test_items_from_the_cutoff_on_are_reported_with_the_shipped_configuration_only() -> None:

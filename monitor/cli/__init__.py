@@ -55,6 +55,28 @@ def parse_since(text: str) -> timedelta:
     return {"d": timedelta(days=n), "h": timedelta(hours=n), "w": timedelta(weeks=n)}[unit]
 
 
+def analog_sources(files: tuple[Path, ...], topics_override: Path | None) -> list[tuple[Path, Path]]:
+    """(labels file, the configuration holding its topics) for each `--analogs` file: the topics.toml beside it,
+    or `--analog-topics` when exactly one file is given."""
+    if topics_override is not None and len(files) != 1:
+        raise click.UsageError("--analog-topics names the topics of one --analogs file; with several, each "
+                               "file's topics are the topics.toml beside it")
+    return [(f, topics_override or f.parent / "topics.toml") for f in files]
+
+
+def check_analog_topics(labels_file: Path, topics_file: Path, labelled: set[str], compiled: set[str],
+                        taken: set[str]) -> None:
+    """An analog file's topics must be in its configuration, and in no other analog file or the configuration
+    measured (they would be fitted on twice, or measured where they are fitted)."""
+    unknown = sorted(labelled - compiled)
+    if unknown:
+        raise MonitorError(f"{labels_file}: topics {', '.join(unknown)} are not in {topics_file}")
+    clash = sorted(labelled & taken)
+    if clash:
+        raise MonitorError(f"{labels_file}: topics {', '.join(clash)} are already labelled by another --analogs "
+                           "file or are configured topics; give each analog topic one file")
+
+
 def window_start(session: Session, window: timedelta) -> tuple[datetime, str]:
     """Where a `--since` window starts, and words for it: it counts back from the newest stored item (not
     from the wall clock), so the same command works on a live database and on a replayed one (the demo's);

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from monitor.cli import parse_since, window_start
+from monitor.cli import analog_sources, check_analog_topics, parse_since, window_start
 from monitor.config import Config, Settings, load_config
 from monitor.errors import MonitorError
 
@@ -192,21 +192,12 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         cands, found = alert_eval.with_matches(cands, embedder, topic_set, cache_dir, stream_file)
         if stream_file is not None:
             click.echo(f"{found} of {len(cands)} labelled items found in {stream_file.name} and matched there")
-        if analog_topics is not None and len(analogs_files) != 1:
-            raise click.UsageError("--analog-topics names the topics of one --analogs file; with several, each "
-                                   "file's topics are the topics.toml beside it")
         analogs: list[alert_eval.Candidate] = []
-        for analogs_file in analogs_files:
-            topics_file = analog_topics or analogs_file.parent / "topics.toml"
+        for analogs_file, topics_file in analog_sources(analogs_files, analog_topics):
             analog_set = match.compile_topics(load_config(topics_file).topics, embedder)
             part = alert_eval.read_candidates(analogs_file)
-            unknown = sorted({c.topic for c in part} - {t.id for t in analog_set.topics})
-            if unknown:
-                raise MonitorError(f"{analogs_file}: topics {', '.join(unknown)} are not in {topics_file}")
-            clash = sorted({c.topic for c in part} & ({c.topic for c in analogs} | known))
-            if clash:
-                raise MonitorError(f"{analogs_file}: topics {', '.join(clash)} are already labelled by another "
-                                   "--analogs file or are configured topics; give each analog topic one file")
+            check_analog_topics(analogs_file, topics_file, {c.topic for c in part},
+                                {t.id for t in analog_set.topics}, {c.topic for c in analogs} | known)
             part, _found = alert_eval.with_matches(part, embedder, analog_set, cache_dir)
             analogs += part
             click.echo(f"{analogs_file}: {len(part)} analog candidates of {len({c.topic for c in part})} "

@@ -13,7 +13,7 @@ import numpy as np
 from sqlalchemy import delete, exists, func, make_url, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from monitor.cli import parse_since, window_start
+from monitor.cli import analog_sources, check_analog_topics, parse_since, window_start
 from monitor.config import load_config
 from monitor.errors import ConfigError, MonitorError
 from monitor.lab import topic_eval
@@ -220,11 +220,16 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @click.option("--stream-from", default="2023-10-01", show_default=True,
                   help="With --stream: first day of the stream read (it ends the day after the last labelled "
                        "item); labelled items before it + 3 days have fewer neighbours than in the service.")
+    @click.option("--analogs", "analogs_files", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  multiple=True, help="With --calibrate: on-topic labels of OTHER topics (bench/data/analogs/"
+                                      "development_labels.jsonl, bench/data/analogs2/...; repeatable), each scored "
+                                      "against its own topic (topics.toml beside the file): added to every "
+                                      "combiner fit (those dated before its cut-off), never measured.")
     @pass_ctx
     def eval_topics(ctx: CliContext, items_paths: tuple[Path, ...], labels_paths: tuple[Path, ...],
                     config_path: Path | None, as_json: bool, calibrate: bool, split_date: str, features: str,
                     l2: float, show_fit: bool, cache_dir: Path | None, stream_file: Path | None,
-                    stream_from: str) -> None:
+                    stream_from: str, analogs_files: tuple[Path, ...]) -> None:
         """Per-topic precision, recall, F1 and macro-F1 of the matcher and of a keyword baseline.
 
         Labels dated from 2023-11-16 on are never used to fit or calibrate: such items are reported
@@ -267,9 +272,10 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             pairs = topic_eval.topic_pairs(items, labels, vectors, topic_set)
             near = _neighbourhood(embedder, items, vectors, topic_set, stream_file, stream_from, cache_dir) \
                 if stream_file is not None else None
+            fit_only = _fit_only(embedder, analogs_files, set(topic_ids), cache_dir) if analogs_files else None
             try:
                 out = topic_eval.protocols(items, pairs, keyword, names=names, l2=l2, split_day=split_date,
-                                           near=near)
+                                           near=near, fit_only=fit_only)
             except ValueError as e:
                 raise click.UsageError(str(e)) from None
             fitted = out.pop("fitted")
@@ -304,6 +310,27 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                                    np.array([r.published_at.timestamp() for r in records]))
         click.echo(f"story-level evidence: {len(records)} stream items {start:%Y-%m-%d} .. {end:%Y-%m-%d}")
         return topic_eval.neighbourhood(items, vectors, stream, topic_set)
+
+    def _fit_only(embedder: embed.Embedder, files: tuple[Path, ...], configured: set[str],
+                  cache_dir: Path | None) -> topic_eval.FitOnly:
+        from monitor.lab import story_eval
+
+        rows: list[tuple[ItemRecord, story_eval.DevelopmentLabel]] = []
+        parts: list[topic_eval.FitOnly] = []
+        for labels_file, topics_file in analog_sources(files, None):
+            topic_set = match.compile_topics(load_config(topics_file).topics, embedder)
+            part = story_eval.read_development_rows(labels_file)
+            check_analog_topics(labels_file, topics_file, {lab.topic for _it, lab in part},
+                                {t.id for t in topic_set.topics}, {lab.topic for _it, lab in rows} | configured)
+            records = [it for it, _lab in part]
+            parts.append(topic_eval.fit_only_pairs(
+                [it.text for it in records], story_eval.cached_vectors(embedder, records, cache_dir),
+                [lab.topic for _it, lab in part], [int(lab.on_topic) for _it, lab in part],
+                [it.published_at.strftime("%Y-%m-%d") for it in records], topic_set))
+            rows += part
+            click.echo(f"{labels_file}: {len(part)} labelled pairs of {len({lab.topic for _it, lab in part})} other "
+                       f"topics ({sum(lab.on_topic for _it, lab in part)} on topic), fitted on only")
+        return topic_eval.FitOnly.join(parts)
 
     def _print_protocols(out: dict, names: list[str], l2: float, split_date: str) -> None:  # type: ignore[type-arg]
         click.echo(f"\ncombiner features {names}, l2 {l2}; labels used only before {topic_eval.FIT_CUTOFF}; "

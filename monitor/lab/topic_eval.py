@@ -242,6 +242,40 @@ def topic_pairs(items: Sequence[EvalItem], labels: Mapping[str, Mapping[str, int
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class FitOnly:
+    """Hand-read (item, topic) pairs of OTHER topics (bench/data/analogs*: topics written from their definitions,
+    candidates read for `on_topic`): each row's features against its own topic, its label, keyword verdict and
+    day. Only ever fitted on, never measured: `protocols(..., fit_only=)` adds the rows dated before each fit's
+    cut-off to the combiner's fit (dev and no labels: before FIT_CUTOFF; the time split: before its split day)."""
+
+    x: np.ndarray  # (n, len(relevance.FEATURES))
+    gold: np.ndarray  # (n,) 0|1
+    allowed: np.ndarray  # (n,) bool
+    days: np.ndarray  # (n,) "YYYY-MM-DD"
+
+    @staticmethod
+    def join(parts: Sequence[FitOnly]) -> FitOnly:
+        return FitOnly(np.vstack([p.x for p in parts]), np.concatenate([p.gold for p in parts]),
+                       np.concatenate([p.allowed for p in parts]), np.concatenate([p.days for p in parts]))
+
+
+def fit_only_pairs(texts: Sequence[str], vectors: np.ndarray, topic_ids: Sequence[str], gold: Sequence[int],
+                   days: Sequence[str], topic_set: match.TopicSet) -> FitOnly:
+    """The `FitOnly` rows of labelled (text, topic) pairs, each scored against its own topic of `topic_set`."""
+    compiled = {t.id: t for t in topic_set.topics}
+    unknown = sorted(set(topic_ids) - set(compiled))
+    if unknown:
+        raise EvalDataError(f"fit-only labels name topics that are not compiled: {', '.join(unknown)}")
+    x = np.zeros((len(texts), len(relevance.FEATURES)))
+    allowed = np.zeros(len(texts), dtype=bool)
+    for tid, t in compiled.items():
+        idx = [i for i, k in enumerate(topic_ids) if k == tid]
+        if idx:
+            x[idx], allowed[idx] = _features(t, [texts[i] for i in idx], vectors[idx])
+    return FitOnly(x, np.asarray(gold, dtype=int), allowed, np.array([d[:10] for d in days]))
+
+
 def item_time(item: EvalItem) -> float:
     """Epoch seconds of an item's date (UTC when no offset is given)."""
     when = datetime.fromisoformat(item.date.strip().replace(" ", "T", 1))
@@ -291,10 +325,15 @@ def _table(per_topic: Mapping[str, Scores]) -> dict[str, object]:
             "macro_f1": round(sum(f1s) / len(f1s), 4) if f1s else 0.0}
 
 
-def _fit(pairs: Sequence[TopicPairs], mask: np.ndarray, names: Sequence[str], l2: float) -> relevance.Combiner:
-    x = np.vstack([p.x[mask & p.allowed] for p in pairs])
-    y = np.concatenate([p.gold[mask & p.allowed] for p in pairs])
-    return relevance.fit(x, y, names, l2=l2)
+def _fit(pairs: Sequence[TopicPairs], mask: np.ndarray, names: Sequence[str], l2: float,
+         fit_only: FitOnly | None = None, before_day: str = FIT_CUTOFF) -> relevance.Combiner:
+    xs = [p.x[mask & p.allowed] for p in pairs]
+    ys = [p.gold[mask & p.allowed] for p in pairs]
+    if fit_only is not None:
+        keep = fit_only.allowed & (fit_only.days < before_day)
+        xs.append(fit_only.x[keep])
+        ys.append(fit_only.gold[keep])
+    return relevance.fit(np.vstack(xs), np.concatenate(ys), names, l2=l2)
 
 
 def _label_free(p: TopicPairs, combiner: relevance.Combiner) -> float:
@@ -307,10 +346,12 @@ def _label_free(p: TopicPairs, combiner: relevance.Combiner) -> float:
 
 def protocols(items: Sequence[EvalItem], pairs: Sequence[TopicPairs], baseline: Mapping[str, set[str]], *,
               names: Sequence[str], l2: float, split_day: str = SPLIT_DAY,
-              cutoff: str = FIT_CUTOFF, near: Neighbourhood | None = None) -> dict[str, object]:
+              cutoff: str = FIT_CUTOFF, near: Neighbourhood | None = None,
+              fit_only: FitOnly | None = None) -> dict[str, object]:
     """The three honest figures (module docstring), each with the keyword baseline on the same items, and
     the combiner fitted on every labelled item before `cutoff` (what `--fit` ships). With `near`, every
-    figure counts story-level evidence (thresholds are set on the items' own evidence, as the service's)."""
+    figure counts story-level evidence (thresholds are set on the items' own evidence, as the service's).
+    With `fit_only`, other topics' labelled pairs join every fit (those dated before its cut-off)."""
     dates = np.array([it.date[:10] for it in items])
     ids = np.array([it.id for it in items])
     usable = dates < cutoff
@@ -330,8 +371,8 @@ def protocols(items: Sequence[EvalItem], pairs: Sequence[TopicPairs], baseline: 
         return res
 
     out: dict[str, object] = {}
-    for name, fit_mask, eval_mask in (("dev", usable, usable), ("time_split", early, late)):
-        c = _fit(pairs, fit_mask, names, l2)
+    for name, fit_mask, eval_mask, day in (("dev", usable, usable, cutoff), ("time_split", early, late, split_day)):
+        c = _fit(pairs, fit_mask, names, l2, fit_only, day)
         calibrated = {p.topic.id: relevance.best_cut(np.where(p.allowed, c.probability(p.x), -1.0)[fit_mask],
                                                      p.gold[fit_mask]) for p in pairs}
         free = {p.topic.id: _label_free(p, c) for p in pairs}
@@ -340,14 +381,14 @@ def protocols(items: Sequence[EvalItem], pairs: Sequence[TopicPairs], baseline: 
     loto: dict[str, Scores] = {}
     ths = {}
     for p in pairs:
-        c = _fit([q for q in pairs if q is not p], usable, names, l2)
+        c = _fit([q for q in pairs if q is not p], usable, names, l2, fit_only, cutoff)
         ths[p.topic.id] = _label_free(p, c)
         loto[p.topic.id] = _f1((probabilities(p, c, ths[p.topic.id], near) >= ths[p.topic.id]) & p.allowed & usable,
                                p.gold * usable)
     nl = _table(loto)
     nl["thresholds"] = {k: round(v, 4) for k, v in ths.items()}
     out["no_label"] = {"label_free": nl, "baseline": base(usable), "items": int(usable.sum())}
-    out["fitted"] = _fit(pairs, usable, names, l2)
+    out["fitted"] = _fit(pairs, usable, names, l2, fit_only, cutoff)
     return out
 
 
