@@ -7,7 +7,9 @@ definitions as an admin would) and the precision they give on the hand-read cand
     every       the former rule: every example counts, so one without the keywords drags the 10th percentile
                 down (docs/topic-relevance.md, scorer step 4 and "Third round")
     keyword     the topic's own keywords as hard gates (`topic_eval.baseline_gate`, what `eval topics` calls the
-                keyword baseline); among the candidates only, which flatters it (docs/topic-relevance.md)
+                keyword baseline), among the candidates only: the matcher drew them with keyword evidence in its
+                score, so nearly all contain the keywords and this is about the candidates' on-topic share, not
+                a keyword query over the stream (docs/topic-relevance.md)
 
 Precision = matched and on topic / matched, on the candidates of each topic (own evidence, shipped combiner,
 keyword veto applied), pooled per batch and over all. Recall is not measurable here (bench/data/analogs README).
@@ -50,12 +52,15 @@ def main() -> None:
     for folder in args.analogs:
         pooled = {"rule": [0, 0], "every": [0, 0], "keyword": [0, 0]}
         for topic_id, entry in _batch(folder, args.cache_dir):
+            if topic_id in out["topics"]:  # type: ignore[operator]
+                raise SystemExit(f"{folder}: topic {topic_id} is in another --analogs folder too")
             out["topics"][topic_id] = entry  # type: ignore[index]
             for name in pooled:
                 for k, key in enumerate(("on_topic", "matched")):
                     pooled[name][k] += entry[name][key]
                     total[name][k] += entry[name][key]
-        out["pooled"][folder.name] = _precision(pooled)  # type: ignore[index]
+        out["pooled"][str(folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder)] = \
+            _precision(pooled)  # type: ignore[index]
     out["pooled"]["all"] = _precision(total)  # type: ignore[index]
     print(json.dumps(out))
 

@@ -250,7 +250,7 @@ def test_eval_alerts_fits_on_several_analog_files_each_with_its_own_topics(tmp_p
     assert report["all -> analogs / refit"]["developments"] == 4  # both files' developments are measured there
     # one analog topic labelled in two files would be fitted on twice: refused, naming it
     twice = CliRunner().invoke(main, [*base, "--analogs", str(files[0]), "--analogs", str(files[0])])
-    assert twice.exit_code != 0 and "grain-deal" in twice.output
+    assert twice.exit_code != 0 and "topic grain-deal is labelled in" in twice.output
     # --analog-topics names one file's topics; with two files it is ambiguous
     both = CliRunner().invoke(main, [*base, "--analogs", str(files[0]), "--analogs", str(files[1]),
                                      "--analog-topics", str(tmp_path / "one" / "topics.toml")])

@@ -150,7 +150,8 @@ def test_other_topics_labels_join_each_fit_only_when_dated_before_its_cut_off() 
                               [day] * n, topic_set)
 
     plain = run(None)
-    after_cutoff, after_split, before_split = (run(contrary(d)) for d in ("2023-11-20", "2023-11-05", "2023-10-20"))
+    # dated on the cut-off day, on the split day, the day before the split
+    after_cutoff, after_split, before_split = (run(contrary(d)) for d in (FIT_CUTOFF, "2023-11-01", "2023-10-31"))
     assert after_cutoff == plain  # never fitted on, like the labels of those days
 
     def weights(out: dict[str, object]) -> tuple[float, ...]:
@@ -164,8 +165,11 @@ def test_other_topics_labels_join_each_fit_only_when_dated_before_its_cut_off() 
     # dated before the split: every fit takes them (here they turn the similarity's weight around)
     assert split_thresholds(before_split) != split_thresholds(plain)
     assert weights(before_split)[0] < 0 < weights(plain)[0]
-    # never measured: the same items are scored in every run
-    assert before_split["time_split"]["items"] == plain["time_split"]["items"]
+    # never measured: every protocol scores the same topics with the same positives in every run
+    for name in ("dev", "time_split", "no_label"):
+        support = [{t: v["support"] for t, v in out[name]["label_free"]["topics"].items()}  # type: ignore[index]
+                   for out in (plain, before_split)]
+        assert support[0] == support[1] and set(support[0]) == {"alpha", "beta"}
     with pytest.raises(EvalDataError, match="gamma"):
         fit_only_pairs(["x"], vecs[:1], ["gamma"], [1], ["2023-10-20"], topic_set)
 
@@ -235,6 +239,11 @@ def test_eval_topics_fits_on_other_topics_labels_named_by_their_own_config(embed
         'examples = ["Talks resume in Doha"]\n')
     clash = CliRunner().invoke(main, [*args, "--analogs", str(analogs)])
     assert clash.exit_code != 0 and "doha-talks" in clash.output and "configured topics" in clash.output
+    alone = CliRunner().invoke(main, [a for a in args if a != "--calibrate"] + ["--analogs", str(analogs)])
+    assert alone.exit_code == 2 and "--calibrate" in alone.output  # without it nothing would be fitted
+    (tmp_path / "analogs" / "topics.toml").unlink()
+    lost = CliRunner().invoke(main, [*args, "--analogs", str(analogs)])
+    assert lost.exit_code != 0 and "no topics.toml beside it" in lost.output
 
 
 def test_items_from_the_cutoff_on_are_reported_with_the_shipped_configuration_only() -> None:

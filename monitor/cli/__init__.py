@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -59,22 +60,32 @@ def analog_sources(files: tuple[Path, ...], topics_override: Path | None) -> lis
     """(labels file, the configuration holding its topics) for each `--analogs` file: the topics.toml beside it,
     or `--analog-topics` when exactly one file is given."""
     if topics_override is not None and len(files) != 1:
-        raise click.UsageError("--analog-topics names the topics of one --analogs file; with several, each "
-                               "file's topics are the topics.toml beside it")
-    return [(f, topics_override or f.parent / "topics.toml") for f in files]
+        raise click.UsageError("--analog-topics names the topics of one --analogs file" + (
+            "; give --analogs too" if not files else "; with several, each file's topics are the topics.toml "
+                                                     "beside it"))
+    out = [(f, topics_override or f.parent / "topics.toml") for f in files]
+    for f, topics_file in out:
+        if not topics_file.is_file():
+            raise MonitorError(f"{f}: no {topics_file.name} beside it; an analog labels file needs the "
+                               "configuration of its topics next to it (or --analog-topics FILE)")
+    return out
 
 
 def check_analog_topics(labels_file: Path, topics_file: Path, labelled: set[str], compiled: set[str],
-                        taken: set[str]) -> None:
-    """An analog file's topics must be in its configuration, and in no other analog file or the configuration
-    measured (they would be fitted on twice, or measured where they are fitted)."""
+                        earlier: Mapping[str, Path], configured: set[str]) -> None:
+    """An analog file's topics must be in its configuration, and neither in an earlier analog file (`earlier`:
+    topic -> file; it would be fitted on twice) nor among the configured topics (measured where it is fitted)."""
     unknown = sorted(labelled - compiled)
     if unknown:
         raise MonitorError(f"{labels_file}: topics {', '.join(unknown)} are not in {topics_file}")
-    clash = sorted(labelled & taken)
-    if clash:
-        raise MonitorError(f"{labels_file}: topics {', '.join(clash)} are already labelled by another --analogs "
-                           "file or are configured topics; give each analog topic one file")
+    twice = sorted(labelled & set(earlier))
+    if twice:
+        raise MonitorError(f"{labels_file}: topic {twice[0]} is labelled in {earlier[twice[0]]} too; give each "
+                           "analog topic one --analogs file")
+    measured = sorted(labelled & configured)
+    if measured:
+        raise MonitorError(f"{labels_file}: topics {', '.join(measured)} are configured topics, which are "
+                           "measured; analog labels must be of other topics (rename the analog topic)")
 
 
 def window_start(session: Session, window: timedelta) -> tuple[datetime, str]:

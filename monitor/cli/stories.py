@@ -193,11 +193,13 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         if stream_file is not None:
             click.echo(f"{found} of {len(cands)} labelled items found in {stream_file.name} and matched there")
         analogs: list[alert_eval.Candidate] = []
+        seen: dict[str, Path] = {}
         for analogs_file, topics_file in analog_sources(analogs_files, analog_topics):
             analog_set = match.compile_topics(load_config(topics_file).topics, embedder)
             part = alert_eval.read_candidates(analogs_file)
             check_analog_topics(analogs_file, topics_file, {c.topic for c in part},
-                                {t.id for t in analog_set.topics}, {c.topic for c in analogs} | known)
+                                {t.id for t in analog_set.topics}, seen, known)
+            seen |= {c.topic: analogs_file for c in part}
             part, _found = alert_eval.with_matches(part, embedder, analog_set, cache_dir)
             analogs += part
             click.echo(f"{analogs_file}: {len(part)} analog candidates of {len({c.topic for c in part})} "

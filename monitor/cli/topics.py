@@ -239,6 +239,9 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             raise ConfigError("the configuration defines no enabled [[topics]] to evaluate")
         if len(items_paths) != len(labels_paths):
             raise click.UsageError("give one --labels file per --items file, in the same order")
+        if analogs_files and not calibrate:
+            raise click.UsageError("--analogs adds labels to the combiner's fits, which only --calibrate makes; "
+                                   "add --calibrate")
         parts = []
         for ip, lp in zip(items_paths, labels_paths, strict=True):
             with ip.open(encoding="utf-8") as f:
@@ -315,19 +318,19 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                   cache_dir: Path | None) -> topic_eval.FitOnly:
         from monitor.lab import story_eval
 
-        rows: list[tuple[ItemRecord, story_eval.DevelopmentLabel]] = []
+        seen: dict[str, Path] = {}
         parts: list[topic_eval.FitOnly] = []
         for labels_file, topics_file in analog_sources(files, None):
             topic_set = match.compile_topics(load_config(topics_file).topics, embedder)
             part = story_eval.read_development_rows(labels_file)
             check_analog_topics(labels_file, topics_file, {lab.topic for _it, lab in part},
-                                {t.id for t in topic_set.topics}, {lab.topic for _it, lab in rows} | configured)
+                                {t.id for t in topic_set.topics}, seen, configured)
+            seen |= {lab.topic: labels_file for _it, lab in part}
             records = [it for it, _lab in part]
             parts.append(topic_eval.fit_only_pairs(
                 [it.text for it in records], story_eval.cached_vectors(embedder, records, cache_dir),
                 [lab.topic for _it, lab in part], [int(lab.on_topic) for _it, lab in part],
                 [it.published_at.strftime("%Y-%m-%d") for it in records], topic_set))
-            rows += part
             click.echo(f"{labels_file}: {len(part)} labelled pairs of {len({lab.topic for _it, lab in part})} other "
                        f"topics ({sum(lab.on_topic for _it, lab in part)} on topic), fitted on only")
         return topic_eval.FitOnly.join(parts)

@@ -247,7 +247,10 @@ class FitOnly:
     """Hand-read (item, topic) pairs of OTHER topics (bench/data/analogs*: topics written from their definitions,
     candidates read for `on_topic`): each row's features against its own topic, its label, keyword verdict and
     day. Only ever fitted on, never measured: `protocols(..., fit_only=)` adds the rows dated before each fit's
-    cut-off to the combiner's fit (dev and no labels: before FIT_CUTOFF; the time split: before its split day)."""
+    cut-off to the combiner's fit (dev and no labels: before FIT_CUTOFF; the time split: before its split day).
+    An item may also be a measured item (the stream is shared): its row here is its pair with ANOTHER topic,
+    whose features are relative to that topic, so it is kept (unlike `alert_eval.folds`, which drops an analog
+    row whose item is measured, because the development model's features are the item's own)."""
 
     x: np.ndarray  # (n, len(relevance.FEATURES))
     gold: np.ndarray  # (n,) 0|1
