@@ -198,11 +198,12 @@ def test_edit_a_topic_see_the_backtest_change_before_saving_then_save(service: d
             matches_before = int(page.locator(".summary").get_attribute("data-matches") or "0")
             assert matches_before >= 3
 
-            # Add the near miss as a counterexample: before any save, the backtest drops it and the diff says so.
+            # Mark the near miss as one, from the backtest's list: its headline joins the counterexamples and,
+            # before any save, the backtest drops it and the diff says so.
             box = page.locator("#f-counterexamples")
-            box.click()
-            page.keyboard.press("Control+End")
-            page.keyboard.type("\n" + NEAR_MISS)
+            before_lines = box.input_value().splitlines()
+            stories.locator("li.hit", has_text=NEAR_MISS).locator("button.add-line").click()
+            assert box.input_value().splitlines() == [*before_lines, NEAR_MISS]
             expect(page.locator("#items-lost")).to_have_text("−1 items", timeout=60_000)
             expect(page.locator("#diff")).to_contain_text(NEAR_MISS)
             expect(stories).not_to_contain_text(NEAR_MISS)

@@ -17,6 +17,7 @@ from adminfixtures import (
     csrf_of,
     login,
     reader_said_not_relevant,
+    store_items,
     write_config,
 )
 from sqlalchemy import Engine
@@ -59,3 +60,29 @@ async def test_the_topic_editor_and_the_suggestions_page_share_one_backtester(en
         service.engine.dispose()
     # Only the suggested counterexample was new: the topic's own texts came from the editor's cache.
     assert [t for call in counting.calls for t in call] == [NEAR_MISS]
+
+
+async def test_a_match_offers_its_headline_as_a_near_miss_escaped(engine: Engine, embedder,  # type: ignore[no-untyped-def]
+                                                                  tmp_path: Path) -> None:
+    url = engine.url.render_as_string(hide_password=False)
+    path = write_config(tmp_path, CONFIG.replace("[settings]\n", f'[settings]\ndatabase_url = "{url}"\n', 1))
+    hostile = 'Qatar says "talks" on a hostage deal <b onmouseover=x()>made progress</b> & more'
+    store_items(engine, embedder, [(hostile, NOW)])
+    auth.create_user(engine, "alice", PASSWORD)
+    service = Service(ServiceOptions(config_path=path), load_config(path), ManualClock(NOW))
+    service.rt = SimpleNamespace(embedder=embedder)  # type: ignore[assignment]  # the model is loaded
+    try:
+        async with client(service._app()) as c:
+            await login(c)
+            page = await c.get("/admin/topics/hostage-talks")
+            topic = load_config(path).topic("hostage-talks")
+            form = {**forms.form_values(topic, forms.TOPIC_FIELDS), "csrf_token": csrf_of(page.text),
+                    "threshold": "0.05"}  # whatever the markup does to its score, the headline is listed
+            r = await c.post("/admin/topics/hostage-talks/backtest", data=form)
+    finally:
+        service.engine.dispose()
+    assert r.status_code == 200 and 'data-matches="1"' in r.text, r.text
+    # the button carries the headline for the page's script to write into the counterexamples box as text
+    assert ('data-add-to="counterexamples" data-text="Qatar says &#34;talks&#34; on a hostage deal '
+            '&lt;b onmouseover=x()&gt;made progress&lt;/b&gt; &amp; more"') in r.text
+    assert "<b onmouseover" not in r.text

@@ -51,6 +51,27 @@
     timer = setTimeout(run, DEBOUNCE_MS);
   }
 
+  // "near miss" on a listed match: its headline joins the counterexamples (once), and the backtest re-runs, so
+  // the admin sees what the topic loses before saving anything. The headline is read from a data attribute and
+  // written as text, never as HTML.
+  function addLine(button) {
+    var box = document.getElementById("f-" + button.getAttribute("data-add-to"));
+    var text = (button.getAttribute("data-text") || "").trim();
+    if (!box || !text) return;
+    var lines = box.value.split("\n").map(function (l) { return l.trim(); });
+    if (lines.indexOf(text) < 0) {
+      var kept = box.value.replace(/\s+$/, "");
+      box.value = kept ? kept + "\n" + text : text;
+    }
+    button.disabled = true;
+    button.textContent = "added";
+    schedule();
+  }
+
+  target.addEventListener("click", function (e) {
+    var b = e.target && e.target.closest ? e.target.closest("button[data-add-to]") : null;
+    if (b) addLine(b);
+  });
   form.addEventListener("input", schedule);
   form.addEventListener("change", schedule);
   run();
