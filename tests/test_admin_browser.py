@@ -200,9 +200,15 @@ def test_edit_a_topic_see_the_backtest_change_before_saving_then_save(service: d
 
             # Mark the near miss as one, from the backtest's list: its headline joins the counterexamples and,
             # before any save, the backtest drops it and the diff says so.
+            # A match that is one of the topic's own examples offers no button: it says so instead.
+            example = EXAMPLES["examples"][3]
+            expect(stories.locator("li.hit", has_text=example).locator(".own-text")).to_have_text("in the topic")
+            expect(stories.locator("li.hit", has_text=example).locator("button.add-line")).to_have_count(0)
             box = page.locator("#f-counterexamples")
             before_lines = box.input_value().splitlines()
-            stories.locator("li.hit", has_text=NEAR_MISS).locator("button.add-line").click()
+            button = stories.locator("li.hit", has_text=NEAR_MISS).locator("button.add-line")
+            expect(button).to_have_attribute("aria-label", f"near miss: {NEAR_MISS}")
+            button.click()
             assert box.input_value().splitlines() == [*before_lines, NEAR_MISS]
             expect(page.locator("#items-lost")).to_have_text("−1 items", timeout=60_000)
             expect(page.locator("#diff")).to_contain_text(NEAR_MISS)

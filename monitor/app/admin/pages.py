@@ -268,7 +268,8 @@ def routes(ctx: AdminContext, env: jinja2.Environment | None = None) -> list[Bas
                             warnings=warnings, message="", per_day=charts.bars_svg(
                                 [charts.DayCount(day, m, a) for day, m, a in result.per_day(now)],
                                 width=420, height=40, label="matches and alerts per day"),
-                            is_new=topic_id is None, disabled=not edited.enabled)
+                            is_new=topic_id is None, disabled=not edited.enabled,
+                            own_texts={t.strip() for t in (*edited.examples, *edited.counterexamples)})
 
     # --- audit ------------------------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@
       // Matches are final; stories and alerts may still be computing on the server: ask again shortly.
       if (target.querySelector("[data-pending]")) {
         setState("grouping into stories…");
+        if (timer) clearTimeout(timer);
         timer = setTimeout(run, PENDING_POLL_MS);
       }
     }).catch(function () {
@@ -47,6 +48,7 @@
 
   function schedule() {
     if (timer) clearTimeout(timer);
+    seq++;  // an answer still on its way is for the form as it was: drop it
     setState("waiting…");
     timer = setTimeout(run, DEBOUNCE_MS);
   }
@@ -62,6 +64,7 @@
     if (lines.indexOf(text) < 0) {
       var kept = box.value.replace(/\s+$/, "");
       box.value = kept ? kept + "\n" + text : text;
+      box.scrollTop = box.scrollHeight;
     }
     button.disabled = true;
     button.textContent = "added";
