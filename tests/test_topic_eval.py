@@ -17,6 +17,7 @@ from monitor.lab.topic_eval import (
     EvalDataError,
     EvalItem,
     FitOnly,
+    RulingCount,
     Stream,
     calibrate_threshold,
     evaluate,
@@ -25,10 +26,12 @@ from monitor.lab.topic_eval import (
     keyword_baseline,
     merge,
     neighbourhood,
+    parse_checks,
     parse_items,
     parse_labels,
     probabilities,
     protocols,
+    ruling_counts,
     scores,
     shipped,
     topic_pairs,
@@ -291,3 +294,42 @@ def test_protocols_with_story_evidence_never_use_labels_from_the_cutoff_on() -> 
     runs = [protocols(items, topic_pairs(items, lab, vecs, topic_set), none, names=("best", "hinge", "kw"), l2=1.0,
                       near=near) for lab in (labels, flipped)]
     assert runs[0] == runs[1]
+
+
+def test_ruling_counts_by_hand() -> None:
+    checks = parse_checks((FIX / "rulings_check.jsonl").read_text().splitlines())
+    assert [c.ruling for c in checks] == ["R6", "R6", "R6", "R1", "R1", "-"]  # no "ruling": "-"
+    assert checks[2].item.summary == "A cricket triumph." and checks[4].item.summary == ""
+    counts = ruling_counts(checks, {"icc-warrants": {"r1", "r2"}, "doha-talks": {"r4", "zz"}},
+                           ["icc-warrants", "doha-talks"])
+    assert list(counts) == ["-", "R1", "R6"]
+    assert counts["R6"]["icc-warrants"] == RulingCount(positives=1, matched=1, negatives=2, wrongly_matched=1)
+    assert counts["R1"]["doha-talks"] == RulingCount(positives=2, matched=1, negatives=0, wrongly_matched=0)
+    assert counts["R1"]["icc-warrants"] == RulingCount(positives=0, matched=0, negatives=2, wrongly_matched=0)
+    assert counts["-"]["doha-talks"].as_dict() == {"positives": 0, "matched": 0, "negatives": 1,
+                                                   "wrongly_matched": 0}
+    with pytest.raises(EvalDataError, match="checks:2"):
+        parse_checks(['{"id": "a", "title": "x", "labels": {"t": 1}}', '{"id": "b", "title": "y"}'], "checks")
+
+
+def test_eval_rulings_command_reports_each_ruling_beside_the_keyword_baseline(embedder, monkeypatch,  # type: ignore[no-untyped-def]
+                                                                             tmp_path) -> None:
+    monkeypatch.setattr(embed, "load_embedder", lambda settings: embedder)
+    path = str(FIX / "rulings_check.jsonl")
+    result = CliRunner().invoke(main, ["eval", "rulings", path, "--config", str(FIX / "topics_config.toml"),
+                                       "--json", "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output.strip().splitlines()[-1])[path]
+    # icc-warrants: the gates decide (threshold 0): r1 and r2 (Putin) match, r3 is excluded by "cricket".
+    assert out["topics"]["icc-warrants"] == {"precision": 0.5, "recall": 1.0, "f1": 0.6667, "support": 1}
+    # doha-talks matches nothing (threshold 1); its keyword query (Doha AND talks) finds r4 and r5.
+    assert out["macro_f1"] == pytest.approx(0.3333) and out["baseline"]["macro_f1"] == pytest.approx(0.8333)
+    assert out["rulings"]["R1"]["doha-talks"] == {
+        "matcher": {"positives": 2, "matched": 0, "negatives": 0, "wrongly_matched": 0},
+        "keywords": {"positives": 2, "matched": 2, "negatives": 0, "wrongly_matched": 0}}
+    assert out["rulings"]["R6"]["icc-warrants"]["matcher"]["wrongly_matched"] == 1
+    assert "R1       doha-talks" in result.output and "0 of 2 (2)" in result.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "title": "no labels"}\n')
+    failed = CliRunner().invoke(main, ["eval", "rulings", str(bad), "--config", str(FIX / "topics_config.toml")])
+    assert failed.exit_code != 0 and "bad.jsonl:1" in failed.output

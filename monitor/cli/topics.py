@@ -1,4 +1,4 @@
-"""CLI commands: `topics test`, `backtest`, `reembed` and `eval topics`."""
+"""CLI commands: `topics test`, `backtest`, `reembed`, `eval topics` and `eval rulings`."""
 
 from __future__ import annotations
 
@@ -256,11 +256,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         embedder = embed.load_embedder(config.settings)
         topic_set = match.compile_topics(config.enabled_topics, embedder)
         vectors = _item_vectors(embedder, items, cache_dir)
-        verdicts = match.match_texts(list(range(len(items))), [it.text for it in items], vectors, topic_set)
-        predicted: dict[str, set[str]] = {t: set() for t in topic_ids}
-        for v in verdicts:
-            if v.matched:
-                predicted[v.topic_id].add(items[v.item_id].id)
+        predicted = _matched(items, vectors, topic_set)
         result = topic_eval.evaluate(predicted, labels, topic_ids, ids)
         keyword = topic_eval.keyword_baseline(items, config.enabled_topics)
         baseline = topic_eval.evaluate(keyword, labels, topic_ids, ids)
@@ -296,6 +292,69 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                                 "weights": fitted.weights, "bias": fitted.bias}
         if as_json:
             click.echo(json.dumps(result, sort_keys=False))
+
+    @eval_group.command(name="rulings")
+    @click.argument("check_paths", nargs=-1, required=True,
+                    type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  default=None, help="Topics from this file (default: the main configuration).")
+    @click.option("--json", "as_json", is_flag=True, help="Last line of output: one JSON object.")
+    @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help="Keep the items' vectors here (npy, keyed by model and texts) instead of re-encoding.")
+    @pass_ctx
+    def eval_rulings(ctx: CliContext, check_paths: tuple[Path, ...], config_path: Path | None, as_json: bool,
+                     cache_dir: Path | None) -> None:
+        """Does each topic follow its written specification? CHECK_PATHS are invented items written from the
+        topics' guide, each labelled for every topic and tagged with the ruling that decides it
+        (bench/data/topics/rulings_check*.jsonl: id, title, summary, published, labels, ruling). Per file:
+        precision, recall and F1 of the configured matcher (each item's own evidence) and of the keyword
+        baseline, then per ruling the positives matched and the negatives wrongly matched by each. Never
+        fitted or calibrated on: the items are not a sample of news, so read the per-ruling counts, not the
+        F1, as what they measure."""
+        config = load_config(config_path) if config_path else ctx.config
+        if not config.enabled_topics:
+            raise ConfigError("the configuration defines no enabled [[topics]] to check")
+        topic_ids = [t.id for t in config.enabled_topics]
+        embedder = embed.load_embedder(config.settings)
+        topic_set = match.compile_topics(config.enabled_topics, embedder)
+        report: dict[str, object] = {}
+        for path in check_paths:
+            with path.open(encoding="utf-8") as f:
+                checks = topic_eval.parse_checks(f, str(path))
+            if not checks:
+                raise MonitorError(f"{path}: no check items")
+            items = [c.item for c in checks]
+            labels = {c.item.id: c.labels for c in checks}
+            predicted = _matched(items, _item_vectors(embedder, items, cache_dir), topic_set)
+            keyword = topic_eval.keyword_baseline(items, config.enabled_topics)
+            result = topic_eval.evaluate(predicted, labels, topic_ids)
+            baseline = topic_eval.evaluate(keyword, labels, topic_ids)
+            result["baseline"] = baseline
+            ours = topic_eval.ruling_counts(checks, predicted, topic_ids)
+            theirs = topic_eval.ruling_counts(checks, keyword, topic_ids)
+            _print_table(f"{path}: matcher as configured ({len(items)} items, own evidence)", result)
+            _print_table("keyword baseline (each topic's keywords as hard gates)", baseline)
+            click.echo(f"  {'ruling':<8} {'topic':<20} {'positives matched (keywords)':>30} "
+                       f"{'negatives wrongly matched (keywords)':>38}")
+            for ruling, cells in ours.items():
+                for tid, c in cells.items():
+                    k = theirs[ruling][tid]
+                    click.echo(f"  {ruling:<8} {tid:<20} {f'{c.matched} of {c.positives} ({k.matched})':>30} "
+                               f"{f'{c.wrongly_matched} of {c.negatives} ({k.wrongly_matched})':>38}")
+            result["rulings"] = {r: {t: {"matcher": c.as_dict(), "keywords": theirs[r][t].as_dict()}
+                                     for t, c in cells.items()} for r, cells in ours.items()}
+            report[str(path)] = result
+        if as_json:
+            click.echo(json.dumps(report))
+
+    def _matched(items: list[topic_eval.EvalItem], vectors: np.ndarray, topic_set: match.TopicSet
+                 ) -> dict[str, set[str]]:
+        """Topic id -> ids of the items the compiled topics match (own evidence)."""
+        predicted: dict[str, set[str]] = {t.id: set() for t in topic_set.topics}
+        for v in match.match_texts(list(range(len(items))), [it.text for it in items], vectors, topic_set):
+            if v.matched:
+                predicted[v.topic_id].add(items[v.item_id].id)
+        return predicted
 
     def _neighbourhood(embedder: embed.Embedder, items: list[topic_eval.EvalItem], vectors: np.ndarray,
                        topic_set: match.TopicSet, stream_file: Path, stream_from: str,

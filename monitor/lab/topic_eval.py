@@ -406,3 +406,67 @@ def shipped(items: Sequence[EvalItem], pairs: Sequence[TopicPairs], baseline: Ma
                               for p in pairs})
     res["items"] = int(mask.sum())
     return res
+
+
+# Specification checks (`monitor eval rulings`): invented items written from a topic guide's rulings, each
+# labelled for every topic and tagged with the ruling that decides it (bench/data/topics/rulings_check*.jsonl).
+# They test whether the topics follow the written specification on the cases it was written for; they are not
+# a sample of news (their share of positives is chosen by the writer), so they are reported per ruling, as
+# positives matched and negatives wrongly matched, never fitted or calibrated on.
+
+@dataclass(frozen=True, slots=True)
+class CheckItem:
+    item: EvalItem
+    labels: dict[str, int]
+    ruling: str
+
+
+def parse_checks(lines: Iterable[str], source: str = "checks") -> list[CheckItem]:
+    """Rows `{id, title, summary, published, labels: {topic: 0|1}, ruling}` (summary and ruling optional)."""
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            item = EvalItem(id=str(d["id"]), date=str(d.get("published", "")), feed="",
+                            title=clean_text(str(d["title"]), MAX_TITLE_CHARS),
+                            summary=clean_text(str(d.get("summary") or ""), MAX_SUMMARY_CHARS))
+            labels = {str(k): int(v) for k, v in d["labels"].items()}
+            out.append(CheckItem(item=item, labels=labels, ruling=str(d.get("ruling") or "-")))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise EvalDataError(f"{source}:{n}: not a check line (needs JSON with id, title and labels "
+                                f"{{topic: 0|1}}): {e}") from None
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RulingCount:
+    """One (ruling, topic) cell: gold positives and how many were matched; gold negatives and how many were
+    matched anyway."""
+    positives: int = 0
+    matched: int = 0
+    negatives: int = 0
+    wrongly_matched: int = 0
+
+    def add(self, gold: int, hit: bool) -> RulingCount:
+        if gold:
+            return RulingCount(self.positives + 1, self.matched + hit, self.negatives, self.wrongly_matched)
+        return RulingCount(self.positives, self.matched, self.negatives + 1, self.wrongly_matched + hit)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"positives": self.positives, "matched": self.matched, "negatives": self.negatives,
+                "wrongly_matched": self.wrongly_matched}
+
+
+def ruling_counts(checks: Sequence[CheckItem], predicted: Mapping[str, set[str]],
+                  topic_ids: Sequence[str]) -> dict[str, dict[str, RulingCount]]:
+    """Per ruling (sorted by name), per topic labelled there: positives matched and negatives
+    wrongly matched by `predicted` (topic -> matched item ids)."""
+    out: dict[str, dict[str, RulingCount]] = {}
+    for c in checks:
+        cells = out.setdefault(c.ruling, {})
+        for t in topic_ids:
+            if t in c.labels:
+                cells[t] = cells.get(t, RulingCount()).add(c.labels[t], c.item.id in predicted.get(t, set()))
+    return dict(sorted(out.items()))
