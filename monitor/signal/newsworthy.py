@@ -247,20 +247,22 @@ class AlertModel:
 # around each item), and the 987 labels of five analog topics of 2023-03..11 (bench/data/analogs: a prisoner swap,
 # a grain deal's extensions and collapse, truces in Sudan, a court's arrest warrant), matched by their own topics
 # on their own evidence (which of them match depends on the matcher: refit after changing it): the development
-# model on the 994 candidates the topics matched (325 + 675, less 6 items labelled in both files: the population
+# model on the candidates the topics matched (304 + 675, less the items labelled in both files: the population
 # it judges), the same-development model on every pair of reports the rule does not already tell apart; l2 = 5.
 # The threshold is the one with the best lower development F1 of the two cross-topic folds' measured halves
-# (monitor.lab.alert_eval): not blind, but not the replay's figure.
+# (monitor.lab.alert_eval): not blind, but not the replay's figure. Refitted in session 6 after the topics changed
+# (325 -> 304 matched): the development weights moved by at most 0.05, the threshold stayed 0.35, the in-sample
+# replay went from 68 / 109 right, 61 / 74 key developments (the old weights on the new topics) to 65 / 108, 58 / 74.
 SHIPPED_ALERT_MODEL = AlertModel(
     development=Logistic(
         names=DEVELOPMENT_FEATURES,
-        mean=(0.098592, 0.198189, 0.133803, 0.203219, 0.088531, 0.088531, 0.395372, 0.276154, 0.028169, 0.337022,
-              0.094567, 0.097586),
-        scale=(0.298113, 0.398635, 0.34044, 0.402394, 0.284066, 0.284066, 0.48893, 0.174893, 0.165455, 0.472693,
-               0.292616, 0.296753),
-        weights=(-0.116233, 0.330726, 0.391034, 0.416082, 0.189118, 0.014639, -0.036896, 0.742255, -0.357007,
-                 0.14454, 0.211111, -0.793956),
-        bias=-0.046526),
+        mean=(0.098664, 0.195272, 0.130524, 0.204522, 0.090442, 0.089414, 0.397739, 0.285168, 0.026721, 0.336074,
+              0.096608, 0.098664),
+        scale=(0.29821, 0.39641, 0.336879, 0.403352, 0.286814, 0.285341, 0.489431, 0.184224, 0.161268, 0.472365,
+               0.295424, 0.29821),
+        weights=(-0.098441, 0.305816, 0.438505, 0.405652, 0.168114, 0.007169, -0.075518, 0.728056, -0.326167,
+                 0.141698, 0.215402, -0.795855),
+        bias=-0.019341),
     same=Logistic(
         names=SAME_FEATURES,
         mean=(0.6226, 3.700871, 0.228204, 0.219997, 0.126964, 0.033653, 0.055069, 0.080935, 0.13025, 0.02962),
