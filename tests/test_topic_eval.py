@@ -20,6 +20,7 @@ from monitor.lab.topic_eval import (
     RulingCount,
     Stream,
     calibrate_threshold,
+    checked_topics,
     evaluate,
     fit_only_pairs,
     item_time,
@@ -310,6 +311,9 @@ def test_ruling_counts_by_hand() -> None:
                                                    "wrongly_matched": 0}
     with pytest.raises(EvalDataError, match="checks:2"):
         parse_checks(['{"id": "a", "title": "x", "labels": {"t": 1}}', '{"id": "b", "title": "y"}'], "checks")
+    with pytest.raises(EvalDataError, match="checks:1.*not 0 or 1"):
+        parse_checks(['{"id": "a", "title": "x", "labels": {"t": 2}}'], "checks")
+    assert checked_topics(checks, ["doha-talks", "other", "icc-warrants"]) == (["doha-talks", "icc-warrants"], [])
 
 
 def test_eval_rulings_command_reports_each_ruling_beside_the_keyword_baseline(embedder, monkeypatch,  # type: ignore[no-untyped-def]
@@ -329,6 +333,19 @@ def test_eval_rulings_command_reports_each_ruling_beside_the_keyword_baseline(em
         "keywords": {"positives": 2, "matched": 2, "negatives": 0, "wrongly_matched": 0}}
     assert out["rulings"]["R6"]["icc-warrants"]["matcher"]["wrongly_matched"] == 1
     assert "R1       doha-talks" in result.output and "0 of 2 (2)" in result.output
+    # a configured topic the file does not label is not measured (it would count every item as a negative),
+    # and a labelled topic that is not configured is named
+    only_icc = tmp_path / "only_icc.jsonl"
+    only_icc.write_text("".join(json.dumps({**json.loads(line), "labels": {"icc-warrants": json.loads(line)["labels"]
+                                            ["icc-warrants"], "icc-warant": 0}}) + "\n"
+                                for line in (FIX / "rulings_check.jsonl").read_text().splitlines()))
+    one = CliRunner().invoke(main, ["eval", "rulings", str(only_icc), "--config", str(FIX / "topics_config.toml"),
+                                    "--json", "--cache-dir", str(tmp_path)])
+    assert one.exit_code == 0, one.output
+    measured = json.loads(one.output.strip().splitlines()[-1])[str(only_icc)]
+    assert list(measured["topics"]) == ["icc-warrants"] and measured["macro_f1"] == pytest.approx(0.6667)
+    assert measured["not_measured"] == {"not_labelled": ["doha-talks"], "not_configured": ["icc-warant"]}
+    assert "configured, not labelled here: doha-talks" in one.output and "icc-warant" in one.output
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "title": "no labels"}\n')
     failed = CliRunner().invoke(main, ["eval", "rulings", str(bad), "--config", str(FIX / "topics_config.toml")])

@@ -293,7 +293,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         if as_json:
             click.echo(json.dumps(result, sort_keys=False))
 
-    @eval_group.command(name="rulings")
+    @eval_group.command(name="rulings", short_help="Per ruling of the topics' guide: what the topics match.")
     @click.argument("check_paths", nargs=-1, required=True,
                     type=click.Path(exists=True, dir_okay=False, path_type=Path))
     @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -304,17 +304,18 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @pass_ctx
     def eval_rulings(ctx: CliContext, check_paths: tuple[Path, ...], config_path: Path | None, as_json: bool,
                      cache_dir: Path | None) -> None:
-        """Does each topic follow its written specification? CHECK_PATHS are invented items written from the
-        topics' guide, each labelled for every topic and tagged with the ruling that decides it
-        (bench/data/topics/rulings_check*.jsonl: id, title, summary, published, labels, ruling). Per file:
-        precision, recall and F1 of the configured matcher (each item's own evidence) and of the keyword
-        baseline, then per ruling the positives matched and the negatives wrongly matched by each. Never
-        fitted or calibrated on: the items are not a sample of news, so read the per-ruling counts, not the
-        F1, as what they measure."""
+        """Check the topics against their written specification, ruling by ruling. CHECK_PATHS are JSONL files
+        of items written from the topics' guide (bench/data/topics/rulings_check*.jsonl), one per line:
+        id, title, summary, published, labels {topic: 0|1}, ruling (any tag: "R1".."R6", "def" for the
+        guide's definitions; "-" when absent). Per file: precision, recall and F1 of the configured matcher
+        (each item's own evidence) and of the topics' keyword query, then per ruling and topic the positives
+        matched and the negatives wrongly matched by each. Only the configured topics the file labels are
+        measured (the others are named). Never fitted or calibrated on: the items are not a sample of news,
+        so the per-ruling counts, not the F1, are what they measure."""
         config = load_config(config_path) if config_path else ctx.config
         if not config.enabled_topics:
             raise ConfigError("the configuration defines no enabled [[topics]] to check")
-        topic_ids = [t.id for t in config.enabled_topics]
+        configured = [t.id for t in config.enabled_topics]
         embedder = embed.load_embedder(config.settings)
         topic_set = match.compile_topics(config.enabled_topics, embedder)
         report: dict[str, object] = {}
@@ -323,6 +324,16 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                 checks = topic_eval.parse_checks(f, str(path))
             if not checks:
                 raise MonitorError(f"{path}: no check items")
+            topic_ids, unknown = topic_eval.checked_topics(checks, configured)
+            if not topic_ids:
+                raise MonitorError(f"{path}: labels none of the enabled topics ({', '.join(configured)}); "
+                                   "its labels name " + (", ".join(unknown) or "no topic"))
+            skipped = [t for t in configured if t not in topic_ids]
+            if skipped or unknown:
+                click.echo(f"{path}: not measured: " + "; ".join(
+                    part for part in (f"configured, not labelled here: {', '.join(skipped)}" if skipped else "",
+                                      f"labelled, not an enabled topic: {', '.join(unknown)}" if unknown else "")
+                    if part))
             items = [c.item for c in checks]
             labels = {c.item.id: c.labels for c in checks}
             predicted = _matched(items, _item_vectors(embedder, items, cache_dir), topic_set)
@@ -343,6 +354,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                                f"{f'{c.wrongly_matched} of {c.negatives} ({k.wrongly_matched})':>38}")
             result["rulings"] = {r: {t: {"matcher": c.as_dict(), "keywords": theirs[r][t].as_dict()}
                                      for t, c in cells.items()} for r, cells in ours.items()}
+            result["not_measured"] = {"not_labelled": skipped, "not_configured": unknown}
             report[str(path)] = result
         if as_json:
             click.echo(json.dumps(report))

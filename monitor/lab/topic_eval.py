@@ -433,11 +433,20 @@ def parse_checks(lines: Iterable[str], source: str = "checks") -> list[CheckItem
                             title=clean_text(str(d["title"]), MAX_TITLE_CHARS),
                             summary=clean_text(str(d.get("summary") or ""), MAX_SUMMARY_CHARS))
             labels = {str(k): int(v) for k, v in d["labels"].items()}
+            if any(v not in (0, 1) for v in d["labels"].values()):
+                raise ValueError("a label is not 0 or 1")
             out.append(CheckItem(item=item, labels=labels, ruling=str(d.get("ruling") or "-")))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise EvalDataError(f"{source}:{n}: not a check line (needs JSON with id, title and labels "
                                 f"{{topic: 0|1}}): {e}") from None
     return out
+
+
+def checked_topics(checks: Sequence[CheckItem], configured: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(configured topics some check item labels, in configuration order; labelled topics not configured):
+    a configured topic the file never labels is not measured (scoring it would count every item as a negative)."""
+    labelled = {t for c in checks for t in c.labels}
+    return [t for t in configured if t in labelled], sorted(labelled - set(configured))
 
 
 @dataclass(frozen=True, slots=True)
