@@ -77,16 +77,21 @@ class Scores:
                 "f1": round(self.f1, 4), "support": self.support}
 
 
+def _item(d: Mapping[str, object], date_key: str) -> EvalItem:
+    """An item from one JSON row (`id`, `title`, optional `summary` and `feed`), its date read from `date_key`;
+    texts cleaned as the service cleans them."""
+    return EvalItem(id=str(d["id"]), date=str(d.get(date_key, "")), feed=str(d.get("feed", "")),
+                    title=clean_text(str(d["title"]), MAX_TITLE_CHARS),
+                    summary=clean_text(str(d.get("summary") or ""), MAX_SUMMARY_CHARS))
+
+
 def parse_items(lines: Iterable[str], source: str = "items") -> list[EvalItem]:
     out = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            d = json.loads(line)
-            out.append(EvalItem(id=str(d["id"]), date=str(d.get("date", "")), feed=str(d.get("feed", "")),
-                                title=clean_text(str(d["title"]), MAX_TITLE_CHARS),
-                                summary=clean_text(str(d.get("summary") or ""), MAX_SUMMARY_CHARS)))
+            out.append(_item(json.loads(line), "date"))
         except (ValueError, KeyError, TypeError) as e:
             raise EvalDataError(f"{source}:{n}: not an item line (needs JSON with id and title): {e}") from None
     return out
@@ -429,9 +434,7 @@ def parse_checks(lines: Iterable[str], source: str = "checks") -> list[CheckItem
             continue
         try:
             d = json.loads(line)
-            item = EvalItem(id=str(d["id"]), date=str(d.get("published", "")), feed="",
-                            title=clean_text(str(d["title"]), MAX_TITLE_CHARS),
-                            summary=clean_text(str(d.get("summary") or ""), MAX_SUMMARY_CHARS))
+            item = _item(d, "published")
             labels = {str(k): int(v) for k, v in d["labels"].items()}
             if any(v not in (0, 1) for v in d["labels"].values()):
                 raise ValueError("a label is not 0 or 1")
