@@ -52,6 +52,8 @@ from monitor.storage.tables import Item, ItemVector, Match
 # topics. Nothing in it names a topic. The features (margin, kw), the penalty (l2 = 10) and the label-free
 # quantile (0.10) were chosen on the 1,505 dev items before the extra labels existed; the extra set then
 # measured that choice (it stayed the best of the seven feature sets tried, docs/topic-relevance.md).
+# Refitted whenever the shipped topics' texts change (their features change): last in session 6, with feeds.toml's
+# R1/R2 examples and keywords.
 SHIPPED_COMBINER = Combiner(
     names=("margin", "kw"),
     mean=(0.259719, -0.119822),
