@@ -14,6 +14,12 @@ and `monitor.signal.novelty.cluster`. Speed comes from three caches held by `Bac
 `match.raw_scores` (one matrix product) picks the candidates that can reach the threshold on their own evidence;
 `match_texts` then gives each candidate its exact verdict and reason, so the backtest says what the matcher says.
 
+Closest misses (`Result.misses`): the items scoring highest below the threshold, with the matcher's exact score
+and reason, for an admin to find on-topic items the topic does not reach yet (the editor's *example* button).
+The candidates that did not match are scored exactly already; the other items are scored exactly, own evidence
+and lift, in falling order of an upper bound of their score (the prefilter's bound, raised by the most a close
+lender could lift it) until no item left can score above the K-th miss found: usually a few hundred rows.
+
 Story-level evidence is counted as the service counts it (`relevance.neighbour_lift`, through `match_texts`'
 `times` / `recent`): an item's lenders are the window's items published strictly earlier, within 72 h, that are
 on the topic by their own evidence, so the backtest lists what `match.match_items(window, ...,
@@ -26,6 +32,7 @@ lenders themselves come from an own-evidence pass over the prefiltered items.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
 import threading
@@ -75,6 +82,11 @@ _VERDICT_CHUNK = 512
 _IDS_PER_QUERY = 500
 # Topics whose last lenders are remembered (`_LiftState`).
 LIFT_STATES = 4
+# Closest misses listed per backtest (`Result.misses`), and rows scored per step while looking for them.
+CLOSEST_MISSES = 20
+_MISS_STEP = 256
+# A score is rounded to 4 decimals: a row whose bound is this much under the K-th miss's score cannot pass it.
+_MISS_MARGIN = 5e-5
 # Story computations are kept going for the versions asked for most recently (several admins, or the saved
 # and the edited version of one topic); older ones are abandoned.
 WANTED_VERSIONS = 6
@@ -297,6 +309,35 @@ def _logit(p: np.ndarray | float) -> np.ndarray:
     return np.log(q / (1 - q))
 
 
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _miss_hits(corpus: Corpus, compiled: match.CompiledTopic, missed: list[tuple[int, match.TopicMatch]]
+               ) -> tuple[Hit, ...]:
+    """Closest misses as hits, each with its `shortfall` in words (`match.score_topic`'s features of the row:
+    the same the matcher's reason is made from)."""
+    if not missed:
+        return ()
+    rows = [r for r, _v in missed]
+    texts = [corpus.items[r].text for r in rows]
+    _prob, sc, ev = match.score_topic(compiled, texts, corpus.vectors[rows])
+    hinge, best, counter = sc.column("hinge"), sc.column("best"), sc.counter_idx
+    out = []
+    for i, (r, v) in enumerate(missed):
+        why = []
+        absent = [name for name, pattern in zip(compiled.gate.names, compiled.gate.groups, strict=True)
+                  if pattern.search(texts[i]) is None]
+        if absent:
+            why.append("no keyword of " + " or ".join(absent))
+        if counter[i] >= 0 and hinge[i] > 0:
+            why.append(f"closer to counterexample {_short(compiled.counter_texts[counter[i]])!r}")
+        if not why:
+            why.append(f"not close enough to the examples (nearest {float(best[i]):.2f})")
+        out.append(Hit(corpus.items[r], v.score, v.reason, shortfall="; ".join(why)))
+    return tuple(out)
+
+
 def _stack(blobs: list[bytes], dim: int) -> np.ndarray:
     if not blobs:
         return np.zeros((0, dim), dtype=np.float32)
@@ -312,6 +353,9 @@ class Hit:
     decision: str | None = None  # new_story | update | repeat
     why: str = ""  # novelty's reason
     what_is_new: str | None = None
+    # a closest miss only (`Result.misses`): why it fell short, in words (keyword groups without a hit, a closer
+    # counterexample, or too far from every example); the matcher's full reason is `reason`
+    shortfall: str = ""
 
     @property
     def alert(self) -> bool:
@@ -340,6 +384,9 @@ class Result:
     stories: tuple[StoryGroup, ...]  # newest story first; empty while pending
     seconds: float
     pending: bool = False  # matches are final; stories and alerts still being computed
+    # the items scoring highest below the threshold (keyword vetoes left out), highest first, at most
+    # `CLOSEST_MISSES`; exact scores and reasons as for `hits`, never stories (they do not match)
+    misses: tuple[Hit, ...] = ()
 
     @property
     def alerts(self) -> int:
@@ -406,6 +453,7 @@ class Scored:
     hits: tuple[Hit, ...]  # without story fields
     vectors: np.ndarray  # (len(hits), dim)
     seconds: float
+    misses: tuple[Hit, ...] = ()  # `Result.misses`
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,8 +486,9 @@ class Backtester:
     computation for a version the admin has typed past is abandoned."""
 
     def __init__(self, engine: Engine, embedder: Embedder, settings: Settings, *, refresh_s: float = REFRESH_S,
-                 monotonic=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+                 monotonic=time.monotonic, closest_misses: int = CLOSEST_MISSES) -> None:  # type: ignore[no-untyped-def]
         self.engine = engine
+        self.closest_misses = closest_misses  # 0: none (`Result.misses` empty)
         self.encoder = CachedEncoder(embedder)
         self.params = params_for(settings)
         self.refresh_s = refresh_s
@@ -556,13 +605,14 @@ class Backtester:
         topic_set = replace(topic_set, topics=(compiled,))
         hits: list[Hit] = []
         rows: list[int] = []
-        for i, v in self._verdicts(corpus, compiled, topic_set):
+        verdicts, missed = self._verdicts(corpus, compiled, topic_set, misses=self.closest_misses if keep else 0)
+        for i, v in verdicts:
             if v.matched:
                 hits.append(Hit(corpus.items[i], v.score, v.reason))
                 rows.append(i)
         scored = Scored(key, topic, compiled.threshold, compiled.threshold_source, corpus.size, tuple(hits),
                         corpus.vectors[rows] if rows else np.zeros((0, self.encoder.dim), np.float32),
-                        time.perf_counter() - started)
+                        time.perf_counter() - started, _miss_hits(corpus, compiled, missed))
         if keep:
             with self._lock:
                 self._scored[key] = scored
@@ -570,11 +620,11 @@ class Backtester:
                     self._scored.popitem(last=False)
         return scored
 
-    def _verdicts(self, corpus: Corpus, compiled: match.CompiledTopic, topic_set: match.TopicSet
-                  ) -> list[tuple[int, match.TopicMatch]]:
+    def _verdicts(self, corpus: Corpus, compiled: match.CompiledTopic, topic_set: match.TopicSet, *, misses: int = 0
+                  ) -> tuple[list[tuple[int, match.TopicMatch]], list[tuple[int, match.TopicMatch]]]:
         """(window row, the matcher's verdict) for every row that can match, in published order: what
         `match.match_items(window, vectors, topic_set, match.Recent.empty(dim))` says of them (the rows left
-        out cannot match).
+        out cannot match); and the `misses` rows scoring highest below the threshold (`_closest_misses`).
 
         1. `raw_scores` bounds each row's own score from above: the rows that can reach the threshold on their
            own evidence; their own log-odds (`match.own_logits`) tell the lenders (on topic on their own).
@@ -587,7 +637,7 @@ class Backtester:
            chunk's lenders from step 3: each row's pool holds the lender that lifts it most, and only rows of
            the window, so the lift, the verdict and the reason are the matcher's own."""
         if not corpus.size:
-            return []
+            return [], []
         bound = match.raw_scores(corpus.vectors, compiled.prototypes, compiled.counters, compiled.combiner)[0]
         near = bound >= compiled.threshold - _ROUNDING_MARGIN
         cand = np.flatnonzero(near)
@@ -595,6 +645,7 @@ class Backtester:
         own = np.full(corpus.size, np.nan)
         own[cand] = match.own_logits(compiled, [corpus.items[i].text for i in cand], corpus.vectors[cand])
         lenders = cand[own[cand] >= floor]
+        rows, cos = np.zeros(0, np.int32), np.zeros(0, np.float16)
         if lenders.size:
             rows, cos = corpus.neighbours.close_to(corpus, lenders)
             u = _logit(bound)
@@ -619,7 +670,87 @@ class Backtester:
                                          topic_set, times=corpus.times[batch], recent=None)
             wanted = np.isin(batch, chunk)
             out += [(int(r), v) for r, v, w in zip(batch, verdicts, wanted, strict=True) if w]
-        return out
+        if misses <= 0:
+            return out, []
+        return out, self._closest_misses(corpus, compiled, topic_set, misses, out, bound, own, lenders, rows, cos)
+
+    def _closest_misses(self, corpus: Corpus, compiled: match.CompiledTopic, topic_set: match.TopicSet, k: int,
+                        verdicts: list[tuple[int, match.TopicMatch]], bound: np.ndarray, own: np.ndarray,
+                        lenders: np.ndarray, rows: np.ndarray, cos: np.ndarray) -> list[tuple[int, match.TopicMatch]]:
+        """The `k` rows scoring highest below the threshold, highest first (ties: the newer first), with the
+        matcher's verdicts: what `match.match_items` over the window says of them. Rows ruled out by a keyword
+        veto (own log-odds -inf) are left out. `verdicts` are the candidates' (exact); `bound` the prefilter's
+        score bound of every row, `own` the own log-odds computed so far (NaN elsewhere; updated here), `lenders`
+        the rows that may lend and (`rows`, `cos`) every row close after one of them (`LenderNeighbours`).
+
+        Every other row is scored in falling order of an upper bound of its log-odds: the prefilter's bound
+        `u`, or for a row close to a lender `u + share * w(cos) * (l - u)` with `l` the best lender's own
+        log-odds (the lift grows with the row's own log-odds, so `u` bounds it too). Scoring stops when no row
+        left can reach the K-th miss found (to the 4 decimals a score is rounded to)."""
+        threshold = compiled.threshold
+        theta = float(_logit(threshold))
+        found: dict[int, tuple[float, match.TopicMatch | None]] = {
+            r: (v.score, v) for r, v in verdicts if not v.matched and v.score < threshold}
+        ub = _logit(bound)
+        true_lenders = lenders[own[lenders] >= theta] if lenders.size else lenders
+        close = np.zeros(corpus.size, dtype=bool)
+        if true_lenders.size and rows.size:
+            w = np.clip((cos.astype(np.float64) + _COS_SLACK - relevance.NEIGHBOUR_MIN_COS)
+                        / (1 - relevance.NEIGHBOUR_MIN_COS), 0.0, 1.0)
+            top = float(own[true_lenders].max())
+            raised = ub[rows] + relevance.NEIGHBOUR_SHARE * w * np.maximum(top - ub[rows], 0.0)
+            np.maximum.at(ub, rows, raised)
+            close[rows] = True
+        scored = np.zeros(corpus.size, dtype=bool)
+        scored[[r for r, _v in verdicts]] = True
+        rest = np.flatnonzero(~scored & ~np.isneginf(own))
+        rest = rest[np.argsort(-ub[rest], kind="stable")]
+
+        def kth() -> float:  # the K-th best score found (rounded), -inf while fewer than K
+            if len(found) < k:
+                return -np.inf
+            return heapq.nlargest(k, (s for s, _v in found.values()))[-1]
+
+        for lo in range(0, rest.size, _MISS_STEP):
+            floor = kth()
+            if np.isfinite(floor) and ub[rest[lo]] < _logit(max(floor - _MISS_MARGIN, 1e-12)):
+                break
+            step = np.sort(rest[lo:lo + _MISS_STEP])
+            todo = step[np.isnan(own[step])]
+            if todo.size:
+                own[todo] = match.own_logits(compiled, [corpus.items[i].text for i in todo], corpus.vectors[todo])
+            step = step[np.isfinite(own[step])]
+            logit = own[step].copy()
+            near = step[close[step]]
+            if near.size and true_lenders.size:
+                pool = _before(corpus, true_lenders, near)
+                if pool.size:
+                    lift = relevance.neighbour_lift(
+                        corpus.vectors[near], corpus.times[near], own[near],
+                        relevance.Neighbours(corpus.vectors[pool], own[pool], corpus.times[pool]), threshold_logit=theta)
+                    logit[np.searchsorted(step, near)] += lift.logits
+            for r, x in zip(step.tolist(), logit.tolist(), strict=True):
+                p = round(float(relevance.sigmoid(np.float64(x))), 4)
+                if p < threshold:
+                    found[r] = (p, None)
+        best = sorted(found, key=lambda r: (-found[r][0], -r))[:k]
+        # The rows scored here get the matcher's own verdicts (with their lenders in the batch, as `_verdicts`).
+        fresh = np.array(sorted(r for r in best if found[r][1] is None), dtype=np.int64)
+        if fresh.size:
+            source = np.full(corpus.size, -1, dtype=np.int64)
+            need = fresh[close[fresh]]
+            if need.size and true_lenders.size:
+                self._lend(corpus, need, own, theta, source, lambda part: _before(corpus, true_lenders, part))
+            batch = np.union1d(fresh, source[fresh][source[fresh] >= 0])
+            items = [corpus.items[i] for i in batch]
+            got = match.match_texts([it.id for it in items], [it.text for it in items], corpus.vectors[batch],
+                                    topic_set, times=corpus.times[batch], recent=None)
+            for r, v in zip(batch.tolist(), got, strict=True):
+                if r in found and found[r][1] is None:
+                    found[r] = (v.score, v)
+        out = [(r, found[r][1]) for r in best]
+        out = [(r, v) for r, v in out if v is not None and not v.matched]
+        return sorted(out, key=lambda rv: (-rv[1].score, -rv[0]))
 
     def _sources(self, corpus: Corpus, compiled: match.CompiledTopic, cand: np.ndarray, own: np.ndarray
                  ) -> np.ndarray:
@@ -746,14 +877,14 @@ class Backtester:
     def _result(self, scored: Scored, hits: tuple[Hit, ...] | None, days: int, seconds: float) -> Result:
         if hits is None:
             return Result(scored.topic.id, scored.threshold, scored.threshold_source, days, scored.scanned,
-                          scored.hits, (), seconds, pending=True)
+                          scored.hits, (), seconds, pending=True, misses=scored.misses)
         groups: dict[int, list[Hit]] = {}
         for h in hits:
             groups.setdefault(h.story_key or 0, []).append(h)
         stories = sorted((StoryGroup(k, g[0].item.title, tuple(g)) for k, g in groups.items()),
                          key=lambda sg: sg.hits[-1].item.published_at, reverse=True)
         return Result(scored.topic.id, scored.threshold, scored.threshold_source, days, scored.scanned, hits,
-                      tuple(stories), seconds)
+                      tuple(stories), seconds, misses=scored.misses)
 
     def compare(self, edited: TopicConfig, saved: TopicConfig | None, *, days: int = DEFAULT_DAYS,
                 now: datetime, wait_s: float = 0.5) -> tuple[Result, Result | None, Diff]:
