@@ -107,6 +107,21 @@ class HitOut(BaseModel):
     why: str
 
 
+class MissOut(BaseModel):
+    """A closest miss: an item scoring below the threshold, as the matcher scored it (story-level evidence
+    included, as for the matches)."""
+
+    item_id: int
+    title: str
+    outlet: str
+    link: str | None
+    published_at: str
+    score: float = Field(description="Below the threshold (exact, rounded as for the matches).")
+    reason: str = Field(description="The matcher's reason, as for the matches.")
+    shortfall: str = Field(description="Why it fell short, in words: keyword groups without a hit, a closer "
+                                       "counterexample, or too far from every example.")
+
+
 class BacktestIn(BaseModel):
     topic: TopicDoc
     days: int = Field(backtest.DEFAULT_DAYS, ge=1, le=90, description="How many days back.")
@@ -127,6 +142,10 @@ class BacktestOut(BaseModel):
     alerts_gained: list[int]
     alerts_lost: list[int]
     hits: list[HitOut]
+    closest_misses: list[MissOut] = Field(description=f"The items scoring highest below the threshold, highest "
+                                                      f"first, at most {backtest.CLOSEST_MISSES} (items ruled "
+                                                      "out by an exclude keyword are left out): candidates for "
+                                                      "the topic's examples.")
     pending: bool = Field(description="True when the stories and alerts took too long and are not included.")
     seconds: float
     warnings: list[str] = Field(default_factory=list, description=_WARNINGS)
@@ -136,6 +155,12 @@ def _hit(h: backtest.Hit) -> HitOut:
     return HitOut(item_id=h.item.id, title=h.item.title, outlet=h.item.outlet, link=h.item.link,
                   published_at=h.item.published_at.isoformat(), score=h.score, reason=h.reason, story=h.story_key,
                   decision=h.decision, why=h.why)
+
+
+def _miss(h: backtest.Hit) -> MissOut:
+    return MissOut(item_id=h.item.id, title=h.item.title, outlet=h.item.outlet, link=h.item.link,
+                   published_at=h.item.published_at.isoformat(), score=h.score, reason=h.reason,
+                   shortfall=h.shortfall)
 
 
 def create_api(ctx: AdminContext) -> FastAPI:
@@ -256,7 +281,8 @@ def create_api(ctx: AdminContext) -> FastAPI:
             saved_matches=len(saved.hits) if saved else None, saved_alerts=saved.alerts if saved else None,
             items_gained=[_hit(h) for h in d.gained], items_lost=[_hit(h) for h in d.lost],
             alerts_gained=[h.item.id for h in d.alerts_gained], alerts_lost=[h.item.id for h in d.alerts_lost],
-            hits=[_hit(h) for h in result.hits], pending=result.pending, seconds=round(result.seconds, 4),
+            hits=[_hit(h) for h in result.hits], closest_misses=[_miss(h) for h in result.misses],
+            pending=result.pending, seconds=round(result.seconds, 4),
             warnings=match.example_warnings(topic))
 
     @api.get(f"{API_PREFIX}/feeds", response_model=list[FeedConfig], tags=["feeds"])
