@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -237,20 +238,10 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         config = load_config(config_path) if config_path else ctx.config
         if not config.enabled_topics:  # a disabled topic matches nothing in service: not evaluated
             raise ConfigError("the configuration defines no enabled [[topics]] to evaluate")
-        if len(items_paths) != len(labels_paths):
-            raise click.UsageError("give one --labels file per --items file, in the same order")
         if analogs_files and not calibrate:
             raise click.UsageError("--analogs adds labels to the combiner's fits, which only --calibrate makes; "
                                    "add --calibrate")
-        parts = []
-        for ip, lp in zip(items_paths, labels_paths, strict=True):
-            with ip.open(encoding="utf-8") as f:
-                its = topic_eval.parse_items(f, str(ip))
-            with lp.open(encoding="utf-8") as f:
-                parts.append((its, topic_eval.parse_labels(f, str(lp))))
-        items, labels = topic_eval.merge(parts)
-        if not items:
-            raise MonitorError("no item of the --items files has a label in the --labels files")
+        items, labels = _read_labelled(items_paths, labels_paths)
         ids = {it.id for it in items}
         topic_ids = [t.id for t in config.enabled_topics]
         embedder = embed.load_embedder(config.settings)
@@ -359,6 +350,106 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         if as_json:
             click.echo(json.dumps(report))
 
+    @eval_group.command(name="editor", short_help="Simulate an admin improving topics in the topic editor.")
+    @click.option("--items", "items_paths", required=True, multiple=True,
+                  type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="Items JSONL (id, date, feed, title, summary); repeat for several files.")
+    @click.option("--labels", "labels_paths", required=True, multiple=True,
+                  type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="Labels JSONL (id, labels: {topic: 0|1}); one per --items, in the same order.")
+    @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  default=None, help="Topics from this file (default: the main configuration).")
+    @click.option("--split-date", default=topic_eval.SPLIT_DAY, show_default=True,
+                  help="The admin reads items before this day; the topics are measured on the items from it.")
+    @click.option("--rounds", default=6, show_default=True, type=click.IntRange(0, 50),
+                  help="Rounds of reading (round 0 is the topic as written).")
+    @click.option("--matches-read", default=10, show_default=True, type=click.IntRange(0, 1000),
+                  help="Listed matches read per round (the newest first, as the editor lists them).")
+    @click.option("--misses-read", default=10, show_default=True, type=click.IntRange(0, 1000),
+                  help="Closest misses read per round (the highest scores below the threshold first).")
+    @click.option("--weakest-first", is_flag=True,
+                  help="Read the lowest-scoring matches first instead of the newest (the hardest cases).")
+    @click.option("--features", default=",".join(match.SHIPPED_COMBINER.names), show_default=True,
+                  help="The combiner's features (fitted on the other topics).")
+    @click.option("--l2", default=10.0, show_default=True, help="The combiner's L2 penalty.")
+    @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help="Keep the items' vectors here (npy, keyed by model and texts) instead of re-encoding.")
+    @click.option("--json", "as_json", is_flag=True, help="Last line of output: one JSON object.")
+    @pass_ctx
+    def eval_editor(ctx: CliContext, items_paths: tuple[Path, ...], labels_paths: tuple[Path, ...],
+                    config_path: Path | None, split_date: str, rounds: int, matches_read: int, misses_read: int,
+                    weakest_first: bool, features: str, l2: float, cache_dir: Path | None, as_json: bool) -> None:
+        """How far each topic gets when its admin reads the topic editor's lists and clicks: each round the
+        admin reads some listed matches and the closest misses among the labelled items dated before
+        --split-date, marks each match labelled off topic as a near miss (a counterexample) and adds each miss
+        labelled on topic as an example; the topic is compiled again (label-free threshold) and measured on the
+        items from --split-date, which the admin never read, beside the topic's keyword query on them. The
+        combiner is fitted on the OTHER topics (a new topic has no labels); each item's own evidence is scored.
+        Labels dated from 2023-11-16 on are never read or measured."""
+        from monitor.lab import editor_loop
+
+        config = load_config(config_path) if config_path else ctx.config
+        if len(config.enabled_topics) < 2:
+            raise ConfigError("the simulation fits each topic's combiner on the other topics: the configuration "
+                              "needs at least two enabled [[topics]]")
+        items, labels = _read_labelled(items_paths, labels_paths)
+        names = [n.strip() for n in features.split(",") if n.strip()]
+        dates = np.array([it.date[:10] for it in items])
+        usable = dates < topic_eval.FIT_CUTOFF
+        read_mask, measure_mask = usable & (dates < split_date), usable & (dates >= split_date)
+        if not read_mask.any() or not measure_mask.any():
+            raise MonitorError(f"the simulation needs labelled items both before and from {split_date} "
+                               f"(and before {topic_eval.FIT_CUTOFF})")
+        embedder = embed.load_embedder(config.settings)
+        topic_set = match.compile_topics(config.enabled_topics, embedder)
+        vectors = _item_vectors(embedder, items, cache_dir)
+        pairs = topic_eval.topic_pairs(items, labels, vectors, topic_set)
+        titles, texts = [it.title for it in items], [it.text for it in items]
+        times = np.array([topic_eval.item_time(it) for it in items])
+        encoded: dict[str, np.ndarray] = {}
+
+        def encode(batch: Sequence[str]) -> np.ndarray:
+            new = [t for t in dict.fromkeys(batch) if t not in encoded]
+            if new:
+                encoded.update(zip(new, embedder.encode(new), strict=True))
+            return np.array([encoded[t] for t in batch], dtype=np.float32)
+
+        reader = editor_loop.Reader(matches_read, misses_read, weakest_first)
+        keyword = topic_eval.keyword_baseline(items, config.enabled_topics)
+        measured = {it.id for it, m in zip(items, measure_mask, strict=True) if m}
+        runs: dict[str, list[editor_loop.Round]] = {}
+        report: dict[str, object] = {"read_items": int(read_mask.sum()), "measured_items": int(measure_mask.sum()),
+                                     "topics": {}}
+        click.echo(f"the admin reads {int(read_mask.sum())} labelled items before {split_date} "
+                   f"({matches_read} listed matches{' (weakest first)' if weakest_first else ''} and "
+                   f"{misses_read} closest misses a round); measured on {int(measure_mask.sum())} items from it "
+                   "(own evidence, combiner fitted on the other topics)")
+        for t in config.enabled_topics:
+            combiner = editor_loop.leave_one_out_combiner(pairs, t.id, usable, names, l2)
+            gold = np.array([labels[it.id].get(t.id, 0) for it in items])
+            runs[t.id] = editor_loop.simulate(t, titles, texts, vectors, times, gold, read_mask, measure_mask,
+                                              encode, combiner, rounds, reader)
+            base = topic_eval.scores(keyword[t.id] & measured,
+                                     {i for i in measured if labels[i].get(t.id) == 1})
+            click.echo(f"{t.id}  (keyword query: P {base.precision:.3f} R {base.recall:.3f} F1 {base.f1:.3f})")
+            click.echo(f"  {'round':>5} {'read':>5} {'+examples':>9} {'+near misses':>12} {'threshold':>9} "
+                       f"{'precision':>9} {'recall':>7} {'F1':>6}")
+            for r in runs[t.id]:
+                click.echo(f"  {r.number:>5} {r.read:>5} {r.examples_added:>9} {r.counterexamples_added:>12} "
+                           f"{r.threshold:>9.4f} {r.scores.precision:>9.3f} {r.scores.recall:>7.3f} "
+                           f"{r.scores.f1:>6.3f}")
+            report["topics"][t.id] = {"rounds": [r.as_dict() for r in runs[t.id]],  # type: ignore[index]
+                                      "keyword_baseline": base.as_dict()}
+        per_round = editor_loop.macro(runs)
+        kw_macro = float(np.mean([d["keyword_baseline"]["f1"]  # type: ignore[index]
+                                  for d in report["topics"].values()]))  # type: ignore[attr-defined]
+        click.echo("macro-F1 per round: " + " ".join(f"{m:.3f}" for m in per_round)
+                   + f"  (keyword query {kw_macro:.3f})")
+        report["macro_f1"] = [round(m, 4) for m in per_round]
+        report["keyword_macro_f1"] = round(kw_macro, 4)
+        if as_json:
+            click.echo(json.dumps(report))
+
     def _matched(items: list[topic_eval.EvalItem], vectors: np.ndarray, topic_set: match.TopicSet
                  ) -> dict[str, set[str]]:
         """Topic id -> ids of the items the compiled topics match (own evidence)."""
@@ -423,6 +514,22 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             r = out["reporting_only"]
             _print_table(f"\nreporting only: items from {topic_eval.FIT_CUTOFF} ({r['items']}), as configured", r)
             _print_table(" [keyword baseline]", r["baseline"])
+
+    def _read_labelled(items_paths: tuple[Path, ...], labels_paths: tuple[Path, ...]
+                       ) -> tuple[list[topic_eval.EvalItem], dict[str, dict[str, int]]]:
+        """The labelled items of `--items` / `--labels` file pairs (one --labels per --items, same order)."""
+        if len(items_paths) != len(labels_paths):
+            raise click.UsageError("give one --labels file per --items file, in the same order")
+        parts = []
+        for ip, lp in zip(items_paths, labels_paths, strict=True):
+            with ip.open(encoding="utf-8") as f:
+                its = topic_eval.parse_items(f, str(ip))
+            with lp.open(encoding="utf-8") as f:
+                parts.append((its, topic_eval.parse_labels(f, str(lp))))
+        items, labels = topic_eval.merge(parts)
+        if not items:
+            raise MonitorError("no item of the --items files has a label in the --labels files")
+        return items, labels
 
     def _item_vectors(embedder: embed.Embedder, items: list[topic_eval.EvalItem], cache_dir: Path | None) -> np.ndarray:
         titles, texts = [it.title for it in items], [it.text for it in items]
