@@ -161,3 +161,38 @@ def test_eval_editor_command_reads_before_the_split_and_measures_after(embedder,
     one.write_text(text[:text.index("[[topics]]", text.index("[[topics]]") + 1)])
     alone = CliRunner().invoke(main, ["eval", "editor", *args[2:6], "--config", str(one)])
     assert alone.exit_code != 0 and "at least two enabled" in alone.output
+
+
+def test_the_reader_can_click_one_kind_of_button_only() -> None:
+    only_examples = _simulate(_topic(), rounds=1, reader=editor_loop.Reader(examples=True, near_misses=False))[1]
+    only_misses = _simulate(_topic(), rounds=1, reader=editor_loop.Reader(examples=False, near_misses=True))[1]
+    assert (only_examples.examples_added, only_examples.counterexamples_added) == (1, 0)
+    assert (only_misses.examples_added, only_misses.counterexamples_added) == (0, 1)
+    assert only_examples.scores.recall == 1.0  # the example brings its look-alike in
+    assert only_misses.scores.recall == 0.0 and only_misses.scores.precision == 0.0  # nothing matched any more
+
+
+def test_a_careful_reader_undoes_a_near_miss_whose_diff_loses_an_on_topic_item() -> None:
+    texts = {**TEXTS, "read on too": _unit(1, 0, 0, 0.6, -0.05)}  # on topic, a look-alike of "read off"
+    titles = ["read on too", "read off", "later on", "later off"]
+    gold = np.array([1, 0, 1, 0])
+
+    def encode(batch):  # type: ignore[no-untyped-def]
+        return np.array([texts[t] for t in batch], dtype=np.float32)
+
+    def run(careful: bool) -> editor_loop.Round:
+        reader = editor_loop.Reader(examples=False, careful=careful)
+        return editor_loop.simulate(_topic(), titles, titles, encode(titles), TIMES, gold, READ, MEASURE, encode,
+                                    MARGIN_ONLY, 1, reader)[-1]
+
+    hasty, careful = run(False), run(True)
+    assert hasty.counterexamples_added == 1 and hasty.diff_read == 0
+    # the diff of "read off" as a near miss: it loses itself (right) and "read on too" (wrong): not kept
+    assert careful.counterexamples_added == 0 and careful.diff_read == 2
+    window = np.ones(4, dtype=bool)
+    gold4 = np.array([0, 1, 1, 1])
+    everything = np.ones(4, dtype=bool)  # F1 2*3/(4+3) = 0.857
+    assert editor_loop.click_helps(everything, np.array([False, True, True, True]), gold4, window) == (True, 1)
+    # dropping the off-topic item with two on-topic ones: F1 falls to 0.5
+    assert editor_loop.click_helps(everything, np.array([False, True, False, False]), gold4, window) == (False, 3)
+    assert editor_loop.click_helps(everything, everything, gold4, window) == (False, 0)  # nothing changed

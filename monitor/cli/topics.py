@@ -369,6 +369,12 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                   help="Closest misses read per round (the highest scores below the threshold first).")
     @click.option("--weakest-first", is_flag=True,
                   help="Read the lowest-scoring matches first instead of the newest (the hardest cases).")
+    @click.option("--careful", is_flag=True,
+                  help="The admin reads each click's diff over the read items (gained / lost, as the editor shows "
+                       "it) and undoes a click that loses more on-topic items or gains more off-topic ones than "
+                       "it fixes.")
+    @click.option("--clicks", type=click.Choice(["both", "examples", "near-misses"]), default="both",
+                  show_default=True, help="Which buttons the admin clicks: both, only example, only near miss.")
     @click.option("--features", default=",".join(match.SHIPPED_COMBINER.names), show_default=True,
                   help="The combiner's features (fitted on the other topics).")
     @click.option("--l2", default=10.0, show_default=True, help="The combiner's L2 penalty.")
@@ -378,7 +384,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @pass_ctx
     def eval_editor(ctx: CliContext, items_paths: tuple[Path, ...], labels_paths: tuple[Path, ...],
                     config_path: Path | None, split_date: str, rounds: int, matches_read: int, misses_read: int,
-                    weakest_first: bool, features: str, l2: float, cache_dir: Path | None, as_json: bool) -> None:
+                    weakest_first: bool, careful: bool, clicks: str, features: str, l2: float,
+                    cache_dir: Path | None, as_json: bool) -> None:
         """How far each topic gets when its admin reads the topic editor's lists and clicks: each round the
         admin reads some listed matches and the closest misses among the labelled items dated before
         --split-date, marks each match labelled off topic as a near miss (a counterexample) and adds each miss
@@ -414,7 +421,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                 encoded.update(zip(new, embedder.encode(new), strict=True))
             return np.array([encoded[t] for t in batch], dtype=np.float32)
 
-        reader = editor_loop.Reader(matches_read, misses_read, weakest_first)
+        reader = editor_loop.Reader(matches_read, misses_read, weakest_first, examples=clicks != "near-misses",
+                                    near_misses=clicks != "examples", careful=careful)
         keyword = topic_eval.keyword_baseline(items, config.enabled_topics)
         measured = {it.id for it, m in zip(items, measure_mask, strict=True) if m}
         runs: dict[str, list[editor_loop.Round]] = {}
@@ -422,7 +430,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                                      "topics": {}}
         click.echo(f"the admin reads {int(read_mask.sum())} labelled items before {split_date} "
                    f"({matches_read} listed matches{' (weakest first)' if weakest_first else ''} and "
-                   f"{misses_read} closest misses a round); measured on {int(measure_mask.sum())} items from it "
+                   f"{misses_read} closest misses a round; clicks: {clicks}{', careful' if careful else ''}); "
+                   f"measured on {int(measure_mask.sum())} items from it "
                    "(own evidence, combiner fitted on the other topics)")
         for t in config.enabled_topics:
             combiner = editor_loop.leave_one_out_combiner(pairs, t.id, usable, names, l2)
@@ -432,12 +441,12 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             base = topic_eval.scores(keyword[t.id] & measured,
                                      {i for i in measured if labels[i].get(t.id) == 1})
             click.echo(f"{t.id}  (keyword query: P {base.precision:.3f} R {base.recall:.3f} F1 {base.f1:.3f})")
-            click.echo(f"  {'round':>5} {'read':>5} {'+examples':>9} {'+near misses':>12} {'threshold':>9} "
-                       f"{'precision':>9} {'recall':>7} {'F1':>6}")
+            click.echo(f"  {'round':>5} {'read':>5} {'diffs read':>10} {'+examples':>9} {'+near misses':>12} "
+                       f"{'threshold':>9} {'precision':>9} {'recall':>7} {'F1':>6}")
             for r in runs[t.id]:
-                click.echo(f"  {r.number:>5} {r.read:>5} {r.examples_added:>9} {r.counterexamples_added:>12} "
-                           f"{r.threshold:>9.4f} {r.scores.precision:>9.3f} {r.scores.recall:>7.3f} "
-                           f"{r.scores.f1:>6.3f}")
+                click.echo(f"  {r.number:>5} {r.read:>5} {r.diff_read:>10} {r.examples_added:>9} "
+                           f"{r.counterexamples_added:>12} {r.threshold:>9.4f} {r.scores.precision:>9.3f} "
+                           f"{r.scores.recall:>7.3f} {r.scores.f1:>6.3f}")
             report["topics"][t.id] = {"rounds": [r.as_dict() for r in runs[t.id]],  # type: ignore[index]
                                       "keyword_baseline": base.as_dict()}
         per_round = editor_loop.macro(runs)
