@@ -21,6 +21,9 @@ Measured (medians of --repeats):
     refresh_s    what the first backtest after `refresh_s` (30 s) adds when no row changed: the window's ids
                  read and compared with the cached ones (an id-only query: vectors stored out of id order and
                  pruned rows are caught)
+    live_no_misses_s  the same keystroke (another new counterexample) with the closest misses turned off
+                 (`Backtester.closest_misses = 0`), on the same backtester in the same round, the two keystrokes
+                 alternating in order from round to round: the baseline of what listing the closest misses costs
 
 Also printed: `decisions_sha`, a fingerprint of the last backtest's matches and decisions, and `code`, the
 commit and any uncommitted file of monitor/ it ran on. The result depends only on the items, the window, the
@@ -173,7 +176,7 @@ def main() -> None:
         engine, embedder, settings, topic, fill_s = bench
         since = db.naive_utc(now - timedelta(days=args.days)).isoformat(sep=" ")
 
-        scans, colds, lives, stories, live_cpu, refreshes = [], [], [], [], [], []
+        scans, colds, lives, stories, live_cpu, refreshes, bare = [], [], [], [], [], [], []
         result = saved = diff = None
         for r in range(args.repeats):
             t0 = time.perf_counter()
@@ -189,6 +192,22 @@ def main() -> None:
             # A keystroke: one more counterexample (a text never seen: encoded once), the rest cached.
             edited = topic.model_copy(update={"counterexamples": [*topic.counterexamples,
                                                                   f"Football club signs new striker {r}"]})
+            # The baseline keystroke without the closest misses, before or after the measured one (alternating),
+            # each followed by its stories, so that no story computation runs during a measured keystroke.
+            plain = topic.model_copy(update={"counterexamples": [*topic.counterexamples,
+                                                                 f"Tennis player wins open final {r}"]})
+
+            def baseline(tester: Backtester = tester, plain: Any = plain) -> None:
+                misses = tester.closest_misses
+                tester.closest_misses = 0
+                t0 = time.perf_counter()
+                tester.compare(plain, topic, days=args.days, now=now, wait_s=0.0)
+                bare.append(time.perf_counter() - t0)
+                tester.compare(plain, topic, days=args.days, now=now, wait_s=600.0)
+                tester.closest_misses = misses
+
+            if r % 2:
+                baseline()
             t0, c0 = time.perf_counter(), time.process_time()
             result, saved, diff = tester.compare(edited, topic, days=args.days, now=now, wait_s=0.0)
             lives.append(time.perf_counter() - t0)
@@ -196,6 +215,8 @@ def main() -> None:
             t0 = time.perf_counter()
             result, saved, diff = tester.compare(edited, topic, days=args.days, now=now, wait_s=600.0)
             stories.append(time.perf_counter() - t0)
+            if not r % 2:
+                baseline()
             tester.refresh_s = 0.0  # the next backtest refreshes its window
             t0 = time.perf_counter()
             tester.corpus(args.days, now)
@@ -207,6 +228,10 @@ def main() -> None:
         "days": args.days, "topic": topic.id, "model": embedder.model_id,
         "live_s_median": round(statistics.median(lives), 4),
         "live_cpu_s_median": round(statistics.median(live_cpu), 4),
+        "live_no_misses_s_median": round(statistics.median(bare), 4),
+        "live_vs_no_misses": round(statistics.median(lives) / statistics.median(bare), 3),
+        "closest_misses": len(result.misses),
+        "live_s": [round(x, 3) for x in lives], "live_no_misses_s": [round(x, 3) for x in bare],
         "stories_s_median": round(statistics.median(stories), 4),
         "cold_s_median": round(statistics.median(colds), 4),
         "sql_scan_s_median": round(statistics.median(scans), 4),
