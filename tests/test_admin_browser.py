@@ -214,8 +214,13 @@ def test_edit_a_topic_see_the_backtest_change_before_saving_then_save(service: d
             expect(page.locator("#diff")).to_contain_text(NEAR_MISS)
             expect(stories).not_to_contain_text(NEAR_MISS)
             assert int(page.locator(".summary").get_attribute("data-matches") or "0") == matches_before - 1
+            # it is now a closest miss, marked as one of the topic's texts (no example button to undo it with)
+            missed = page.locator("#misses li.miss", has=page.locator(f'a:text-is("{NEAR_MISS}")'))
+            expect(missed.locator(".own-text")).to_have_text("in the topic")
             assert config.read_text() == original, "nothing is written before Save"
+            page.set_viewport_size({"width": 1440, "height": 1400})  # the screenshot shows the closest misses too
             page.screenshot(path=str(ARTIFACTS / "topic-editor.png"), full_page=False)
+            page.set_viewport_size({"width": 1440, "height": 1000})
 
             # Save: the file has the counterexample and keeps its comments; the page says it was saved.
             reloads = log.read_text(errors="replace").count("configuration reloaded")
