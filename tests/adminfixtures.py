@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 
 from monitor.app.admin import AdminContext, auth, make_context, routes
 from monitor.app.admin.backtest import Backtester
-from monitor.config import load_config
+from monitor.config import TopicConfig, load_config
 from monitor.records import ItemRecord
 from monitor.signal import embed
 from monitor.storage import db
@@ -56,6 +56,18 @@ email = "analyst@example.org"
 topics = ["hostage-talks"]
 cadence = "daily"
 """
+
+
+def hostage_talks(**fields: object) -> TopicConfig:
+    """The editor tests' topic: hostage talks mediated by Qatar and Egypt, three examples, one unrelated near miss
+    (`fields` override or add, e.g. keywords)."""
+    return TopicConfig(**{  # type: ignore[arg-type]
+        "id": "hostage-talks", "name": "Hostage talks",
+        "description": "Negotiations between Israel and Hamas, mediated by Qatar and Egypt, over a truce and hostages",
+        "examples": ["Qatar says talks between Israel and Hamas on a hostage deal have made progress",
+                     "Israeli negotiators travel to Doha for talks on a Gaza truce",
+                     "Mediators say a deal to free hostages and pause the fighting is close"],
+        "counterexamples": ["Storm floods coastal towns"], **fields})
 
 
 def write_config(tmp: Path, text: str = CONFIG) -> Path:

@@ -7,7 +7,7 @@ import gc
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from adminfixtures import store_items
+from adminfixtures import hostage_talks, store_items
 from sqlalchemy import Engine, delete
 
 from monitor.app.admin.backtest import Backtester
@@ -31,13 +31,7 @@ HEADLINES = [
     "Stock markets rally as inflation cools in the United States",
     "Qatar signs long-term gas supply deal with China",
 ]
-TOPIC = TopicConfig(
-    id="hostage-talks", name="Hostage talks",
-    description="Negotiations between Israel and Hamas, mediated by Qatar and Egypt, over a truce and hostages",
-    examples=["Qatar says talks between Israel and Hamas on a hostage deal have made progress",
-              "Israeli negotiators travel to Doha for talks on a Gaza truce",
-              "Mediators say a deal to free hostages and pause the fighting is close"],
-    counterexamples=["Storm floods coastal towns"])
+TOPIC = hostage_talks()
 
 
 @pytest.fixture

@@ -12,7 +12,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from adminfixtures import PASSWORD, TOKEN, admin_app, client, csrf_of, login, store_items, write_config
+from adminfixtures import (
+    PASSWORD,
+    TOKEN,
+    admin_app,
+    client,
+    csrf_of,
+    hostage_talks,
+    login,
+    store_items,
+    write_config,
+)
 from browser import artifact, chromium, serve
 from sqlalchemy import Engine
 
@@ -40,14 +50,7 @@ OTHERS = [
     "Football club agrees deal for new striker",
 ]
 HEADLINES = [STALLED, MATCH, LIFTED, CAIRO, HOSTILE, *OTHERS]  # in published order, 3 h apart
-TOPIC = TopicConfig(
-    id="hostage-talks", name="Hostage talks",
-    description="Negotiations between Israel and Hamas, mediated by Qatar and Egypt, over a truce and hostages",
-    examples=["Qatar says talks between Israel and Hamas on a hostage deal have made progress",
-              "Israeli negotiators travel to Doha for talks on a Gaza truce",
-              "Mediators say a deal to free hostages and pause the fighting is close"],
-    counterexamples=["Storm floods coastal towns"],
-    require_any=["hostage", "hostages", "truce", "talks", "deal"], exclude=["stall"])
+TOPIC = hostage_talks(require_any=["hostage", "hostages", "truce", "talks", "deal"], exclude=["stall"])
 
 
 @pytest.fixture(scope="module")

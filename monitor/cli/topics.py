@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,6 +39,22 @@ def _print_table(title: str, result: dict[str, object]) -> None:
     for tid, s in topics.items():
         click.echo(f"  {tid:<20} {s['precision']:>9.3f} {s['recall']:>7.3f} {s['f1']:>6.3f} {s['support']:>8}")
     click.echo(f"  {'macro-F1':<20} {result['macro_f1']:>33.3f}")
+
+
+def _labelled_options(f: Callable[..., None]) -> Callable[..., None]:
+    """--items / --labels (repeatable, paired) and --config: the options of the commands that read labelled items."""
+    for option in reversed((
+            click.option("--items", "items_paths", required=True, multiple=True,
+                         type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                         help="Items JSONL (id, date, feed, title, summary, link); repeat for several files."),
+            click.option("--labels", "labels_paths", required=True, multiple=True,
+                         type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                         help="Labels JSONL (id, labels: {topic: 0|1}); one per --items, in the same order."),
+            click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                         default=None, help="Topics from this file (default: the main configuration).")),
+    ):
+        f = option(f)
+    return f
 
 
 def register(main: click.Group, eval_group: click.Group) -> None:
@@ -194,14 +210,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         click.echo(f"encoded {done} items with {embedder.model_id}")
 
     @eval_group.command(name="topics")
-    @click.option("--items", "items_paths", required=True, multiple=True,
-                  type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                  help="Items JSONL (id, date, feed, title, summary, link); repeat for several files.")
-    @click.option("--labels", "labels_paths", required=True, multiple=True,
-                  type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                  help="Labels JSONL (id, labels: {topic: 0|1}); one per --items, in the same order.")
-    @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                  default=None, help="Topics from this file (default: the main configuration).")
+    @_labelled_options
     @click.option("--json", "as_json", is_flag=True, help="Last line of output: one JSON object.")
     @click.option("--calibrate", is_flag=True,
                   help="Also report the three honest figures: dev, time split, new topic with no labels.")
@@ -351,14 +360,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             click.echo(json.dumps(report))
 
     @eval_group.command(name="editor", short_help="Simulate an admin improving topics in the topic editor.")
-    @click.option("--items", "items_paths", required=True, multiple=True,
-                  type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                  help="Items JSONL (id, date, feed, title, summary); repeat for several files.")
-    @click.option("--labels", "labels_paths", required=True, multiple=True,
-                  type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                  help="Labels JSONL (id, labels: {topic: 0|1}); one per --items, in the same order.")
-    @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                  default=None, help="Topics from this file (default: the main configuration).")
+    @_labelled_options
     @click.option("--split-date", default=topic_eval.SPLIT_DAY, show_default=True,
                   help="The admin reads items before this day; the topics are measured on the items from it.")
     @click.option("--rounds", default=6, show_default=True, type=click.IntRange(0, 50),
