@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import numpy as np
 from starlette.applications import Starlette
 
 from monitor.app.admin import AdminContext, auth, make_context, routes
@@ -126,9 +127,10 @@ def reader_said_not_relevant(engine, now: datetime) -> None:  # type: ignore[no-
 
 
 def store_items(engine, embedder, placed: list[tuple[str, datetime]], *,  # type: ignore[no-untyped-def]
-                first_id: int = 1) -> list[ItemRecord]:
+                first_id: int = 1, vectors: np.ndarray | None = None) -> list[ItemRecord]:
     """(headline, published) -> stored items with their stored vectors, as the pipeline leaves them (one feed,
-    created on first use), for the backtest's tests."""
+    created on first use), for the backtest's tests; `vectors` (the headlines' `embed.encode_items`, aligned with
+    `placed`) saves encoding them again."""
     records = []
     with db.write_transaction(engine) as s:
         if s.get(Feed, 1) is None:
@@ -144,5 +146,7 @@ def store_items(engine, embedder, placed: list[tuple[str, datetime]], *,  # type
                                       published_at=published, content_hash=f"h{i}"))
         s.flush()
         titles = [title for title, _ in placed]
-        embed.store_vectors(s, embedder, [r.id for r in records], embed.encode_items(embedder, titles, titles))
+        if vectors is None:
+            vectors = embed.encode_items(embedder, titles, titles)
+        embed.store_vectors(s, embedder, [r.id for r in records], vectors)
     return records

@@ -7,10 +7,13 @@ threshold is taken from the matcher's own scores."""
 
 from __future__ import annotations
 
+import json
+import lzma
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from adminfixtures import (
     PASSWORD,
@@ -26,9 +29,10 @@ from adminfixtures import (
 from browser import artifact, chromium, serve
 from sqlalchemy import Engine
 
-from monitor.app.admin import auth, forms
+from monitor.app.admin import auth, backtest, forms
 from monitor.app.admin.backtest import Backtester
 from monitor.config import Settings, TopicConfig, load_config
+from monitor.lab.demo import BUNDLED
 from monitor.records import ItemRecord
 from monitor.signal import embed, match
 
@@ -71,14 +75,16 @@ def _store(engine: Engine, embedder) -> list[ItemRecord]:  # type: ignore[no-unt
 
 
 def _misses_by_the_matcher(embedder, records: list[ItemRecord], topic: TopicConfig,  # type: ignore[no-untyped-def]
-                           encoder=None) -> list[tuple[int, float, str]]:  # type: ignore[no-untyped-def]
+                           encoder=None, vectors: np.ndarray | None = None) -> list[tuple[int, float, str]]:
     """Every window item the service's matcher does not match (each item's lenders: the window's earlier items),
-    but those ruled out by an exclude keyword: highest score first, the newer first on a tie."""
+    but those ruled out by an exclude keyword: highest score first, the newer first on a tie. `vectors`: the
+    records' (encoded here when not given)."""
     titles = [r.title for r in records]
     topic_set = match.compile_topics([topic], encoder or embedder)
     gate = topic_set.topics[0].gate
-    verdicts = match.match_items(records, embed.encode_items(embedder, titles, titles), topic_set,
-                                 match.Recent.empty(embedder.dim))
+    if vectors is None:
+        vectors = embed.encode_items(embedder, titles, titles)
+    verdicts = match.match_items(records, vectors, topic_set, match.Recent.empty(embedder.dim))
     kept = [(k, v) for k, (r, v) in enumerate(zip(records, verdicts, strict=True))
             if not v.matched and gate.evidence(r.text)[2] is None]
     return [(v.item_id, v.score, v.reason) for _k, v in sorted(kept, key=lambda kv: (-kv[1].score, -kv[0]))]
@@ -250,3 +256,94 @@ def test_example_from_the_closest_misses_in_chromium(engine: Engine, embedder, t
             assert not errors, errors  # no script errors, no CSP violations
     finally:
         tester.close()
+
+
+# --- the pruned search over a real window ---------------------------------------------------------------------
+
+WAR = ("Israel", "Gaza", "Hamas", "hostage")
+EDITED = hostage_talks(require_any=["Israel", "Israeli", "Gaza", "Hamas", "hostage", "hostages"], exclude=["Ukraine"],
+                       counterexamples=["Storm floods coastal towns", "Israeli strikes hit southern Gaza"])
+
+
+@pytest.fixture(scope="module")
+def demo_window(embedder) -> tuple[list[tuple[str, datetime]], np.ndarray]:  # type: ignore[no-untyped-def]
+    """(headline, published) in published order, and their vectors (encoded once for the module): the bundled
+    demo stream's first 240 distinct headlines on the war in Gaza (many stories told by several outlets: items
+    that lend to later ones) and its first 120 others."""
+    war: dict[str, datetime] = {}
+    other: dict[str, datetime] = {}
+    with lzma.open(BUNDLED, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            kind = war if any(w in row["title"] for w in WAR) else other
+            if len(kind) < (240 if kind is war else 120):
+                kind.setdefault(row["title"], datetime.fromisoformat(row["date_published"]))
+            if len(war) == 240 and len(other) == 120:
+                break
+    ordered = sorted({**other, **war}.items(), key=lambda tp: tp[1])
+    titles = [t for t, _p in ordered]
+    return ordered, embed.encode_items(embedder, titles, titles)
+
+
+@pytest.mark.parametrize(("base", "only_lift"), [(hostage_talks(), False), (EDITED, True)],
+                         ids=["no-keywords", "keywords-and-veto"])
+def test_the_pruned_search_finds_the_matchers_closest_misses_on_real_headlines(  # type: ignore[no-untyped-def]
+        engine: Engine, embedder, demo_window, monkeypatch: pytest.MonkeyPatch, base: TopicConfig, only_lift: bool
+) -> None:
+    """Steps of 8 rows: the first candidates leave most rows to the search, the floor (the K-th miss found) rises
+    step by step, and rows that cannot reach it are never scored, those only a lender can lift included. The
+    list is still what the matcher says over the whole window."""
+    placed, vectors = demo_window
+    records = store_items(engine, embedder, placed, vectors=vectors)
+    titles = [r.title for r in records]
+    probe = match.compile_topics([base.model_copy(update={"threshold": 0.0})], embedder)
+    own = sorted((v.score for v in match.match_texts([r.id for r in records], titles, vectors, probe)), reverse=True)
+    topic = base.model_copy(update={"threshold": round(own[19] - 0.00005, 5)})  # 20 match on their own
+    expected = _misses_by_the_matcher(embedder, records, topic, vectors=vectors)
+
+    # what the search scores: `match.own_logits` while `_closest_misses` runs (one call per step)
+    monkeypatch.setattr(backtest, "_MISS_STEP", 8)
+    steps: list[list[str]] = []
+    searching = [False]
+    own_logits, closest_misses = match.own_logits, Backtester._closest_misses
+
+    def counted(t, texts, vecs):  # type: ignore[no-untyped-def]
+        if searching[0]:
+            steps.append(list(texts))
+        return own_logits(t, texts, vecs)
+
+    def search(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        searching[0] = True
+        try:
+            return closest_misses(self, *args, **kwargs)
+        finally:
+            searching[0] = False
+
+    monkeypatch.setattr(match, "own_logits", counted)
+    monkeypatch.setattr(Backtester, "_closest_misses", search)
+    tester = Backtester(engine, embedder, Settings())
+    try:
+        result, _none, _d = tester.compare(topic, None, days=7, now=placed[-1][1] + timedelta(hours=1), wait_s=0)
+    finally:
+        tester.close()
+    k = backtest.CLOSEST_MISSES
+    assert [(h.item.id, h.score, h.reason) for h in result.misses] == expected[:k]
+    assert len(result.misses) == k and result.scanned == len(records)
+
+    # the search was exercised: several steps of at most 8 rows, most rows never scored
+    scored = [t for step in steps for t in step]
+    assert len(steps) >= 3 and all(len(step) <= 8 for step in steps), [len(s) for s in steps]
+    assert len(scored) < len(records) // 4, len(scored)
+    # ... and a miss that only story-level evidence brings into the list was found by the search: its own score's
+    # bound is under the K-th miss's score, so only the lift bound of a close lender could let it through
+    bound = dict(zip(titles, match.raw_scores(vectors, *_weights(probe))[0].tolist(), strict=True))
+    by_id = {r.id: r.title for r in records}
+    lifted = [by_id[h.item.id] for h in result.misses if "similar recent item on topic" in h.reason]
+    assert len(lifted) >= 5
+    if only_lift:  # keywords hit: the bound is exact on own evidence, and some miss is above it
+        assert any(t in scored and bound[t] < result.misses[-1].score for t in lifted), (lifted, result.misses[-1].score)
+
+
+def _weights(topic_set: match.TopicSet) -> tuple[np.ndarray, np.ndarray, match.Combiner]:
+    t = topic_set.topics[0]
+    return t.prototypes, t.counters, t.combiner
