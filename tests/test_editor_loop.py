@@ -161,6 +161,10 @@ def test_eval_editor_command_reads_before_the_split_and_measures_after(embedder,
     one.write_text(text[:text.index("[[topics]]", text.index("[[topics]]") + 1)])
     alone = CliRunner().invoke(main, ["eval", "editor", *args[2:6], "--config", str(one)])
     assert alone.exit_code != 0 and "at least two enabled" in alone.output
+    odd_day = CliRunner().invoke(main, [*args, "--split-date", "2023-11-1"])
+    assert odd_day.exit_code == 2 and "--split-date" in odd_day.output
+    too_late = CliRunner().invoke(main, [*args, "--split-date", "2023-12-01"])  # nothing to measure before 11-16
+    assert too_late.exit_code != 0 and "both before and from 2023-12-01" in too_late.output
 
 
 def test_the_reader_can_click_one_kind_of_button_only() -> None:
@@ -191,8 +195,18 @@ def test_a_careful_reader_undoes_a_near_miss_whose_diff_loses_an_on_topic_item()
     assert careful.counterexamples_added == 0 and careful.diff_read == 2
     window = np.ones(4, dtype=bool)
     gold4 = np.array([0, 1, 1, 1])
-    everything = np.ones(4, dtype=bool)  # F1 2*3/(4+3) = 0.857
+    everything = np.ones(4, dtype=bool)
     assert editor_loop.click_helps(everything, np.array([False, True, True, True]), gold4, window) == (True, 1)
-    # dropping the off-topic item with two on-topic ones: F1 falls to 0.5
-    assert editor_loop.click_helps(everything, np.array([False, True, False, False]), gold4, window) == (False, 3)
+    # dropping the off-topic item with an on-topic one: one wrong change, undone whatever it fixes
+    assert editor_loop.click_helps(everything, np.array([False, False, True, True]), gold4, window) == (False, 2)
     assert editor_loop.click_helps(everything, everything, gold4, window) == (False, 0)  # nothing changed
+
+
+def test_a_careful_reader_judges_a_click_by_the_items_of_its_diff_only() -> None:
+    before, after = np.array([True, True, False]), np.array([False, True, False])  # item 0 dropped
+    window = np.ones(3, dtype=bool)
+    for unread in ([0, 1], [1, 0], [1, 1], [0, 0]):  # labels of the items the diff does not show
+        assert editor_loop.click_helps(before, after, np.array([0, *unread]), window) == (True, 1)
+        assert editor_loop.click_helps(before, after, np.array([1, *unread]), window) == (False, 1)
+    outside = np.array([False, True, True])  # a change outside the window is not in the diff
+    assert editor_loop.click_helps(before, after, np.array([1, 0, 0]), outside) == (False, 0)

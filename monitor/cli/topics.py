@@ -372,9 +372,9 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @click.option("--weakest-first", is_flag=True,
                   help="Read the lowest-scoring matches first instead of the newest (the hardest cases).")
     @click.option("--careful", is_flag=True,
-                  help="The admin reads each click's diff over the read items (gained / lost, as the editor shows "
-                       "it) and undoes a click that loses more on-topic items or gains more off-topic ones than "
-                       "it fixes.")
+                  help="The admin reads each click's diff over the items before --split-date (gained / lost, as "
+                       "the editor shows it) and undoes a click that gains an off-topic item or loses an on-topic "
+                       "one (the strictest reader).")
     @click.option("--clicks", type=click.Choice(["both", "examples", "near-misses"]), default="both",
                   show_default=True, help="Which buttons the admin clicks: both, only example, only near miss.")
     @click.option("--features", default=",".join(match.SHIPPED_COMBINER.names), show_default=True,
@@ -402,6 +402,12 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             raise ConfigError("the simulation fits each topic's combiner on the other topics: the configuration "
                               "needs at least two enabled [[topics]]")
         items, labels = _read_labelled(items_paths, labels_paths)
+        try:  # compared as text with the items' days: it must be written as they are
+            if datetime.strptime(split_date, "%Y-%m-%d").strftime("%Y-%m-%d") != split_date:
+                raise ValueError(split_date)
+        except ValueError:
+            raise click.BadParameter(f"{split_date!r} is not a day written YYYY-MM-DD",
+                                     param_hint="--split-date") from None
         names = [n.strip() for n in features.split(",") if n.strip()]
         dates = np.array([it.date[:10] for it in items])
         usable = dates < topic_eval.FIT_CUTOFF
