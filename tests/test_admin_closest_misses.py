@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import lzma
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from browser import artifact, chromium, serve
 from sqlalchemy import Engine
 
 from monitor.app.admin import auth, backtest, forms
-from monitor.app.admin.backtest import Backtester
+from monitor.app.admin.backtest import Backtester, diff
 from monitor.config import Settings, TopicConfig, load_config
 from monitor.lab.demo import BUNDLED
 from monitor.records import ItemRecord
@@ -347,3 +348,28 @@ def test_the_pruned_search_finds_the_matchers_closest_misses_on_real_headlines( 
 def _weights(topic_set: match.TopicSet) -> tuple[np.ndarray, np.ndarray, match.Combiner]:
     t = topic_set.topics[0]
     return t.prototypes, t.counters, t.combiner
+
+
+def test_a_scan_cached_with_misses_off_never_answers_one_with_them_on(engine: Engine, embedder, topic) -> None:  # type: ignore[no-untyped-def]
+    from monitor.app.admin.pages import templates
+
+    _store(engine, embedder)
+    tester = Backtester(engine, embedder, Settings(), closest_misses=0)
+    try:
+        off = tester.run(topic, days=7, now=NOW)
+        tester.closest_misses = 5
+        on = tester.run(topic, days=7, now=NOW)  # the same window and topic, cached with misses off
+    finally:
+        tester.close()
+    assert off.misses == () and off.misses_off and len(on.misses) == 5 and not on.misses_off
+    # the empty list says why it is empty: turned off, or every other item vetoed by its keywords
+    page = templates().get_template("admin/_backtest.html")
+    hint = re.compile(r'<li class="hint">([^<]*)</li>')
+    render = {"diff": diff(None, on), "saved": None, "errors": {}, "warnings": [], "message": "", "per_day": "",
+              "csrf_field": "csrf_token", "csrf_token": "x", "is_new": False, "disabled": False, "own_texts": set()}
+    assert hint.findall(page.render(result=off, **render)) == ["Closest misses are turned off on this server."]
+    vetoed = replace(on, misses=(), misses_off=False)
+    assert hint.findall(page.render(result=vetoed, **render)) \
+        == ["Every other item of the last 7 days is ruled out by an exclude keyword."]
+    gated = replace(vetoed, keyword_mode="gate")
+    assert "keyword group without a hit" in hint.findall(page.render(result=gated, **render))[0]

@@ -387,6 +387,8 @@ class Result:
     # the items scoring highest below the threshold (keyword vetoes left out), highest first, at most
     # `CLOSEST_MISSES`; exact scores and reasons as for `hits`, never stories (they do not match)
     misses: tuple[Hit, ...] = ()
+    misses_off: bool = False  # closest misses are not looked for (`Backtester.closest_misses` 0)
+    keyword_mode: str = "evidence"  # the topic's: with "gate", a keyword group without a hit rules an item out
 
     @property
     def alerts(self) -> int:
@@ -454,6 +456,7 @@ class Scored:
     vectors: np.ndarray  # (len(hits), dim)
     seconds: float
     misses: tuple[Hit, ...] = ()  # `Result.misses`
+    misses_asked: int = 0  # how many were looked for (0: closest misses off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -594,7 +597,9 @@ class Backtester:
 
     def _scan(self, topic: TopicConfig, corpus: Corpus, window: str, *, keep: bool = True) -> Scored:
         """`topic`'s verdicts over `corpus`, cached under `window` (a key naming the load) unless not `keep`."""
-        key = f"{window}:{topic.model_dump_json()}"
+        misses = self.closest_misses if keep else 0
+        # the misses asked for are part of the key: a scan cached with them off never answers one with them on
+        key = f"{window}:misses={misses}:{topic.model_dump_json()}"
         with self._lock:
             if key in self._scored:
                 self._scored.move_to_end(key)
@@ -605,14 +610,14 @@ class Backtester:
         topic_set = replace(topic_set, topics=(compiled,))
         hits: list[Hit] = []
         rows: list[int] = []
-        verdicts, missed = self._verdicts(corpus, compiled, topic_set, misses=self.closest_misses if keep else 0)
+        verdicts, missed = self._verdicts(corpus, compiled, topic_set, misses=misses)
         for i, v in verdicts:
             if v.matched:
                 hits.append(Hit(corpus.items[i], v.score, v.reason))
                 rows.append(i)
         scored = Scored(key, topic, compiled.threshold, compiled.threshold_source, corpus.size, tuple(hits),
                         corpus.vectors[rows] if rows else np.zeros((0, self.encoder.dim), np.float32),
-                        time.perf_counter() - started, _miss_hits(corpus, compiled, missed))
+                        time.perf_counter() - started, _miss_hits(corpus, compiled, missed), misses)
         if keep:
             with self._lock:
                 self._scored[key] = scored
@@ -903,14 +908,16 @@ class Backtester:
     def _result(self, scored: Scored, hits: tuple[Hit, ...] | None, days: int, seconds: float) -> Result:
         if hits is None:
             return Result(scored.topic.id, scored.threshold, scored.threshold_source, days, scored.scanned,
-                          scored.hits, (), seconds, pending=True, misses=scored.misses)
+                          scored.hits, (), seconds, pending=True, misses=scored.misses,
+                          misses_off=not scored.misses_asked, keyword_mode=scored.topic.keyword_mode)
         groups: dict[int, list[Hit]] = {}
         for h in hits:
             groups.setdefault(h.story_key or 0, []).append(h)
         stories = sorted((StoryGroup(k, g[0].item.title, tuple(g)) for k, g in groups.items()),
                          key=lambda sg: sg.hits[-1].item.published_at, reverse=True)
         return Result(scored.topic.id, scored.threshold, scored.threshold_source, days, scored.scanned, hits,
-                      tuple(stories), seconds, misses=scored.misses)
+                      tuple(stories), seconds, misses=scored.misses, misses_off=not scored.misses_asked,
+                      keyword_mode=scored.topic.keyword_mode)
 
     def compare(self, edited: TopicConfig, saved: TopicConfig | None, *, days: int = DEFAULT_DAYS,
                 now: datetime, wait_s: float = 0.5) -> tuple[Result, Result | None, Diff]:
