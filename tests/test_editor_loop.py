@@ -161,6 +161,19 @@ def test_eval_editor_command_reads_before_the_split_and_measures_after(embedder,
     one.write_text(text[:text.index("[[topics]]", text.index("[[topics]]") + 1)])
     alone = CliRunner().invoke(main, ["eval", "editor", *args[2:6], "--config", str(one)])
     assert alone.exit_code != 0 and "at least two enabled" in alone.output
+    # a labelled item dated from 2023-11-16 on is neither read nor measured
+    late_items, late_labels = tmp_path / "late.jsonl", tmp_path / "late_labels.jsonl"
+    late_items.write_text((FIX / "topics_items.jsonl").read_text() + json.dumps(
+        {"id": "late", "date": "2023-11-20 10:00:00", "feed": "https://example.org/a",
+         "title": "ICC prosecutor seeks arrest warrants over Gaza", "summary": ""}) + "\n")
+    late_labels.write_text((FIX / "topics_labels.jsonl").read_text()
+                           + '{"id": "late", "labels": {"icc-warrants": 1, "doha-talks": 0}}\n')
+    late = CliRunner().invoke(main, ["eval", "editor", "--items", str(late_items), "--labels", str(late_labels),
+                                     *args[6:]])
+    assert late.exit_code == 0, late.output
+    late_out = json.loads(late.output.strip().splitlines()[-1])
+    assert (late_out["read_items"], late_out["measured_items"]) == (3, 3)
+    assert late_out["topics"]["icc-warrants"]["rounds"][0]["support"] == 1
     odd_day = CliRunner().invoke(main, [*args, "--split-date", "2023-11-1"])
     assert odd_day.exit_code == 2 and "--split-date" in odd_day.output
     too_late = CliRunner().invoke(main, [*args, "--split-date", "2023-12-01"])  # nothing to measure before 11-16
