@@ -11,9 +11,11 @@ the examples). This module replays that loop with a reader who follows the label
   weakest first) and the closest misses (the highest-scoring items below the threshold) among the *read* items
   (dated before the split day) not read before; a match labelled off topic becomes a
   counterexample, a miss labelled on topic an example (headlines, as the buttons add them); a headline already
-  in the topic is read but not added, as the editor shows it "in the topic";
-* the topic is then compiled again (label-free threshold from its new examples, as the service does) and
-  measured on the *measured* items (from the split day): items the reader never saw.
+  in the topic is read but not added, as the editor shows it "in the topic", and an item an earlier click of
+  the round moved to the other list is read but not clicked;
+* after each click the topic is compiled again (label-free threshold from its new examples, as the editor
+  re-runs the backtest; a careful reader keeps the click only if its diff is all right, `click_helps`), and
+  after each round it is measured on the *measured* items (from the split day): items the reader never saw.
 
 The combiner is fitted on the configuration's OTHER topics (`leave_one_out_combiner`), as the "new topic, no
 labels" protocol fits it, so no label of the simulated topic reaches the scorer except through the clicks. Each
