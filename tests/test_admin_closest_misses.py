@@ -88,7 +88,13 @@ def _misses_by_the_matcher(embedder, records: list[ItemRecord], topic: TopicConf
     verdicts = match.match_items(records, vectors, topic_set, match.Recent.empty(embedder.dim))
     kept = [(k, v) for k, (r, v) in enumerate(zip(records, verdicts, strict=True))
             if not v.matched and gate.evidence(r.text)[2] is None]
-    return [(v.item_id, v.score, v.reason) for _k, v in sorted(kept, key=lambda kv: (-kv[1].score, -kv[0]))]
+    out, seen = [], set()
+    for k, v in sorted(kept, key=lambda kv: (-kv[1].score, -kv[0])):  # one per headline: its best copy
+        headline = " ".join(titles[k].lower().split())
+        if headline not in seen:
+            seen.add(headline)
+            out.append((v.item_id, v.score, v.reason))
+    return out
 
 
 @pytest.mark.parametrize("k", [2, 5, 20])
@@ -124,6 +130,23 @@ def test_closest_misses_are_the_matchers_best_scores_below_the_threshold(engine:
     if k == 20:  # every item below the threshold is listed, the storm too: closer to the counterexample
         storm = next(h for h in result.misses if h.item.title.startswith("Storm floods"))
         assert storm.shortfall == "no keyword of require_any; closer to counterexample 'Storm floods coastal towns'"
+
+
+def test_copies_of_a_headline_are_one_closest_miss(engine: Engine, embedder, topic) -> None:  # type: ignore[no-untyped-def]
+    # the same wire headline from three feeds, one in other case and spacing: one line, its best copy
+    copies = [CAIRO.upper(), "  " + CAIRO.replace(" ", "  ")]
+    placed = [(t, NOW - timedelta(hours=40 - 3 * k)) for k, t in enumerate(HEADLINES)]
+    placed += [(c, NOW - timedelta(hours=2 - k)) for k, c in enumerate(copies)]
+    records = store_items(engine, embedder, placed)
+    tester = Backtester(engine, embedder, Settings(), closest_misses=20)
+    try:
+        result = tester.run(topic, days=7, now=NOW)
+    finally:
+        tester.close()
+    listed = [" ".join(h.item.title.lower().split()) for h in result.misses]
+    assert listed.count(" ".join(CAIRO.lower().split())) == 1
+    assert len(listed) == len(set(listed)) == len(HEADLINES) - 2  # every other distinct headline, once
+    assert [(h.item.id, h.score, h.reason) for h in result.misses] == _misses_by_the_matcher(embedder, records, topic)
 
 
 def test_an_example_taken_from_the_misses_matches_and_leaves_them(engine: Engine, embedder, counting,  # type: ignore[no-untyped-def]

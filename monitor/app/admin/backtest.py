@@ -682,8 +682,9 @@ class Backtester:
     def _closest_misses(self, corpus: Corpus, compiled: match.CompiledTopic, topic_set: match.TopicSet, k: int,
                         verdicts: list[tuple[int, match.TopicMatch]], bound: np.ndarray, own: np.ndarray,
                         lenders: np.ndarray, rows: np.ndarray, cos: np.ndarray) -> list[tuple[int, match.TopicMatch]]:
-        """The `k` rows scoring highest below the threshold, highest first (ties: the newer first), with the
-        matcher's verdicts: what `match.match_items` over the window says of them. Rows ruled out by a keyword
+        """The `k` rows scoring highest below the threshold, highest first (ties: the newer first), one per headline
+        (copies of a headline, compared in lower case with spaces collapsed, are one miss: its best-scoring copy),
+        with the matcher's verdicts: what `match.match_items` over the window says of them. Rows ruled out by a keyword
         veto (own log-odds -inf) are left out. `verdicts` are the candidates' (exact); `bound` the prefilter's
         score bound of every row, `own` the own log-odds computed so far (NaN elsewhere; updated here), `lenders`
         the rows that may lend and (`rows`, `cos`) every row close after one of them (`LenderNeighbours`).
@@ -708,10 +709,21 @@ class Backtester:
         left[[r for r, _v in verdicts]] = False
         left &= ~np.isneginf(own)
 
-        def kth() -> float:  # the K-th best score found (rounded), -inf while fewer than K
-            if len(found) < k:
+        def headline(r: int) -> str:  # copies of one headline (syndicated, or one outlet's feeds) are one miss
+            return " ".join(corpus.items[r].title.lower().split())
+
+        def distinct() -> dict[str, float]:  # each headline's best score found
+            best: dict[str, float] = {}
+            for r, (sc, _v) in found.items():
+                h = headline(r)
+                best[h] = max(sc, best.get(h, -np.inf))
+            return best
+
+        def kth() -> float:  # the K-th best score among distinct headlines (rounded), -inf while fewer than K
+            per_headline = distinct()
+            if len(per_headline) < k:
                 return -np.inf
-            return heapq.nlargest(k, (sc for sc, _v in found.values()))[-1]
+            return heapq.nlargest(k, per_headline.values())[-1]
 
         def score(step: np.ndarray) -> None:  # exact scores (own evidence and lift) of `step` (sorted rows)
             left[step] = False
@@ -755,20 +767,24 @@ class Backtester:
                 ok[er] = True
             return np.flatnonzero(ok), (er, ec)
 
-        if len(found) < k:  # too few candidates missed: the best rows by their own bound until K are found
+        if len(distinct()) < k:  # too few candidates missed: the best rows by their own bound until K are found
             order = np.flatnonzero(left)
             order = order[np.argsort(-u[order], kind="stable")]
             for lo in range(0, order.size, _MISS_STEP):
-                if len(found) >= k:
+                if len(distinct()) >= k:
                     break
                 score(np.sort(order[lo:lo + _MISS_STEP]))
         pairs = (rows, cos) if lends else (np.zeros(0, np.int64), np.zeros(0, np.float16))
-        while len(found) >= k:
+        while len(distinct()) >= k:
             wanted, pairs = could(kth(), pairs)
             if not wanted.size:
                 break
             score(np.sort(wanted[np.argsort(-u[wanted], kind="stable")][:_MISS_STEP]))
-        best = sorted(found, key=lambda r: (-found[r][0], -r))[:k]
+        best, seen = [], set()
+        for r in sorted(found, key=lambda r: (-found[r][0], -r)):  # the best copy of each headline
+            if headline(r) not in seen and len(best) < k:
+                seen.add(headline(r))
+                best.append(r)
         # The rows scored here get the matcher's own verdicts (with their lenders in the batch, as `_verdicts`).
         fresh = np.array(sorted(r for r in best if found[r][1] is None), dtype=np.int64)
         if fresh.size:
