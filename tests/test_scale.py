@@ -132,14 +132,18 @@ def test_three_workers_and_a_scheduler_do_the_work_once_though_one_is_killed(tmp
     assert all(code == 0 for name, code in codes.items() if name != victim.name), codes
 
     # Every feed fetched once per due time: consecutive requests for one feed are an interval apart, except
-    # a feed the victim was fetching when it died, which a survivor fetched again after reaping it.
+    # a feed the victim was fetching when it died, which a survivor fetched again after reaping it. "Apart" is
+    # at least half an interval: the next check counts from when a fetch started, before it waited for a slot of
+    # the per-host limit (200 feeds on one host), so under load two requests can reach the server a slot-wait
+    # closer than the interval (5.3 s of 6 seen once in CI-like load); two claims of one due time, the bug this
+    # guards against, send their requests within a second of each other.
     by_slug = {slug: sorted(times) for slug, times in replay.requests_by_feed().items()}
     held_slugs = {feed_slug(u) for u in held_feeds}
     assert len(by_slug) == N_FEEDS
     refetched = 0
     for slug, times in by_slug.items():
         for a, b in zip(times, times[1:], strict=False):
-            if b - a >= INTERVAL_S * 0.9:
+            if b - a >= INTERVAL_S * 0.5:
                 continue
             assert slug in held_slugs and a <= killed_at <= b, (slug, b - a, times)
             refetched += 1
