@@ -98,9 +98,8 @@ def verdicts(t: match.CompiledTopic, texts: Sequence[str], vectors: np.ndarray
     (or, in gate mode, missing a keyword group) is not allowed, so never matched, and the editor does not offer
     it as a miss either."""
     prob, _sc, ev = match.score_topic(t, texts, vectors)
-    n_groups = len(t.gate.groups)
-    allowed = np.array([e[2] is None and (t.keyword_mode != "gate" or e[0] == n_groups) for e in ev], dtype=bool)
-    return prob, allowed, allowed & (prob >= t.threshold)
+    ok = match.allowed(t, ev)
+    return prob, ok, ok & (prob >= t.threshold)
 
 
 def choose_reads(prob: np.ndarray, matched: np.ndarray, readable: np.ndarray, times: np.ndarray,

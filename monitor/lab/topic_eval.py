@@ -232,8 +232,7 @@ class TopicPairs:
 
 def _features(t: match.CompiledTopic, texts: Sequence[str], vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     _prob, sc, ev = match.score_topic(t, texts, vectors)
-    n_groups = len(t.gate.groups)
-    return sc.x, np.array([e[2] is None and (t.keyword_mode != "gate" or e[0] == n_groups) for e in ev], dtype=bool)
+    return sc.x, match.allowed(t, ev)
 
 
 def topic_pairs(items: Sequence[EvalItem], labels: Mapping[str, Mapping[str, int]], vectors: np.ndarray,

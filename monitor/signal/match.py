@@ -320,6 +320,13 @@ def score_topic(t: CompiledTopic, texts: Sequence[str], vectors: np.ndarray
     return t.combiner.probability(sc.x), sc, ev
 
 
+def allowed(t: CompiledTopic, evidence: Sequence[tuple[int, list[str], str | None]]) -> np.ndarray:
+    """Per text of `evidence` (`score_topic`'s keyword evidence): whether the topic's keywords let it match at
+    all: no `exclude` veto and, with `keyword_mode = "gate"`, a hit in every group."""
+    n_groups = len(t.gate.groups)
+    return np.array([e[2] is None and (t.keyword_mode != "gate" or e[0] == n_groups) for e in evidence], dtype=bool)
+
+
 def _logit(p: np.ndarray | float) -> np.ndarray:
     q = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
     return np.log(q / (1 - q))
@@ -331,8 +338,7 @@ def own_logits(t: CompiledTopic, texts: Sequence[str], vectors: np.ndarray) -> n
     if len(texts) == 0:
         return np.zeros(0)
     prob, _sc, ev = score_topic(t, texts, vectors)
-    n_groups = len(t.gate.groups)
-    ok = np.array([e[2] is None and (t.keyword_mode != "gate" or e[0] == n_groups) for e in ev])
+    ok = allowed(t, ev)
     return np.where(ok, _logit(prob), -np.inf)
 
 
@@ -371,8 +377,7 @@ def match_texts(ids: Sequence[int], texts: Sequence[str], vectors: np.ndarray, t
         prob, sc, ev = score_topic(t, texts, vectors)
         lifted = None
         if times is not None:
-            n_groups = len(t.gate.groups)
-            ok = np.array([e[2] is None and (t.keyword_mode != "gate" or e[0] == n_groups) for e in ev])
+            ok = allowed(t, ev)
             own = np.where(ok, _logit(prob), -np.inf)
             lift, pool_texts = story_lift(t, own, vectors, np.asarray(times, dtype=np.float64), texts, recent)
             prob = np.where(lift.logits > 0, relevance.sigmoid(_logit(prob) + lift.logits), prob)
