@@ -775,8 +775,8 @@ class Backtester:
                     break
                 score(np.sort(order[lo:lo + _MISS_STEP]))
         pairs = (rows, cos) if lends else (np.zeros(0, np.int64), np.zeros(0, np.float16))
-        while len(distinct()) >= k:
-            wanted, pairs = could(kth(), pairs)
+        while (floor := kth()) > -np.inf:  # K distinct headlines found: only rows that can beat the K-th
+            wanted, pairs = could(floor, pairs)
             if not wanted.size:
                 break
             score(np.sort(wanted[np.argsort(-u[wanted], kind="stable")][:_MISS_STEP]))
