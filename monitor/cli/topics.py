@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -395,6 +395,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         items from --split-date, which the admin never read, beside the topic's keyword query on them. The
         combiner is fitted on the OTHER topics (a new topic has no labels); each item's own evidence is scored.
         Labels dated from 2023-11-16 on are never read or measured."""
+        from monitor.app.admin.backtest import CachedEncoder
         from monitor.lab import editor_loop
 
         config = load_config(config_path) if config_path else ctx.config
@@ -421,13 +422,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         pairs = topic_eval.topic_pairs(items, labels, vectors, topic_set)
         titles, texts = [it.title for it in items], [it.text for it in items]
         times = np.array([topic_eval.item_time(it) for it in items])
-        encoded: dict[str, np.ndarray] = {}
-
-        def encode(batch: Sequence[str]) -> np.ndarray:
-            new = [t for t in dict.fromkeys(batch) if t not in encoded]
-            if new:
-                encoded.update(zip(new, embedder.encode(new), strict=True))
-            return np.array([encoded[t] for t in batch], dtype=np.float32)
+        encode = CachedEncoder(embedder).encode  # the editor's: each topic text is encoded once
 
         reader = editor_loop.Reader(matches_read, misses_read, weakest_first, examples=clicks != "near-misses",
                                     near_misses=clicks != "examples", careful=careful)
