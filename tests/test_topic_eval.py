@@ -178,6 +178,23 @@ def test_other_topics_labels_join_each_fit_only_when_dated_before_its_cut_off() 
         fit_only_pairs(["x"], vecs[:1], ["gamma"], [1], ["2023-10-20"], topic_set)
 
 
+def test_ranking_ceiling_is_the_best_cut_of_the_measured_items_own_scores() -> None:
+    items, labels, vecs, topic_set = _synthetic(seed=3)
+    pairs = topic_pairs(items, labels, vecs, topic_set)
+    out = protocols(items, pairs, {"alpha": set(), "beta": set()}, names=("best", "hinge", "kw"), l2=1.0)
+    usable = np.array([it.date < FIT_CUTOFF for it in items])
+    for p in pairs:  # dev: the shipped fit's scores on every usable item, every possible cut tried
+        s = probabilities(p, out["fitted"], 0.5, None)[usable]  # type: ignore[arg-type]
+        gold = p.gold[usable]
+        f1s = [2 * int((s >= c)[gold == 1].sum()) / (int((s >= c).sum()) + int(gold.sum())) for c in s]
+        assert out["dev"]["ceiling"]["topics"][p.topic.id]["f1"] == pytest.approx(max(f1s), abs=1e-4)  # type: ignore[index]
+    for name in ("dev", "time_split", "no_label"):  # no threshold rule beats it on the same items
+        block = out[name]
+        for tid, best in block["ceiling"]["topics"].items():  # type: ignore[index]
+            assert all(best["f1"] >= block[v]["topics"][tid]["f1"]  # type: ignore[index]
+                       for v in ("calibrated", "label_free") if v in block)
+
+
 def test_protocols_need_both_sides_of_the_split() -> None:
     items, labels, vecs, topic_set = _synthetic()
     early = [it for it in items if it.date < "2023-11-01"]

@@ -521,6 +521,11 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             for variant in ("calibrated", "label_free"):
                 if variant in block:
                     _print_table(f" [{variant}] thresholds {block[variant]['thresholds']}", block[variant])
+            if "ceiling" in block:
+                c = block["ceiling"]
+                click.echo(f" [ranking ceiling] thresholds chosen on these items themselves (no rule can beat it "
+                           f"with this ranking): macro-F1 {c['macro_f1']:.3f}  "
+                           + "  ".join(f"{t} {v['f1']:.3f}" for t, v in c["topics"].items()))
             _print_table(" [keyword baseline]", block["baseline"])
         if "reporting_only" in out:
             r = out["reporting_only"]
