@@ -159,6 +159,14 @@ def test_timeline_alerts_are_scored_against_development_labels(tmp_path: Path, e
     r = story_eval.evaluate_updates(tl, vectors, StoryParams())
     assert r.items == 4 and r.developments == 2
     assert r.alert_precision == 1.0 and r.development_recall == 1.0, r.mistakes
+    # the threshold sweep: nothing alerts above every p(new), every first report alerts at 0, and the shipped
+    # threshold's row is the shipped run's
+    shipped = StoryParams().alert_model.threshold
+    sweep = story_eval.by_alert_threshold(tl, vectors, StoryParams(), (0.0, shipped, 1.01))
+    assert sweep[1.01].development_recall == 0.0 and sum(sweep[1.01].decisions.get(d, 0)
+                                                         for d in ("new_story", "update")) == 0
+    assert sweep[0.0].development_recall == 1.0 and sweep[0.0].decisions.get("update", 0) >= 1
+    assert sweep[shipped] == r
     (tmp_path / "bad.jsonl").write_text('{"timeline": "t", "topic": "x", "date": "2023-10-20", "title": "x", '
                                         '"label": "maybe"}\n', encoding="utf-8")
     with pytest.raises(story_eval.EvalError, match="bad.jsonl:1"):

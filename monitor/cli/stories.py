@@ -140,8 +140,14 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                 click.echo(f"  {name:<13} {r.update_precision:>16.3f} {r.alert_precision:>15.3f} "
                            f"{r.development_recall:>20.3f}   ({', '.join(f'{k} {v}' for k, v in sorted(r.decisions.items()))})")
             click.echo(f"  {'every-match':<13} {'-':>16} {every:>15.3f} {1.0:>20.3f}   (every item alerts)")
+            sweep = story_eval.by_alert_threshold(tl, vectors, ours)
+            click.echo(f"  novelty by alert threshold (shipped {ours.alert_model.threshold:g}): what its ranking "
+                       "allows, update precision / alert precision / developments alerted:")
+            click.echo("    " + "   ".join(f"{th:g}: {r.update_precision:.2f} / {r.alert_precision:.2f} / "
+                                          f"{r.development_recall:.2f}" for th, r in sweep.items()))
             report[timelines_file.name] = {**{k: r.as_dict() for k, r in runs.items()},
-                                           "every-match": {"alert_precision": round(every, 4), "development_recall": 1.0}}
+                                           "every-match": {"alert_precision": round(every, 4), "development_recall": 1.0},
+                                           "by_alert_threshold": {str(th): r.as_dict() for th, r in sweep.items()}}
         if as_json:
             click.echo(json.dumps(report))
 
