@@ -137,6 +137,37 @@ def test_replay_counts_matches_stories_alerts_and_repeats(tmp_path: Path, embedd
     assert r.per_day()["prisoner-exchange"] == {"2023-11-24": 1, "2023-11-25": 1}
 
 
+@pytest.mark.slow
+def test_eval_replay_sweep_judges_the_replay_at_each_alert_threshold(tmp_path: Path, embedder,  # type: ignore[no-untyped-def]
+                                                                     monkeypatch) -> None:
+    from monitor.signal import embed
+    monkeypatch.setattr(embed, "load_embedder", lambda settings: embedder)
+    stream = _write_stream(tmp_path / "stream.jsonl.xz")
+    (tmp_path / "topics.toml").write_text(
+        '[settings]\ndatabase_url = "sqlite:///unused.db"\n\n[[topics]]\nid = "prisoner-exchange"\n'
+        'name = "Prisoner exchange"\ndescription = "Hostages and prisoners released in an exchange between Israel '
+        'and Hamas."\nexamples = ["Hamas releases hostages in exchange for Palestinian prisoners"]\nthreshold = 0.05\n',
+        encoding="utf-8")
+    labels = [("2023-11-24 09:00:00", "Hamas releases 24 hostages on first day of Gaza truce", "d1"),
+              ("2023-11-24 10:00:00", "Hamas releases 24 hostages on first day of Gaza truce", "d1"),
+              ("2023-11-25 22:00:00", "Hamas releases 17 more hostages in second exchange after delay", "d2")]
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps(
+        {"topic": "prisoner-exchange", "date": d, "title": t, "on_topic": 1, "role": "development", "dev": dev})
+        + "\n" for d, t, dev in labels), encoding="utf-8")
+    args = ["--config", str(tmp_path / "topics.toml"), "eval", "replay", "--stream", str(stream),
+            "--from", "2023-11-20", "--to", "2023-12-02", "--cache-dir", str(tmp_path / "cache")]
+    refused = CliRunner().invoke(main, [*args, "--sweep"])
+    assert refused.exit_code == 2 and "--labels" in refused.output
+    result = CliRunner().invoke(main, [*args, "--labels", str(tmp_path / "labels.jsonl"), "--sweep", "--json"])
+    assert result.exit_code == 0, result.output
+    judged = json.loads(result.output.strip().splitlines()[-1])["judged"]
+    # each threshold's replay is judged; at the lowest, both releases (first reports of their developments)
+    # alert and are right, and the syndicated copy does not alert
+    assert {f"threshold {th:g}" for th in story_eval.SWEEP_THRESHOLDS} <= set(judged)
+    low = judged[f"threshold {story_eval.SWEEP_THRESHOLDS[0]:g}"]
+    assert (low["alerts"], low["right"]) == (2, 2) and "by alert threshold" in result.output
+
+
 def _write_timelines(path: Path) -> Path:
     rows = [
         ("t1", "2023-10-20 17:00:00", "reuters.com", "Hamas releases two American hostages, a mother and daughter",

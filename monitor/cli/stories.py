@@ -265,11 +265,13 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     @click.option("--key-developments", "kd_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                   default=None, help="Key developments (bench/data/stories/key_developments.jsonl): with --labels, "
                                      "count the (development, topic) pairs that alerted.")
+    @click.option("--sweep", is_flag=True, help="With --labels: judge the replay again at several alert thresholds "
+                                                 "(what the alert model's ranking allows; ~10 s each).")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
     @pass_ctx
     def eval_replay(ctx: CliContext, stream_file: Path, start: str, end: str, only: tuple[str, ...],
                     cache_dir: Path, alerts_out: Path | None, labels_file: Path | None, kd_file: Path | None,
-                    as_json: bool) -> None:
+                    sweep: bool, as_json: bool) -> None:
         """Replay the real stream through the configured topics and story clustering on a simulated clock;
         report per topic matches (the baseline: every match alerts), stories, alerts (new stories + updates),
         repeats and held stories, alerts per day, what waiting for corroboration cost (alerts dropped, delay)
@@ -280,6 +282,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         config: Config = ctx.config
         if not config.enabled_topics:  # a disabled topic matches nothing in service: not replayed
             raise MonitorError(f"{ctx.config_file}: no enabled [[topics]] to replay against")
+        if sweep and labels_file is None:
+            raise click.UsageError("--sweep judges each replay with the development labels: add --labels FILE")
         t0, t1 = _day(start), _day(end) + timedelta(days=1)
         labels = story_eval.read_development_labels(labels_file) if labels_file is not None else None
         kds = story_eval.read_key_developments(kd_file) if kd_file is not None else []
@@ -338,6 +342,16 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             jr = story_eval.judge_replay(r.alerts, labels, kds)
             if jr.missed_kds:
                 click.echo(f"  key developments with no alert: {', '.join(jr.missed_kds)}")
+            if sweep:
+                click.echo(f"  by alert threshold (shipped {params.alert_model.threshold:g}): right / alerts, key "
+                           "developments alerted")
+                for th in story_eval.SWEEP_THRESHOLDS:
+                    run = story_eval.replay(items, vectors, topic_set, config.settings, params=replace(
+                        params, alert_model=replace(params.alert_model, threshold=th)))
+                    js = story_eval.judge_replay(run.alerts, labels, kds)
+                    judged[f"threshold {th:g}"] = js.as_dict()
+                    click.echo(f"    {th:<5g} {js.right}/{js.alerts} = {js.precision:.3f}, key developments "
+                               f"{js.kd_alerted}/{js.kd_pairs}")
         if alerts_out is not None:
             alerts_out.parent.mkdir(parents=True, exist_ok=True)
             with alerts_out.open("w", encoding="utf-8") as fh:
