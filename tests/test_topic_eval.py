@@ -4,6 +4,7 @@ fixture whose figures are computed by hand below."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -181,13 +182,19 @@ def test_other_topics_labels_join_each_fit_only_when_dated_before_its_cut_off() 
 def test_ranking_ceiling_is_the_best_cut_of_the_measured_items_own_scores() -> None:
     items, labels, vecs, topic_set = _synthetic(seed=3)
     pairs = topic_pairs(items, labels, vecs, topic_set)
-    out = protocols(items, pairs, {"alpha": set(), "beta": set()}, names=("best", "hinge", "kw"), l2=1.0)
     usable = np.array([it.date < FIT_CUTOFF for it in items])
+    # a keyword veto on alpha's best-scoring usable positive: never matched, whatever the cut
+    a = pairs[0]
+    top = int(np.argmax(np.where((a.gold == 1) & usable, a.x[:, 0], -np.inf)))
+    pairs[0] = replace(a, allowed=np.arange(len(items)) != top)
+    out = protocols(items, pairs, {"alpha": set(), "beta": set()}, names=("best", "hinge", "kw"), l2=1.0)
     for p in pairs:  # dev: the shipped fit's scores on every usable item, every possible cut tried
         s = probabilities(p, out["fitted"], 0.5, None)[usable]  # type: ignore[arg-type]
-        gold = p.gold[usable]
-        f1s = [2 * int((s >= c)[gold == 1].sum()) / (int((s >= c).sum()) + int(gold.sum())) for c in s]
-        assert out["dev"]["ceiling"]["topics"][p.topic.id]["f1"] == pytest.approx(max(f1s), abs=1e-4)  # type: ignore[index]
+        ok, gold = p.allowed[usable], p.gold[usable]
+        f1s = [2 * int((ok & (s >= c))[gold == 1].sum()) / (int((ok & (s >= c)).sum()) + int(gold.sum())) for c in s]
+        got = out["dev"]["ceiling"]["topics"][p.topic.id]  # type: ignore[index]
+        assert got["f1"] == pytest.approx(max(f1s), abs=1e-4)
+    assert out["dev"]["ceiling"]["topics"]["alpha"]["recall"] < 1.0  # type: ignore[index]  # the vetoed positive
     for name in ("dev", "time_split", "no_label"):  # no threshold rule beats it on the same items
         block = out[name]
         for tid, best in block["ceiling"]["topics"].items():  # type: ignore[index]
@@ -253,6 +260,11 @@ def test_eval_topics_fits_on_other_topics_labels_named_by_their_own_config(embed
     assert f"{analogs}: 3 labelled pairs of 1 other topics (2 on topic), fitted on only" in with_analogs.output
     fitted = [json.loads(r.output.strip().splitlines()[-1])["fitted"]["weights"] for r in (plain, with_analogs)]
     assert fitted[0] != fitted[1]  # they joined the shipped fit
+    # each protocol shows its ranking ceiling beside its figures, and it is never below them
+    shown = json.loads(plain.output.strip().splitlines()[-1])["protocols"]
+    assert plain.output.count("[ranking ceiling]") == 3
+    assert all(shown[k]["ceiling"]["macro_f1"] >= shown[k]["label_free"]["macro_f1"]
+               for k in ("dev", "time_split", "no_label"))
     # a configured topic's labels are not another topic's: refused, naming it
     analogs.write_text(label("doha-talks", "2023-05-06", "Talks resume in Doha", 1))
     (tmp_path / "analogs" / "topics.toml").write_text(

@@ -21,9 +21,11 @@ figure is given three ways, each beside the keyword baseline on the same items:
                 threshold from the label-free rule (its own examples); measured on all its items: what an
                 admin's new topic, written from its definition alone, gets
 
-Beside dev and time_split, `ceiling`: the same scores with each topic's threshold chosen on the measured items
-themselves (an oracle, not a result): no threshold rule can do better with that ranking, so when the ceiling is
-below a target, only a better ranking (features, texts, model) can reach it, not a better threshold.
+Beside each protocol's figures, `ceiling`: the same scores with each topic's cut chosen on the measured items
+themselves (an oracle, not a result). On the items' own evidence no threshold rule can beat it with that ranking,
+so a ceiling below a target says only a better ranking (features, texts, model) can reach it. With story-level
+evidence the neighbours are lent at the label-free threshold, and the lenders' threshold moves the ranking too, so
+there it is the ceiling of that ranking, not of every threshold pair (docs/topic-relevance.md, "Seventh round").
 
 Story-level evidence (`relevance.neighbour_lift`, as the service applies it) needs the items around the
 labelled ones: with a `Stream` (unlabelled items of the captured stream, their vectors and times) each
