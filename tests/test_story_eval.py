@@ -138,10 +138,11 @@ def test_replay_counts_matches_stories_alerts_and_repeats(tmp_path: Path, embedd
 
 
 @pytest.mark.slow
-def test_eval_replay_sweep_judges_the_replay_at_each_alert_threshold(tmp_path: Path, embedder,  # type: ignore[no-untyped-def]
-                                                                     monkeypatch) -> None:
+def test_eval_replay_sweep_judges_the_replay_at_each_alert_threshold(
+        tmp_path: Path, embedder, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from monitor.signal import embed
     monkeypatch.setattr(embed, "load_embedder", lambda settings: embedder)
+    monkeypatch.setattr(story_eval, "SWEEP_THRESHOLDS", (0.0, 1.01))  # everything that is news / nothing alerts
     stream = _write_stream(tmp_path / "stream.jsonl.xz")
     (tmp_path / "topics.toml").write_text(
         '[settings]\ndatabase_url = "sqlite:///unused.db"\n\n[[topics]]\nid = "prisoner-exchange"\n'
@@ -161,11 +162,14 @@ def test_eval_replay_sweep_judges_the_replay_at_each_alert_threshold(tmp_path: P
     result = CliRunner().invoke(main, [*args, "--labels", str(tmp_path / "labels.jsonl"), "--sweep", "--json"])
     assert result.exit_code == 0, result.output
     judged = json.loads(result.output.strip().splitlines()[-1])["judged"]
-    # each threshold's replay is judged; at the lowest, both releases (first reports of their developments)
-    # alert and are right, and the syndicated copy does not alert
-    assert {f"threshold {th:g}" for th in story_eval.SWEEP_THRESHOLDS} <= set(judged)
-    low = judged[f"threshold {story_eval.SWEEP_THRESHOLDS[0]:g}"]
-    assert (low["alerts"], low["right"]) == (2, 2) and "by alert threshold" in result.output
+    sweep = judged["by_alert_threshold"]
+    # every threshold is judged, the shipped one included (its row is the shipped run's)
+    assert set(sweep) == {"0", "1.01", f"{StoryParams().alert_model.threshold:g}"}
+    assert sweep[f"{StoryParams().alert_model.threshold:g}"] == judged["shipped"]
+    # at 0 both releases (first reports of their developments) alert and are right, the syndicated copy does not;
+    # above every p(new) nothing alerts
+    assert (sweep["0"]["alerts"], sweep["0"]["right"]) == (2, 2)
+    assert sweep["1.01"]["alerts"] == 0 and "by alert threshold" in result.output
 
 
 def _write_timelines(path: Path) -> Path:
@@ -198,6 +202,15 @@ def test_timeline_alerts_are_scored_against_development_labels(tmp_path: Path, e
                                                          for d in ("new_story", "update")) == 0
     assert sweep[0.0].development_recall == 1.0 and sweep[0.0].decisions.get("update", 0) >= 1
     assert sweep[shipped] == r
+    # and the command shows it
+    from monitor.signal import embed
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(embed, "load_embedder", lambda settings: embedder)
+        out = CliRunner().invoke(main, ["eval", "stories", "--timelines", str(tmp_path / "t.jsonl"), "--json",
+                                        "--cache-dir", str(tmp_path / "cache")])
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.output.strip().splitlines()[-1])["t.jsonl"]["by_alert_threshold"]
+    assert rows[f"{shipped:g}"] == r.as_dict() and "novelty by alert threshold" in out.output
     (tmp_path / "bad.jsonl").write_text('{"timeline": "t", "topic": "x", "date": "2023-10-20", "title": "x", '
                                         '"label": "maybe"}\n', encoding="utf-8")
     with pytest.raises(story_eval.EvalError, match="bad.jsonl:1"):

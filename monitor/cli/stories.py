@@ -143,11 +143,13 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             sweep = story_eval.by_alert_threshold(tl, vectors, ours)
             click.echo(f"  novelty by alert threshold (shipped {ours.alert_model.threshold:g}): what its ranking "
                        "allows, update precision / alert precision / developments alerted:")
-            click.echo("    " + "   ".join(f"{th:g}: {r.update_precision:.2f} / {r.alert_precision:.2f} / "
-                                          f"{r.development_recall:.2f}" for th, r in sweep.items()))
-            report[timelines_file.name] = {**{k: r.as_dict() for k, r in runs.items()},
-                                           "every-match": {"alert_precision": round(every, 4), "development_recall": 1.0},
-                                           "by_alert_threshold": {str(th): r.as_dict() for th, r in sweep.items()}}
+            click.echo("    " + "   ".join(
+                f"{th:g}: {f'{r.update_precision:.2f}' if r.decisions.get('update') else '-'} / "
+                f"{r.alert_precision:.2f} / {r.development_recall:.2f}" for th, r in sweep.items()))
+            report[timelines_file.name] = {
+                **{k: r.as_dict() for k, r in runs.items()},
+                "every-match": {"alert_precision": round(every, 4), "development_recall": 1.0},
+                "by_alert_threshold": {f"{th:g}": r.as_dict() for th, r in sweep.items()}}
         if as_json:
             click.echo(json.dumps(report))
 
@@ -331,8 +333,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             click.echo("")
             click.echo("judged with the development labels (right = on topic and a development no earlier alert of "
                        "its topic reported):")
-            every = story_eval.replay(items, vectors, topic_set, config.settings, params=replace(
-                params, corroboration=False, alert_model=replace(params.alert_model, threshold=0.0)))
+            every = story_eval.replay(items, vectors, topic_set, config.settings,
+                                      params=story_eval.at_alert_threshold(replace(params, corroboration=False), 0.0))
             for name, run in (("shipped", r), ("no wait", no_wait), ("earlier rule", earlier), ("every match", every)):
                 jr = story_eval.judge_replay(run.alerts, labels, kds)
                 judged[name] = jr.as_dict()
@@ -345,13 +347,15 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             if sweep:
                 click.echo(f"  by alert threshold (shipped {params.alert_model.threshold:g}): right / alerts, key "
                            "developments alerted")
-                for th in story_eval.SWEEP_THRESHOLDS:
-                    run = story_eval.replay(items, vectors, topic_set, config.settings, params=replace(
-                        params, alert_model=replace(params.alert_model, threshold=th)))
-                    js = story_eval.judge_replay(run.alerts, labels, kds)
-                    judged[f"threshold {th:g}"] = js.as_dict()
-                    click.echo(f"    {th:<5g} {js.right}/{js.alerts} = {js.precision:.3f}, key developments "
-                               f"{js.kd_alerted}/{js.kd_pairs}")
+                swept: dict[str, object] = {}
+                for th in story_eval.sweep_thresholds(params, story_eval.SWEEP_THRESHOLDS):
+                    at_th = story_eval.replay(items, vectors, topic_set, config.settings,
+                                              params=story_eval.at_alert_threshold(params, th))
+                    jt = story_eval.judge_replay(at_th.alerts, labels, kds)
+                    swept[f"{th:g}"] = jt.as_dict()
+                    click.echo(f"    {th:<5g} {jt.right}/{jt.alerts} = {jt.precision:.3f}, key developments "
+                               f"{jt.kd_alerted}/{jt.kd_pairs}")
+                judged["by_alert_threshold"] = swept
         if alerts_out is not None:
             alerts_out.parent.mkdir(parents=True, exist_ok=True)
             with alerts_out.open("w", encoding="utf-8") as fh:

@@ -247,14 +247,23 @@ def evaluate_updates(timeline: Sequence[TimelineItem], vectors: np.ndarray, para
 SWEEP_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
+def at_alert_threshold(params: StoryParams, threshold: float) -> StoryParams:
+    """`params` with the alert model's p(new) threshold set to `threshold` (0.0: every decision alerts)."""
+    return replace(params, alert_model=replace(params.alert_model, threshold=threshold))
+
+
+def sweep_thresholds(params: StoryParams, thresholds: Sequence[float] = SWEEP_THRESHOLDS) -> list[float]:
+    """`thresholds` and the shipped one, in order: the rows of a threshold sweep."""
+    return sorted({*thresholds, params.alert_model.threshold})
+
+
 def by_alert_threshold(timeline: Sequence[TimelineItem], vectors: np.ndarray, params: StoryParams,
                        thresholds: Sequence[float] = SWEEP_THRESHOLDS) -> dict[float, UpdateEvalResult]:
-    """`evaluate_updates` with the alert model's threshold set to each of `thresholds`: the trade-off its
-    ranking allows. When update precision stays flat across thresholds, the model does not rank material
-    updates above repeats, and no threshold reaches a precision target."""
-    return {th: evaluate_updates(timeline, vectors, replace(params, alert_model=replace(params.alert_model,
-                                                                                          threshold=th)))
-            for th in thresholds}
+    """`evaluate_updates` at each of `thresholds` and the shipped alert threshold: the trade-off the alert
+    model's ranking allows. When update precision stays flat across thresholds, the model does not rank
+    material updates above repeats, and no threshold reaches a precision target."""
+    return {th: evaluate_updates(timeline, vectors, at_alert_threshold(params, th))
+            for th in sweep_thresholds(params, thresholds)}
 
 
 # --- replay of the real stream (topics + stories on a simulated clock) ------------------------------------
