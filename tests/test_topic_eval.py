@@ -20,6 +20,7 @@ from monitor.lab.topic_eval import (
     FitOnly,
     RulingCount,
     Stream,
+    _label_free,
     calibrate_threshold,
     checked_topics,
     evaluate,
@@ -324,6 +325,15 @@ def test_protocols_with_story_evidence_never_use_labels_from_the_cutoff_on() -> 
     runs = [protocols(items, topic_pairs(items, lab, vecs, topic_set), none, names=("best", "hinge", "kw"), l2=1.0,
                       near=near) for lab in (labels, flipped)]
     assert runs[0] == runs[1]
+    # the dev ceiling with story-level evidence: the best cut of the scores lifted by neighbours on topic at the
+    # label-free threshold (as measured), every cut tried
+    pairs, usable = topic_pairs(items, labels, vecs, topic_set), np.array([it.date < FIT_CUTOFF for it in items])
+    for p in pairs:
+        c = runs[0]["fitted"]
+        s = probabilities(p, c, _label_free(p, c), near)[usable]  # type: ignore[arg-type]
+        gold = p.gold[usable]
+        best = max(2 * int((s >= cut)[gold == 1].sum()) / (int((s >= cut).sum()) + int(gold.sum())) for cut in s)
+        assert runs[0]["dev"]["ceiling"]["topics"][p.topic.id]["f1"] == pytest.approx(best, abs=1e-4)  # type: ignore[index]
 
 
 def test_ruling_counts_by_hand() -> None:
