@@ -206,11 +206,13 @@ def test_timeline_alerts_are_scored_against_development_labels(tmp_path: Path, e
     from monitor.signal import embed
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(embed, "load_embedder", lambda settings: embedder)
+        mp.setattr(story_eval, "SWEEP_THRESHOLDS", (1.01,))
         out = CliRunner().invoke(main, ["eval", "stories", "--timelines", str(tmp_path / "t.jsonl"), "--json",
                                         "--cache-dir", str(tmp_path / "cache")])
     assert out.exit_code == 0, out.output
     rows = json.loads(out.output.strip().splitlines()[-1])["t.jsonl"]["by_alert_threshold"]
-    assert rows[f"{shipped:g}"] == r.as_dict() and "novelty by alert threshold" in out.output
+    assert set(rows) == {f"{shipped:g}", "1.01"} and rows[f"{shipped:g}"] == r.as_dict()
+    assert "1.01: - / " in out.output  # no update at all: no update precision to show
     (tmp_path / "bad.jsonl").write_text('{"timeline": "t", "topic": "x", "date": "2023-10-20", "title": "x", '
                                         '"label": "maybe"}\n', encoding="utf-8")
     with pytest.raises(story_eval.EvalError, match="bad.jsonl:1"):

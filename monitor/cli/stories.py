@@ -140,7 +140,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                 click.echo(f"  {name:<13} {r.update_precision:>16.3f} {r.alert_precision:>15.3f} "
                            f"{r.development_recall:>20.3f}   ({', '.join(f'{k} {v}' for k, v in sorted(r.decisions.items()))})")
             click.echo(f"  {'every-match':<13} {'-':>16} {every:>15.3f} {1.0:>20.3f}   (every item alerts)")
-            sweep = story_eval.by_alert_threshold(tl, vectors, ours)
+            sweep = story_eval.by_alert_threshold(tl, vectors, ours, story_eval.SWEEP_THRESHOLDS)
             click.echo(f"  novelty by alert threshold (shipped {ours.alert_model.threshold:g}): what its ranking "
                        "allows, update precision / alert precision / developments alerted:")
             click.echo("    " + "   ".join(
@@ -349,8 +349,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                            "developments alerted")
                 swept: dict[str, object] = {}
                 for th in story_eval.sweep_thresholds(params, story_eval.SWEEP_THRESHOLDS):
-                    at_th = story_eval.replay(items, vectors, topic_set, config.settings,
-                                              params=story_eval.at_alert_threshold(params, th))
+                    at_th = r if th == params.alert_model.threshold else story_eval.replay(
+                        items, vectors, topic_set, config.settings, params=story_eval.at_alert_threshold(params, th))
                     jt = story_eval.judge_replay(at_th.alerts, labels, kds)
                     swept[f"{th:g}"] = jt.as_dict()
                     click.echo(f"    {th:<5g} {jt.right}/{jt.alerts} = {jt.precision:.3f}, key developments "
