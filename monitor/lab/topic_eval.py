@@ -409,15 +409,15 @@ def protocols(items: Sequence[EvalItem], pairs: Sequence[TopicPairs], baseline: 
                      "ceiling": ceiling({p.topic.id: c for p in pairs}, free, eval_mask),
                      "baseline": base(eval_mask), "items": int(eval_mask.sum())}
     loto: dict[str, Scores] = {}
-    ths, own = {}, {}
+    ths, loto_fits = {}, {}
     for p in pairs:
-        c = own[p.topic.id] = _fit([q for q in pairs if q is not p], usable, names, l2, fit_only, cutoff)
+        c = loto_fits[p.topic.id] = _fit([q for q in pairs if q is not p], usable, names, l2, fit_only, cutoff)
         ths[p.topic.id] = _label_free(p, c)
         loto[p.topic.id] = _f1((probabilities(p, c, ths[p.topic.id], near) >= ths[p.topic.id]) & p.allowed & usable,
                                p.gold * usable)
     nl = _table(loto)
     nl["thresholds"] = {k: round(v, 4) for k, v in ths.items()}
-    out["no_label"] = {"label_free": nl, "ceiling": ceiling(own, ths, usable), "baseline": base(usable),
+    out["no_label"] = {"label_free": nl, "ceiling": ceiling(loto_fits, ths, usable), "baseline": base(usable),
                        "items": int(usable.sum())}
     out["fitted"] = _fit(pairs, usable, names, l2, fit_only, cutoff)
     return out
